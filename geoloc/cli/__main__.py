@@ -1,0 +1,5 @@
+"""``python -m geoloc.cli``."""
+
+from geoloc.cli.main import main
+
+main()

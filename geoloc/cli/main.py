@@ -1,0 +1,113 @@
+"""Entry point of the ``geoloc`` command.
+
+Exit codes: 0 success; 1 error (bad input, unreachable database, …); 2 usage error;
+3 ``locate``: at least one frame without a confident match; 130 interrupted (Ctrl-C).
+Data goes to stdout, logs and progress to stderr. ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+import typer
+
+from geoloc import __version__
+
+# Command modules; each exposes ``register(app: typer.Typer) -> None``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "geoloc.cli.tiles",
+    "geoloc.cli.encoders",
+    "geoloc.cli.db",
+    "geoloc.cli.pipeline",
+    "geoloc.cli.training",
+    "geoloc.cli.plugins",
+)
+
+app = typer.Typer(
+    name="geoloc",
+    help="GNSS-free drone geolocalization: tile orthomosaics, ingest them, locate frames.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state: dict[str, Any] = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"geoloc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """geoloc: where is the drone? Answers from one camera frame, no GNSS."""
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not debug:
+        for noisy in ("rasterio", "alembic", "faiss", "PIL", "matplotlib", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+for _mod in COMMAND_MODULES:
+    importlib.import_module(_mod).register(app)
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from geoloc.errors import GeolocError
+
+    if isinstance(exc, GeolocError):
+        return True
+    try:
+        from tiling.errors import TilingError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, TilingError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return (and exit with) its exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        rv = app(args=args, standalone_mode=False, prog_name="geoloc")
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.Abort:
+        typer.echo("geoloc: interrupted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        typer.echo("geoloc: interrupted", err=True)
+        code = 130
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        if debug:
+            raise
+        if _is_user_error(exc):
+            typer.echo(f"geoloc: error: {exc}", err=True)
+            code = int(getattr(exc, "exit_code", 1))
+        else:
+            typer.echo(f"geoloc: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+                       err=True)
+            code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,64 @@
+"""The one configuration object: where geoloc keeps its data and which database it uses.
+
+Environment variables:
+
+- ``GEOLOC_HOME``: data directory (embedded Postgres data dir, FAISS indexes). Default: the
+  platform's user data dir; when running as root, ``/var/lib/geoloc`` (never under ``/root``:
+  the embedded server chowns the data dir to its own user and opens up its parents).
+- ``GEOLOC_DATABASE_URL``: any Postgres >= 14 with pgvector >= 0.7 instead of the embedded server.
+  Use the ``postgresql+psycopg2://`` driver name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+
+def _default_home() -> Path:
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/geoloc")
+    return Path(platformdirs.user_data_dir("geoloc", appauthor=False))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; build with :meth:`Settings.from_env`."""
+
+    home: Path = field(default_factory=_default_home)
+    database_url: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read ``GEOLOC_HOME`` and ``GEOLOC_DATABASE_URL`` from the environment."""
+        home = os.environ.get("GEOLOC_HOME")
+        url = os.environ.get("GEOLOC_DATABASE_URL") or None
+        return cls(home=Path(home).expanduser().resolve() if home else _default_home(), database_url=url)
+
+    @property
+    def pgdata(self) -> Path:
+        """Data directory of the embedded Postgres server."""
+        return self.home / "pgdata"
+
+    @property
+    def index_dir(self) -> Path:
+        """Directory of the FAISS Ω indexes."""
+        return self.home / "index"
+
+    @property
+    def uses_embedded_db(self) -> bool:
+        """True when no external database URL is configured."""
+        return self.database_url is None
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (safe to print or log)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is printed without its userinfo
+        return url.split("@")[-1]
