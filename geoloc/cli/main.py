@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "geoloc.cli.encoders",
     "geoloc.cli.db",
     "geoloc.cli.pipeline",
+    "geoloc.cli.locate",
     "geoloc.cli.training",
     "geoloc.cli.plugins",
 )
