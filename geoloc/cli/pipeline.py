@@ -1,9 +1,61 @@
-"""CLI commands (module filled in by its owner)."""
+"""``geoloc ingest``: tile, encode and store orthomosaics (JSON summary on stdout)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``geoloc ingest`` to ``app``."""
+
+    @app.command("ingest")
+    def ingest_cmd(
+        paths: list[str] = typer.Argument(
+            ..., metavar="PATH...", help="Raster files, directories (recursive) or glob patterns."
+        ),
+        encoder: str = typer.Option("sgmnet", "--encoder", "-e", help="Encoder plugin name."),
+        checkpoint: Path | None = typer.Option(
+            None, "--checkpoint", help="Checkpoint of the encoder's head (safetensors)."
+        ),
+        gsd: float | None = typer.Option(
+            None,
+            "--gsd",
+            help="Tile ground sample distance in m/px [default: max(0.5, native)]: "
+            "224 px tiles then cover 112 m, like a drone frame from ~100 m.",
+        ),
+        stride: int | None = typer.Option(
+            None, "--stride", help="Tile step in output pixels [default: half a tile]."
+        ),
+        batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Tiles per batch."),
+        force: bool = typer.Option(False, "--force", help="Replace rasters already ingested."),
+        no_progress: bool = typer.Option(
+            False, "--no-progress", help="Do not draw the progress bar on stderr."
+        ),
+    ) -> int:
+        """Ingest orthomosaics: tiles + embeddings into the database, Ω into the FAISS index.
+
+        Prints a JSON array (one object per raster: id, path, status ingested|skipped|failed,
+        tiles kept/skipped, seconds) on stdout. Exit 1 when any raster failed; 130 on Ctrl-C
+        (the interrupted raster is rolled back).
+        """
+        from geoloc.ingest import ingest
+
+        results = ingest(
+            paths,
+            encoder=encoder,
+            checkpoint=checkpoint,
+            gsd=gsd,
+            stride=stride,
+            batch_size=batch_size,
+            force=force,
+            progress=not no_progress,
+        )
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        failed = sum(r.status == "failed" for r in results)
+        if failed:
+            typer.echo(f"geoloc: error: {failed} of {len(results)} inputs failed", err=True)
+            raise typer.Exit(1)
+        return 0
