@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     syn = ViewSynthesizer(args.raster, size=args.size, gsd_m=0.28)
     rng = np.random.default_rng(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[list[str]] = []
     margin = 0.5 * args.size * syn.gsd_m / 0.7 * 0.75
     i = 0
     while len(rows) < args.n and i < 50 * args.n:
