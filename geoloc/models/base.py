@@ -1,0 +1,274 @@
+"""The encoder contract: :class:`Encoder` (an ``nn.Module``) and its :class:`EncoderOutput`."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geoloc.errors import GeolocError
+from geoloc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+
+class EncoderInputError(GeolocError):
+    """Images given to an encoder have the wrong type, dtype or shape."""
+
+
+@dataclass
+class EncoderOutput:
+    """What an encoder returns for a batch of B images (float32; no gradient from ``encode``).
+
+    ``omega`` (B, omega_dim) L2-normalised global map; ``phi`` (B, phi_dim) node descriptors;
+    ``node_areas`` (B, K) sorted descending; ``node_centroids`` (B, K, 2) as (x, y) in [0, 1]²;
+    ``assignments`` (B, K, h, w) node assignment maps.
+    """
+
+    omega: torch.Tensor
+    phi: torch.Tensor
+    node_areas: torch.Tensor
+    node_centroids: torch.Tensor
+    assignments: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.omega.shape[0])
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """Every field as a float32 numpy array."""
+        return {f.name: getattr(self, f.name).detach().cpu().float().numpy() for f in fields(self)}
+
+    def to(self, device: str | torch.device) -> EncoderOutput:
+        """A copy with every field on ``device`` as float32."""
+        vals = {f.name: getattr(self, f.name).to(device, torch.float32) for f in fields(self)}
+        return EncoderOutput(**vals)
+
+    @staticmethod
+    def cat(parts: Sequence[EncoderOutput]) -> EncoderOutput:
+        """Concatenate outputs along the batch dimension."""
+        names = [f.name for f in fields(EncoderOutput)]
+        return EncoderOutput(**{n: torch.cat([getattr(p, n) for p in parts]) for n in names})
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the safetensors serialisation of ``state`` (deterministic: sorted keys)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sorted(state.items())}
+    return hashlib.sha256(save(tensors)).hexdigest()
+
+
+# (conv attribute, batch-norm attribute) pairs folded by ``fold_batchnorm``.
+_CONV_BN_PAIRS: tuple[tuple[str, str], ...] = (
+    ("conv1", "bn1"),
+    ("conv2", "bn2"),
+    ("conv3", "bn3"),
+    ("_conv_stem", "_bn0"),
+    ("_expand_conv", "_bn0"),
+    ("_depthwise_conv", "_bn1"),
+    ("_project_conv", "_bn2"),
+    ("_conv_head", "_bn1"),
+)
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    assert bn.running_mean is not None and bn.running_var is not None
+    w, b = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    conv.weight = w
+    conv.bias = b
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d into it; return the count.
+
+    Handles ``nn.Sequential`` (conv, bn) neighbours and the named attribute pairs of the
+    torchvision ResNet and EfficientNet-Lite blocks. The BN is replaced by ``nn.Identity``.
+    """
+    count = 0
+    for mod in list(module.modules()):
+        if isinstance(mod, nn.Sequential):
+            children = list(mod.named_children())
+            for (_, a), (name_b, b) in zip(children, children[1:], strict=False):
+                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                    _fold(a, b)
+                    setattr(mod, name_b, nn.Identity())
+                    count += 1
+        for conv_name, bn_name in _CONV_BN_PAIRS:
+            conv, bn = getattr(mod, conv_name, None), getattr(mod, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                _fold(conv, bn)
+                setattr(mod, bn_name, nn.Identity())
+                count += 1
+    return count
+
+
+class Encoder(nn.Module):
+    """Base class of every encoder plugin.
+
+    Subclasses set ``name``, ``omega_dim``, ``phi_dim``, ``num_nodes``, build ``self.backbone``
+    (the frozen, cacheable part) and ``self.head``, and implement :meth:`backbone_features`,
+    :meth:`forward_head` and :meth:`config`.
+    """
+
+    name: str = "encoder"
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    omega_dim: int = 0
+    phi_dim: int = 0
+    num_nodes: int = 0
+    freeze_backbone: bool = False
+    pretrained: bool = False
+
+    backbone: nn.Module
+    head: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frozen_sha: str | None = None
+        self._channels_last = False
+
+    # -- contract -----------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """JSON-able parameters, enough to rebuild the encoder with ``load_encoder(**config)``."""
+        raise NotImplementedError
+
+    def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature map for normalised images ``x`` (the frozen, cacheable part)."""
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> EncoderOutput:
+        """Everything after the backbone (with gradient unless called under no-grad)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        """``forward_head(backbone_features(x))`` for normalised images ``x``."""
+        return self.forward_head(self.backbone_features(x))
+
+    # -- helpers ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Device of the encoder's parameters."""
+        return next(self.parameters()).device
+
+    def preprocess(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (B, 3, H, W) or (3, H, W) -> normalised float32 (B, 3, 224, 224) on device.
+
+        Images of another size are resized (bilinear, antialiased) to ``input_size``.
+        """
+        if isinstance(images, np.ndarray):
+            if images.dtype != np.uint8:
+                raise EncoderInputError(f"encoder expects uint8 images, got {images.dtype}")
+            t = torch.from_numpy(np.ascontiguousarray(images))
+        elif isinstance(images, torch.Tensor):
+            if images.dtype != torch.uint8:
+                raise EncoderInputError(f"encoder expects uint8 images, got {images.dtype}")
+            t = images
+        else:
+            raise EncoderInputError(f"encoder expects a numpy array or tensor, got {type(images)}")
+        if t.ndim == 3:
+            t = t.unsqueeze(0)
+        if t.ndim != 4 or t.shape[1] != 3:
+            raise EncoderInputError(f"encoder expects (B, 3, H, W) RGB, got {tuple(t.shape)}")
+        x = t.to(self.device, torch.float32) / 255.0
+        size = self.input_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def encode(
+        self, images: np.ndarray | torch.Tensor, batch_size: int | None = 32
+    ) -> EncoderOutput:
+        """Encode uint8 RGB images (B, 3, H, W): eval mode, no gradient, float32 CPU outputs."""
+        was_training = self.training
+        self.eval()
+        try:
+            n = int(images.shape[0]) if images.ndim == 4 else 1
+            step = batch_size or max(n, 1)
+            parts: list[EncoderOutput] = []
+            with torch.inference_mode():
+                for i in range(0, max(n, 1), step):
+                    chunk = images[i : i + step] if images.ndim == 4 else images
+                    parts.append(self.forward(self.preprocess(chunk)).to("cpu"))
+            return parts[0] if len(parts) == 1 else EncoderOutput.cat(parts)
+        finally:
+            self.train(was_training)
+
+    def train(self, mode: bool = True) -> Encoder:
+        """Set training mode; a frozen backbone always stays in eval mode (BN statistics fixed)."""
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the trainer should optimise (the head; the backbone too unless frozen)."""
+        if not self.freeze_backbone:
+            yield from self.backbone.parameters()
+        yield from self.head.parameters()
+
+    def _apply_freeze(self) -> None:
+        for p in self.backbone.parameters():
+            p.requires_grad_(not self.freeze_backbone)
+        if self.freeze_backbone:
+            self.backbone.eval()
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the safetensors serialisation of the full state dict.
+
+        After :meth:`optimize_for_inference` this stays the hash of the original weights.
+        """
+        if self._frozen_sha is not None:
+            return self._frozen_sha
+        return state_dict_sha256(self.state_dict())
+
+    @property
+    def optimized(self) -> bool:
+        """Whether :meth:`optimize_for_inference` has been applied."""
+        return self._frozen_sha is not None
+
+    def optimize_for_inference(self) -> Encoder:
+        """Fold BatchNorm into convolutions and switch to channels_last (inference only).
+
+        The weights hash is frozen first, so ``weights_sha256`` still names the original weights.
+        Outputs match eager mode within 1e-4. Irreversible: the folded encoder cannot be trained.
+        """
+        if self._frozen_sha is not None:
+            return self
+        self._frozen_sha = state_dict_sha256(self.state_dict())
+        self.eval()
+        with torch.no_grad():
+            fold_batchnorm(self)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.to(memory_format=torch.channels_last)
+        self._channels_last = True
+        return self
+
+    def count_parameters(self) -> int:
+        """Number of parameters (backbone + head)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def gflops(self, batch: int = 1) -> float:
+        """GFLOPs (2 × multiply-adds, torch FlopCounterMode) of one forward pass per image."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        x = torch.zeros(batch, 3, self.input_size, self.input_size, device=self.device)
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            self.forward(x)
+        return counter.get_total_flops() / 1e9 / batch
