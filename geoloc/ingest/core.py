@@ -348,7 +348,14 @@ class _Ingester:
                     target_gsd=float(grid.gsd_m),
                 )
                 res.id = int(oid)
-                log.debug("ingest %s: orthomosaic %d begun", path, oid)
+                log.info(
+                    "ingesting %s: %d candidate tiles of %d px at %.3f m/px, stride %d px",
+                    path,
+                    len(grid),
+                    tile_size,
+                    grid.gsd_m,
+                    step,
+                )
                 try:
                     kept = self._stream(raster, cfg, grid, oid, index, res, path)
                     skipped = int(len(grid)) - kept
@@ -434,7 +441,7 @@ class _Ingester:
 def ingest(
     paths: Sequence[str | Path] | str | Path,
     *,
-    encoder: str = "sgmnet",
+    encoder: str | Any = "sgmnet",
     checkpoint: str | Path | None = None,
     gsd: float | None = None,
     stride: int | None = None,
@@ -448,7 +455,8 @@ def ingest(
 
     Args:
         paths: rasters, directories or glob patterns.
-        encoder: encoder plugin name (``geoloc encoders list``).
+        encoder: encoder plugin name (``geoloc encoders list``), or an encoder already loaded
+            with :func:`geoloc.models.load_encoder` (reused as is).
         checkpoint: optional checkpoint of that encoder (head weights).
         gsd: target ground sample distance in m/px; default ``max(0.5, native GSD)``.
         stride: tile step in output pixels; default half a tile (112 px for 224 px tiles).
@@ -459,8 +467,8 @@ def ingest(
         min_valid: minimum valid-pixel fraction of a kept tile.
 
     Returns:
-        One :class:`IngestResult` per input raster (and one ``failed`` result per input path
-        that yielded no raster), in input order. Per-raster failures are reported there,
+        One ``failed`` :class:`IngestResult` per input path that yielded no raster, then one
+        result per raster in input order. Per-raster failures are reported there,
         never raised; database or encoder failures raise :class:`GeolocError`; Ctrl-C raises
         ``KeyboardInterrupt`` after removing the partial raster.
     """
@@ -484,9 +492,12 @@ def ingest(
     from geoloc.store import open_database
     from geoloc.store import repository as repo
 
-    enc = load_encoder(encoder, checkpoint=checkpoint)
-    if hasattr(enc, "optimize_for_inference"):
-        enc.optimize_for_inference()
+    if isinstance(encoder, str):
+        enc = load_encoder(encoder, checkpoint=checkpoint)
+        if hasattr(enc, "optimize_for_inference"):
+            enc.optimize_for_inference()
+    else:
+        enc = encoder  # an already loaded encoder (tests, benchmarks, notebooks)
     db = open_database(settings)
     encoder_id = repo.get_or_create_encoder(
         db,

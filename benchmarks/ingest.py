@@ -1,0 +1,110 @@
+"""Ingest throughput: tiles/s end to end vs the encoder alone, and where the wall time goes.
+
+``run(full=False)`` ingests the bundled sample (``full=True``: the 0.14 m Turku mosaic of
+``../shared/data/turku`` too) into a throw-away GEOLOC_HOME (embedded Postgres), at the default
+ingest GSD/stride, then encodes the same tiles again with the encoder alone (tiles read into
+memory first, same batch size). Reports per raster: tiles, wall seconds, tiles/s end to end,
+encoder-only tiles/s, their ratio (target >= 0.90) and the share of wall time per stage (read =
+tiler in the reader thread, encode, DB write = binary COPY, FAISS add, FAISS save, recovery and
+lock). Stages overlap (threads), so shares can sum to more than 1. JSON in
+``benchmarks/results/ingest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+SAMPLE = REPO / "data" / "sample" / "turku_utm34n_0.28m.tif"
+MOSAIC = REPO.parent / "shared" / "data" / "turku" / "turku_mosaic_utm34n.tif"
+
+
+def _encoder_only(enc: Any, path: Path, gsd_m: float, stride: int, batch_size: int) -> float:
+    """Tiles/s of ``enc.encode`` alone on the raster's tiles (pre-read into memory)."""
+    import numpy as np
+
+    from tiling import TileConfig, open_raster
+
+    with open_raster(path) as r:
+        cfg = TileConfig(tile_size=int(enc.input_size), stride=stride, gsd=gsd_m, min_valid=0.5)
+        pixels = np.stack([t.pixels for t in r.tiles(cfg)])
+    enc.encode(pixels[:batch_size])  # warm-up (allocations, lazy init)
+    t0 = time.perf_counter()
+    for i in range(0, len(pixels), batch_size):
+        enc.encode(pixels[i : i + batch_size])
+    return len(pixels) / (time.perf_counter() - t0)
+
+
+def run(full: bool = False, encoder: str = "sgmnet", batch_size: int = 16) -> dict[str, Any]:
+    """Measure ingest throughput; save and return the results."""
+    from geoloc.config import Settings
+    from geoloc.ingest import ingest
+    from geoloc.models import load_encoder
+
+    rasters = [SAMPLE] + ([MOSAIC] if full and MOSAIC.is_file() else [])
+    home = Path(tempfile.mkdtemp(prefix="geoloc-bench-ingest-", dir="/tmp"))
+    out: dict[str, Any] = {"encoder": encoder, "batch_size": batch_size, "rasters": []}
+    try:
+        settings = Settings(home=home, database_url=None)
+        enc = load_encoder(encoder)
+        if hasattr(enc, "optimize_for_inference"):
+            enc.optimize_for_inference()
+        for path in rasters:
+            (res,) = ingest(
+                [path], encoder=encoder, batch_size=batch_size, settings=settings, progress=False
+            )
+            if res.status != "ingested":
+                raise RuntimeError(f"{path}: ingest {res.status}: {res.message}")
+            assert res.gsd_m is not None and res.stride_px is not None
+            enc_tps = _encoder_only(enc, path, res.gsd_m, res.stride_px, batch_size)
+            wall = res.seconds
+            tm = res.timings
+            e2e = res.tiles_kept / wall
+            row = {
+                "raster": path.name,
+                "tiles": res.tiles_kept,
+                "gsd_m": round(res.gsd_m, 4),
+                "stride_px": res.stride_px,
+                "wall_s": round(wall, 3),
+                "tiles_per_s": round(e2e, 2),
+                "encoder_only_tiles_per_s": round(enc_tps, 2),
+                "ratio_to_encoder": round(e2e / enc_tps, 3),
+                "share_of_wall": {
+                    "read": round(tm.read_s / wall, 3),
+                    "encode": round(tm.encode_s / wall, 3),
+                    "db_write": round(tm.db_s / wall, 3),
+                    "faiss_add": round(tm.faiss_add_s / wall, 3),
+                    "faiss_save": round(tm.faiss_save_s / wall, 3),
+                    "recover_and_lock": round((tm.recover_s + tm.lock_wait_s) / wall, 3),
+                },
+                "seconds": {k: round(v, 3) for k, v in vars(tm).items()},
+            }
+            out["rasters"].append(row)
+            print(
+                f"{path.name}: {res.tiles_kept} tiles in {wall:.1f} s = {e2e:.1f} tiles/s; "
+                f"encoder alone {enc_tps:.1f} tiles/s (ratio {e2e / enc_tps:.2f}); "
+                f"shares {row['share_of_wall']}",
+                file=sys.stderr,
+            )
+        # The sample has only ~50 tiles: fixed costs (SHA, recovery, FAISS save) weigh on it.
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ingest.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    import torch
+
+    torch.set_num_threads(2)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    print(json.dumps(run(full="--full" in sys.argv), indent=2))
