@@ -51,8 +51,16 @@ def _is_virtual(path: str) -> bool:
     return path.startswith("/vsi") or "://" in path
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+def _one_line(exc: BaseException, path: str | None = None) -> str:
+    """GDAL's own message for ``exc`` (following rasterio's "see previous exception"), one line."""
+    msg = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and ("previous exception" in msg or not msg.strip()):
+        msg = str(cause)
+        cause = cause.__cause__ or cause.__context__
+    if path:
+        msg = msg.replace(f"'{path}' ", "").replace(path, "<file>")
+    return " ".join(msg.split()).rstrip(".") or type(exc).__name__
 
 
 class Raster:
@@ -104,7 +112,7 @@ class Raster:
                 return rasterio.open(path)
         except RasterioError as exc:
             raise RasterOpenError(
-                f"not a raster GDAL can open ({_one_line(exc)})".replace(path, "<file>"), path
+                f"not a raster GDAL can open ({_one_line(exc, path)})", path
             ) from exc
 
     def _validate(self) -> None:
@@ -302,7 +310,9 @@ class Raster:
                 )
                 mask = np.any(m > 0, axis=0)
         except RasterioError as exc:
-            raise RasterReadError(f"cannot read pixels ({_one_line(exc)})", self.path) from exc
+            raise RasterReadError(
+                f"cannot read pixels ({_one_line(exc, self.path)})", self.path
+            ) from exc
         bands = [data[idx.index(b)] for b in self.bands]
         if self._is_float:
             for b in bands:
