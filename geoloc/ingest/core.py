@@ -247,7 +247,12 @@ class _Ingester:
     def open_index(self) -> Any:
         from geoloc.store import OmegaIndex
 
-        return OmegaIndex.open(self.settings, self.encoder.weights_sha256)
+        return OmegaIndex.open(
+            self.settings,
+            self.encoder.weights_sha256,
+            encoder_id=self.encoder_id,
+            omega_dim=int(self.encoder.omega_dim),
+        )
 
     def recover(self, index: Any) -> None:
         """Delete orthomosaics a dead run left incomplete; make FAISS hold only complete ids.
