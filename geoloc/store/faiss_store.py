@@ -1,0 +1,612 @@
+"""The FAISS Ω index: compressed 50,176-d Ω vectors of one encoder, keyed by tile id.
+
+Compression: a *growing orthonormal basis* ``B`` (``d x D``) of the span of the Ω vectors seen
+so far; a tile is stored as its coordinates ``c = B x`` (``d`` float32) and a query ``q`` is
+scored by ``<B q, c> = <q, B^T B x>``:
+
+* while the vectors seen span at most ``max_dim`` dimensions the basis holds all of them, so
+  ``B^T B x = x`` and the search is **exact** (this covers small databases, e.g. the first
+  ~40-500 tiles of one orthomosaic), at ``d`` floats per tile;
+* every ``add`` projects the new vectors on ``B``; the part outside ``B`` (the residual) is
+  orthonormalised and appended to ``B`` (previous codes gain zero coordinates, still exact);
+* when ``d`` would exceed ``max_dim`` the basis is truncated to the ``target_dim`` principal
+  directions of the uncentred second moment of all codes (a PCA kept up to date incrementally,
+  with the moment matrix ``d x d``), and every stored code is rotated into the new basis;
+* above ``ivf_threshold`` tiles the flat inner-product index becomes an IVF-Flat index (inner
+  product, ``nlist ~ 4 sqrt(n)``, ``nprobe`` from the sidecar) and the basis is frozen; vectors
+  whose residual energy is large then lose accuracy, which ``info()["residual_energy"]`` reports
+  and ``geoloc index rebuild`` repairs (it refits from re-encoded tiles).
+
+Files under ``Settings.index_dir / <weights sha256>/``: ``meta.json`` (the sidecar: encoder id
+and SHA-256, dims, count, index type, parameters, creation time, and the names of the current
+data files), ``omega.<gen>.faiss``, ``basis.<gen>.npy``, ``moment.<gen>.npy``. Saving writes new
+generation files (temp + fsync + rename) and then atomically replaces ``meta.json``; a failed
+save leaves the previous index readable. Loads memory-map the basis and, until the first
+modification, the FAISS file. A GPU is used for flat search when ``faiss`` sees one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoloc.config import Settings
+from geoloc.errors import IndexError_
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEFAULT_OMEGA_DIM = 50176
+DEFAULT_TARGET_DIM = 256
+DEFAULT_IVF_THRESHOLD = 50_000
+DEFAULT_NPROBE = 32
+#: Residual-energy tolerance below which a vector is considered inside the basis.
+RESIDUAL_TOL = 1e-6
+#: Largest chunk of vectors processed at once by :meth:`OmegaIndex.add` (bounds memory / time).
+ADD_CHUNK = 256
+
+REBUILD_HINT = "run `geoloc index rebuild`"
+
+
+def _faiss() -> Any:
+    import faiss
+
+    return faiss
+
+
+def _fsync_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` atomically: ``write(tmp)`` in the same directory, fsync, rename."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class OmegaIndex:
+    """Ω vectors of one encoder (keyed by weights SHA-256), compressed, searchable by cosine.
+
+    Build with :meth:`open` (loads the saved index, or starts an empty one) or :meth:`create`
+    (always empty; ``save`` replaces what is on disk). Vectors must be L2-normalised so inner
+    product equals cosine similarity.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        encoder_sha256: str,
+        *,
+        omega_dim: int = DEFAULT_OMEGA_DIM,
+        target_dim: int = DEFAULT_TARGET_DIM,
+        max_dim: int | None = None,
+        ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
+        nprobe: int = DEFAULT_NPROBE,
+        encoder_id: int | None = None,
+    ) -> None:
+        if target_dim < 1 or omega_dim < 1:
+            raise IndexError_(f"{directory}: bad index dimensions {target_dim}/{omega_dim}")
+        self.directory = directory
+        self.encoder_sha256 = encoder_sha256
+        self.encoder_id = encoder_id
+        self.omega_dim = int(omega_dim)
+        self.target_dim = int(min(target_dim, omega_dim))
+        self.max_dim = int(min(max_dim or 2 * self.target_dim, omega_dim))
+        self.ivf_threshold = int(ivf_threshold)
+        self.nprobe = int(nprobe)
+        self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.index_type = "flat"
+        self._basis: np.ndarray = np.zeros((0, self.omega_dim), dtype=np.float32)
+        self._moment: np.ndarray = np.zeros((0, 0), dtype=np.float64)
+        self._index: Any = None  # faiss index over codes (None while d == 0 and empty)
+        self._ids: np.ndarray = np.zeros(0, dtype=np.int64)  # sorted
+        self._gen = 0
+        self._files: dict[str, str] = {}
+        self._basis_dirty = True
+        self._readonly_index = False
+        self._gpu_index: Any = None
+        self.fit_count = 0
+        self.residual_sum = 0.0  # residual energy of vectors added since the last refit
+        self.residual_n = 0
+
+    # ----------------------------------------------------------------------------------------
+    # construction / persistence
+    @staticmethod
+    def path_for(settings: Settings, encoder_sha256: str) -> Path:
+        """Directory of the index of this encoder."""
+        if not encoder_sha256 or any(c not in "0123456789abcdef" for c in encoder_sha256.lower()):
+            raise IndexError_(f"bad encoder weights SHA-256: {encoder_sha256!r}")
+        return settings.index_dir / encoder_sha256.lower()
+
+    @classmethod
+    def create(cls, settings: Settings, encoder_sha256: str, **kwargs: Any) -> OmegaIndex:
+        """A new empty index for this encoder (nothing is written until :meth:`save`)."""
+        return cls(cls.path_for(settings, encoder_sha256), encoder_sha256.lower(), **kwargs)
+
+    @classmethod
+    def exists(cls, settings: Settings, encoder_sha256: str) -> bool:
+        """True when a saved index exists for this encoder."""
+        return (cls.path_for(settings, encoder_sha256) / "meta.json").exists()
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        encoder_sha256: str,
+        *,
+        create: bool = True,
+        mmap: bool = True,
+        **kwargs: Any,
+    ) -> OmegaIndex:
+        """Load the saved index of this encoder; an empty one if none exists and ``create``.
+
+        Raises :class:`~geoloc.errors.IndexError_` when the index is missing (``create=False``),
+        truncated or inconsistent, with the hint to run ``geoloc index rebuild``.
+        """
+        directory = cls.path_for(settings, encoder_sha256)
+        meta_path = directory / "meta.json"
+        if not meta_path.exists():
+            if not create:
+                raise IndexError_(
+                    f"no FAISS index for this encoder: {REBUILD_HINT}", path=str(meta_path)
+                )
+            return cls(directory, encoder_sha256.lower(), **kwargs)
+        return cls._load(directory, mmap=mmap)
+
+    @classmethod
+    def _load(cls, directory: Path, *, mmap: bool) -> OmegaIndex:
+        meta_path = directory / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            p = meta["params"]
+            self = cls(
+                directory,
+                meta["encoder_sha256"],
+                omega_dim=int(meta["omega_dim"]),
+                target_dim=int(p["target_dim"]),
+                max_dim=int(p["max_dim"]),
+                ivf_threshold=int(p["ivf_threshold"]),
+                nprobe=int(p["nprobe"]),
+                encoder_id=meta.get("encoder_id"),
+            )
+            self.created = str(meta["created"])
+            self.index_type = str(meta["index_type"])
+            self._gen = int(meta["generation"])
+            self._files = {k: str(v) for k, v in meta["files"].items()}
+            self.fit_count = int(meta.get("fit_count", 0))
+            self.residual_sum = float(meta.get("residual_sum", 0.0))
+            self.residual_n = int(meta.get("residual_n", 0))
+            dim, count = int(meta["dim"]), int(meta["count"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IndexError_(
+                f"unreadable index sidecar ({exc}): {REBUILD_HINT}", path=str(meta_path)
+            ) from exc
+        faiss = _faiss()
+        try:
+            basis = np.load(directory / self._files["basis"], mmap_mode="r" if mmap else None)
+            moment = np.load(directory / self._files["moment"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise IndexError_(
+                f"missing or truncated basis/moment file ({exc}): {REBUILD_HINT}",
+                path=str(directory),
+            ) from exc
+        if basis.shape != (dim, self.omega_dim) or moment.shape != (dim, dim):
+            raise IndexError_(
+                f"basis shape {basis.shape} disagrees with meta.json: {REBUILD_HINT}",
+                path=str(directory),
+            )
+        self._basis, self._moment = basis, moment
+        self._basis_dirty = False
+        index_file = self._files.get("index")
+        if index_file:
+            path = directory / index_file
+            if not path.exists():
+                raise IndexError_(f"FAISS file missing: {REBUILD_HINT}", path=str(path))
+            flags = 0
+            if mmap:
+                flags = faiss.IO_FLAG_MMAP_IFC if self.index_type == "flat" else faiss.IO_FLAG_MMAP
+            try:
+                self._index = faiss.read_index(str(path), flags)
+            except RuntimeError as exc:
+                raise IndexError_(
+                    f"FAISS file truncated or corrupt: {REBUILD_HINT}", path=str(path)
+                ) from exc
+            self._readonly_index = bool(flags)
+            if self._index.ntotal != count or self._index.d != dim:
+                raise IndexError_(
+                    f"FAISS file holds {self._index.ntotal} x {self._index.d}, meta.json says "
+                    f"{count} x {dim}: {REBUILD_HINT}",
+                    path=str(path),
+                )
+            self._ids = np.sort(self._all_ids())
+        elif count:
+            raise IndexError_(
+                f"meta.json lists {count} vectors but no FAISS file: {REBUILD_HINT}",
+                path=str(meta_path),
+            )
+        return self
+
+    def save(self) -> None:
+        """Persist atomically (new generation files, then ``meta.json`` replaced by rename)."""
+        faiss = _faiss()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        gen = self._gen + 1
+        files = dict(self._files)
+        if self._basis_dirty or "basis" not in files:
+            files["basis"] = f"basis.{gen}.npy"
+            files["moment"] = f"moment.{gen}.npy"
+            basis, moment = self._basis, self._moment
+            _fsync_write(self.directory / files["basis"], lambda p: _np_save(p, basis))
+            _fsync_write(self.directory / files["moment"], lambda p: _np_save(p, moment))
+        if self._index is not None:
+            files["index"] = f"omega.{gen}.faiss"
+            index = self._index
+            _fsync_write(
+                self.directory / files["index"], lambda p: faiss.write_index(index, str(p))
+            )
+        else:
+            files.pop("index", None)
+        meta = self._meta(gen, files)
+        _fsync_write(
+            self.directory / "meta.json",
+            lambda p: _write_text(p, json.dumps(meta, indent=2) + "\n"),
+        )
+        _fsync_dir(self.directory)
+        self._gen, self._files, self._basis_dirty = gen, files, False
+        keep = set(files.values()) | {"meta.json"}
+        for f in self.directory.iterdir():
+            if f.name not in keep and not f.name.startswith("."):
+                with contextlib.suppress(OSError):
+                    f.unlink()
+
+    def _meta(self, gen: int, files: dict[str, str]) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "encoder_id": self.encoder_id,
+            "encoder_sha256": self.encoder_sha256,
+            "omega_dim": self.omega_dim,
+            "dim": self.dim,
+            "count": len(self),
+            "index_type": self.index_type,
+            "metric": "inner_product",
+            "params": {
+                "target_dim": self.target_dim,
+                "max_dim": self.max_dim,
+                "ivf_threshold": self.ivf_threshold,
+                "nprobe": self.nprobe,
+                "nlist": int(getattr(self._ivf(), "nlist", 0) or 0),
+            },
+            "exact": self.is_exact,
+            "fit_count": self.fit_count,
+            "residual_sum": self.residual_sum,
+            "residual_n": self.residual_n,
+            "created": self.created,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "generation": gen,
+            "files": files,
+        }
+
+    # ----------------------------------------------------------------------------------------
+    # properties
+    def __len__(self) -> int:
+        return int(self._ids.size)
+
+    @property
+    def dim(self) -> int:
+        """Current code dimension ``d`` (rows of the basis)."""
+        return int(self._basis.shape[0])
+
+    @property
+    def is_exact(self) -> bool:
+        """True while every stored vector lies in the basis (search equals exact search)."""
+        return self.index_type == "flat" and self.residual_sum <= RESIDUAL_TOL * max(
+            1, self.residual_n
+        )
+
+    def ids(self) -> np.ndarray:
+        """Sorted int64 ids held by the index."""
+        return self._ids.copy()
+
+    def info(self) -> dict[str, Any]:
+        """The sidecar fields (as they would be saved now) plus the directory."""
+        meta = self._meta(self._gen, self._files)
+        meta["directory"] = str(self.directory)
+        meta["residual_energy"] = self.residual_sum / max(1, self.residual_n)
+        return meta
+
+    def _ivf(self) -> Any:
+        if self.index_type != "ivf" or self._index is None:
+            return None
+        return _faiss().extract_index_ivf(self._index)
+
+    def _all_ids(self) -> np.ndarray:
+        faiss = _faiss()
+        if self._index is None:
+            return np.zeros(0, dtype=np.int64)
+        if self.index_type == "flat":
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        ivf = self._ivf()
+        invlists = ivf.invlists
+        out = []
+        for lst in range(ivf.nlist):
+            n = invlists.list_size(lst)
+            if n:
+                ptr = invlists.get_ids(lst)
+                out.append(faiss.rev_swig_ptr(ptr, n).copy())
+        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+    def _codes_and_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """All stored codes (n, d) and their ids, in storage order."""
+        if self._index is None or self._index.ntotal == 0:
+            return np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=np.int64)
+        if self.index_type == "flat":
+            ids = self._all_ids()
+            codes = self._index.index.reconstruct_n(0, self._index.ntotal)
+            return np.asarray(codes, dtype=np.float32), ids
+        ids = self._all_ids()
+        return self._reconstruct(ids), ids
+
+    def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if self.index_type == "flat":
+            return np.asarray(self._index.reconstruct_batch(ids), dtype=np.float32)
+        ivf = self._ivf()
+        return np.asarray(ivf.reconstruct_batch(ids), dtype=np.float32)
+
+    def _writable(self) -> None:
+        """Re-read a memory-mapped index into memory before the first modification."""
+        if self._readonly_index and self._index is not None:
+            path = self.directory / self._files["index"]
+            self._index = _faiss().read_index(str(path))
+            self._readonly_index = False
+        if not self._basis.flags.writeable:
+            self._basis = np.array(self._basis)
+        self._gpu_index = None
+
+    # ----------------------------------------------------------------------------------------
+    # mutation
+    def _check(self, x: np.ndarray, what: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.omega_dim:
+            raise IndexError_(
+                f"{what} must be (n, {self.omega_dim}), got {x.shape}", path=str(self.directory)
+            )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise IndexError_(f"{what} contains NaN or infinite values", path=str(self.directory))
+        return x
+
+    def add(self, ids: np.ndarray, omega: np.ndarray) -> None:
+        """Add Ω vectors ``(n, omega_dim)`` under int64 ``ids`` (tile ids; must be new)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        x = self._check(omega, "omega")
+        if ids.size != x.shape[0]:
+            raise IndexError_(f"{ids.size} ids for {x.shape[0]} vectors", path=str(self.directory))
+        if ids.size == 0:
+            return
+        if np.unique(ids).size != ids.size or np.isin(ids, self._ids).any():
+            dup = ids[np.isin(ids, self._ids)][:5].tolist() or "repeated in the batch"
+            raise IndexError_(f"ids already in the index: {dup}", path=str(self.directory))
+        self._writable()
+        for s in range(0, ids.size, ADD_CHUNK):
+            self._add_chunk(ids[s : s + ADD_CHUNK], x[s : s + ADD_CHUNK])
+        self._ids = np.sort(np.concatenate([self._ids, ids]))
+        if self.index_type == "flat" and len(self) > self.ivf_threshold:
+            self._to_ivf()
+
+    def _add_chunk(self, ids: np.ndarray, x: np.ndarray) -> None:
+        b = self._basis
+        coords = x @ b.T if b.shape[0] else np.zeros((x.shape[0], 0), dtype=np.float32)
+        resid = x - coords @ b if b.shape[0] else x.copy()
+        energy = np.einsum("ij,ij->i", resid, resid) / np.maximum(
+            np.einsum("ij,ij->i", x, x), 1e-30
+        )
+        if self.index_type == "flat" and float(energy.max()) > RESIDUAL_TOL:
+            self._extend(ids, coords, resid)
+            return
+        # inside the basis (or frozen IVF basis): store the projection
+        self.residual_sum += float(energy.sum())
+        self.residual_n += int(energy.size)
+        self._moment += coords.T.astype(np.float64) @ coords.astype(np.float64)
+        self._index_add(ids, coords.astype(np.float32))
+
+    def _extend(self, ids: np.ndarray, coords: np.ndarray, resid: np.ndarray) -> None:
+        """Append the residual directions to the basis; truncate to target_dim if too wide."""
+        gram = resid.astype(np.float64) @ resid.T.astype(np.float64)
+        w, u = np.linalg.eigh(gram)
+        keep = w > max(float(w.max()), 1e-30) * 1e-10
+        w, u = w[keep], u[:, keep]
+        new_dirs = (u / np.sqrt(w)).T.astype(np.float32) @ resid  # (r, D), orthonormal rows
+        if self.dim:  # re-orthogonalise against the basis (numerical safety)
+            new_dirs -= (new_dirs @ self._basis.T) @ self._basis
+        q, _ = np.linalg.qr(new_dirs.T)
+        new_dirs = q.T.astype(np.float32)
+        r = new_dirs.shape[0]
+        d = self.dim
+        basis_ext = np.concatenate([self._basis, new_dirs], axis=0)
+        new_codes = np.concatenate([coords, resid @ new_dirs.T], axis=1).astype(np.float32)
+        moment = np.zeros((d + r, d + r), dtype=np.float64)
+        moment[:d, :d] = self._moment
+        moment += new_codes.T.astype(np.float64) @ new_codes.astype(np.float64)
+        old_codes, old_ids = self._codes_and_ids()
+        old_codes = np.concatenate(
+            [old_codes, np.zeros((old_codes.shape[0], r), np.float32)], axis=1
+        )
+        # part of the new vectors outside even the extended basis (numerical rank cut)
+        lost = resid - (resid @ new_dirs.T) @ new_dirs
+        self.residual_sum += float(
+            (
+                np.einsum("ij,ij->i", lost, lost)
+                / np.maximum(
+                    np.einsum("ij,ij->i", coords, coords) + np.einsum("ij,ij->i", resid, resid),
+                    1e-30,
+                )
+            ).sum()
+        )
+        self.residual_n += int(ids.size)
+        codes = np.concatenate([old_codes, new_codes], axis=0)
+        all_ids = np.concatenate([old_ids, ids])
+        if d + r > self.max_dim:
+            basis_ext, codes, moment = self._truncate(basis_ext, codes, moment, self.target_dim)
+        self._basis, self._moment = np.ascontiguousarray(basis_ext), moment
+        self._basis_dirty = True
+        self._rebuild_flat(all_ids, codes)
+
+    def _truncate(
+        self, basis: np.ndarray, codes: np.ndarray, moment: np.ndarray, dim: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Keep the ``dim`` principal directions of the code second moment; rotate codes."""
+        w, v = np.linalg.eigh(moment)
+        order = np.argsort(w)[::-1][:dim]
+        vt = v[:, order]  # (d_ext, dim)
+        dropped = float(w.sum() - w[order].sum())
+        total = float(max(w.sum(), 1e-30))
+        # energy dropped: the sum over stored (unit-norm) vectors of their lost energy
+        self.residual_sum += dropped
+        self.fit_count = int(codes.shape[0])
+        log.info("Ω basis truncated to %d dims (%.3f%% energy dropped)", dim, 100 * dropped / total)
+        new_basis = (vt.T.astype(np.float32) @ basis).astype(np.float32)
+        new_codes = (codes @ vt.astype(np.float32)).astype(np.float32)
+        new_moment = vt.T @ moment @ vt
+        return new_basis, new_codes, new_moment
+
+    def _rebuild_flat(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        faiss = _faiss()
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(int(codes.shape[1])))
+        if ids.size:
+            index.add_with_ids(
+                np.ascontiguousarray(codes, dtype=np.float32), np.ascontiguousarray(ids)
+            )
+        self._index, self.index_type = index, "flat"
+
+    def _index_add(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        if self._index is None:
+            self._rebuild_flat(np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32))
+        self._index.add_with_ids(np.ascontiguousarray(codes), np.ascontiguousarray(ids))
+
+    def _to_ivf(self) -> None:
+        """Switch from flat to IVF-Flat (inner product); the basis is frozen from now on."""
+        faiss = _faiss()
+        codes, ids = self._codes_and_ids()
+        if self.dim > self.target_dim:
+            self._basis, codes, self._moment = self._truncate(
+                self._basis, codes, self._moment, self.target_dim
+            )
+            self._basis_dirty = True
+        n, d = codes.shape
+        nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))
+        ivf = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = codes[rng.choice(n, size=min(n, nlist * 64), replace=False)]
+        ivf.train(np.ascontiguousarray(sample))
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.nprobe = self.nprobe
+        ivf.add_with_ids(np.ascontiguousarray(codes), np.ascontiguousarray(ids))
+        self._index, self.index_type = ivf, "ivf"
+        self.fit_count = n
+        log.info("Ω index switched to IVF-Flat (%d lists) at %d vectors", nlist, n)
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove these ids (absent ones are ignored); return how many were removed."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+        present = ids[np.isin(ids, self._ids)]
+        if present.size == 0 or self._index is None:
+            return 0
+        self._writable()
+        n = int(self._index.remove_ids(_faiss().IDSelectorBatch(present)))
+        self._ids = np.setdiff1d(self._ids, present, assume_unique=True)
+        return n
+
+    # ----------------------------------------------------------------------------------------
+    # search
+    def encode_query(self, q: np.ndarray) -> np.ndarray:
+        """Project queries ``(b, omega_dim)`` to code space ``(b, d)``."""
+        x = self._check(q, "query")
+        return np.ascontiguousarray(x @ self._basis.T, dtype=np.float32)
+
+    def search(
+        self, q: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most similar stored vectors of each query (inner product = cosine).
+
+        Returns ``(scores, ids)`` of shape ``(b, k)``, best first; missing results are
+        ``-inf`` / ``-1``. ``allowed_ids`` restricts the search to those ids (exact within
+        the compressed space).
+        """
+        x = self._check(q, "query")
+        b = x.shape[0]
+        scores = np.full((b, k), -np.inf, dtype=np.float32)
+        out_ids = np.full((b, k), -1, dtype=np.int64)
+        if k <= 0 or len(self) == 0:
+            return scores[:, : max(k, 0)], out_ids[:, : max(k, 0)]
+        codes_q = np.ascontiguousarray(x @ self._basis.T, dtype=np.float32)
+        if allowed_ids is not None:
+            allowed = np.intersect1d(np.asarray(allowed_ids, dtype=np.int64).ravel(), self._ids)
+            if allowed.size == 0:
+                return scores, out_ids
+            codes = self._reconstruct(allowed)
+            sims = codes_q @ codes.T
+            kk = min(k, allowed.size)
+            part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+            order = np.take_along_axis(sims, part, axis=1).argsort(axis=1)[:, ::-1]
+            top = np.take_along_axis(part, order, axis=1)
+            scores[:, :kk] = np.take_along_axis(sims, top, axis=1)
+            out_ids[:, :kk] = allowed[top]
+            return scores, out_ids
+        index = self._search_index()
+        kk = min(k, len(self))
+        if self.index_type == "ivf":
+            params = _faiss().SearchParametersIVF(nprobe=self.nprobe)
+            s, i = index.search(codes_q, kk, params=params)
+        else:
+            s, i = index.search(codes_q, kk)
+        scores[:, :kk] = s
+        out_ids[:, :kk] = i
+        scores[out_ids < 0] = -np.inf
+        return scores, out_ids
+
+    def _search_index(self) -> Any:
+        faiss = _faiss()
+        if (
+            self.index_type == "flat"
+            and hasattr(faiss, "get_num_gpus")
+            and faiss.get_num_gpus() > 0
+        ):
+            if self._gpu_index is None:
+                self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)
+            return self._gpu_index
+        return self._index
+
+
+def _np_save(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)

@@ -1,0 +1,752 @@
+"""Typed data access over the tile database: parameterized SQL only, bulk writes by binary COPY.
+
+Every function takes an open :class:`~geoloc.store.database.Database`. Only tiles of orthomosaics
+whose status is ``complete`` are returned by the search-side helpers
+(:func:`complete_tile_ids`, :func:`fetch_candidates`, :func:`tile_ids_within`, :func:`knn_phi`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geoloc.errors import DatabaseError
+from geoloc.store.schema import PHI_DIM, STATUSES
+
+if TYPE_CHECKING:
+    from geoloc.store.database import Database
+
+log = logging.getLogger(__name__)
+
+#: Key of the Postgres advisory lock that serialises ingests (any constant bigint).
+INGEST_LOCK_KEY = 0x6765_6F6C_6F63  # "geoloc"
+
+
+# --------------------------------------------------------------------------------------------
+# records
+@dataclass(frozen=True)
+class EncoderRow:
+    """A registered encoder."""
+
+    id: int
+    name: str
+    config: dict[str, Any]
+    weights_sha256: str
+    omega_dim: int
+    phi_dim: int
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class OrthomosaicRow:
+    """An orthomosaic as stored (one per raster file and encoder)."""
+
+    id: int
+    encoder_id: int
+    path: str
+    sha256: str
+    crs: str
+    width: int
+    height: int
+    gsd_m: float
+    min_lon: float
+    min_lat: float
+    max_lon: float
+    max_lat: float
+    footprint_wkt: str
+    tile_size: int
+    stride: int
+    target_gsd_m: float | None
+    status: str
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    tiles_kept: int
+    tiles_skipped: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (timestamps as ISO strings)."""
+        d = dict(self.__dict__)
+        for k in ("started_at", "finished_at"):
+            d[k] = d[k].isoformat() if d[k] is not None else None
+        return d
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    """Everything the re-ranker needs about one tile, fetched in one query."""
+
+    tile_id: int
+    orthomosaic_id: int
+    row: int
+    col: int
+    center_lat: float
+    center_lon: float
+    footprint_wkt: str
+    gsd_m: float
+    valid_fraction: float
+    window: tuple[float, float, float, float]  # col_off, row_off, width, height (source px)
+    transform: tuple[float, float, float, float, float, float]  # a, b, c, d, e, f (output px)
+    tile_size: int
+    raster_path: str
+    crs: str
+    phi: np.ndarray  # (phi_dim,) float32
+    node_areas: np.ndarray  # (K,) float32
+    node_centroids: np.ndarray  # (K, 2) float32, (x, y) in [0, 1]
+
+
+@dataclass(frozen=True)
+class TileRef:
+    """Where a tile's pixels come from (used to re-encode tiles for ``index rebuild``)."""
+
+    tile_id: int
+    orthomosaic_id: int
+    raster_path: str
+    row: int
+    col: int
+    center_lon: float
+    center_lat: float
+    gsd_m: float
+    tile_size: int
+
+
+def _text(sql: str) -> Any:
+    from sqlalchemy import text
+
+    return text(sql)
+
+
+# --------------------------------------------------------------------------------------------
+# encoders
+def get_or_create_encoder(
+    db: Database,
+    name: str,
+    config: dict[str, Any],
+    weights_sha256: str,
+    omega_dim: int,
+    phi_dim: int,
+) -> int:
+    """Id of the encoder ``(name, weights_sha256)``, registering it on first use."""
+    if not 0 < phi_dim <= PHI_DIM:
+        raise DatabaseError(
+            f"encoder {name}: phi_dim {phi_dim} is not in 1..{PHI_DIM} (tile_embeddings.phi width)"
+        )
+    with db.engine.begin() as conn:
+        row = conn.execute(
+            _text(
+                "INSERT INTO encoders (name, config, weights_sha256, omega_dim, phi_dim) "
+                "VALUES (:n, CAST(:c AS jsonb), :s, :o, :p) "
+                "ON CONFLICT (name, weights_sha256) DO NOTHING RETURNING id"
+            ),
+            {"n": name, "c": json.dumps(config), "s": weights_sha256, "o": omega_dim, "p": phi_dim},
+        ).first()
+        if row is None:
+            row = conn.execute(
+                _text(
+                    "SELECT id, omega_dim, phi_dim FROM encoders "
+                    "WHERE name = :n AND weights_sha256 = :s"
+                ),
+                {"n": name, "s": weights_sha256},
+            ).one()
+            if (row.omega_dim, row.phi_dim) != (omega_dim, phi_dim):
+                raise DatabaseError(
+                    f"encoder {name} ({weights_sha256[:12]}) is registered with dims "
+                    f"{row.omega_dim}/{row.phi_dim}, not {omega_dim}/{phi_dim}"
+                )
+    return int(row.id)
+
+
+def _encoder(row: Any) -> EncoderRow:
+    return EncoderRow(
+        id=int(row.id),
+        name=row.name,
+        config=dict(row.config or {}),
+        weights_sha256=row.weights_sha256,
+        omega_dim=int(row.omega_dim),
+        phi_dim=int(row.phi_dim),
+        created_at=row.created_at,
+    )
+
+
+def list_encoders(db: Database) -> list[EncoderRow]:
+    """Every registered encoder, oldest first."""
+    with db.engine.connect() as conn:
+        rows = conn.execute(_text("SELECT * FROM encoders ORDER BY id")).all()
+    return [_encoder(r) for r in rows]
+
+
+def get_encoder(db: Database, encoder_id: int) -> EncoderRow:
+    """The encoder with this id (DatabaseError if unknown)."""
+    with db.engine.connect() as conn:
+        row = conn.execute(_text("SELECT * FROM encoders WHERE id = :i"), {"i": encoder_id}).first()
+    if row is None:
+        raise DatabaseError(f"{db.url}: no encoder with id {encoder_id}")
+    return _encoder(row)
+
+
+def find_encoder(db: Database, weights_sha256: str, name: str | None = None) -> EncoderRow | None:
+    """The encoder with these weights (a SHA-256 prefix of >= 8 characters is accepted)."""
+    if len(weights_sha256) < 8:
+        raise DatabaseError(f"encoder weights SHA-256 prefix too short: {weights_sha256!r}")
+    sql = "SELECT * FROM encoders WHERE weights_sha256 LIKE :s"
+    params: dict[str, Any] = {"s": weights_sha256.lower().replace("%", "") + "%"}
+    if name is not None:
+        sql += " AND name = :n"
+        params["n"] = name
+    with db.engine.connect() as conn:
+        rows = conn.execute(_text(sql + " ORDER BY id"), params).all()
+    if len(rows) > 1:
+        raise DatabaseError(f"encoder weights prefix {weights_sha256!r} is ambiguous")
+    return _encoder(rows[0]) if rows else None
+
+
+# --------------------------------------------------------------------------------------------
+# orthomosaics
+def _ortho(row: Any) -> OrthomosaicRow:
+    return OrthomosaicRow(**{k: getattr(row, k) for k in OrthomosaicRow.__dataclass_fields__})
+
+
+def find_orthomosaic(db: Database, sha256: str, encoder_id: int) -> OrthomosaicRow | None:
+    """The orthomosaic of the file with this SHA-256 for this encoder (any status), or None."""
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            _text("SELECT * FROM orthomosaics WHERE sha256 = :s AND encoder_id = :e"),
+            {"s": sha256, "e": encoder_id},
+        ).first()
+    return _ortho(row) if row is not None else None
+
+
+def get_orthomosaic(db: Database, orthomosaic_id: int) -> OrthomosaicRow | None:
+    """The orthomosaic with this id, or None."""
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            _text("SELECT * FROM orthomosaics WHERE id = :i"), {"i": orthomosaic_id}
+        ).first()
+    return _ortho(row) if row is not None else None
+
+
+def list_orthomosaics(db: Database, encoder_id: int | None = None) -> list[OrthomosaicRow]:
+    """Orthomosaics (of one encoder, or all), oldest first."""
+    sql = "SELECT * FROM orthomosaics"
+    params: dict[str, Any] = {}
+    if encoder_id is not None:
+        sql += " WHERE encoder_id = :e"
+        params["e"] = encoder_id
+    with db.engine.connect() as conn:
+        rows = conn.execute(_text(sql + " ORDER BY id"), params).all()
+    return [_ortho(r) for r in rows]
+
+
+def begin_orthomosaic(
+    db: Database,
+    *,
+    path: str,
+    sha256: str,
+    encoder_id: int,
+    raster: Any | None = None,
+    crs: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    gsd_m: float | None = None,
+    bounds_lonlat: tuple[float, float, float, float] | None = None,
+    footprint_wkt: str | None = None,
+    tile_size: int = 224,
+    stride: int = 112,
+    target_gsd: float | None = None,
+    status: str = "ingesting",
+) -> int:
+    """Insert an orthomosaic row (status ``ingesting`` by default) and return its id.
+
+    Geometry comes from ``raster`` (a :class:`tiling.Raster`) unless given explicitly:
+    ``crs``, ``width``, ``height``, ``gsd_m``, ``bounds_lonlat`` (west, south, east, north),
+    ``footprint_wkt``. ``path`` is stored as an absolute path.
+    """
+    import os
+
+    if status not in STATUSES:
+        raise DatabaseError(f"{path}: bad orthomosaic status {status!r}")
+    if raster is not None:
+        from tiling.crs import crs_string
+
+        crs = crs if crs is not None else crs_string(raster.crs)
+        width = width if width is not None else int(raster.width)
+        height = height if height is not None else int(raster.height)
+        gsd_m = gsd_m if gsd_m is not None else float(raster.gsd_m)
+        bounds_lonlat = bounds_lonlat or tuple(float(v) for v in raster.bounds_lonlat)  # type: ignore[assignment]
+        footprint_wkt = footprint_wkt or raster.footprint_lonlat.wkt
+    missing = [
+        k
+        for k, v in {
+            "crs": crs,
+            "width": width,
+            "height": height,
+            "gsd_m": gsd_m,
+            "bounds_lonlat": bounds_lonlat,
+        }.items()
+        if v is None
+    ]
+    if missing:
+        raise DatabaseError(f"{path}: begin_orthomosaic needs a raster or {', '.join(missing)}")
+    assert bounds_lonlat is not None
+    w, s, e, n = bounds_lonlat
+    if footprint_wkt is None:
+        footprint_wkt = f"POLYGON (({w} {s}, {e} {s}, {e} {n}, {w} {n}, {w} {s}))"
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with db.engine.begin() as conn:
+            oid = conn.execute(
+                _text(
+                    "INSERT INTO orthomosaics (encoder_id, path, sha256, crs, width, height, gsd_m,"
+                    " min_lon, min_lat, max_lon, max_lat, footprint_wkt, tile_size, stride,"
+                    " target_gsd_m, status) VALUES (:enc, :path, :sha, :crs, :w, :h, :gsd,"
+                    " :w0, :s0, :e0, :n0, :fp, :ts, :st, :tg, :status) RETURNING id"
+                ),
+                {
+                    "enc": encoder_id,
+                    "path": os.path.abspath(path),
+                    "sha": sha256,
+                    "crs": crs,
+                    "w": width,
+                    "h": height,
+                    "gsd": gsd_m,
+                    "w0": w,
+                    "s0": s,
+                    "e0": e,
+                    "n0": n,
+                    "fp": footprint_wkt,
+                    "ts": tile_size,
+                    "st": stride,
+                    "tg": target_gsd,
+                    "status": status,
+                },
+            ).scalar_one()
+    except IntegrityError as exc:
+        raise DatabaseError(
+            f"{path}: already in the database for encoder {encoder_id} (sha256 {sha256[:12]})"
+        ) from exc
+    return int(oid)
+
+
+def finish_orthomosaic(db: Database, orthomosaic_id: int, kept: int, skipped: int) -> None:
+    """Mark an orthomosaic ``complete`` with its tile counts."""
+    with db.engine.begin() as conn:
+        n = conn.execute(
+            _text(
+                "UPDATE orthomosaics SET status = 'complete', finished_at = now(), "
+                "tiles_kept = :k, tiles_skipped = :s, error = NULL WHERE id = :i"
+            ),
+            {"k": kept, "s": skipped, "i": orthomosaic_id},
+        ).rowcount
+    if n != 1:
+        raise DatabaseError(f"{db.url}: no orthomosaic with id {orthomosaic_id}")
+
+
+def fail_orthomosaic(db: Database, orthomosaic_id: int, error: str = "") -> None:
+    """Mark an orthomosaic ``failed`` (its tiles are never searched)."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            _text(
+                "UPDATE orthomosaics SET status = 'failed', finished_at = now(), error = :m "
+                "WHERE id = :i"
+            ),
+            {"m": error or None, "i": orthomosaic_id},
+        )
+
+
+def delete_orthomosaic(db: Database, orthomosaic_id: int) -> list[int]:
+    """Delete an orthomosaic with its tiles and embeddings; return the removed tile ids."""
+    with db.engine.begin() as conn:
+        ids = conn.execute(
+            _text("DELETE FROM tiles WHERE orthomosaic_id = :i RETURNING id"),
+            {"i": orthomosaic_id},
+        ).scalars()
+        removed = sorted(int(i) for i in ids)
+        conn.execute(_text("DELETE FROM orthomosaics WHERE id = :i"), {"i": orthomosaic_id})
+    return removed
+
+
+def incomplete_orthomosaics(db: Database, encoder_id: int) -> list[OrthomosaicRow]:
+    """Orthomosaics of this encoder whose status is not ``complete`` (interrupted or failed)."""
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            _text(
+                "SELECT * FROM orthomosaics "
+                "WHERE encoder_id = :e AND status <> 'complete' ORDER BY id"
+            ),
+            {"e": encoder_id},
+        ).all()
+    return [_ortho(r) for r in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# tiles: binary COPY
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_OID_FLOAT4, _OID_FLOAT8 = 700, 701
+
+
+def _f_int8(v: int) -> bytes:
+    return b"\x00\x00\x00\x08" + struct.pack(">q", v)
+
+
+def _f_int4(v: int) -> bytes:
+    return b"\x00\x00\x00\x04" + struct.pack(">i", v)
+
+
+def _f_float8(v: float) -> bytes:
+    return b"\x00\x00\x00\x08" + struct.pack(">d", v)
+
+
+def _f_float4(v: float) -> bytes:
+    return b"\x00\x00\x00\x04" + struct.pack(">f", v)
+
+
+def _f_text(v: str) -> bytes:
+    b = v.encode("utf-8")
+    return struct.pack(">i", len(b)) + b
+
+
+def _f_array(values: np.ndarray, oid: int) -> bytes:
+    size = 4 if oid == _OID_FLOAT4 else 8
+    vals = np.ascontiguousarray(values, dtype=">f4" if size == 4 else ">f8").ravel()
+    n = vals.size
+    lens = np.full(n, size, dtype=">i4")
+    body = np.empty(n * (4 + size), dtype=np.uint8)
+    body_view = body.reshape(n, 4 + size)
+    body_view[:, :4] = lens.view(np.uint8).reshape(n, 4)
+    body_view[:, 4:] = vals.view(np.uint8).reshape(n, size)
+    payload = struct.pack(">iiiii", 1, 0, oid, n, 1) + body.tobytes()
+    return struct.pack(">i", len(payload)) + payload
+
+
+def _f_halfvec(v: np.ndarray) -> bytes:
+    payload = struct.pack(">HH", v.size, 0) + np.asarray(v, dtype=">f2").tobytes()
+    return struct.pack(">i", len(payload)) + payload
+
+
+def _window_tuple(window: Any) -> tuple[float, float, float, float]:
+    return (
+        float(window.col_off),
+        float(window.row_off),
+        float(window.width),
+        float(window.height),
+    )
+
+
+def _transform_tuple(transform: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in tuple(transform)[:6])
+
+
+def pad_phi(phi: np.ndarray) -> np.ndarray:
+    """Φ as float32 ``(n, PHI_DIM)``: zero-padded on the right (cosine is unchanged)."""
+    phi = np.asarray(phi, dtype=np.float32)
+    if phi.ndim != 2 or phi.shape[1] > PHI_DIM:
+        raise DatabaseError(f"phi must be (n, <= {PHI_DIM}), got shape {phi.shape}")
+    if phi.shape[1] == PHI_DIM:
+        return phi
+    out = np.zeros((phi.shape[0], PHI_DIM), dtype=np.float32)
+    out[:, : phi.shape[1]] = phi
+    return out
+
+
+def add_tiles(
+    db: Database,
+    orthomosaic_id: int,
+    encoder_id: int,
+    tiles: Sequence[Any],
+    phi: np.ndarray,
+    node_areas: np.ndarray,
+    node_centroids: np.ndarray,
+) -> list[int]:
+    """Insert tiles and their embeddings in one transaction (binary COPY); return tile ids.
+
+    ``tiles`` are :class:`tiling.Tile` (pixels unused); ``phi`` is ``(n, phi_dim)``;
+    ``node_areas`` ``(n, K)``; ``node_centroids`` ``(n, K, 2)``. The FAISS id of each tile's Ω
+    is its tile id. A duplicate ``(orthomosaic, row, col)`` raises :class:`DatabaseError`.
+    """
+    n = len(tiles)
+    if n == 0:
+        return []
+    phi_p = pad_phi(phi)
+    areas = np.asarray(node_areas, dtype=np.float32).reshape(n, -1)
+    cents = np.asarray(node_centroids, dtype=np.float32).reshape(n, -1)
+    if phi_p.shape[0] != n:
+        raise DatabaseError(f"add_tiles: {n} tiles but {phi_p.shape[0]} phi rows")
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        with db.engine.begin() as conn:
+            ids = [
+                int(i)
+                for i in conn.execute(
+                    _text("SELECT nextval('tiles_id_seq') FROM generate_series(1, :n)"), {"n": n}
+                ).scalars()
+            ]
+            tbuf = io.BytesIO()
+            ebuf = io.BytesIO()
+            tbuf.write(_COPY_HEADER)
+            ebuf.write(_COPY_HEADER)
+            n_tile_fields = struct.pack(">h", 12)
+            n_emb_fields = struct.pack(">h", 6)
+            for i, (tid, t) in enumerate(zip(ids, tiles, strict=True)):
+                tbuf.write(n_tile_fields)
+                tbuf.write(_f_int8(tid))
+                tbuf.write(_f_int4(orthomosaic_id))
+                tbuf.write(_f_int4(int(t.row)))
+                tbuf.write(_f_int4(int(t.col)))
+                tbuf.write(_f_float8(float(t.center_lat)))
+                tbuf.write(_f_float8(float(t.center_lon)))
+                tbuf.write(_f_text(t.footprint.wkt))
+                tbuf.write(_f_float8(float(t.gsd_m)))
+                tbuf.write(_f_float4(float(t.valid_fraction)))
+                tbuf.write(_f_array(np.asarray(_window_tuple(t.window)), _OID_FLOAT8))
+                tbuf.write(_f_array(np.asarray(_transform_tuple(t.transform)), _OID_FLOAT8))
+                tbuf.write(_f_int4(int(t.tile_size)))
+                ebuf.write(n_emb_fields)
+                ebuf.write(_f_int8(tid))
+                ebuf.write(_f_int4(encoder_id))
+                ebuf.write(_f_halfvec(phi_p[i]))
+                ebuf.write(_f_array(areas[i], _OID_FLOAT4))
+                ebuf.write(_f_array(cents[i], _OID_FLOAT4))
+                ebuf.write(_f_int8(tid))
+            tbuf.write(_COPY_TRAILER)
+            ebuf.write(_COPY_TRAILER)
+            tbuf.seek(0)
+            ebuf.seek(0)
+            cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cur.copy_expert(
+                    "COPY tiles (id, orthomosaic_id, row, col, center_lat, center_lon,"
+                    ' footprint_wkt, gsd_m, valid_fraction, "window", transform, tile_size)'
+                    " FROM STDIN WITH (FORMAT binary)",
+                    tbuf,
+                )
+                cur.copy_expert(
+                    "COPY tile_embeddings (tile_id, encoder_id, phi, node_areas, node_centroids,"
+                    " faiss_id) FROM STDIN WITH (FORMAT binary)",
+                    ebuf,
+                )
+            finally:
+                cur.close()
+    except DBAPIError as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()
+        raise DatabaseError(
+            f"orthomosaic {orthomosaic_id}: cannot insert {n} tiles: {first[0] if first else exc}"
+        ) from exc
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# reads
+def complete_tile_ids(db: Database, encoder_id: int) -> np.ndarray:
+    """Sorted int64 FAISS ids (= tile ids) of every tile of the encoder's complete orthomosaics."""
+    with db.engine.connect() as conn:
+        ids = conn.execute(
+            _text(
+                "SELECT e.faiss_id FROM tile_embeddings e JOIN tiles t ON t.id = e.tile_id "
+                "JOIN orthomosaics o ON o.id = t.orthomosaic_id "
+                "WHERE e.encoder_id = :e AND o.status = 'complete' ORDER BY e.faiss_id"
+            ),
+            {"e": encoder_id},
+        ).scalars()
+        return np.fromiter((int(i) for i in ids), dtype=np.int64)
+
+
+def _halfvec_to_np(v: Any, dim: int) -> np.ndarray:
+    if isinstance(v, str):
+        arr = np.array(json.loads(v), dtype=np.float32)
+    elif hasattr(v, "to_numpy"):
+        arr = np.asarray(v.to_numpy(), dtype=np.float32)
+    else:
+        arr = np.asarray(v, dtype=np.float32)
+    return arr[:dim]
+
+
+def fetch_candidates(
+    db: Database, encoder_id: int, tile_ids: Sequence[int] | np.ndarray
+) -> list[CandidateRow]:
+    """Geometry, raster, Φ and nodes of these tiles (complete orthomosaics only), in input order.
+
+    Ids that are unknown, of another encoder, or of an incomplete orthomosaic are left out.
+    """
+    ids = [int(i) for i in np.asarray(tile_ids, dtype=np.int64).ravel()]
+    if not ids:
+        return []
+    from sqlalchemy import bindparam
+    from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+
+    stmt = _text(
+        "SELECT t.id, t.orthomosaic_id, t.row, t.col, t.center_lat, t.center_lon,"
+        " t.footprint_wkt, t.gsd_m, t.valid_fraction, t.window, t.transform, t.tile_size,"
+        " o.path, o.crs, en.phi_dim, e.phi::text AS phi, e.node_areas, e.node_centroids"
+        " FROM tiles t JOIN orthomosaics o ON o.id = t.orthomosaic_id"
+        " JOIN tile_embeddings e ON e.tile_id = t.id AND e.encoder_id = :e"
+        " JOIN encoders en ON en.id = e.encoder_id"
+        " WHERE t.id = ANY(:ids) AND o.status = 'complete'"
+    ).bindparams(bindparam("ids", type_=ARRAY(BIGINT)))
+    with db.engine.connect() as conn:
+        rows = conn.execute(stmt, {"e": encoder_id, "ids": ids}).all()
+    by_id: dict[int, CandidateRow] = {}
+    for r in rows:
+        k = len(r.node_areas)
+        by_id[int(r.id)] = CandidateRow(
+            tile_id=int(r.id),
+            orthomosaic_id=int(r.orthomosaic_id),
+            row=int(r.row),
+            col=int(r.col),
+            center_lat=float(r.center_lat),
+            center_lon=float(r.center_lon),
+            footprint_wkt=r.footprint_wkt,
+            gsd_m=float(r.gsd_m),
+            valid_fraction=float(r.valid_fraction),
+            window=tuple(float(v) for v in r.window),  # type: ignore[arg-type]
+            transform=tuple(float(v) for v in r.transform),  # type: ignore[arg-type]
+            tile_size=int(r.tile_size),
+            raster_path=r.path,
+            crs=r.crs,
+            phi=_halfvec_to_np(r.phi, int(r.phi_dim)),
+            node_areas=np.asarray(r.node_areas, dtype=np.float32),
+            node_centroids=np.asarray(r.node_centroids, dtype=np.float32).reshape(k, 2),
+        )
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def _geodesic_m(lon1: np.ndarray, lat1: np.ndarray, lon2: float, lat2: float) -> np.ndarray:
+    from tiling.crs import geodesic_distance_m
+
+    return np.asarray(
+        geodesic_distance_m(lon1, lat1, np.full_like(lon1, lon2), np.full_like(lat1, lat2)),
+        dtype=np.float64,
+    )
+
+
+def tile_ids_within(
+    db: Database, encoder_id: int, lat: float, lon: float, radius_m: float
+) -> np.ndarray:
+    """Sorted int64 ids of the encoder's complete tiles whose centre is within ``radius_m``.
+
+    A bounding box on the indexed ``(center_lat, center_lon)`` columns prefilters; the exact
+    geodesic distance (WGS84) decides.
+    """
+    if radius_m < 0 or not math.isfinite(radius_m):
+        raise DatabaseError(f"radius must be a finite non-negative number of metres: {radius_m}")
+    dlat = radius_m / 110_574.0 * 1.01 + 1e-9
+    coslat = math.cos(math.radians(min(89.9, abs(lat) + dlat)))
+    dlon = min(180.0, radius_m / (111_320.0 * max(coslat, 1e-6)) * 1.01 + 1e-9)
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            _text(
+                "SELECT t.id, t.center_lon, t.center_lat FROM tiles t"
+                " JOIN orthomosaics o ON o.id = t.orthomosaic_id"
+                " JOIN tile_embeddings e ON e.tile_id = t.id AND e.encoder_id = :e"
+                " WHERE o.status = 'complete'"
+                " AND t.center_lat BETWEEN :lat0 AND :lat1"
+                " AND t.center_lon BETWEEN :lon0 AND :lon1"
+            ),
+            {
+                "e": encoder_id,
+                "lat0": lat - dlat,
+                "lat1": lat + dlat,
+                "lon0": lon - dlon,
+                "lon1": lon + dlon,
+            },
+        ).all()
+    if not rows:
+        return np.zeros(0, dtype=np.int64)
+    arr = np.asarray([(r.id, r.center_lon, r.center_lat) for r in rows], dtype=np.float64)
+    d = _geodesic_m(arr[:, 1], arr[:, 2], lon, lat)
+    return np.sort(arr[d <= radius_m, 0].astype(np.int64))
+
+
+def knn_phi(
+    db: Database, encoder_id: int, query: np.ndarray, k: int = 10, ef_search: int = 100
+) -> list[tuple[int, float]]:
+    """The ``k`` complete tiles nearest to ``query`` by Φ cosine distance (HNSW index).
+
+    Returns ``(tile_id, cosine_distance)`` pairs, nearest first.
+    """
+    q = pad_phi(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
+    from pgvector import HalfVector
+
+    with db.engine.begin() as conn:
+        conn.execute(_text("SELECT set_config('hnsw.ef_search', :v, true)"), {"v": str(ef_search)})
+        conn.execute(_text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
+        rows = conn.execute(
+            _text(
+                "SELECT e.tile_id, e.phi <=> CAST(:q AS halfvec) AS d FROM tile_embeddings e"
+                " JOIN tiles t ON t.id = e.tile_id JOIN orthomosaics o ON o.id = t.orthomosaic_id"
+                " WHERE e.encoder_id = :e AND o.status = 'complete'"
+                " ORDER BY e.phi <=> CAST(:q AS halfvec) LIMIT :k"
+            ),
+            {"q": HalfVector(q).to_text(), "e": encoder_id, "k": k},
+        ).all()
+    return [(int(r.tile_id), float(r.d)) for r in rows]
+
+
+def tile_refs(db: Database, encoder_id: int, complete_only: bool = True) -> list[TileRef]:
+    """Where every tile of the encoder comes from (raster path, grid cell, centre, GSD)."""
+    sql = (
+        "SELECT t.id, t.orthomosaic_id, o.path, t.row, t.col, t.center_lon, t.center_lat,"
+        " t.gsd_m, t.tile_size FROM tiles t JOIN orthomosaics o ON o.id = t.orthomosaic_id"
+        " WHERE o.encoder_id = :e"
+    )
+    if complete_only:
+        sql += " AND o.status = 'complete'"
+    with db.engine.connect() as conn:
+        rows = conn.execute(_text(sql + " ORDER BY t.orthomosaic_id, t.id"), {"e": encoder_id})
+        return [
+            TileRef(
+                tile_id=int(r.id),
+                orthomosaic_id=int(r.orthomosaic_id),
+                raster_path=r.path,
+                row=int(r.row),
+                col=int(r.col),
+                center_lon=float(r.center_lon),
+                center_lat=float(r.center_lat),
+                gsd_m=float(r.gsd_m),
+                tile_size=int(r.tile_size),
+            )
+            for r in rows
+        ]
+
+
+# --------------------------------------------------------------------------------------------
+# locking
+@contextmanager
+def ingest_lock(db: Database, *, wait: bool = True) -> Iterator[None]:
+    """Hold the database-wide ingest lock (a Postgres session advisory lock).
+
+    A second ingest waits (logging a message) until the first releases it; with
+    ``wait=False`` it raises :class:`DatabaseError` instead. The lock dies with the
+    connection, so a killed process never leaves it held.
+    """
+    conn = db.engine.connect()
+    try:
+        got = conn.execute(
+            _text("SELECT pg_try_advisory_lock(:k)"), {"k": INGEST_LOCK_KEY}
+        ).scalar()
+        conn.commit()
+        if not got:
+            if not wait:
+                raise DatabaseError(f"{db.url}: another ingest is running (ingest lock held)")
+            log.warning("another ingest is running on %s; waiting for it to finish", db.url)
+            conn.execute(_text("SELECT pg_advisory_lock(:k)"), {"k": INGEST_LOCK_KEY})
+            conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(_text("SELECT pg_advisory_unlock(:k)"), {"k": INGEST_LOCK_KEY})
+            conn.commit()
+    finally:
+        conn.close()
