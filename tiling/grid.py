@@ -19,7 +19,7 @@ from rasterio.windows import Window
 
 from tiling.errors import TileConfigError
 
-__all__ = ["Grid", "TileConfig", "axis_count", "inside_range"]
+__all__ = ["Grid", "TileConfig", "axis_count", "inside_range", "scaled_window_transform"]
 
 _EPS = 1e-9
 
@@ -66,6 +66,21 @@ def axis_count(n: float, tile_size: int, stride: int) -> int:
     if n <= tile_size + _EPS:
         return 1
     return int(math.ceil((n - tile_size) / stride - _EPS)) + 1
+
+
+def scaled_window_transform(
+    t: Affine, col_off: float, row_off: float, scale_x: float, scale_y: float
+) -> Affine:
+    """Transform of output pixels starting at source pixel (col_off, row_off), each covering
+    ``scale_x`` x ``scale_y`` source pixels (``t @ translation @ scale``, spelled out)."""
+    return Affine(
+        t.a * scale_x,
+        t.b * scale_y,
+        t.a * col_off + t.b * row_off + t.c,
+        t.d * scale_x,
+        t.e * scale_y,
+        t.d * col_off + t.e * row_off + t.f,
+    )
 
 
 def inside_range(offset: float, scale: float, n_out: int, limit: float) -> tuple[int, int]:
@@ -158,10 +173,8 @@ class Grid:
     def transform(self, row: int, col: int) -> Affine:
         """Affine transform of the tile's output pixels in the raster CRS."""
         w = self.window(row, col)
-        return (
-            self.src_transform
-            * Affine.translation(w.col_off, w.row_off)
-            * Affine.scale(self.scale_x, self.scale_y)
+        return scaled_window_transform(
+            self.src_transform, w.col_off, w.row_off, self.scale_x, self.scale_y
         )
 
     def coverage(self, row: int, col: int) -> float:

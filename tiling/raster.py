@@ -35,7 +35,7 @@ from tiling.errors import (
     TileConfigError,
     TilingError,
 )
-from tiling.grid import Grid, TileConfig, inside_range
+from tiling.grid import Grid, TileConfig, inside_range, scaled_window_transform
 from tiling.tile import Tile
 
 __all__ = ["Raster", "open_raster"]
@@ -489,9 +489,10 @@ class Raster:
         t = self.transform
         sx = gsd_m / self.gsd_xy_m[0]  # source pixels per output pixel
         sy = gsd_m / self.gsd_xy_m[1]
-        col_c, row_c = ~t * (x, y)
+        inv = ~t
+        col_c, row_c = inv.a * x + inv.b * y + inv.c, inv.d * x + inv.e * y + inv.f
         col_off, row_off = col_c - size / 2.0 * sx, row_c - size / 2.0 * sy
-        out_t = t * Affine.translation(col_off, row_off) * Affine.scale(sx, sy)
+        out_t = scaled_window_transform(t, col_off, row_off, sx, sy)
         pixels, mask = self.read_window(col_off, row_off, sx, sy, size, size, Resampling.bilinear)
         return pixels, mask, out_t
 
@@ -503,7 +504,8 @@ class Raster:
         grid = self.grid(cfg)
         kept, skipped = self.count_tiles(cfg)
         w, s, e, n = self.bounds_lonlat
-        clon, clat = to_lonlat(self.crs, *(self.transform * (self.width / 2, self.height / 2)))
+        cxy = affine_xy(self.transform, np.array([self.width / 2]), np.array([self.height / 2]))
+        clon, clat = to_lonlat(self.crs, *cxy)
         return {
             "path": self.path,
             "driver": ds.driver,
@@ -521,7 +523,7 @@ class Raster:
             "transform": list(self.transform)[:6],
             "bounds": list(ds.bounds),
             "bounds_lonlat": [w, s, e, n],
-            "center_lonlat": [float(clon), float(clat)],
+            "center_lonlat": [float(clon[0]), float(clat[0])],
             "gsd_m": self.gsd_m,
             "gsd_xy_m": list(self.gsd_xy_m),
             "overviews": ds.overviews(self.bands[0]),

@@ -246,7 +246,11 @@ def mosaic_vrt(d: Path) -> Path:
     a = pattern(250, 600, seed=13)
     t = utm_transform()
     write(d / "mosaic_left.tif", a[:, :, :300], transform=t)
-    write(d / "mosaic_right.tif", a[:, :, 300:], transform=t * Affine.translation(300, 0))
+    write(
+        d / "mosaic_right.tif",
+        a[:, :, 300:],
+        transform=utm_transform(origin=(UTM_ORIGIN[0] + 300 * UTM_GSD, UTM_ORIGIN[1])),
+    )
     np.save(d / "mosaic_expected.npy", a)
     src = [
         ("mosaic_left.tif", (0, 0, 300, 250), (0, 0, 300, 250)),
