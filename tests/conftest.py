@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE_RASTER = REPO / "data" / "sample" / "turku_utm34n_0.28m.tif"
 
+pytest_plugins = ["tests.fixtures_db"]
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 

@@ -174,7 +174,17 @@ class OmegaIndex:
                     f"no FAISS index for this encoder: {REBUILD_HINT}", path=str(meta_path)
                 )
             return cls(directory, encoder_sha256.lower(), **kwargs)
-        return cls._load(directory, mmap=mmap)
+        self = cls._load(directory, mmap=mmap)
+        omega_dim = kwargs.get("omega_dim")
+        if omega_dim is not None and int(omega_dim) != self.omega_dim:
+            raise IndexError_(
+                f"index holds {self.omega_dim}-d Ω, the encoder makes {omega_dim}-d: "
+                f"{REBUILD_HINT}",
+                path=str(meta_path),
+            )
+        if self.encoder_id is None and kwargs.get("encoder_id") is not None:
+            self.encoder_id = int(kwargs["encoder_id"])
+        return self
 
     @classmethod
     def _load(cls, directory: Path, *, mmap: bool) -> OmegaIndex:

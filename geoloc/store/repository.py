@@ -483,6 +483,7 @@ def add_tiles(
     cents = np.asarray(node_centroids, dtype=np.float32).reshape(n, -1)
     if phi_p.shape[0] != n:
         raise DatabaseError(f"add_tiles: {n} tiles but {phi_p.shape[0]} phi rows")
+    import psycopg2
     from sqlalchemy.exc import DBAPIError
 
     try:
@@ -539,7 +540,7 @@ def add_tiles(
                 )
             finally:
                 cur.close()
-    except DBAPIError as exc:
+    except (DBAPIError, psycopg2.Error) as exc:
         first = str(getattr(exc, "orig", exc)).strip().splitlines()
         raise DatabaseError(
             f"orthomosaic {orthomosaic_id}: cannot insert {n} tiles: {first[0] if first else exc}"

@@ -1,0 +1,130 @@
+"""Repository round trips: encoders, orthomosaic lifecycle, tiles + Φ, radius queries, locking."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from geoloc.errors import DatabaseError
+from geoloc.store import repository as repo
+from geoloc.store.database import Database
+from tiling.crs import geodesic_distance_m
+
+from .helpers import SHA_A, K, ingest_fake, make_tiles, register_encoder, unit
+
+
+def test_encoder_registration_is_idempotent(database: Database) -> None:
+    a = register_encoder(database)
+    assert register_encoder(database) == a
+    b = register_encoder(database, sha="b" * 64)
+    assert b != a
+    assert repo.find_encoder(database, SHA_A[:12]) is not None
+    assert repo.find_encoder(database, "c" * 64) is None
+    with pytest.raises(DatabaseError, match="phi_dim"):
+        register_encoder(database, sha="d" * 64, phi_dim=5000)
+    with pytest.raises(DatabaseError, match="registered with dims"):
+        repo.get_or_create_encoder(database, "fake", {}, SHA_A, omega_dim=65, phi_dim=1024)
+
+
+def test_add_and_fetch_candidates_round_trip(database: Database) -> None:
+    enc = register_encoder(database, phi_dim=700)  # narrower Φ is zero-padded and cut back
+    tiles = make_tiles(3, 4)
+    rng = np.random.default_rng(0)
+    phi = unit(rng, len(tiles), 700)
+    oid, ids = ingest_fake(database, enc, tiles, phi)
+    assert len(ids) == 12 and len(set(ids)) == 12
+    order = [ids[5], ids[0], 999_999, ids[11]]
+    rows = repo.fetch_candidates(database, enc, order)
+    assert [r.tile_id for r in rows] == [ids[5], ids[0], ids[11]]
+    r = rows[0]
+    t = tiles[5]
+    assert (r.row, r.col) == (t.row, t.col)
+    assert r.center_lat == pytest.approx(t.center_lat) and r.center_lon == pytest.approx(
+        t.center_lon
+    )
+    assert r.raster_path == "/data/fake.tif" and r.crs == "EPSG:32634" and r.gsd_m == 0.5
+    assert r.window == (t.window.col_off, t.window.row_off, 224.0, 224.0)
+    assert r.transform == tuple(t.transform)[:6]
+    assert r.phi.dtype == np.float32 and r.phi.shape == (700,)
+    np.testing.assert_allclose(r.phi, phi[5], atol=1e-3)  # halfvec precision
+    assert r.node_areas.shape == (K,) and r.node_centroids.shape == (K, 2)
+    assert r.footprint_wkt.startswith("POLYGON")
+    o = repo.get_orthomosaic(database, oid)
+    assert o is not None and o.status == "complete" and o.tiles_kept == 12 and o.tiles_skipped == 3
+    assert o.finished_at is not None
+
+
+def test_incomplete_orthomosaics_are_never_searched(database: Database) -> None:
+    enc = register_encoder(database)
+    rng = np.random.default_rng(1)
+    _, done = ingest_fake(database, enc, make_tiles(2, 2), unit(rng, 4, 1024))
+    oid, pending = ingest_fake(
+        database, enc, make_tiles(2, 2, lat0=60.5), unit(rng, 4, 1024), sha="e" * 64, complete=False
+    )
+    assert repo.complete_tile_ids(database, enc).tolist() == sorted(done)
+    assert repo.fetch_candidates(database, enc, pending) == []
+    assert [o.id for o in repo.incomplete_orthomosaics(database, enc)] == [oid]
+    repo.fail_orthomosaic(database, oid, "boom")
+    o = repo.get_orthomosaic(database, oid)
+    assert o is not None and o.status == "failed" and o.error == "boom"
+    assert repo.delete_orthomosaic(database, oid) == sorted(pending)
+    assert repo.incomplete_orthomosaics(database, enc) == []
+    # another encoder sees nothing
+    other = register_encoder(database, sha="b" * 64)
+    assert repo.complete_tile_ids(database, other).size == 0
+
+
+def test_tile_ids_within_radius_is_exact_geodesic(database: Database) -> None:
+    enc = register_encoder(database)
+    tiles = make_tiles(8, 8)  # ~55 m x ~27 m spacing
+    _, ids = ingest_fake(database, enc, tiles, unit(np.random.default_rng(2), 64, 1024))
+    lat, lon = 60.448, 22.252
+    lons = np.array([t.center_lon for t in tiles])
+    lats = np.array([t.center_lat for t in tiles])
+    d = geodesic_distance_m(lons, lats, np.full_like(lons, lon), np.full_like(lats, lat))
+    for radius in (0.0, 40.0, 120.0, 300.0, 5000.0):
+        expected = sorted(np.asarray(ids)[np.asarray(d) <= radius].tolist())
+        got = repo.tile_ids_within(database, enc, lat, lon, radius).tolist()
+        assert got == expected, radius
+    assert 0 < len(repo.tile_ids_within(database, enc, lat, lon, 120.0)) < 64
+    with pytest.raises(DatabaseError):
+        repo.tile_ids_within(database, enc, lat, lon, -1.0)
+
+
+def test_knn_phi_matches_exact_cosine(database: Database) -> None:
+    enc = register_encoder(database)
+    rng = np.random.default_rng(3)
+    tiles = make_tiles(10, 20)
+    phi = unit(rng, len(tiles), 1024)
+    _, ids = ingest_fake(database, enc, tiles, phi)
+    q = phi[17] + 0.3 * unit(rng, 1, 1024)[0]
+    got = repo.knn_phi(database, enc, q, k=10, ef_search=200)
+    sims = phi @ (q / np.linalg.norm(q))
+    expected = np.asarray(ids)[np.argsort(-sims)[:10]].tolist()
+    assert [g[0] for g in got] == expected
+    assert got[0][0] == ids[17]
+
+
+def test_ingest_lock_serialises_writers(database: Database) -> None:
+    events: list[str] = []
+    inside = threading.Event()
+
+    def second() -> None:
+        with repo.ingest_lock(database):
+            events.append("second")
+
+    with repo.ingest_lock(database):
+        events.append("first-in")
+        th = threading.Thread(target=second)
+        th.start()
+        time.sleep(0.5)  # the second writer must still be waiting
+        with pytest.raises(DatabaseError, match="another ingest"):
+            with repo.ingest_lock(database, wait=False):
+                pass
+        inside.set()
+        events.append("first-out")
+    th.join(timeout=10)
+    assert events == ["first-in", "first-out", "second"]
