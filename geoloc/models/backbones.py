@@ -204,9 +204,10 @@ class VGG16Conv43(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import vgg16
+        from torchvision.models.vgg import cfgs, make_layers
 
-        self.features = nn.Sequential(*list(vgg16(weights=None).features.children())[:23])
+        # only the convolutional part: the classifier of vgg16() is 120 M parameters
+        self.features = nn.Sequential(*list(make_layers(cfgs["D"]).children())[:23])
         self.out_channels = 512
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -263,20 +264,20 @@ def build_backbone(
             loaded = True
         return Backbone(lite, name, lite.out_channels, 16, loaded)
     if name == "vgg16":
+        vgg_state = read_state_dict(weights) if weights is not None else None
         vgg = VGG16Conv43()
-        if weights is not None:
-            state = read_state_dict(weights)
-            state = {k: v for k, v in state.items() if k.startswith("features.")}
+        if vgg_state is not None:
+            state = {k: v for k, v in vgg_state.items() if k.startswith("features.")}
             state = {k: v for k, v in state.items() if int(k.split(".")[1]) < 23}
             load_weights_strict(vgg, state, str(weights))
         return Backbone(vgg, name, 512, 8, weights is not None)
     if name == "resnet50":
+        res_state = read_state_dict(weights) if weights is not None else None
         res = ResNet50Layer3()
-        if weights is not None:
-            state = read_state_dict(weights)
+        if res_state is not None:
             state = {
                 k: v
-                for k, v in state.items()
+                for k, v in res_state.items()
                 if not k.startswith(("layer4.", "fc."))
                 and k.split(".")[0] in {"conv1", "bn1", "layer1", "layer2", "layer3"}
             }
