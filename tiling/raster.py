@@ -59,7 +59,10 @@ def _one_line(exc: BaseException, path: str | None = None) -> str:
         msg = str(cause)
         cause = cause.__cause__ or cause.__context__
     if path:
-        msg = msg.replace(f"'{path}' ", "").replace(path, "<file>")
+        base = os.path.basename(path)
+        for p in (f"'{path}' ", f"{path}, ", f"{base}, ", f"'{base}' "):
+            msg = msg.replace(p, "")
+        msg = msg.replace(path, "<file>")
     return " ".join(msg.split()).rstrip(".") or type(exc).__name__
 
 
@@ -142,6 +145,11 @@ class Raster:
             raise GeoreferenceError(
                 f"flipped geotransform (pixel size {t.a:g}, {t.e:g}) is not supported", path
             )
+        try:  # one pixel at each end: catches truncated files and unreadable sources early
+            for col, row in ((0, 0), (ds.width - 1, ds.height - 1)):
+                ds.read(1, window=Window(col, row, 1, 1))
+        except RasterioError as exc:
+            raise RasterReadError(f"cannot read pixels ({_one_line(exc, path)})", path) from exc
         try:
             self.gsd_xy_m = gsd_xy_metres(ds.crs, t, ds.width, ds.height)
         except Exception as exc:  # pyproj errors, out-of-domain coordinates

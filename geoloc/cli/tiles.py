@@ -84,6 +84,12 @@ def register(app: typer.Typer) -> None:
             grid.gsd_m,
             crs if len(crs) < 40 else "custom CRS",
         )
+        if kept == 0:
+            log.warning(
+                "%s: no tile kept: the raster is smaller than --min-valid of a tile, or mostly "
+                "invalid",
+                raster,
+            )
 
     @app.command("info")
     def info_cmd(
