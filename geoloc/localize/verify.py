@@ -49,7 +49,8 @@ class Features:
 class Verification:
     """Outcome of verifying one frame against one map region.
 
-    ``centre_xy`` is the frame centre projected into the region's pixels (None without a
+    ``centre_xy`` is the frame centre projected into the region's pixels, pixel-centre convention
+    (integer = pixel centre; None without a
     homography); ``scale`` and ``rotation_deg`` are the local similarity of the homography at
     the frame centre (rotation counter-clockwise, frame -> region); ``rmse_px`` is the inlier
     reprojection error in region pixels.
@@ -347,7 +348,8 @@ class HomographyVerifier:
         res.homography = h
         proj = cv2.perspectiveTransform(p0[inl][None], h)[0]
         res.rmse_px = float(np.sqrt(np.mean(np.sum((proj - p1[inl]) ** 2, axis=1))))
-        cx, cy = frame_rgb.shape[1] / 2.0, frame_rgb.shape[0] / 2.0
+        # pixel-centre convention (keypoints at integer pixel centres)
+        cx, cy = (frame_rgb.shape[1] - 1) / 2.0, (frame_rgb.shape[0] - 1) / 2.0
         px, py, scale, rot = _local_similarity(h, cx, cy)
         # A nadir frame maps onto an orthophoto by about a similarity (4 dof). When a similarity
         # explains nearly as many matches as the homography (8 dof), or the homography is

@@ -1,0 +1,204 @@
+"""Node-centroid consistency: does the frame's scene graph have the same layout as the tile's?
+
+SGM-Net describes an image by K nodes (CSMG), each with a descriptor (a slice of Φ), an area and
+a centroid in [0, 1]² (nodes sorted by area, descending). For a frame and a candidate tile:
+
+1. match the frame's nodes to the tile's nodes: maximise descriptor cosine minus an area penalty
+   (exhaustive over permutations for K <= 6, greedy beyond);
+2. fit the area-weighted similarity transform (Umeyama) that maps the frame's centroids onto the
+   tile's matched centroids; its rotation is the residual heading after the rotation search;
+3. score = descriptor agreement x area agreement x layout agreement (Gaussian of the weighted
+   RMS residual of the centroids, sigma 0.15 tile widths), in [0, 1];
+4. the same transform maps the frame centre (0.5, 0.5) into the tile: the in-tile refinement.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class NodeMatch:
+    """Consistency of one frame/tile pair.
+
+    ``perm[i]`` is the tile node matched to frame node i; ``centre`` the frame centre mapped into
+    the tile's normalised coordinates (x right, y down); ``rotation_deg`` counter-clockwise as
+    seen (frame -> tile); ``residual`` the weighted RMS centroid residual (tile widths).
+    """
+
+    score: float
+    perm: np.ndarray
+    descriptor_sim: float
+    area_agreement: float
+    layout_agreement: float
+    residual: float
+    scale: float
+    rotation_deg: float
+    centre: tuple[float, float]
+
+
+def _node_descriptors(phi: np.ndarray, k: int) -> np.ndarray:
+    d = np.asarray(phi, dtype=np.float64).reshape(k, -1)
+    n = np.linalg.norm(d, axis=1, keepdims=True)
+    return d / np.maximum(n, 1e-12)
+
+
+def match_nodes(cost: np.ndarray) -> np.ndarray:
+    """Assignment minimising the total ``cost`` (K x K): exhaustive for K <= 6, greedy beyond."""
+    k = cost.shape[0]
+    if k <= 6:
+        perms = np.array(list(itertools.permutations(range(k))), dtype=np.int64)
+        totals = cost[np.arange(k)[None, :], perms].sum(axis=1)
+        return perms[int(np.argmin(totals))]
+    perm = np.full(k, -1, dtype=np.int64)
+    c = cost.astype(np.float64).copy()
+    for _ in range(k):
+        i, j = np.unravel_index(int(np.argmin(c)), c.shape)
+        perm[i] = j
+        c[i, :] = np.inf
+        c[:, j] = np.inf
+    return perm
+
+
+def fit_similarity(
+    src: np.ndarray, dst: np.ndarray, w: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Weighted Umeyama: ``dst ~ s R src + t``; returns (s, R 2x2, t)."""
+    w = np.asarray(w, dtype=np.float64)
+    w = w / max(float(w.sum()), 1e-12)
+    mu_s = (w[:, None] * src).sum(0)
+    mu_d = (w[:, None] * dst).sum(0)
+    xs, xd = src - mu_s, dst - mu_d
+    cov = (w[:, None, None] * xd[:, :, None] * xs[:, None, :]).sum(0)
+    u, sv, vt = np.linalg.svd(cov)
+    d = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[1, 1] = -1.0
+    r = u @ d @ vt
+    var_s = float((w * (xs**2).sum(1)).sum())
+    s = float(np.trace(np.diag(sv) @ d) / var_s) if var_s > 1e-12 else 1.0
+    t = mu_d - s * r @ mu_s
+    return s, r, t
+
+
+def node_consistency(
+    frame_phi: np.ndarray,
+    frame_areas: np.ndarray,
+    frame_centroids: np.ndarray,
+    tile_phi: np.ndarray,
+    tile_areas: np.ndarray,
+    tile_centroids: np.ndarray,
+    *,
+    sigma: float = 0.15,
+    area_weight: float = 0.5,
+    max_scale_dev: float | None = 0.5,
+) -> NodeMatch:
+    """Score the agreement of the frame's and the tile's scene graphs (see the module doc).
+
+    ``max_scale_dev`` bounds the fitted scale to 1 +- that (the frame was brought to the map's
+    scale); None leaves it free.
+    """
+    k = int(np.asarray(frame_areas).shape[0])
+    fa = np.asarray(frame_areas, dtype=np.float64)
+    ta = np.asarray(tile_areas, dtype=np.float64)
+    fa_n = fa / max(float(fa.sum()), 1e-12)
+    ta_n = ta / max(float(ta.sum()), 1e-12)
+    fd = _node_descriptors(frame_phi, k)
+    td = _node_descriptors(tile_phi, k)
+    sim = fd @ td.T  # (K, K)
+    cost = -sim + area_weight * np.abs(fa_n[:, None] - ta_n[None, :]) * k
+    perm = match_nodes(cost)
+    d_sim = float(np.clip(np.mean(sim[np.arange(k), perm]), 0.0, 1.0))
+    a_agree = float(1.0 - 0.5 * np.abs(fa_n - ta_n[perm]).sum())
+    src = np.asarray(frame_centroids, dtype=np.float64)
+    dst = np.asarray(tile_centroids, dtype=np.float64)[perm]
+    w = np.minimum(fa_n, ta_n[perm]) + 1e-6
+    s, r, t = fit_similarity(src, dst, w)
+    if max_scale_dev is not None:
+        s_c = float(np.clip(s, 1.0 - max_scale_dev, 1.0 + max_scale_dev))
+        if s_c != s:  # refit the translation under the clamped scale
+            wn = w / w.sum()
+            t = (wn[:, None] * dst).sum(0) - s_c * r @ (wn[:, None] * src).sum(0)
+            s = s_c
+    pred = (s * (r @ src.T)).T + t
+    resid = float(np.sqrt((w / w.sum() * ((pred - dst) ** 2).sum(1)).sum()))
+    layout = math.exp(-((resid / sigma) ** 2))
+    c = s * r @ np.array([0.5, 0.5]) + t
+    rot = -math.degrees(math.atan2(r[1, 0], r[0, 0]))  # y down: CCW as seen is negative
+    score = d_sim * a_agree * layout
+    return NodeMatch(
+        score=float(score),
+        perm=perm,
+        descriptor_sim=d_sim,
+        area_agreement=a_agree,
+        layout_agreement=float(layout),
+        residual=resid,
+        scale=float(s),
+        rotation_deg=float(rot),
+        centre=(float(c[0]), float(c[1])),
+    )
+
+
+class NodeCentroidConsistency:
+    """The built-in ``geoloc.consistency`` stage ``node-centroid``.
+
+    ``weight`` is the share of the consistency score in the final score
+    (final = (1 - weight) * Φ cosine + weight * consistency); ``refine`` moves the answer inside
+    the tile by the similarity transform when the layout agrees (``min_layout``).
+    """
+
+    name = "node-centroid"
+
+    def __init__(
+        self,
+        weight: float = 0.3,
+        sigma: float = 0.15,
+        area_weight: float = 0.5,
+        refine: bool = True,
+        min_layout: float = 0.5,
+    ) -> None:
+        if not 0.0 <= weight <= 1.0:
+            from geoloc.errors import ConfigError
+
+            raise ConfigError(f"consistency: weight must be in [0, 1], got {weight}")
+        self.weight = float(weight)
+        self.sigma = float(sigma)
+        self.area_weight = float(area_weight)
+        self.refine = bool(refine)
+        self.min_layout = float(min_layout)
+
+    def score(
+        self,
+        frame_phi: np.ndarray,
+        frame_areas: np.ndarray,
+        frame_centroids: np.ndarray,
+        tile_phi: np.ndarray,
+        tile_areas: np.ndarray,
+        tile_centroids: np.ndarray,
+    ) -> NodeMatch:
+        """Consistency of one frame/tile pair."""
+        return node_consistency(
+            frame_phi,
+            frame_areas,
+            frame_centroids,
+            tile_phi,
+            tile_areas,
+            tile_centroids,
+            sigma=self.sigma,
+            area_weight=self.area_weight,
+        )
+
+    def combine(self, phi_score: float, match: NodeMatch) -> float:
+        """Final score of a candidate from its Φ cosine and its consistency."""
+        return (1.0 - self.weight) * phi_score + self.weight * match.score
+
+    def refined_centre(self, match: NodeMatch) -> tuple[float, float] | None:
+        """The frame centre in the tile's normalised coordinates, when trustworthy."""
+        if not self.refine or match.layout_agreement < self.min_layout:
+            return None
+        x, y = match.centre
+        return (float(np.clip(x, 0.0, 1.0)), float(np.clip(y, 0.0, 1.0)))
