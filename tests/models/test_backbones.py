@@ -1,4 +1,4 @@
-"""Backbones: pretrained EfficientNet-Lite0 (zero missing keys, ImageNet sanity), VGG16, ResNet-50."""
+"""Backbones: pretrained EfficientNet-Lite0 (all keys load, ImageNet sanity), VGG16, ResNet-50."""
 
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ def _grace_hopper() -> torch.Tensor:
     from matplotlib import cbook
     from PIL import Image
 
-    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+    with Image.open(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))) as im:
         img = im.convert("RGB")
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
-    img = img.crop((left, top, left + s, top + s)).resize((224, 224), Image.BILINEAR)
+    img = img.crop((left, top, left + s, top + s)).resize((224, 224), Image.Resampling.BILINEAR)
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -10,14 +10,24 @@ import pytest
 import torch
 
 from geoloc.errors import ConfigError, EncoderMismatchError
-from geoloc.models import build_encoder, load_checkpoint, load_encoder, registry, save_checkpoint
+from geoloc.models import (
+    Encoder,
+    build_encoder,
+    load_checkpoint,
+    load_encoder,
+    registry,
+    save_checkpoint,
+)
+from geoloc.models.sgmnet import SGMHead
 
 
-def _perturbed(**params: object) -> torch.nn.Module:
+def _perturbed(**params: object) -> Encoder:
     enc = build_encoder("sgmnet", **params)
+    head = enc.head
+    assert isinstance(head, SGMHead) and head.reduce.bias is not None
     with torch.no_grad():
-        enc.head.csmg.centres.add_(0.5)
-        enc.head.reduce.bias.add_(0.1)
+        head.csmg.centres.add_(0.5)
+        head.reduce.bias.add_(0.1)
     return enc
 
 

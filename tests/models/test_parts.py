@@ -53,8 +53,10 @@ def test_nonlocal_is_identity_at_init_and_mixes_after() -> None:
     block = NonLocalBlock(8).eval()
     x = torch.randn(2, 8, 5, 5)
     torch.testing.assert_close(block(x), x)
+    bn = block.W[1]
+    assert isinstance(bn, torch.nn.BatchNorm2d)
     with torch.no_grad():
-        block.W[1].weight.fill_(1.0)
+        bn.weight.fill_(1.0)
     y = block(x)
     assert not torch.allclose(y, x)
     # non-local: changing one position changes the output at every other position

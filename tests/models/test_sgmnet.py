@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
 from geoloc.errors import ConfigError
 from geoloc.models import Encoder, EncoderInputError, build_encoder
+from geoloc.models.sgmnet import SGMHead
 
 
 def test_shapes_and_norms(sgmnet: Encoder, tiles: np.ndarray) -> None:
@@ -90,9 +93,11 @@ def test_gradients_reach_csmg_centres(tiles: np.ndarray) -> None:
     out = enc.forward_head(feats)
     loss = -(out.phi[0] @ out.phi[1]) + out.omega[0] @ out.omega[1]
     loss.backward()
-    centres = enc.head.csmg.centres
+    head = enc.head
+    assert isinstance(head, SGMHead)
+    centres = head.csmg.centres
     assert centres.grad is not None and centres.grad.abs().sum() > 0
-    assert enc.head.reduce.weight.grad is not None
+    assert head.reduce.weight.grad is not None
     trainable = {id(p) for p in enc.trainable_parameters()}
     assert id(centres) in trainable
     assert not any(id(p) in trainable for p in enc.backbone.parameters())
@@ -115,7 +120,7 @@ def test_unfrozen_backbone_is_trainable() -> None:
         ({"csmg_input": "nonlocal", "channels": 128}, 512),
     ],
 )
-def test_csmg_variants(params: dict[str, object], phi_dim: int, tiles: np.ndarray) -> None:
+def test_csmg_variants(params: dict[str, Any], phi_dim: int, tiles: np.ndarray) -> None:
     enc = build_encoder("sgmnet", **params)
     out = enc.encode(tiles[:1])
     assert enc.phi_dim == phi_dim and out.phi.shape == (1, phi_dim)
