@@ -548,7 +548,13 @@ class OmegaIndex:
         if present.size == 0 or self._index is None:
             return 0
         self._writable()
-        n = int(self._index.remove_ids(_faiss().IDSelectorBatch(present)))
+        faiss = _faiss()
+        present = np.ascontiguousarray(present)
+        if self.index_type == "ivf":  # a hashtable direct map only removes by IDSelectorArray
+            sel = faiss.IDSelectorArray(present.size, faiss.swig_ptr(present))
+        else:
+            sel = faiss.IDSelectorBatch(present)
+        n = int(self._index.remove_ids(sel))
         self._ids = np.setdiff1d(self._ids, present, assume_unique=True)
         return n
 

@@ -1,0 +1,188 @@
+"""OmegaIndex: exact while small, accurate after truncation, remove, persist, atomic saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geoloc.config import Settings
+from geoloc.errors import IndexError_
+from geoloc.store.faiss_store import OmegaIndex
+
+from .helpers import unit
+
+SHA = "0123abcd" * 8
+D = 2048
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home")
+
+
+def exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(q @ x.T), axis=1)[:, :k]
+
+
+def low_rank(rng: np.random.Generator, n: int, rank: int, noise: float = 0.05) -> np.ndarray:
+    """Unit vectors near a rank-``rank`` subspace (like Ω of one region)."""
+    basis = unit(rng, rank, D)
+    x = rng.standard_normal((n, rank)).astype(np.float32) @ basis
+    x += noise * unit(rng, n, D) * np.sqrt(1.0)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(
+        np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
+    )
+
+
+def test_small_index_is_exact(settings: Settings) -> None:
+    rng = np.random.default_rng(0)
+    x = unit(rng, 40, D)
+    ids = np.arange(100, 140, dtype=np.int64)
+    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=64)
+    for s in range(0, 40, 7):  # small batches, as during an ingest
+        ix.add(ids[s : s + 7], x[s : s + 7])
+    assert len(ix) == 40 and ix.dim == 40 and ix.is_exact
+    q = x[:6] + 0.1 * unit(rng, 6, D)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    scores, found = ix.search(q, 10)
+    np.testing.assert_array_equal(found, ids[exact_topk(x, q, 10)])
+    np.testing.assert_allclose(scores, np.sort(q @ x.T, axis=1)[:, ::-1][:, :10], atol=1e-4)
+    # fewer stored vectors than k: padded with -1 / -inf
+    s2, i2 = ix.search(q[:1], 50)
+    assert (i2[0, 40:] == -1).all() and np.isneginf(s2[0, 40:]).all()
+
+
+def test_truncated_basis_keeps_recall(settings: Settings) -> None:
+    rng = np.random.default_rng(1)
+    x = low_rank(rng, 400, rank=48)
+    ids = np.arange(400, dtype=np.int64) * 3 + 7
+    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=64)
+    for s in range(0, 400, 32):
+        ix.add(ids[s : s + 32], x[s : s + 32])
+    assert ix.dim <= ix.max_dim == 128 and not ix.is_exact
+    q = x[rng.choice(400, 30, replace=False)] + 0.05 * unit(rng, 30, D)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    _, found = ix.search(q, 10)
+    assert recall_at(found, ids[exact_topk(x, q, 10)]) >= 0.95
+    assert ix.info()["residual_energy"] < 0.1
+
+
+def test_remove_and_allowed_ids(settings: Settings) -> None:
+    rng = np.random.default_rng(2)
+    x = unit(rng, 30, D)
+    ids = np.arange(1, 31, dtype=np.int64)
+    ix = OmegaIndex.open(settings, SHA, omega_dim=D)
+    ix.add(ids, x)
+    assert ix.remove(np.array([1, 2, 999])) == 2
+    assert ix.ids().tolist() == list(range(3, 31))
+    _, found = ix.search(x[:2], 5)
+    assert not np.isin(found, [1, 2]).any()
+    allowed = np.array([5, 9, 12, 1], dtype=np.int64)  # 1 was removed
+    s, found = ix.search(x[8:9], 4, allowed_ids=allowed)
+    assert found[0, 0] == 9 and set(found[0, :3]) == {5, 9, 12} and found[0, 3] == -1
+    with pytest.raises(IndexError_, match="already in the index"):
+        ix.add(np.array([5]), x[:1])
+    with pytest.raises(IndexError_, match=r"\(n, 2048\)"):
+        ix.add(np.array([77]), np.ones((1, 10), np.float32))
+
+
+def test_persist_reload_and_keep_adding(settings: Settings) -> None:
+    rng = np.random.default_rng(3)
+    x = unit(rng, 50, D)
+    ids = np.arange(50, dtype=np.int64)
+    ix = OmegaIndex.open(settings, SHA, omega_dim=D, encoder_id=7)
+    ix.add(ids[:30], x[:30])
+    ix.save()
+    before = ix.search(x[:5], 5)
+    again = OmegaIndex.open(settings, SHA)  # memory-mapped
+    assert again.encoder_id == 7 and again.ids().tolist() == list(range(30))
+    after = again.search(x[:5], 5)
+    np.testing.assert_array_equal(before[1], after[1])
+    again.add(ids[30:], x[30:])  # modifying a memory-mapped index copies it first
+    again.remove(np.array([0]))
+    again.save()
+    third = OmegaIndex.open(settings, SHA, mmap=False)
+    assert len(third) == 49 and third.info()["count"] == 49
+    _, found = third.search(x[40:41], 1)
+    assert found[0, 0] == 40
+    files = sorted(p.name for p in OmegaIndex.path_for(settings, SHA).iterdir())
+    assert files == sorted(
+        ["meta.json", *third.info()["files"].values()]
+    )  # old generations cleaned up
+
+
+def test_failed_save_leaves_previous_index(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import faiss
+
+    rng = np.random.default_rng(4)
+    x = unit(rng, 20, D)
+    ix = OmegaIndex.open(settings, SHA, omega_dim=D)
+    ix.add(np.arange(10), x[:10])
+    ix.save()
+    ix.add(np.arange(10, 20), x[10:])
+
+    def boom(index: object, path: str) -> None:
+        Path(path).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", boom)
+    with pytest.raises(OSError, match="disk full"):
+        ix.save()
+    monkeypatch.undo()
+    reloaded = OmegaIndex.open(settings, SHA)
+    assert reloaded.ids().tolist() == list(range(10))
+
+
+def test_missing_or_truncated_files_say_rebuild(settings: Settings) -> None:
+    with pytest.raises(IndexError_, match="geoloc index rebuild"):
+        OmegaIndex.open(settings, SHA, create=False)
+    rng = np.random.default_rng(5)
+    ix = OmegaIndex.open(settings, SHA, omega_dim=D)
+    ix.add(np.arange(10), unit(rng, 10, D))
+    ix.save()
+    d = OmegaIndex.path_for(settings, SHA)
+    faiss_file = d / ix.info()["files"]["index"]
+    data = faiss_file.read_bytes()
+    faiss_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexError_, match="geoloc index rebuild") as info:
+        OmegaIndex.open(settings, SHA)
+    assert "\n" not in str(info.value)
+    faiss_file.unlink()
+    with pytest.raises(IndexError_, match="missing"):
+        OmegaIndex.open(settings, SHA)
+    (d / "meta.json").write_text("{not json")
+    with pytest.raises(IndexError_, match="sidecar"):
+        OmegaIndex.open(settings, SHA)
+    with pytest.raises(IndexError_, match=r"omega must be \(n, 2048\)"):
+        OmegaIndex.open(Settings(home=settings.home / "x"), SHA, omega_dim=D).add(
+            np.arange(1), np.ones((1, D + 1), np.float32)
+        )
+
+
+def test_switches_to_ivf_above_threshold(settings: Settings) -> None:
+    rng = np.random.default_rng(6)
+    x = low_rank(rng, 600, rank=32, noise=0.02)
+    ids = np.arange(600, dtype=np.int64) + 1000
+    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=64, ivf_threshold=300, nprobe=8)
+    for s in range(0, 600, 100):
+        ix.add(ids[s : s + 100], x[s : s + 100])
+    assert ix.index_type == "ivf" and ix.dim == 64 and len(ix) == 600
+    q = x[:40]
+    _, found = ix.search(q, 10)
+    assert recall_at(found, ids[exact_topk(x, q, 10)]) >= 0.9
+    assert ix.remove(ids[:5]) == 5
+    ix.save()
+    again = OmegaIndex.open(settings, SHA)
+    assert again.index_type == "ivf" and len(again) == 595
+    _, found = again.search(x[10:11], 1)
+    assert found[0, 0] == ids[10]
+    s, found = again.search(x[10:11], 3, allowed_ids=ids[8:12])
+    assert found[0, 0] == ids[10] and set(found[0]) <= set(ids[8:12])
