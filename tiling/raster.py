@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -134,6 +134,7 @@ class Raster:
                     "georeferenced by ground control points only; warp it first (gdalwarp)", path
                 )
             raise GeoreferenceError("has no CRS (not georeferenced)", path)
+        self._crs_key: str = ds.crs.to_wkt()  # cached key for tiling.crs transformers
         t = ds.transform
         if t == Affine.identity():
             raise GeoreferenceError("has a CRS but no geotransform (identity transform)", path)
@@ -151,7 +152,7 @@ class Raster:
         except RasterioError as exc:
             raise RasterReadError(f"cannot read pixels ({_one_line(exc, path)})", path) from exc
         try:
-            self.gsd_xy_m = gsd_xy_metres(ds.crs, t, ds.width, ds.height)
+            self.gsd_xy_m = gsd_xy_metres(self._crs_key, t, ds.width, ds.height)
         except Exception as exc:  # pyproj errors, out-of-domain coordinates
             raise GeoreferenceError(
                 f"cannot compute the ground sample distance ({exc})", path
@@ -282,7 +283,7 @@ class Raster:
         t = np.linspace(0.0, 1.0, n, endpoint=False)
         px = np.concatenate([t * w, np.full(n, w), (1 - t) * w, np.zeros(n)])
         py = np.concatenate([np.zeros(n), t * h, np.full(n, h), (1 - t) * h])
-        lon, lat = to_lonlat(self.crs, *affine_xy(self.transform, px, py))
+        lon, lat = to_lonlat(self._crs_key, *affine_xy(self.transform, px, py))
         return np.asarray(lon), np.asarray(lat)
 
     @property
@@ -328,7 +329,8 @@ class Raster:
         return bands, mask
 
     def _to_uint8(self, bands: list[np.ndarray], mask: np.ndarray) -> np.ndarray:
-        out = np.zeros((3,) + mask.shape, dtype=np.uint8)
+        out = np.empty((3,) + mask.shape, dtype=np.uint8)
+        all_valid = bool(mask.all())
         for i, b in enumerate(bands):
             if self.stretch is None:
                 v = b.astype(np.uint8, copy=False)
@@ -337,7 +339,7 @@ class Raster:
                 with np.errstate(invalid="ignore"):
                     f = (b.astype(np.float32) - lo) * (255.0 / (hi - lo))
                 v = np.clip(np.nan_to_num(f, nan=0.0), 0, 255).round().astype(np.uint8)
-            out[i] = np.where(mask, v, 0)
+            out[i] = v if all_valid else np.where(mask, v, 0)
         return out
 
     def read_window(
@@ -388,7 +390,7 @@ class Raster:
         t = grid.transform(row, col)
         px = np.array([ts / 2.0, 0.0, 0.0, ts, ts])
         py = np.array([ts / 2.0, 0.0, ts, ts, 0.0])
-        lon, lat = to_lonlat(self.crs, *affine_xy(t, px, py))
+        lon, lat = to_lonlat(self._crs_key, *affine_xy(t, px, py))
         footprint = orient(Polygon(zip(lon[1:].tolist(), lat[1:].tolist(), strict=True)), 1.0)
         return Tile(
             raster_path=self.path,
@@ -412,7 +414,7 @@ class Raster:
             self._crs_str = self.crs_str
         return self._crs_str
 
-    def tiles(self, cfg: TileConfig | None = None) -> Iterator[Tile]:
+    def tiles(self, cfg: TileConfig | None = None) -> Generator[Tile, None, None]:
         """Yield the kept tiles of the grid, row-major from the top-left.
 
         A tile is kept when its valid fraction is > 0 and >= ``cfg.min_valid``; others are
@@ -488,7 +490,7 @@ class Raster:
         if not (math.isfinite(gsd_m) and gsd_m > 0):
             raise TileConfigError(f"region GSD must be a positive number of metres, got {gsd_m!r}")
         size = int(size_px)
-        x, y = from_lonlat(self.crs, float(center_lon), float(center_lat))
+        x, y = from_lonlat(self._crs_key, float(center_lon), float(center_lat))
         if not (math.isfinite(x) and math.isfinite(y)):
             raise TilingError(
                 f"position ({center_lon}, {center_lat}) cannot be expressed in the raster CRS",
