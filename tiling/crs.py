@@ -25,6 +25,7 @@ __all__ = [
     "gsd_metres",
     "gsd_xy_metres",
     "local_utm_crs",
+    "pixel_size_m",
     "to_lonlat",
     "to_pyproj",
 ]
@@ -113,28 +114,35 @@ def affine_xy(
     return t.a * c + t.b * r + t.c, t.d * c + t.e * r + t.f
 
 
-def gsd_xy_metres(crs: CrsLike, transform: Affine, width: int, height: int) -> tuple[float, float]:
-    """Ground size in metres of one pixel along its columns (x) and rows (y), at the raster centre.
+def pixel_size_m(
+    crs: CrsLike, transform: Affine, col: float, row: float, half_span: float = 32.0
+) -> tuple[float, float]:
+    """Ground size in metres of one pixel along x and y at pixel position (col, row).
 
-    Measured geodesically between points a few pixels apart around the centre pixel, so it is
-    right for geographic CRSs (degrees) and for projected CRSs with a scale factor (UTM's
-    0.9996, Web Mercator's 1/cos(lat)).
+    Measured geodesically between points ``half_span`` pixels either side, so it is right for
+    geographic CRSs (degrees) and projected CRSs with a scale factor (UTM's 0.9996, Web
+    Mercator's 1/cos(lat)).
     """
-    cx, cy = width / 2.0, height / 2.0
-    # Baseline of up to 64 px (at least 1), symmetric about the centre.
-    hx = max(0.5, min(32.0, width / 2.0))
-    hy = max(0.5, min(32.0, height / 2.0))
-    px = np.array([cx - hx, cx + hx, cx, cx])
-    py = np.array([cy, cy, cy - hy, cy + hy])
-    xs, ys = affine_xy(transform, px, py)
-    lon, lat = to_lonlat(crs, xs, ys)
+    h = max(0.5, float(half_span))
+    px = np.array([col - h, col + h, col, col])
+    py = np.array([row, row, row - h, row + h])
+    lon, lat = to_lonlat(crs, *affine_xy(transform, px, py))
     d = geodesic_distance_m(lon[[0, 2]], lat[[0, 2]], lon[[1, 3]], lat[[1, 3]])
-    gx, gy = float(d[0]) / (2 * hx), float(d[1]) / (2 * hy)
+    gx, gy = float(d[0]) / (2 * h), float(d[1]) / (2 * h)
     if not (math.isfinite(gx) and math.isfinite(gy)) or gx <= 0 or gy <= 0:
         raise ValueError(
             "cannot compute a ground sample distance (coordinates out of the CRS area)"
         )
     return gx, gy
+
+
+def gsd_xy_metres(crs: CrsLike, transform: Affine, width: int, height: int) -> tuple[float, float]:
+    """Ground size in metres of one pixel along its columns (x) and rows (y), at the raster centre.
+
+    See :func:`pixel_size_m`; the baseline is up to 64 px, within the raster.
+    """
+    span = max(0.5, min(32.0, width / 2.0, height / 2.0))
+    return pixel_size_m(crs, transform, width / 2.0, height / 2.0, span)
 
 
 def gsd_metres(crs: CrsLike, transform: Affine, width: int, height: int) -> float:

@@ -26,7 +26,15 @@ from rasterio.windows import Window
 from shapely.geometry import Polygon
 from shapely.geometry.polygon import orient
 
-from tiling.crs import affine_xy, crs_string, from_lonlat, gsd_xy_metres, to_lonlat, to_pyproj
+from tiling.crs import (
+    affine_xy,
+    crs_string,
+    from_lonlat,
+    gsd_xy_metres,
+    pixel_size_m,
+    to_lonlat,
+    to_pyproj,
+)
 from tiling.errors import (
     EmptyRasterError,
     GeoreferenceError,
@@ -497,10 +505,13 @@ class Raster:
                 self.path,
             )
         t = self.transform
-        sx = gsd_m / self.gsd_xy_m[0]  # source pixels per output pixel
-        sy = gsd_m / self.gsd_xy_m[1]
         inv = ~t
         col_c, row_c = inv.a * x + inv.b * y + inv.c, inv.d * x + inv.e * y + inv.f
+        try:  # the pixel's ground size where the region is (varies over big geographic rasters)
+            gx, gy = pixel_size_m(self._crs_key, t, col_c, row_c, 16.0)
+        except ValueError:
+            gx, gy = self.gsd_xy_m
+        sx, sy = gsd_m / gx, gsd_m / gy  # source pixels per output pixel
         col_off, row_off = col_c - size / 2.0 * sx, row_c - size / 2.0 * sy
         out_t = scaled_window_transform(t, col_off, row_off, sx, sy)
         pixels, mask = self.read_window(col_off, row_off, sx, sy, size, size, Resampling.bilinear)

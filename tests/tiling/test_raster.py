@@ -213,3 +213,29 @@ def test_overview_raster_uses_the_same_geometry(fake: dict[str, Path]) -> None:
     mean_tiles = np.mean([t.pixels.astype(float).mean(axis=(1, 2)) for t in tiles], axis=0)
     assert mean_tiles == pytest.approx(full.mean(axis=(1, 2)), abs=2.0)
     assert math.isclose(tiles[0].gsd_m, r.gsd_m * 8)
+
+
+def test_read_region_uses_the_local_ground_scale(tmp_path: Path) -> None:
+    # A coarse EPSG:4326 raster from 40 N to 70 N: a degree of longitude shrinks from 85 km to
+    # 38 km, so a region's pixel size in degrees must follow the latitude of the region.
+    from affine import Affine
+    from pyproj import Geod
+
+    from tests.data.rasters.data import pattern, write
+
+    p = write(
+        tmp_path / "big4326.tif",
+        pattern(300, 300, seed=30),
+        crs="EPSG:4326",
+        transform=Affine(0.1, 0, 10.0, 0, -0.1, 70.0),
+    )
+    geod = Geod(ellps="WGS84")
+    with open_raster(p) as r:
+        for lat in (42.0, 55.0, 68.0):
+            _, mask, t = r.read_region(25.0, lat, 32, 1000.0)  # 1 km pixels
+            assert mask.all()
+            lon0, lat0 = t.c + 16 * t.a, t.f + 16 * t.e
+            assert (lon0, lat0) == pytest.approx((25.0, lat), abs=1e-9)
+            dx = geod.inv(lon0 - t.a / 2, lat0, lon0 + t.a / 2, lat0)[2]
+            dy = geod.inv(lon0, lat0 - t.e / 2, lon0, lat0 + t.e / 2)[2]
+            assert dx == pytest.approx(1000.0, rel=0.005) and dy == pytest.approx(1000.0, rel=0.005)
