@@ -98,6 +98,7 @@ class Raster:
             self._read_indexes = sorted(set(self.bands))
             self.mask_kind = self._mask_kind()
             self._is_float = np.issubdtype(np.dtype(self.dtype), np.floating)
+            self._lut = self._palette()
             self.stretch: list[tuple[float, float]] | None = None
             self._check_content_and_stretch()
         except BaseException:
@@ -191,6 +192,25 @@ class Raster:
         if any(MaskFlags.nodata in f for f in flags):
             return "nodata"
         return "mask"
+
+    def _palette(self) -> np.ndarray | None:
+        """RGBA lookup table (256 x 4) when the selected band is a uint8 colour-mapped band."""
+        ds, b = self._ds, self.bands[0]
+        if len(self._read_indexes) != 1 or ds.colorinterp[b - 1] != ColorInterp.palette:
+            return None
+        if np.dtype(ds.dtypes[b - 1]) != np.uint8:
+            raise TileConfigError(
+                "colour-mapped bands wider than 8 bits are not supported", self.path
+            )
+        try:
+            cmap = ds.colormap(b)
+        except ValueError:
+            return None
+        lut = np.zeros((256, 4), dtype=np.uint8)
+        for k, rgba in cmap.items():
+            if 0 <= k < 256:
+                lut[k, : len(rgba)] = rgba
+        return lut
 
     def _sample(self) -> tuple[list[np.ndarray], bool]:
         """Valid pixel values per selected band from a decimated read; (values, exhaustive)."""
@@ -313,6 +333,8 @@ class Raster:
         """Read the selected bands (source dtype) and a validity mask; window inside the raster."""
         ds, idx = self._ds, self._read_indexes
         h, w = out_shape
+        if self._lut is not None:
+            resampling = Resampling.nearest  # colour indices cannot be averaged
         try:
             data = ds.read(idx, window=window, out_shape=(len(idx), h, w), resampling=resampling)
             if self.mask_kind == "none":
@@ -331,6 +353,10 @@ class Raster:
                 f"cannot read pixels ({_one_line(exc, self.path)})", self.path
             ) from exc
         bands = [data[idx.index(b)] for b in self.bands]
+        if self._lut is not None:
+            rgba = self._lut[bands[0]]
+            bands = [rgba[..., 0], rgba[..., 1], rgba[..., 2]]
+            mask &= rgba[..., 3] > 0
         if self._is_float:
             for b in bands:
                 mask &= np.isfinite(b)

@@ -239,3 +239,22 @@ def test_read_region_uses_the_local_ground_scale(tmp_path: Path) -> None:
             dx = geod.inv(lon0 - t.a / 2, lat0, lon0 + t.a / 2, lat0)[2]
             dy = geod.inv(lon0, lat0 - t.e / 2, lon0, lat0 + t.e / 2)[2]
             assert dx == pytest.approx(1000.0, rel=0.005) and dy == pytest.approx(1000.0, rel=0.005)
+
+
+def test_palette_raster_is_expanded_to_rgb(fake: dict[str, Path]) -> None:
+    with rasterio.open(fake["palette"]) as ds:
+        idx = ds.read(1)
+        cmap = ds.colormap(1)
+    with open_raster(fake["palette"]) as r:
+        tiles = list(r.tiles(TileConfig(tile_size=100)))
+        assert r.last_skipped == 2  # the two tiles of index 0 (nodata) on the left
+        # resampling must not average colour indices: only palette colours come out
+        resampled = list(r.tiles(TileConfig(tile_size=40, gsd=1.3)))
+    assert [t.col for t in tiles] == [1, 2, 1, 2]
+    for t in tiles:
+        rr, c = int(t.window.row_off), int(t.window.col_off)
+        want = np.array([cmap[int(i)][:3] for i in idx[rr : rr + 100, c : c + 100].ravel()])
+        np.testing.assert_array_equal(t.pixels.reshape(3, -1).T, want)
+    colours = {tuple(v[:3]) for k, v in cmap.items() if k in (1, 2, 3)} | {(0, 0, 0)}
+    for t in resampled:
+        assert {tuple(p) for p in t.pixels.reshape(3, -1).T} <= colours

@@ -214,6 +214,18 @@ def float_nan(d: Path) -> Path:
     return write(d / "float_nan.tif", a, transform=utm_transform())
 
 
+def palette(d: Path) -> Path:
+    """1-band uint8 colour-mapped (3 colours + index 0 = nodata on the left 100 columns)."""
+    a = (pattern(200, 300, bands=1, seed=16) // 64 % 3 + 1).astype(np.uint8)
+    a[:, :, :100] = 0
+    p = write(d / "palette.tif", a, transform=utm_transform(), nodata=0, photometric="PALETTE")
+    with rasterio.open(p, "r+") as ds:
+        ds.write_colormap(
+            1, {0: (0, 0, 0, 0), 1: (255, 0, 0, 255), 2: (0, 255, 0, 255), 3: (0, 0, 255, 255)}
+        )
+    return p
+
+
 def gray(d: Path) -> Path:
     """1-band uint8, 300 x 250 px."""
     return write(d / "gray.tif", pattern(250, 300, bands=1, seed=10), transform=utm_transform())
@@ -365,6 +377,7 @@ SPECS: dict[str, Callable[[Path], Path]] = {
         uint16,
         float_nan,
         gray,
+        palette,
         four_band,
         five_band,
         mosaic_vrt,
