@@ -29,7 +29,11 @@ BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "vgg16", "resnet50")
 
 
 class SamePadConv2d(nn.Conv2d):
-    """``nn.Conv2d`` with TensorFlow "SAME" padding computed from the input size."""
+    """``nn.Conv2d`` with TensorFlow "SAME" padding computed from the input size.
+
+    Stride 1 with an odd kernel is symmetric, so the convolution's own padding is used (no copy);
+    otherwise the input is padded like TF (the extra pixel at the bottom/right).
+    """
 
     def __init__(
         self,
@@ -40,10 +44,15 @@ class SamePadConv2d(nn.Conv2d):
         groups: int = 1,
         bias: bool = True,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, 0, 1, groups, bias)
+        symmetric = stride == 1 and kernel_size % 2 == 1
+        pad = kernel_size // 2 if symmetric else 0
+        super().__init__(in_channels, out_channels, kernel_size, stride, pad, 1, groups, bias)
+        self.symmetric = symmetric
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pad like TF SAME (extra pixel at the bottom/right), then convolve."""
+        if self.symmetric:
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
         ih, iw = x.shape[-2:]
         kh, kw = self.kernel_size
         sh, sw = self.stride

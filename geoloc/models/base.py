@@ -125,6 +125,8 @@ class Encoder(nn.Module):
     omega_dim: int = 0
     phi_dim: int = 0
     num_nodes: int = 0
+    #: Size of one node's block of Φ (Φ = K blocks), or None when Φ is one global descriptor.
+    node_dim: int | None = None
     freeze_backbone: bool = False
     pretrained: bool = False
 
