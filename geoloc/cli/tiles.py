@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -34,6 +36,28 @@ def _quiet_gdal() -> None:
         logging.getLogger("rasterio._err").setLevel(logging.CRITICAL)
 
 
+@contextmanager
+def _progress(total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A transient rich progress bar on stderr (only when stderr is a terminal and logs are on);
+    yields ``advance(done)``."""
+    if not (enabled and sys.stderr.isatty() and log.isEnabledFor(logging.INFO)) or total < 50:
+        yield lambda done: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "tiles",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("tiles", total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``geoloc tiles`` and ``geoloc info`` to ``app``."""
 
@@ -52,6 +76,9 @@ def register(app: typer.Typer) -> None:
         ),
         bands: str = typer.Option("1,2,3", "--bands", help="Bands read as R,G,B (or one band)."),
         indent: int | None = typer.Option(None, "--indent", min=0, help="Pretty-print the JSON."),
+        progress: bool = typer.Option(
+            True, "--progress/--no-progress", help="Progress bar on stderr (terminals only)."
+        ),
     ) -> None:
         """Print the tile footprints of RASTER as a GeoJSON FeatureCollection, lon/lat order.
 
@@ -66,7 +93,11 @@ def register(app: typer.Typer) -> None:
         cfg = TileConfig(tile_size=tile_size, stride=stride, gsd=gsd, min_valid=min_valid)
         with open_raster(raster, bands=band_tuple) as r:
             grid = r.grid(cfg)
-            features = [tile_feature(t) for t in r.tiles(cfg)]
+            features = []
+            with _progress(len(grid), enabled=progress) as advance:
+                for t in r.tiles(cfg):
+                    features.append(tile_feature(t))
+                    advance(r.last_kept + r.last_skipped)
             kept, skipped = r.last_kept, r.last_skipped
             crs = r.crs_str
         sys.stdout.write(
