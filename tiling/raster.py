@@ -437,7 +437,7 @@ class Raster:
             center_lat=float(lat[0]),
             footprint=footprint,
             gsd_m=grid.gsd_m,
-            valid_fraction=float(mask.mean()),
+            valid_fraction=_fraction(mask),
             pixels=pixels,
             mask=mask,
         )
@@ -472,7 +472,7 @@ class Raster:
             pixels, mask = self.read_window(
                 w.col_off, w.row_off, grid.scale_x, grid.scale_y, ts, ts, resampling
             )
-            vf = float(mask.mean())
+            vf = _fraction(mask)
             if vf <= 0.0 or vf < cfg.min_valid:
                 self.last_skipped += 1
                 unknown |= vf > 0.0
@@ -505,7 +505,7 @@ class Raster:
                     grid.tile_size,
                     Resampling.nearest,
                 )
-                vf = float(mask.mean())
+                vf = _fraction(mask)
             kept += int(vf > 0 and vf >= cfg.min_valid)
         return kept, len(grid) - kept
 
@@ -607,6 +607,11 @@ class Raster:
     def __repr__(self) -> str:
         crs = self.crs_str if len(self.crs_str) < 40 else "WKT"
         return f"Raster({self.path!r}, {self.width}x{self.height}, {crs}, gsd={self.gsd_m:.3f} m)"
+
+
+def _fraction(mask: np.ndarray) -> float:
+    """Fraction of True in a boolean array (faster than ``mean``)."""
+    return float(np.count_nonzero(mask)) / mask.size if mask.size else 0.0
 
 
 def _json_number(v: float | None) -> float | str | None:
