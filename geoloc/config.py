@@ -36,7 +36,9 @@ class Settings:
         """Read ``GEOLOC_HOME`` and ``GEOLOC_DATABASE_URL`` from the environment."""
         home = os.environ.get("GEOLOC_HOME")
         url = os.environ.get("GEOLOC_DATABASE_URL") or None
-        return cls(home=Path(home).expanduser().resolve() if home else _default_home(), database_url=url)
+        return cls(
+            home=Path(home).expanduser().resolve() if home else _default_home(), database_url=url
+        )
 
     @property
     def pgdata(self) -> Path:

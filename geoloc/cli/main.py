@@ -12,8 +12,9 @@ import logging
 import sys
 from typing import Any
 
-import click
 import typer
+from typer._click.exceptions import ClickException
+from typer.exceptions import Abort, Exit
 
 from geoloc import __version__
 
@@ -57,7 +58,9 @@ def _root(
     """geoloc: where is the drone? Answers from one camera frame, no GNSS."""
     _state["debug"] = debug
     level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     if not debug:
         for noisy in ("rasterio", "alembic", "faiss", "PIL", "matplotlib", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -86,15 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=args, standalone_mode=False, prog_name="geoloc")
         code = rv if isinstance(rv, int) else 0
-    except click.exceptions.Abort:
+    except (Abort, KeyboardInterrupt):
         typer.echo("geoloc: interrupted", err=True)
         code = 130
-    except KeyboardInterrupt:
-        typer.echo("geoloc: interrupted", err=True)
-        code = 130
-    except click.exceptions.Exit as exc:
+    except Exit as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
+    except ClickException as exc:  # usage errors: typer vendors its own click
         exc.show()
         code = exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo(f"geoloc: error: {exc}", err=True)
             code = int(getattr(exc, "exit_code", 1))
         else:
-            typer.echo(f"geoloc: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
-                       err=True)
+            typer.echo(
+                f"geoloc: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+                err=True,
+            )
             code = 1
     sys.exit(code)
 
