@@ -16,6 +16,7 @@ Used by training (positives), by ``geoloc eval --synthetic`` and by ``scripts/ma
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -127,37 +128,30 @@ class ViewSynthesizer:
 
     def __init__(
         self,
-        raster_path: str | Path,
+        raster_path: str | Path | Sequence[str | Path],
         *,
         size: int = 224,
         gsd_m: float | None = None,
         ranges: ParamRanges | None = None,
     ) -> None:
-        import rasterio
         from pyproj import CRS, Transformer
 
-        self.path = Path(raster_path)
+        paths = (
+            [Path(raster_path)]
+            if isinstance(raster_path, str | Path)
+            else list(map(Path, raster_path))
+        )
+        if not paths:
+            raise SyntheticError("no raster given")
+        self.paths = paths
+        self.path = paths[0]
         self.size = int(size)
         self.ranges = ranges or ParamRanges()
         if self.size < 8:
             raise SyntheticError(f"view size must be >= 8 px, got {size}", path=str(self.path))
-        try:
-            with rasterio.open(self.path) as ds:
-                if ds.crs is None:
-                    raise SyntheticError("raster has no CRS", path=str(self.path))
-                if ds.transform.b != 0 or ds.transform.d != 0:
-                    raise SyntheticError(
-                        "rotated geotransforms are not supported", path=str(self.path)
-                    )
-                bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
-                data = ds.read(bands)
-                mask = ds.dataset_mask() > 0
-                self.transform = ds.transform
-                self.crs = CRS.from_user_input(ds.crs.to_wkt())
-        except SyntheticError:
-            raise
-        except Exception as exc:  # rasterio raises several types for unreadable files
-            raise SyntheticError(f"cannot read raster: {exc}", path=str(self.path)) from exc
+        data, mask, transform, crs_wkt = _read_rasters(paths)
+        self.transform = transform
+        self.crs = CRS.from_user_input(crs_wkt)
         if data.dtype != np.uint8:
             lo, hi = np.nanpercentile(data[:, mask], [1, 99]) if mask.any() else (0.0, 1.0)
             data = np.clip((data.astype(np.float64) - lo) / max(hi - lo, 1e-9) * 255, 0, 255)
@@ -358,6 +352,23 @@ class ViewSynthesizer:
             )
         return last
 
+    def valid_centres(self, radius_m: float, step_m: float | None = None) -> FloatArray:
+        """Raster pixel centres (col, row), on a grid of ``step_m``, whose disc of ``radius_m``
+        lies entirely on valid data: the places a view can be centred without empty borders."""
+        import cv2
+
+        gx, gy = self.native_gsd_m
+        step = step_m if step_m is not None else max(radius_m / 8.0, min(gx, gy))
+        f = max(1, int(step / min(gx, gy)))
+        small = self.valid[::f, ::f].astype(np.uint8)
+        r = int(math.ceil(radius_m / (f * min(gx, gy))))
+        # pad with zeros so the raster's edge also counts as invalid
+        padded = cv2.copyMakeBorder(small, r, r, r, r, cv2.BORDER_CONSTANT, value=0)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        eroded = cv2.erode(padded, kernel)[r : -r or None, r : -r or None]
+        rows, cols = np.nonzero(eroded)
+        return np.stack([cols * f, rows * f], axis=1).astype(np.float64)
+
     def random_point(
         self, rng: np.random.Generator, margin_m: float | None = None
     ) -> tuple[float, float]:
@@ -372,6 +383,67 @@ class ViewSynthesizer:
         col = rng.uniform(mc, self.width - 1 - mc)
         row = rng.uniform(mr, self.height - 1 - mr)
         return self.px_to_lonlat(col, row)
+
+
+def _read_rasters(paths: list[Path]) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_], Any, str]:
+    """Read one raster, or merge several rasters of the same CRS, into memory (first 3 bands)."""
+    import rasterio
+    from rasterio.merge import merge
+
+    datasets = []
+    try:
+        for p in paths:
+            try:
+                datasets.append(rasterio.open(p))
+            except Exception as exc:  # rasterio raises several types for unreadable files
+                raise SyntheticError(f"cannot read raster: {exc}", path=str(p)) from exc
+        for ds, p in zip(datasets, paths, strict=True):
+            if ds.crs is None:
+                raise SyntheticError("raster has no CRS", path=str(p))
+            if ds.transform.b != 0 or ds.transform.d != 0:
+                raise SyntheticError("rotated geotransforms are not supported", path=str(p))
+            if ds.crs != datasets[0].crs:
+                raise SyntheticError(
+                    f"cannot merge rasters in different CRSs ({ds.crs} vs {datasets[0].crs})",
+                    path=str(p),
+                )
+        first = datasets[0]
+        bands = [1, 2, 3] if first.count >= 3 else [1, 1, 1]
+        if len(datasets) == 1:
+            data = first.read(bands)
+            mask = first.dataset_mask() > 0
+            transform = first.transform
+        else:
+            res = (
+                min(abs(d.transform.a) for d in datasets),
+                min(abs(d.transform.e) for d in datasets),
+            )
+            data, transform = merge(datasets, indexes=bands, res=res, nodata=0)
+            valid, _ = merge([_ones_like(d) for d in datasets], res=res, nodata=0, indexes=[1])
+            mask = valid[0] > 0
+        return data, mask, transform, str(first.crs.to_wkt())
+    finally:
+        for ds in datasets:
+            ds.close()
+
+
+def _ones_like(ds: Any) -> Any:
+    """An in-memory single-band raster of ones with ``ds``'s grid (for the merged valid mask)."""
+    from rasterio.io import MemoryFile
+
+    mem = MemoryFile()
+    out = mem.open(
+        driver="GTiff",
+        width=ds.width,
+        height=ds.height,
+        count=1,
+        dtype="uint8",
+        crs=ds.crs,
+        transform=ds.transform,
+        nodata=0,
+    )
+    out.write((ds.dataset_mask() > 0).astype(np.uint8)[None])
+    return out
 
 
 def _axis_angle(axis: FloatArray, angle: float) -> FloatArray:
