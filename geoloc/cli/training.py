@@ -129,6 +129,18 @@ def register(app: typer.Typer) -> None:
         cache_dir: Path | None = typer.Option(
             None, "--cache-dir", help="Keep frozen-backbone features here between runs."
         ),
+        queries: Path | None = typer.Option(
+            None, "--queries", help="Folder of frames (with --truth): run the localizer."
+        ),
+        truth: Path | None = typer.Option(None, "--truth", help="truth.csv: name,lat,lon[,gsd_m]"),
+        preset: list[str] = typer.Option(None, "--preset", help="Localizer preset (repeatable)."),
+        ablation: bool = typer.Option(
+            False, "--ablation", help="Ω only / + Φ rerank / + node consistency."
+        ),
+        use_gsd: bool = typer.Option(
+            True, "--use-gsd/--no-gsd", help="Pass the truth table's gsd_m to the localizer."
+        ),
+        plot: Path | None = typer.Option(None, "--plot", help="Write error CDF + answer map."),
     ) -> None:
         """Evaluate encoders: retrieval of synthetic views of a raster (``--synthetic N --raster``)
         or University-1652 drone->satellite retrieval. JSON on stdout, a table on stderr."""
@@ -136,6 +148,29 @@ def register(app: typer.Typer) -> None:
 
         from geoloc.models import build_encoder, load_encoder
 
+        if queries is not None or truth is not None:
+            if queries is None or truth is None:
+                raise ConfigError("--queries and --truth go together")
+            from geoloc.evaluation.frames import ablation_configs, evaluate_frames, plot_results
+            from geoloc.localize.pipeline import preset as get_preset
+
+            configs: dict[str, Any] = {p: get_preset(p) for p in (preset or [])}
+            if ablation:
+                configs.update(ablation_configs())
+            if not configs:
+                configs = {"accurate": get_preset("accurate")}
+            ckpt = None
+            for item in checkpoint or []:
+                ckpt = item.partition("=")[2] or item
+            result = evaluate_frames(
+                configs, queries, truth, checkpoint=ckpt, encoder=encoder, use_gsd=use_gsd, log=_err
+            )
+            _print_frames_table(result)
+            if plot is not None:
+                for pth in plot_results(result, plot, raster):
+                    _err(f"wrote {pth}")
+            typer.echo(json.dumps(result, indent=2))
+            return
         names = list(checkpoint or ["untrained", "shipped"])
         encoders: dict[str, Any] = {}
         for item in names:
@@ -184,6 +219,21 @@ def _print_table(result: dict[str, Any]) -> None:
             _err(
                 f"{name:<14}{sname:<11}" + "".join(f"{m[c]:>8.3f}" for c in cols) + f"{med:>10.1f}"
             )
+
+
+def _print_frames_table(result: dict[str, Any]) -> None:
+    _err(
+        f"{'pipeline':<24}{'R@1':>6}{'R@5':>6}{'median m':>10}{'p90 m':>8}{'<=25m':>7}"
+        f"{'neg rej':>8}{'pos rej':>8}{'p50 ms':>8}"
+    )
+    for name, r in result["results"].items():
+        e, rej, lat = r["errors"], r["rejection"], r["latency"]
+        _err(
+            f"{name:<24}{r.get('R@1', float('nan')):>6.2f}{r.get('R@5', float('nan')):>6.2f}"
+            f"{e['median_m']:>10.1f}{e['p90_m']:>8.1f}{e['within_25m']:>7.2f}"
+            f"{rej['negatives_rejected']:>8.2f}{rej['positives_rejected']:>8.2f}"
+            f"{lat['p50_ms']:>8.0f}"
+        )
 
 
 def _rasters_from_db() -> list[Path]:
