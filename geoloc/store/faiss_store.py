@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DEFAULT_OMEGA_DIM = 50176
-DEFAULT_TARGET_DIM = 256
+DEFAULT_TARGET_DIM = 512
 DEFAULT_IVF_THRESHOLD = 50_000
 DEFAULT_NPROBE = 32
 #: Residual-energy tolerance below which a vector is considered inside the basis.

@@ -1,0 +1,371 @@
+"""Store benchmark: bytes per tile, Postgres insert rate, k-NN latency and recall (pgvector, FAISS).
+
+Usage: ``python -m benchmarks.store [--full]``; writes ``benchmarks/results/store.json``.
+
+1. Real Ω/Φ: tiles of the bundled sample (and ``../shared/data/turku/sat_map_*.tif`` when
+   present) at the ingest defaults (224 px, stride 112, GSD max(0.5, native)), encoded by SGM-Net.
+2. Ω compression on real tiles: :class:`OmegaIndex` at its defaults vs exact 50,176-d inner
+   product, held-out tiles as queries: recall@10 and 10-recall@100.
+3. pgvector on synthetic Φ drawn to match the real Φ statistics (mean, top principal directions
+   and their variances, isotropic rest): insert rate through ``repository.add_tiles`` (binary
+   COPY, HNSW index present, batches of 1,000), bytes per tile on disk, HNSW k-NN p50/p95 and
+   recall@10 vs exact cosine, at 10k tiles (and 100k with ``full``).
+4. FAISS at scale on synthetic codes drawn with the real code spectrum: flat (<= 50k) or IVF
+   (above) as :class:`OmegaIndex` would build it; search p50/p95 and recall@10 vs exact, at 10k
+   and 100k tiles (and 1M with ``full``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample" / "turku_utm34n_0.28m.tif"
+TURKU = REPO.parent / "shared" / "data" / "turku"
+
+
+def _pct(times: list[float]) -> dict[str, float]:
+    a = np.asarray(times) * 1000.0
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
+
+
+# --------------------------------------------------------------------------------------------
+def encode_real(max_rasters: int | None = None) -> dict[str, np.ndarray]:
+    """Ω, Φ of real tiles at the ingest defaults (bundled sample + Turku sat maps)."""
+    import torch
+
+    from geoloc.models import load_encoder
+    from tiling import TileConfig, open_raster
+
+    torch.set_num_threads(2)
+    enc = load_encoder("sgmnet")
+    paths = [SAMPLE] + sorted(TURKU.glob("sat_map_*.tif"))
+    paths = paths[:max_rasters] if max_rasters else paths
+    omegas, phis = [], []
+    for p in paths:
+        with open_raster(p) as r:
+            gsd = max(0.5, r.gsd_m)
+            tiles = list(r.tiles(TileConfig(tile_size=224, stride=112, gsd=gsd, min_valid=0.5)))
+        for s in range(0, len(tiles), 16):
+            out = enc.encode(np.stack([t.pixels for t in tiles[s : s + 16]]))
+            omegas.append(np.asarray(out.omega, dtype=np.float32))
+            phis.append(np.asarray(out.phi, dtype=np.float32))
+    return {"omega": np.concatenate(omegas), "phi": np.concatenate(phis)}
+
+
+def omega_compression(omega: np.ndarray, n_queries: int = 30) -> dict[str, Any]:
+    """OmegaIndex (defaults) vs exact search on real Ω; held-out tiles are the queries."""
+    from geoloc.config import Settings
+    from geoloc.store.faiss_store import OmegaIndex
+
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(omega))
+    q, x = omega[perm[:n_queries]], omega[perm[n_queries:]]
+    home = Path(tempfile.mkdtemp(prefix="geoloc-bench-omega-", dir="/tmp"))
+    try:
+        ix = OmegaIndex.open(Settings(home=home), "b" * 64, omega_dim=omega.shape[1])
+        t0 = time.perf_counter()
+        for s in range(0, len(x), 16):  # the ingest's batch size
+            ix.add(np.arange(s, min(s + 16, len(x)), dtype=np.int64), x[s : s + 16])
+        add_s = time.perf_counter() - t0
+        ix.save()
+        disk = sum(f.stat().st_size for f in ix.directory.iterdir())
+        truth = np.argsort(-(q @ x.T), axis=1)
+        times = []
+        for i in range(len(q)):
+            t = time.perf_counter()
+            _, found1 = ix.search(q[i : i + 1], 100)
+            times.append(time.perf_counter() - t)
+        _, found = ix.search(q, 100)
+        return {
+            "tiles": int(len(x)),
+            "queries": int(len(q)),
+            "dim": ix.dim,
+            "index_type": ix.index_type,
+            "exact": ix.is_exact,
+            "residual_energy": ix.info()["residual_energy"],
+            "recall_at_10": _recall(found[:, :10], truth[:, :10]),
+            "recall_10_at_100": _recall(found, truth[:, :10]),
+            "add_tiles_per_s": len(x) / add_s,
+            "index_bytes_on_disk": disk,
+            "index_bytes_per_tile": disk / len(x),
+            "search": _pct(times),
+        }
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+class Matched:
+    """A Gaussian with the mean and top principal directions of real vectors, L2-normalised."""
+
+    def __init__(self, real: np.ndarray, rank: int = 64) -> None:
+        self.mean = real.mean(axis=0)
+        c = real - self.mean
+        _, s, vt = np.linalg.svd(c, full_matrices=False)
+        r = min(rank, len(s) - 1)
+        self.vt = vt[:r]
+        self.sd = s[:r] / np.sqrt(len(real))
+        total = float((c**2).sum() / len(real))
+        self.iso = np.sqrt(max(total - float((self.sd**2).sum()), 0.0) / real.shape[1])
+        self.dim = real.shape[1]
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` synthetic unit vectors."""
+        z = rng.standard_normal((n, len(self.sd))).astype(np.float32) * self.sd
+        x = self.mean + z @ self.vt + self.iso * rng.standard_normal((n, self.dim))
+        x = x.astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@dataclass
+class _Tile:
+    row: int
+    col: int
+    center_lat: float
+    center_lon: float
+    footprint: Any
+    gsd_m: float
+    valid_fraction: float
+    window: Any
+    transform: tuple[float, ...]
+    tile_size: int
+
+
+def _fake_tiles(start: int, n: int) -> list[_Tile]:
+    from rasterio.windows import Window
+    from shapely.geometry import box
+
+    out = []
+    for i in range(start, start + n):
+        r, c = divmod(i, 1000)
+        lat, lon = 60.0 + r * 5e-4, 22.0 + c * 1e-3
+        out.append(
+            _Tile(
+                row=r,
+                col=c,
+                center_lat=lat,
+                center_lon=lon,
+                footprint=box(lon - 5e-4, lat - 2.5e-4, lon + 5e-4, lat + 2.5e-4),
+                gsd_m=0.5,
+                valid_fraction=1.0,
+                window=Window(c * 112, r * 112, 224, 224),
+                transform=(0.5, 0.0, c * 56.0, 0.0, -0.5, r * 56.0),
+                tile_size=224,
+            )
+        )
+    return out
+
+
+def pgvector_bench(phi_model: Matched, sizes: list[int], n_queries: int = 50) -> list[dict]:
+    """Insert rate, bytes per tile and HNSW k-NN latency/recall on an embedded server."""
+    from sqlalchemy import text
+
+    from geoloc.config import Settings
+    from geoloc.store import embedded, open_database
+    from geoloc.store import repository as repo
+
+    home = Path(tempfile.mkdtemp(prefix="geoloc-bench-pg-", dir="/tmp"))
+    settings = Settings(home=home)
+    out = []
+    try:
+        db = open_database(settings)
+        enc = repo.get_or_create_encoder(db, "bench", {}, "e" * 64, 50176, phi_model.dim)
+        oid = repo.begin_orthomosaic(
+            db,
+            path="/bench.tif",
+            sha256="0" * 64,
+            encoder_id=enc,
+            crs="EPSG:32634",
+            width=1,
+            height=1,
+            gsd_m=0.5,
+            bounds_lonlat=(22.0, 60.0, 23.0, 61.0),
+        )
+        rng = np.random.default_rng(1)
+        k_nodes = 8
+        all_phi: list[np.ndarray] = []
+        all_ids: list[int] = []
+        done = 0
+        for size in sorted(sizes):
+            t_ins = 0.0
+            inserted = size - done
+            while done < size:
+                b = min(1000, size - done)
+                phi = phi_model.sample(rng, b)
+                t0 = time.perf_counter()
+                ids = repo.add_tiles(
+                    db,
+                    oid,
+                    enc,
+                    _fake_tiles(done, b),
+                    phi,
+                    np.full((b, k_nodes), 1 / k_nodes, np.float32),
+                    rng.random((b, k_nodes, 2), dtype=np.float32),
+                )
+                t_ins += time.perf_counter() - t0
+                all_phi.append(phi)
+                all_ids += ids
+                done += b
+            repo.finish_orthomosaic(db, oid, done, 0)
+            with db.engine.begin() as conn:
+                conn.execute(text("ANALYZE"))
+                sizes_b = {
+                    r.relname: int(r.b)
+                    for r in conn.execute(
+                        text(
+                            "SELECT relname, pg_total_relation_size(oid) AS b FROM pg_class "
+                            "WHERE relname IN ('tiles', 'tile_embeddings')"
+                        )
+                    )
+                }
+                hnsw_b = conn.execute(
+                    text("SELECT pg_relation_size('ix_tile_embeddings_phi_hnsw')")
+                ).scalar_one()
+            x = np.concatenate(all_phi)
+            ids_arr = np.asarray(all_ids)
+            q = phi_model.sample(rng, n_queries)
+            truth = ids_arr[np.argsort(-(q @ x.T), axis=1)[:, :10]]
+            res: dict[str, Any] = {
+                "tiles": size,
+                "insert_tiles_per_s": inserted / t_ins if t_ins else None,
+                "bytes_per_tile": sum(sizes_b.values()) / size,
+                "hnsw_bytes_per_tile": hnsw_b / size,
+                "relations_bytes": sizes_b,
+            }
+            for ef in (40, 100):
+                times, found = [], []
+                for i in range(n_queries):
+                    t = time.perf_counter()
+                    got = repo.knn_phi(db, enc, q[i], k=10, ef_search=ef)
+                    times.append(time.perf_counter() - t)
+                    found.append([g[0] for g in got])
+                res[f"knn_ef{ef}"] = {
+                    **_pct(times),
+                    "recall_at_10": _recall(np.array(found), truth),
+                }
+            out.append(res)
+            print(f"pgvector {size}: {json.dumps(res)}", flush=True)
+        db.dispose()
+    finally:
+        embedded.stop(settings)
+        shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+def faiss_bench(code_sd: np.ndarray, sizes: list[int], n_queries: int = 100) -> list[dict]:
+    """OmegaIndex's code-space index at scale (flat <= 50k, IVF above) vs exact."""
+    import importlib
+
+    faiss: Any = importlib.import_module("faiss")
+
+    from geoloc.store.faiss_store import DEFAULT_IVF_THRESHOLD, DEFAULT_NPROBE
+
+    rng = np.random.default_rng(2)
+    d = len(code_sd)
+    out = []
+    for n in sizes:
+        x = (rng.standard_normal((n, d)).astype(np.float32) * code_sd).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        q = x[rng.choice(n, n_queries, replace=False)] + 0.3 * (
+            rng.standard_normal((n_queries, d)).astype(np.float32) * code_sd
+        )
+        q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+        exact = faiss.IndexFlatIP(d)
+        exact.add(x)
+        _, truth = exact.search(q, 10)
+        t0 = time.perf_counter()
+        if n <= DEFAULT_IVF_THRESHOLD:
+            index, kind = exact, "flat"
+            params = None
+        else:
+            nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))
+            index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+            index.train(x[rng.choice(n, min(n, nlist * 64), replace=False)])
+            index.add(x)
+            kind = f"ivf{nlist}"
+            params = faiss.SearchParametersIVF(nprobe=DEFAULT_NPROBE)
+        build_s = time.perf_counter() - t0
+        times, found = [], []
+        for i in range(n_queries):
+            t = time.perf_counter()
+            _, f = (
+                index.search(q[i : i + 1], 10, params=params)
+                if params
+                else index.search(q[i : i + 1], 10)
+            )
+            times.append(time.perf_counter() - t)
+            found.append(f[0])
+        res = {
+            "tiles": n,
+            "dim": d,
+            "index": kind,
+            "build_s": build_s,
+            "bytes_per_tile": d * 4 + 8,
+            **_pct(times),
+            "recall_at_10": _recall(np.array(found), truth),
+        }
+        out.append(res)
+        print(f"faiss {n}: {json.dumps(res)}", flush=True)
+        del x, index, exact
+    return out
+
+
+def run(full: bool = False) -> dict[str, Any]:
+    """Run the store benchmark; save and return the results."""
+    from geoloc.store.faiss_store import DEFAULT_TARGET_DIM
+
+    t0 = time.time()
+    real = encode_real()
+    omega, phi = real["omega"], real["phi"]
+    results: dict[str, Any] = {"full": full, "real_tiles": int(len(omega))}
+    results["omega_compression_real"] = omega_compression(omega)
+    print("omega compression:", json.dumps(results["omega_compression_real"]), flush=True)
+    # code spectrum of real Ω in the index's code space (PCA of the real tiles)
+    s = np.linalg.svd(omega, compute_uv=False)
+    sd = s[: min(DEFAULT_TARGET_DIM, len(s))] / np.sqrt(len(omega))
+    if len(sd) < DEFAULT_TARGET_DIM:  # extend the tail with the last measured variance
+        sd = np.concatenate([sd, np.full(DEFAULT_TARGET_DIM - len(sd), sd[-1])])
+    results["pgvector"] = pgvector_bench(
+        Matched(phi, rank=min(64, len(phi) - 1)), [10_000, 100_000] if full else [10_000]
+    )
+    results["faiss"] = faiss_bench(
+        sd.astype(np.float32), [10_000, 100_000, 1_000_000] if full else [10_000, 100_000]
+    )
+    pg10k = results["pgvector"][0]
+    faiss10k = results["faiss"][0]
+    results["bytes_per_tile_defaults"] = {
+        "postgres": pg10k["bytes_per_tile"],
+        "faiss_codes": faiss10k["bytes_per_tile"],
+        "total": pg10k["bytes_per_tile"] + faiss10k["bytes_per_tile"],
+        "note": "at 10k tiles; the Ω basis (target_dim x 50,176 float32) is extra, per encoder",
+    }
+    results["seconds"] = time.time() - t0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "store.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="add the 100k pgvector / 1M FAISS cases")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    print(json.dumps(run(full=args.full), indent=2))
