@@ -268,6 +268,67 @@ def pgvector_bench(phi_model: Matched, sizes: list[int], n_queries: int = 50) ->
     return out
 
 
+def phi_type_bench(phi: np.ndarray, n_queries: int = 50) -> dict[str, Any]:
+    """vector(1024) vs halfvec(1024) for Φ on real tiles: HNSW build time, size, recall@10."""
+    from pgvector import HalfVector, Vector
+
+    from geoloc.config import Settings
+    from geoloc.store import embedded, open_database
+
+    home = Path(tempfile.mkdtemp(prefix="geoloc-bench-phi-", dir="/tmp"))
+    settings = Settings(home=home)
+    rng = np.random.default_rng(3)
+    phi = phi / np.linalg.norm(phi, axis=1, keepdims=True)
+    qi = rng.choice(len(phi), min(n_queries, len(phi) // 4), replace=False)
+    q = phi[qi] + 0.5 * phi[rng.permutation(qi)]  # queries near, not at, stored tiles
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    truth = np.argsort(-(q @ phi.T), axis=1)[:, :10]
+    out: dict[str, Any] = {"tiles": int(len(phi))}
+    try:
+        db = open_database(settings)
+        raw = db.engine.raw_connection()
+        cur = raw.cursor()
+        cur.execute("SET maintenance_work_mem = '512MB'")
+        for typ, cls in (("vector", Vector), ("halfvec", HalfVector)):
+            cur.execute(f"CREATE TABLE phi_{typ} (id int PRIMARY KEY, e {typ}(1024))")
+            from psycopg2.extras import execute_values
+
+            execute_values(
+                cur,
+                f"INSERT INTO phi_{typ} (id, e) VALUES %s",  # noqa: S608 - fixed names
+                [(i, cls(v).to_text()) for i, v in enumerate(phi)],
+            )
+            t0 = time.perf_counter()
+            cur.execute(f"CREATE INDEX ON phi_{typ} USING hnsw (e {typ}_cosine_ops)")
+            build = time.perf_counter() - t0
+            raw.commit()
+            cur.execute(f"SELECT pg_indexes_size('phi_{typ}')")
+            row = cur.fetchone()
+            size = row[0] if row else 0
+            cur.execute("SET hnsw.ef_search = 40")
+            found, times = [], []
+            for v in q:
+                t = time.perf_counter()
+                cur.execute(
+                    f"SELECT id FROM phi_{typ} ORDER BY e <=> %s::{typ} LIMIT 10",  # noqa: S608
+                    (cls(v).to_text(),),
+                )
+                found.append([r[0] for r in cur.fetchall()])
+                times.append(time.perf_counter() - t)
+            out[typ] = {
+                "hnsw_build_s": build,
+                "hnsw_bytes": int(size),
+                "recall_at_10": _recall(np.array(found), truth),
+                **_pct(times),
+            }
+        raw.close()
+        db.dispose()
+    finally:
+        embedded.stop(settings)
+        shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
 def faiss_bench(code_sd: np.ndarray, sizes: list[int], n_queries: int = 100) -> list[dict]:
     """OmegaIndex's code-space index at scale (flat <= 50k, IVF above) vs exact."""
     import importlib
@@ -341,6 +402,8 @@ def run(full: bool = False) -> dict[str, Any]:
     sd = s[: min(DEFAULT_TARGET_DIM, len(s))] / np.sqrt(len(omega))
     if len(sd) < DEFAULT_TARGET_DIM:  # extend the tail with the last measured variance
         sd = np.concatenate([sd, np.full(DEFAULT_TARGET_DIM - len(sd), sd[-1])])
+    results["phi_vector_vs_halfvec_real"] = phi_type_bench(phi)
+    print("phi type:", json.dumps(results["phi_vector_vs_halfvec_real"]), flush=True)
     results["pgvector"] = pgvector_bench(
         Matched(phi, rank=min(64, len(phi) - 1)), [10_000, 100_000] if full else [10_000]
     )
