@@ -14,7 +14,7 @@ from geoloc.store.faiss_store import OmegaIndex
 from .helpers import unit
 
 SHA = "0123abcd" * 8
-D = 2048
+D = 1024
 
 
 @pytest.fixture
@@ -60,13 +60,13 @@ def test_small_index_is_exact(settings: Settings) -> None:
 
 def test_truncated_basis_keeps_recall(settings: Settings) -> None:
     rng = np.random.default_rng(1)
-    x = low_rank(rng, 400, rank=48)
-    ids = np.arange(400, dtype=np.int64) * 3 + 7
-    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=64)
-    for s in range(0, 400, 32):
+    x = low_rank(rng, 240, rank=32)
+    ids = np.arange(240, dtype=np.int64) * 3 + 7
+    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=48)
+    for s in range(0, 240, 32):
         ix.add(ids[s : s + 32], x[s : s + 32])
-    assert ix.dim <= ix.max_dim == 128 and not ix.is_exact
-    q = x[rng.choice(400, 30, replace=False)] + 0.05 * unit(rng, 30, D)
+    assert ix.dim <= ix.max_dim == 96 and not ix.is_exact
+    q = x[rng.choice(240, 30, replace=False)] + 0.05 * unit(rng, 30, D)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     _, found = ix.search(q, 10)
     assert recall_at(found, ids[exact_topk(x, q, 10)]) >= 0.95
@@ -88,7 +88,7 @@ def test_remove_and_allowed_ids(settings: Settings) -> None:
     assert found[0, 0] == 9 and set(found[0, :3]) == {5, 9, 12} and found[0, 3] == -1
     with pytest.raises(IndexError_, match="already in the index"):
         ix.add(np.array([5]), x[:1])
-    with pytest.raises(IndexError_, match=r"\(n, 2048\)"):
+    with pytest.raises(IndexError_, match=r"\(n, 1024\)"):
         ix.add(np.array([77]), np.ones((1, 10), np.float32))
 
 
@@ -161,7 +161,7 @@ def test_missing_or_truncated_files_say_rebuild(settings: Settings) -> None:
     (d / "meta.json").write_text("{not json")
     with pytest.raises(IndexError_, match="sidecar"):
         OmegaIndex.open(settings, SHA)
-    with pytest.raises(IndexError_, match=r"omega must be \(n, 2048\)"):
+    with pytest.raises(IndexError_, match=r"omega must be \(n, 1024\)"):
         OmegaIndex.open(Settings(home=settings.home / "x"), SHA, omega_dim=D).add(
             np.arange(1), np.ones((1, D + 1), np.float32)
         )
@@ -169,19 +169,19 @@ def test_missing_or_truncated_files_say_rebuild(settings: Settings) -> None:
 
 def test_switches_to_ivf_above_threshold(settings: Settings) -> None:
     rng = np.random.default_rng(6)
-    x = low_rank(rng, 600, rank=32, noise=0.02)
-    ids = np.arange(600, dtype=np.int64) + 1000
-    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=64, ivf_threshold=300, nprobe=8)
-    for s in range(0, 600, 100):
+    x = low_rank(rng, 400, rank=24, noise=0.02)
+    ids = np.arange(400, dtype=np.int64) + 1000
+    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=32, ivf_threshold=200, nprobe=8)
+    for s in range(0, 400, 100):
         ix.add(ids[s : s + 100], x[s : s + 100])
-    assert ix.index_type == "ivf" and ix.dim == 64 and len(ix) == 600
+    assert ix.index_type == "ivf" and ix.dim == 32 and len(ix) == 400
     q = x[:40]
     _, found = ix.search(q, 10)
     assert recall_at(found, ids[exact_topk(x, q, 10)]) >= 0.9
     assert ix.remove(ids[:5]) == 5
     ix.save()
     again = OmegaIndex.open(settings, SHA)
-    assert again.index_type == "ivf" and len(again) == 595
+    assert again.index_type == "ivf" and len(again) == 395
     _, found = again.search(x[10:11], 1)
     assert found[0, 0] == ids[10]
     s, found = again.search(x[10:11], 3, allowed_ids=ids[8:12])
