@@ -126,6 +126,27 @@ def resolve_url(settings: Settings) -> tuple[str, bool]:
     return embedded.start(settings), True
 
 
+#: Advisory lock key serialising automatic schema upgrades of the embedded database.
+UPGRADE_LOCK_KEY = 0x6765_6F6C_6F64
+
+
+def _upgrade_locked(engine: Engine, url: str, head: str | None) -> None:
+    """Upgrade to ``head`` under an advisory lock (two first users must not both migrate)."""
+    from sqlalchemy import text
+
+    with engine.connect() as lock_conn:
+        lock_conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": UPGRADE_LOCK_KEY})
+        try:
+            with engine.connect() as conn:
+                rev = current_revision(conn)
+            if rev != head:
+                log.info("upgrading the embedded database schema %s -> %s", rev, head)
+                upgrade(url)
+        finally:
+            lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": UPGRADE_LOCK_KEY})
+            lock_conn.commit()
+
+
 def open_database(settings: Settings | None = None, *, check_schema: bool = True) -> Database:
     """Open the database of ``settings`` (``Settings.from_env()`` by default).
 
@@ -150,8 +171,7 @@ def open_database(settings: Settings | None = None, *, check_schema: bool = True
         head = head_revision()
         if rev != head:
             if embedded:
-                log.info("upgrading the embedded database schema %s -> %s", rev, head)
-                upgrade(url)
+                _upgrade_locked(engine, url, head)
             else:
                 engine.dispose()
                 raise DatabaseError(

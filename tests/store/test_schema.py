@@ -161,3 +161,54 @@ def test_cascade_delete(database: Database) -> None:
     with database.engine.connect() as conn:
         for table in ("orthomosaics", "tiles", "tile_embeddings"):
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 0  # noqa: S608
+
+
+def test_embedded_default_is_upgraded_automatically_and_concurrently(pg_server) -> None:  # type: ignore[no-untyped-def]
+    """Two first users of an empty embedded-like database: both end at head, no error."""
+    import threading
+
+    from geoloc.store.database import _upgrade_locked
+
+    name = pg_server.create_database(migrated=False)
+    url = pg_server.url_for(name)
+    engine = make_engine(url)
+    errors: list[BaseException] = []
+
+    def first_use() -> None:
+        try:
+            _upgrade_locked(engine, url, head_revision())
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=first_use) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        assert _tables(url) == TABLES
+    finally:
+        engine.dispose()
+        pg_server.drop_database(name)
+
+
+def test_cli_upgrade_and_downgrade_external_database(pg_server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from geoloc.cli.main import app
+
+    name = pg_server.create_database(migrated=False)
+    url = pg_server.url_for(name)
+    monkeypatch.setenv("GEOLOC_DATABASE_URL", url)
+    monkeypatch.setenv("GEOLOC_HOME", str(pg_server.home))
+    runner = CliRunner()
+    try:
+        assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+        assert _tables(url) == TABLES
+        assert runner.invoke(app, ["db", "downgrade", "base"]).exit_code == 0
+        assert _tables(url) == set()
+        res = runner.invoke(app, ["db", "start"])
+        assert res.exit_code != 0 and "GEOLOC_DATABASE_URL" in str(res.exception)
+    finally:
+        pg_server.drop_database(name)
