@@ -129,6 +129,7 @@ class OmegaIndex:
         self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.index_type = "flat"
         self._basis: np.ndarray = np.zeros((0, self.omega_dim), dtype=np.float32)
+        self._buf: np.ndarray | None = None  # capacity buffer; _basis is a view of its rows
         self._moment: np.ndarray = np.zeros((0, 0), dtype=np.float64)
         self._index: Any = None  # faiss index over codes (None while d == 0 and empty)
         self._ids: np.ndarray = np.zeros(0, dtype=np.int64)  # sorted
@@ -467,7 +468,7 @@ class OmegaIndex:
         new_dirs = q.T.astype(np.float32)
         r = new_dirs.shape[0]
         d = self.dim
-        basis_ext = np.concatenate([self._basis, new_dirs], axis=0)
+        basis_ext = self._append_rows(new_dirs)
         new_codes = np.concatenate([coords, resid @ new_dirs.T], axis=1).astype(np.float32)
         moment = np.zeros((d + r, d + r), dtype=np.float64)
         moment[:d, :d] = self._moment
@@ -491,10 +492,24 @@ class OmegaIndex:
         codes = np.concatenate([old_codes, new_codes], axis=0)
         all_ids = np.concatenate([old_ids, ids])
         if d + r > self.max_dim:
-            basis_ext, codes, moment = self._truncate(basis_ext, codes, moment, self.target_dim)
-        self._basis, self._moment = np.ascontiguousarray(basis_ext), moment
+            new_basis, codes, moment = self._truncate(basis_ext, codes, moment, self.target_dim)
+            assert self._buf is not None
+            self._buf[: new_basis.shape[0]] = new_basis
+            basis_ext = self._buf[: new_basis.shape[0]]
+        self._basis, self._moment = basis_ext, moment
         self._basis_dirty = True
         self._rebuild_flat(all_ids, codes)
+
+    def _append_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The basis with ``rows`` appended, grown in place in a capacity buffer (no copy)."""
+        d, need = self.dim, self.dim + rows.shape[0]
+        if self._buf is None or self._buf.shape[0] < need or self._basis.base is not self._buf:
+            cap = max(need, min(self.max_dim + ADD_CHUNK, max(2 * need, 64)))
+            buf = np.empty((cap, self.omega_dim), dtype=np.float32)
+            buf[:d] = self._basis
+            self._buf = buf
+        self._buf[d:need] = rows
+        return self._buf[:need]
 
     def _truncate(
         self, basis: np.ndarray, codes: np.ndarray, moment: np.ndarray, dim: int
