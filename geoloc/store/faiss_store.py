@@ -273,7 +273,7 @@ class OmegaIndex:
         """Persist atomically (new generation files, then ``meta.json`` replaced by rename)."""
         faiss = _faiss()
         self.directory.mkdir(parents=True, exist_ok=True)
-        gen = self._gen + 1
+        gen = max(self._gen, self._disk_generation()) + 1  # never overwrite live files
         files = dict(self._files)
         if self._basis_dirty or "basis" not in files:
             files["basis"] = f"basis.{gen}.npy"
@@ -301,6 +301,13 @@ class OmegaIndex:
             if f.name not in keep and not f.name.startswith("."):
                 with contextlib.suppress(OSError):
                     f.unlink()
+
+    def _disk_generation(self) -> int:
+        """Generation named by the ``meta.json`` on disk (0 when absent or unreadable)."""
+        try:
+            return int(json.loads((self.directory / "meta.json").read_text())["generation"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
 
     def _meta(self, gen: int, files: dict[str, str]) -> dict[str, Any]:
         return {

@@ -186,3 +186,16 @@ def test_switches_to_ivf_above_threshold(settings: Settings) -> None:
     assert found[0, 0] == ids[10]
     s, found = again.search(x[10:11], 3, allowed_ids=ids[8:12])
     assert found[0, 0] == ids[10] and set(found[0]) <= set(ids[8:12])
+
+
+def test_create_over_an_existing_index_replaces_it_atomically(settings: Settings) -> None:
+    rng = np.random.default_rng(7)
+    old = OmegaIndex.open(settings, SHA, omega_dim=D)
+    old.add(np.arange(5), unit(rng, 5, D))
+    old.save()
+    old_files = set(old.info()["files"].values())
+    new = OmegaIndex.create(settings, SHA, omega_dim=D)
+    new.add(np.arange(100, 103), unit(rng, 3, D))
+    new.save()
+    assert not old_files & set(new.info()["files"].values())  # new generation names
+    assert OmegaIndex.open(settings, SHA).ids().tolist() == [100, 101, 102]
