@@ -77,7 +77,9 @@ def test_lite0_wrong_weights_are_a_clear_error(tmp_path: Path) -> None:
         build_backbone("alexnet")
 
 
-@pytest.mark.parametrize("name", ["sgmnet-vgg16", "sgmnet-resnet50"])
+@pytest.mark.parametrize(
+    "name", [pytest.param("sgmnet-vgg16", marks=pytest.mark.slow), "sgmnet-resnet50"]
+)
 def test_other_backbones_shapes(name: str) -> None:
     enc = build_encoder(name)
     assert not enc.pretrained and not enc.freeze_backbone
