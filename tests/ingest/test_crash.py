@@ -17,16 +17,18 @@ import numpy as np
 import pytest
 
 from geoloc.config import Settings
+from geoloc.ingest import ingest
 from tests.conftest import REPO
 from tests.ingest.test_ingest_db import db_state, expected_tiles, run_cli
 
 MARKER = "ingesting "  # the INFO line ingest logs once it holds the lock and begins a raster
+BATCH = "tiles written"  # the DEBUG line the writer logs after each committed batch
 
 
 class Run:
     """A ``geoloc ingest`` subprocess whose stderr is read line by line in a thread."""
 
-    def __init__(self, settings: Settings, *args: str) -> None:
+    def __init__(self, settings: Settings, *args: str, debug: bool = False) -> None:
         env = dict(os.environ)
         env.update(
             GEOLOC_HOME=str(settings.home),
@@ -34,7 +36,8 @@ class Run:
             OMP_NUM_THREADS="1",
             PYTHONUNBUFFERED="1",
         )
-        cmd = [sys.executable, "-m", "geoloc.cli.main", "ingest", *args, "--no-progress"]
+        cmd = [sys.executable, "-m", "geoloc.cli.main", *(["--debug"] * debug), "ingest", *args]
+        cmd.append("--no-progress")
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             cmd,
@@ -47,6 +50,7 @@ class Run:
         self.lines: list[str] = []
         self.started = threading.Event()
         self.started_at = 0.0
+        self.batches = 0
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -54,9 +58,33 @@ class Run:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line)
+            if BATCH in line:
+                self.batches += 1
             if MARKER in line and not self.started.is_set():
                 self.started_at = time.monotonic()
                 self.started.set()
+
+    def wait_started(self, timeout: float) -> bool:
+        """True once the marker line is seen; False if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.started.wait(timeout=0.05):
+                return True
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=5)
+                return self.started.is_set()
+        return False
+
+    def wait_batches(self, n: int, timeout: float) -> bool:
+        """True once ``n`` batches are written; False if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.batches >= n:
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.01)
+        return False
 
     def wait(self, timeout: float = 120.0) -> tuple[int, str]:
         """Exit code and stdout."""
@@ -81,6 +109,17 @@ def _assert_never_partial(database: Any, settings: Settings, enc_sha: str, expec
             assert o.tiles_kept == expected
 
 
+def _complete(database: Any, path: Path, enc: Any) -> bool:
+    from geoloc.ingest import sha256_file
+    from geoloc.store import repository as repo
+
+    enc_row = repo.find_encoder(database, enc.weights_sha256)
+    if enc_row is None:
+        return False
+    o = repo.find_orthomosaic(database, sha256_file(path), enc_row.id)
+    return o is not None and o.status == "complete"
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun(
     pg_settings: Settings,
@@ -90,28 +129,33 @@ def test_sigkill_at_random_points_then_rerun(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     expected = expected_tiles(crops["a"], encoder)
-    # A clean run of a same-sized raster times the window between the marker and the exit.
-    ref = Run(pg_settings, str(crops["b"]), "--batch-size", "2")
-    code, out = ref.wait()
-    assert code == 0, ref.stderr
-    window = time.monotonic() - ref.started_at
-    assert json.loads(out)[0]["status"] == "ingested"
-
+    # Another complete orthomosaic that no crash may disturb.
+    (other,) = ingest([crops["b"]], encoder=encoder, settings=pg_settings, progress=False)
+    assert other.status == "ingested"
+    # Kill points: right after the orthomosaic row is begun (k = 0) or after the k-th of the
+    # 7 batches is committed (k = 1..6), each plus a random delay of up to 0.3 s, so the
+    # kills land in tiling/encoding, in a COPY, in a FAISS add, and near the final save.
     rng = random.Random(20261124)
-    killed = 0
-    delays = []
-    for _ in range(5):
-        run = Run(pg_settings, str(crops["a"]), "--batch-size", "2")
-        assert run.started.wait(timeout=90), run.stderr
-        delay = rng.uniform(0.0, window)
-        time.sleep(delay)
+    points = sorted(rng.sample(range((expected + 1) // 2), 5))
+    landed: list[str] = []
+    for k in points:
+        # When a run got through to the end anyway, the next one --forces a re-ingest.
+        force = _complete(database, crops["a"], encoder)
+        run = Run(
+            pg_settings, str(crops["a"]), "--batch-size", "2", *(["--force"] * force), debug=True
+        )
+        assert run.wait_started(timeout=120), run.stderr[-2000:]
+        assert run.wait_batches(k, timeout=120) or run.proc.poll() is not None
+        time.sleep(rng.uniform(0.0, 0.3))
         if run.proc.poll() is None:
             run.proc.send_signal(signal.SIGKILL)
-            killed += 1
-        delays.append(round(delay, 2))
-        run.wait()
+            assert run.wait()[0] == -signal.SIGKILL
+            landed.append(f"after batch {run.batches}")
+        else:
+            assert run.wait()[0] == 0, run.stderr[-2000:]
+            landed.append("finished first")
         _assert_never_partial(database, pg_settings, encoder.weights_sha256, expected)
-    assert killed >= 4, f"most runs should die before finishing (delays {delays})"
+    assert sum(x != "finished first" for x in landed) >= 4, landed
 
     final = Run(pg_settings, str(crops["a"]), "--batch-size", "2")
     code, out = final.wait()
@@ -121,7 +165,7 @@ def test_sigkill_at_random_points_then_rerun(
     assert res["tiles_kept"] == expected
     st = db_state(database, pg_settings, encoder)
     assert sorted(o.status for o in st["orthos"]) == ["complete", "complete"]
-    assert len(st["complete_ids"]) == expected + expected_tiles(crops["b"], encoder)
+    assert len(st["complete_ids"]) == expected + other.tiles_kept
     np.testing.assert_array_equal(st["faiss_ids"], st["complete_ids"])
     assert run_cli(monkeypatch, pg_settings, "index", "verify") == 0
 
