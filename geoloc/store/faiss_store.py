@@ -1,18 +1,19 @@
 """The FAISS Ω index: compressed 50,176-d Ω vectors of one encoder, keyed by tile id.
 
 Compression: a *growing orthonormal basis* ``B`` (``d x D``) of the span of the Ω vectors seen
-so far; a tile is stored as its coordinates ``c = B x`` (``d`` float32) and a query ``q`` is
-scored by ``<B q, c> = <q, B^T B x>``:
+so far; a tile is stored as its coordinates ``c = B x`` (``d`` values, kept as float16 by
+FAISS's fp16 scalar quantizer: score error ~1e-3) and a query ``q`` is scored by
+``<B q, c> = <q, B^T B x>``:
 
 * while the vectors seen span at most ``max_dim`` dimensions the basis holds all of them, so
-  ``B^T B x = x`` and the search is **exact** (this covers small databases, e.g. the first
-  ~40-500 tiles of one orthomosaic), at ``d`` floats per tile;
+  ``B^T B x = x`` and the search is exact up to fp16 rounding (this covers small databases,
+  e.g. the first ~40-1,000 tiles), at ``d`` values per tile;
 * every ``add`` projects the new vectors on ``B``; the part outside ``B`` (the residual) is
   orthonormalised and appended to ``B`` (previous codes gain zero coordinates, still exact);
 * when ``d`` would exceed ``max_dim`` the basis is truncated to the ``target_dim`` principal
   directions of the uncentred second moment of all codes (a PCA kept up to date incrementally,
   with the moment matrix ``d x d``), and every stored code is rotated into the new basis;
-* above ``ivf_threshold`` tiles the flat inner-product index becomes an IVF-Flat index (inner
+* above ``ivf_threshold`` tiles the flat inner-product index becomes an IVF-SQfp16 index (inner
   product, ``nlist ~ 4 sqrt(n)``, ``nprobe`` from the sidecar) and the basis is frozen; vectors
   whose residual energy is large then lose accuracy, which ``info()["residual_energy"]`` reports
   and ``geoloc index rebuild`` repairs (it refits from re-encoded tiles).
@@ -22,7 +23,7 @@ tiles as queries, vs exact 50,176-d search): Ω is high-dimensional (the top 1,0
 directions of 1,500 tiles hold 93% of their energy), so a truncated basis ranks the very top
 less precisely: recall@10 = 0.72 / 0.79 at ``target_dim`` 256 / 512, while the exact top-10 is
 entirely inside the compressed top-100 (10-recall@100 = 1.00 at 512). Hence the default
-``target_dim`` = 512 (``max_dim`` 1,024: 2-4 KiB of codes per tile) and the advice to retrieve
+``target_dim`` = 512 (``max_dim`` 1,024: 1-2 KiB of codes per tile) and the advice to retrieve
 ``k >= 100`` candidates and re-rank them (Φ, verification). Below ~1,024 tiles (a few
 orthomosaics, e.g. the bundled sample's ~40-650 tiles) the index is exact (recall 1.0).
 
@@ -57,7 +58,7 @@ FORMAT_VERSION = 1
 DEFAULT_OMEGA_DIM = 50176
 DEFAULT_TARGET_DIM = 512
 DEFAULT_IVF_THRESHOLD = 50_000
-DEFAULT_NPROBE = 32
+DEFAULT_NPROBE = 64
 #: Residual-energy tolerance below which a vector is considered inside the basis.
 RESIDUAL_TOL = 1e-6
 #: Largest chunk of vectors processed at once by :meth:`OmegaIndex.add` (bounds memory / time).
@@ -348,7 +349,7 @@ class OmegaIndex:
 
     @property
     def is_exact(self) -> bool:
-        """True while every stored vector lies in the basis (search equals exact search)."""
+        """True while every stored vector lies in the basis (exact search up to fp16 codes)."""
         return self.index_type == "flat" and self.residual_sum <= RESIDUAL_TOL * max(
             1, self.residual_n
         )
@@ -538,7 +539,11 @@ class OmegaIndex:
 
     def _rebuild_flat(self, ids: np.ndarray, codes: np.ndarray) -> None:
         faiss = _faiss()
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(int(codes.shape[1])))
+        d = int(codes.shape[1])
+        sq = faiss.IndexScalarQuantizer(
+            d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        )
+        index = faiss.IndexIDMap2(sq)
         if ids.size:
             index.add_with_ids(
                 np.ascontiguousarray(codes, dtype=np.float32), np.ascontiguousarray(ids)
@@ -551,7 +556,7 @@ class OmegaIndex:
         self._index.add_with_ids(np.ascontiguousarray(codes), np.ascontiguousarray(ids))
 
     def _to_ivf(self) -> None:
-        """Switch from flat to IVF-Flat (inner product); the basis is frozen from now on."""
+        """Switch from flat to IVF-SQfp16 (inner product); the basis is frozen from now on."""
         faiss = _faiss()
         codes, ids = self._codes_and_ids()
         if self.dim > self.target_dim:
@@ -561,7 +566,7 @@ class OmegaIndex:
             self._basis_dirty = True
         n, d = codes.shape
         nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))
-        ivf = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.index_factory(d, f"IVF{nlist},SQfp16", faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
         sample = codes[rng.choice(n, size=min(n, nlist * 64), replace=False)]
         ivf.train(np.ascontiguousarray(sample))
@@ -570,7 +575,7 @@ class OmegaIndex:
         ivf.add_with_ids(np.ascontiguousarray(codes), np.ascontiguousarray(ids))
         self._index, self.index_type = ivf, "ivf"
         self.fit_count = n
-        log.info("Ω index switched to IVF-Flat (%d lists) at %d vectors", nlist, n)
+        log.info("Ω index switched to IVF-SQfp16 (%d lists) at %d vectors", nlist, n)
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove these ids (absent ones are ignored); return how many were removed."""
@@ -625,13 +630,22 @@ class OmegaIndex:
             scores[:, :kk] = np.take_along_axis(sims, top, axis=1)
             out_ids[:, :kk] = allowed[top]
             return scores, out_ids
+        faiss = _faiss()
         index = self._search_index()
         kk = min(k, len(self))
-        if self.index_type == "ivf":
-            params = _faiss().SearchParametersIVF(nprobe=self.nprobe)
-            s, i = index.search(codes_q, kk, params=params)
-        else:
-            s, i = index.search(codes_q, kk)
+        # one query is ~1 ms on one thread; OpenMP threads only add wake-up cost (40+ ms when
+        # the cores are busy), so few queries run single-threaded
+        threads = faiss.omp_get_max_threads()
+        if b < 8:
+            faiss.omp_set_num_threads(1)
+        try:
+            if self.index_type == "ivf":
+                params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+                s, i = index.search(codes_q, kk, params=params)
+            else:
+                s, i = index.search(codes_q, kk)
+        finally:
+            faiss.omp_set_num_threads(threads)
         scores[:, :kk] = s
         out_ids[:, :kk] = i
         scores[out_ids < 0] = -np.inf

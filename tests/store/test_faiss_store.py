@@ -52,7 +52,8 @@ def test_small_index_is_exact(settings: Settings) -> None:
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     scores, found = ix.search(q, 10)
     np.testing.assert_array_equal(found, ids[exact_topk(x, q, 10)])
-    np.testing.assert_allclose(scores, np.sort(q @ x.T, axis=1)[:, ::-1][:, :10], atol=1e-4)
+    # codes are stored as float16: scores agree to ~1e-3
+    np.testing.assert_allclose(scores, np.sort(q @ x.T, axis=1)[:, ::-1][:, :10], atol=2e-3)
     # fewer stored vectors than k: padded with -1 / -inf
     s2, i2 = ix.search(q[:1], 50)
     assert (i2[0, 40:] == -1).all() and np.isneginf(s2[0, 40:]).all()
