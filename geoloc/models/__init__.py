@@ -7,12 +7,19 @@
 
 from __future__ import annotations
 
-from geoloc.models.base import Encoder, EncoderInputError, EncoderOutput, state_dict_sha256
+from geoloc.models.base import (
+    Encoder,
+    EncoderInputError,
+    EncoderOutput,
+    EncoderProtocol,
+    state_dict_sha256,
+)
 from geoloc.models.checkpoint import load_checkpoint, save_checkpoint
 from geoloc.models.registry import (
     DEFAULT_ENCODER,
     available_encoders,
     build_encoder,
+    ensure_compatible,
     load_encoder,
 )
 
@@ -21,8 +28,10 @@ __all__ = [
     "Encoder",
     "EncoderInputError",
     "EncoderOutput",
+    "EncoderProtocol",
     "available_encoders",
     "build_encoder",
+    "ensure_compatible",
     "load_checkpoint",
     "load_encoder",
     "save_checkpoint",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -52,6 +52,38 @@ class EncoderOutput:
         """Concatenate outputs along the batch dimension."""
         names = [f.name for f in fields(EncoderOutput)]
         return EncoderOutput(**{n: torch.cat([getattr(p, n) for p in parts]) for n in names})
+
+
+@runtime_checkable
+class EncoderProtocol(Protocol):
+    """What the rest of geoloc needs from an encoder plugin (``Encoder`` implements it)."""
+
+    name: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    omega_dim: int
+    phi_dim: int
+    num_nodes: int
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 naming the weights (recorded by every index built with the encoder)."""
+        ...
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able parameters, enough to rebuild the encoder."""
+        ...
+
+    def encode(
+        self, images: np.ndarray | torch.Tensor, batch_size: int | None = 32
+    ) -> EncoderOutput:
+        """uint8 RGB (B, 3, H, W) -> outputs."""
+        ...
+
+    def state_dict(self) -> Any:
+        """Weights for checkpoints."""
+        ...
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -180,12 +212,18 @@ class Encoder(nn.Module):
             t = t.unsqueeze(0)
         if t.ndim != 4 or t.shape[1] != 3:
             raise EncoderInputError(f"encoder expects (B, 3, H, W) RGB, got {tuple(t.shape)}")
-        x = t.to(self.device, torch.float32) / 255.0
+        return self.normalize(t.to(self.device, torch.float32) / 255.0)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Float RGB in [0, 1] (B, 3, H, W) -> resized to ``input_size`` and normalised.
+
+        Differentiable; lets the trainer augment in float before normalising.
+        """
         size = self.input_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         x = (x - mean) / std
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

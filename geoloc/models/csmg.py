@@ -101,5 +101,7 @@ class CSMG(nn.Module):
         areas = torch.gather(areas, 1, order)
         desc = torch.gather(desc, 1, order[:, :, None].expand(-1, -1, c))
         centroids = torch.gather(centroids, 1, order[:, :, None].expand(-1, -1, 2))
-        maps = torch.gather(s, 1, order[:, :, None].expand(-1, -1, h * w)).view(b, -1, h, w)
+        maps = torch.gather(s, 1, order[:, :, None].expand(-1, -1, h * w)).view(
+            b, self.num_nodes, h, w
+        )
         return CSMGOutput(desc.flatten(1), areas, centroids.clamp(0.0, 1.0), maps)

@@ -35,7 +35,7 @@ class NetVLAD(nn.Module):
         mass = a.sum(2).unsqueeze(2)  # B, K, 1
         vlad = (weighted - mass * self.centroids.unsqueeze(0)) / (mass + 1e-6)
         vlad = F.normalize(vlad, dim=2)
-        return F.normalize(vlad.reshape(b, -1), dim=1)
+        return F.normalize(vlad.reshape(b, self.output_dim), dim=1)
 
 
 class GatingContext(nn.Module):
@@ -109,7 +109,7 @@ class NetVLADLoupe(nn.Module):
         a = act.sum(-2, keepdim=True) * self.cluster_weights2  # B, C, K
         vlad = torch.bmm(act.transpose(1, 2), x).transpose(1, 2) - a  # B, C, K
         vlad = F.normalize(vlad, dim=1)
-        vlad = F.normalize(vlad.reshape(b, -1), dim=1)
+        vlad = F.normalize(vlad.reshape(b, c * self.cluster_size), dim=1)
         out = self.bn2(vlad @ self.hidden1_weights)
         return self.gating(out) if self.gating is not None else out
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from geoloc import plugins
 from geoloc.errors import ConfigError, EncoderMismatchError
-from geoloc.models.base import Encoder
+from geoloc.models.base import Encoder, EncoderProtocol
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,36 @@ def build_encoder(name: str, **params: Any) -> Encoder:
         enc = factory(**params)
     except TypeError as exc:
         raise ConfigError(f"encoder {name!r}: bad parameters: {exc}") from exc
-    for attr in ("encode", "omega_dim", "phi_dim", "weights_sha256", "config"):
-        if not hasattr(enc, attr):
-            raise ConfigError(f"encoder plugin {name!r} does not implement {attr!r}")
-    return enc
+    if not isinstance(enc, EncoderProtocol):
+        needed = ("name", "omega_dim", "phi_dim", "num_nodes", "weights_sha256", "config")
+        missing = [
+            a for a in (*needed, "encode", "input_size", "mean", "std") if not hasattr(enc, a)
+        ]
+        raise ConfigError(
+            f"encoder plugin {name!r} does not implement {', '.join(sorted(missing))}"
+        )
+    return enc  # type: ignore[return-value]
+
+
+def ensure_compatible(
+    enc: Encoder,
+    weights_sha256: str | None = None,
+    omega_dim: int | None = None,
+    phi_dim: int | None = None,
+    what: str = "the index",
+) -> None:
+    """Raise :class:`EncoderMismatchError` unless ``enc`` has the hash/dims recorded by ``what``."""
+    problems = []
+    if weights_sha256 is not None and enc.weights_sha256 != weights_sha256:
+        problems.append(f"weights SHA-256 {enc.weights_sha256[:12]}… != {weights_sha256[:12]}…")
+    if omega_dim is not None and enc.omega_dim != omega_dim:
+        problems.append(f"omega_dim {enc.omega_dim} != {omega_dim}")
+    if phi_dim is not None and enc.phi_dim != phi_dim:
+        problems.append(f"phi_dim {enc.phi_dim} != {phi_dim}")
+    if problems:
+        raise EncoderMismatchError(
+            f"encoder {enc.name!r} does not match {what}: {'; '.join(problems)}"
+        )
 
 
 def shipped_checkpoint(name: str) -> Path | None:

@@ -44,3 +44,9 @@ def test_unknown_and_broken_plugins(isolated_registry: None) -> None:
         load_encoder("broken")
     with pytest.raises(ConfigError, match="bad parameters"):
         load_encoder("sgmnet", no_such_parameter=1)
+
+
+def test_plugin_without_the_protocol_is_rejected(isolated_registry: None) -> None:
+    plugins.register("geoloc.encoders", "notanencoder", "collections:OrderedDict")
+    with pytest.raises(ConfigError, match="does not implement .*encode"):
+        load_encoder("notanencoder", shipped=False)

@@ -137,3 +137,31 @@ def test_csmg_variants(params: dict[str, Any], phi_dim: int, tiles: np.ndarray) 
 def test_bad_parameters(params: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         build_encoder("sgmnet", **params)
+
+
+def test_empty_batch_and_chunking(sgmnet: Encoder, tiles: np.ndarray) -> None:
+    empty = sgmnet.encode(np.zeros((0, 3, 224, 224), dtype=np.uint8))
+    assert empty.omega.shape == (0, 50176) and empty.assignments.shape == (0, 4, 14, 14)
+    whole = sgmnet.encode(tiles, batch_size=None)
+    chunked = sgmnet.encode(tiles, batch_size=1)
+    assert len(chunked) == 2
+    torch.testing.assert_close(chunked.phi, whole.phi, rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_float_path_matches_preprocess(sgmnet: Encoder, tiles: np.ndarray) -> None:
+    via_uint8 = sgmnet.preprocess(tiles)
+    via_float = sgmnet.normalize(torch.from_numpy(tiles).float() / 255)
+    torch.testing.assert_close(via_float, via_uint8)
+    assert float(via_uint8.mean()) < 1.0 and float(via_uint8.std()) > 0.2
+
+
+def test_ensure_compatible(sgmnet: Encoder) -> None:
+    from geoloc.errors import EncoderMismatchError
+    from geoloc.models import EncoderProtocol, ensure_compatible
+
+    assert isinstance(sgmnet, EncoderProtocol)
+    ensure_compatible(sgmnet, sgmnet.weights_sha256, 50176, 1024)
+    with pytest.raises(EncoderMismatchError, match="does not match the index: weights SHA-256"):
+        ensure_compatible(sgmnet, "f" * 64)
+    with pytest.raises(EncoderMismatchError, match="phi_dim 1024 != 512"):
+        ensure_compatible(sgmnet, phi_dim=512)
