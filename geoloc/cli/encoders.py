@@ -18,12 +18,17 @@ def _emit(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
-def encoder_info(name: str, checkpoint: Path | None = None) -> dict[str, Any]:
+def encoder_info(
+    name: str, checkpoint: Path | None = None, backbone_weights: Path | None = None
+) -> dict[str, Any]:
     """The ``encoders info`` record of encoder ``name`` (FLOPs counted, not typed in)."""
     from geoloc.models import load_encoder
     from geoloc.models.registry import shipped_checkpoint
 
-    enc = load_encoder(name, checkpoint=checkpoint)
+    overrides: dict[str, Any] = {}
+    if backbone_weights is not None:
+        overrides["backbone_weights"] = str(backbone_weights)
+    enc = load_encoder(name, checkpoint=checkpoint, **overrides)
     return {
         "name": enc.name,
         "backbone": getattr(enc, "backbone_name", None),
@@ -33,7 +38,8 @@ def encoder_info(name: str, checkpoint: Path | None = None) -> dict[str, Any]:
         "params": int(sum(p.numel() for p in enc.parameters())),
         "gflops_224": round(float(enc.gflops()), 4),
         "pretrained": bool(getattr(enc, "pretrained", False)),
-        "trained_head": checkpoint is not None or shipped_checkpoint(name) is not None,
+        "trained_head": checkpoint is not None
+        or (not overrides and shipped_checkpoint(name) is not None),
         "weights_sha256": enc.weights_sha256,
     }
 
@@ -76,11 +82,16 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Argument(..., help="Encoder plugin name, e.g. sgmnet."),
         fmt: str = typer.Option("json", "--format", help="json or text"),
         checkpoint: Path | None = typer.Option(None, help="Checkpoint (PATH.json) to describe."),
+        backbone_weights: Path | None = typer.Option(
+            None,
+            "--backbone-weights",
+            help="Backbone state dict (.safetensors, or .pth read with weights_only=True).",
+        ),
     ) -> None:
         """Describe one encoder: dims, parameters, GFLOPs at 224 px, pretrained backbone."""
         if fmt not in ("json", "text"):
             raise ConfigError(f"--format {fmt!r}; valid: json, text")
-        info = encoder_info(name, checkpoint)
+        info = encoder_info(name, checkpoint, backbone_weights)
         if fmt == "json":
             _emit(info)
         else:

@@ -87,3 +87,20 @@ def test_demo_netvlad(tmp_path: Path) -> None:
     assert dims == {"NetVLAD": 16 * 112, "NetVLAD-Loupe": 256, "fused": 256}
     for v in summary["variants"]:
         assert v["cos_noise_mean"] > v["cos_different_mean"]
+
+
+def test_info_with_backbone_weights(tmp_path: Path) -> None:
+    import torch
+    from torchvision.models import resnet50
+
+    path = tmp_path / "r50.pth"
+    torch.save(resnet50(weights=None).state_dict(), path)
+    info = _invoke("encoders", "info", "sgmnet-resnet50", "--backbone-weights", str(path))
+    assert info["pretrained"] is True and info["backbone"] == "resnet50"
+    assert 6.0 < info["gflops_224"] < 8.0
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    res = CliRunner().invoke(
+        app, ["encoders", "info", "sgmnet-resnet50", "--backbone-weights", str(bad)]
+    )
+    assert res.exit_code != 0 and "cannot read weights" in str(res.exception)
