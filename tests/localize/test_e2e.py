@@ -57,3 +57,177 @@ def test_rotated_scaled_shifted_jittered(loc: Any, tmp_path: Path) -> None:
     print(fix.as_dict())
     assert fix.status == "ok", fix.message
     assert _dist(fix, lon, lat) < 56.0  # one tile step (112 px stride at 0.5 m/px)
+
+
+@pytest.fixture(scope="module")
+def unrelated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real photo that is not aerial imagery at all (ships with matplotlib)."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as fh:
+        img = Image.open(fh).convert("RGB")
+        d = tmp_path_factory.mktemp("unrelated")
+        img.save(d / "hopper.jpg")
+    return d / "hopper.jpg"
+
+
+def test_unrelated_image_is_no_match(loc: Any, unrelated: Path) -> None:
+    fix = loc.locate(unrelated)
+    assert fix.status == "no_match", fix.as_dict()
+    assert fix.confidence < 0.5
+    assert fix.method != "verified"
+
+
+def test_prior_that_excludes_the_truth_changes_the_answer(loc: Any, tmp_path: Path) -> None:
+    from geoloc.localize import Prior
+
+    cx, cy = 1000.0, 600.0
+    f = write_jpeg(tmp_path / "p.jpg", view(sample_rgb(), cx, cy, 400))
+    free = loc.locate(f, gsd=0.28)
+    # a 100 m circle around the far east end of the sample (the truth is ~280 m west)
+    elon, elat = truth_lonlat(1950.0, 600.0)
+    fenced = loc.locate(f, gsd=0.28, prior=Prior(elat, elon, 100.0))
+    lon, lat = truth_lonlat(cx, cy)
+    assert _dist(free, lon, lat) < 2.0
+    assert fenced.tile_id != free.tile_id
+    assert _dist(fenced, elon, elat) <= 100.0 + 0.75 * 112  # inside the circle (tile centres)
+    assert all(_dist(type("P", (), c)(), elon, elat) <= 100.0 + 1e-6 for c in fenced.candidates)
+    # and a prior that holds no tile at all
+    empty = loc.locate(f, gsd=0.28, prior=Prior(elat + 0.1, elon, 50.0))
+    assert empty.status == "no_match" and empty.message == "no tile lies within the prior"
+
+
+def test_seed_preset_answers_the_top_tile_centre(
+    ingested: Any, encoder: Any, tmp_path: Path
+) -> None:
+    from geoloc.localize import Localizer
+
+    cx, cy = 1000.0, 600.0
+    f = write_jpeg(tmp_path / "s.jpg", view(sample_rgb(), cx, cy, 400))
+    with Localizer.open(ingested, encoder=encoder, preset="seed") as lz:
+        fix = lz.locate(f, gsd=0.28)
+    assert fix.pipeline["chain"] == [
+        "rotations:1",
+        "recall:faiss",
+        "rerank:phi-cosine",
+        "consistency:node-centroid",
+        "answer:tile-centre",
+    ]
+    top = fix.candidates[0]
+    assert fix.method == "tile-centre" and fix.tile_id == top["tile_id"]
+    assert (fix.lat, fix.lon) == (top["lat"], top["lon"])
+    assert "verify" not in fix.timings_ms
+    lon, lat = truth_lonlat(cx, cy)
+    assert _dist(fix, lon, lat) < 112.0  # north-up exact view: the seed retrieval finds it
+
+
+def test_example_plugin_runs_end_to_end(ingested: Any, encoder: Any, tmp_path: Path) -> None:
+    import sys
+
+    from geoloc import plugins
+    from geoloc.localize import Localizer
+    from geoloc.localize.pipeline import from_dict
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "geoloc-plugin-example"
+    sys.path.insert(0, str(root))
+    plugins.register("geoloc.verify", "orb", "geoloc_plugin_example:OrbVerifier")
+    try:
+        cfg = from_dict({"preset": "accurate", "verify": {"name": "orb", "min_inliers": 20}})
+        cx, cy = 700.0, 700.0
+        f = write_jpeg(tmp_path / "o.jpg", view(sample_rgb(), cx, cy, 400, heading_deg=20.0))
+        with Localizer.open(ingested, encoder=encoder, pipeline=cfg) as lz:
+            fix = lz.locate(f, gsd=0.28)
+        assert fix.pipeline["stages"]["verify"]["name"] == "orb"
+        assert fix.verification is not None and fix.verification["matcher"] == "orb"
+        assert fix.status == "ok" and fix.method == "verified"
+        lon, lat = truth_lonlat(cx, cy)
+        assert _dist(fix, lon, lat) < 3.0
+    finally:
+        plugins._registered["geoloc.verify"].pop("orb")
+        plugins._entry_points.cache_clear()
+        sys.path.remove(str(root))
+
+
+def test_empty_database_and_encoder_mismatch(pg_settings: Any, ingested: Any) -> None:
+    from geoloc.errors import EmptyDatabaseError, EncoderMismatchError
+    from geoloc.localize import Localizer
+    from geoloc.models import load_encoder
+
+    with pytest.raises(EmptyDatabaseError, match="geoloc ingest"):
+        Localizer.open(pg_settings)
+    other = load_encoder("sgmnet", seed=1)
+    with pytest.raises(EncoderMismatchError, match="the database was built with encoder sgmnet"):
+        Localizer.open(ingested, encoder=other)
+
+
+def _cli(argv: list[str], settings: Any, monkeypatch: pytest.MonkeyPatch) -> int:
+    from geoloc.cli.main import main
+
+    monkeypatch.setenv("GEOLOC_HOME", str(settings.home))
+    monkeypatch.setenv("GEOLOC_DATABASE_URL", settings.database_url)
+    with pytest.raises(SystemExit) as ei:
+        main(argv)
+    return int(ei.value.code or 0)
+
+
+def test_cli_many_frames_exit_codes_and_formats(
+    ingested: Any,
+    unrelated: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import csv
+    import io
+    import json
+
+    good = write_jpeg(tmp_path / "good.jpg", view(sample_rgb(), 1400.0, 500.0, 400, 120.0))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    plot = tmp_path / "plot.png"
+    code = _cli(
+        ["locate", str(good), str(bad), str(unrelated), "--gsd", "0.28", "--plot", str(plot)],
+        ingested,
+        monkeypatch,
+    )
+    out, err = capsys.readouterr()
+    assert code == 1  # one unreadable frame
+    lines = [json.loads(x) for x in out.splitlines() if x.strip()]
+    assert [d["status"] for d in lines] == ["ok", "error", "no_match"]
+    assert "broken.jpg" in lines[1]["message"] and "broken.jpg" in err
+    lon, lat = truth_lonlat(1400.0, 500.0)
+    from tiling.crs import geodesic_distance_m
+
+    assert geodesic_distance_m(lines[0]["lon"], lines[0]["lat"], lon, lat) < 3.0
+    assert abs((lines[0]["heading_deg"] - 120.0 + 180) % 360 - 180) < 5
+    assert (tmp_path / "plot_good.png").stat().st_size > 10_000
+
+    code = _cli(
+        ["locate", str(unrelated), "--format", "geojson", "--preset", "fast"], ingested, monkeypatch
+    )
+    out, _ = capsys.readouterr()
+    assert code == 3
+    fc = json.loads(out)
+    assert (
+        fc["type"] == "FeatureCollection"
+        and fc["features"][0]["properties"]["status"] == "no_match"
+    )
+
+    code = _cli(
+        ["locate", str(good), "--format", "csv", "--heading", "120", "--gsd", "0.28"],
+        ingested,
+        monkeypatch,
+    )
+    out, _ = capsys.readouterr()
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rows[0]["status"] == "ok" and float(rows[0]["confidence"]) > 0.5
+    assert json.loads(rows[0]["pipeline"])["preset"] == "accurate"
+    assert json.loads(rows[0]["timings_ms"])["rotate"] >= 0
+
+    bad_pipe = tmp_path / "bad.toml"
+    bad_pipe.write_text('[verify]\nname = "nope"\n')
+    code = _cli(["locate", str(good), "--pipeline", str(bad_pipe)], ingested, monkeypatch)
+    _, err = capsys.readouterr()
+    assert code == 1 and "unknown verify plugin 'nope'; valid:" in err and "sift" in err

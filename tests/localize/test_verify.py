@@ -55,6 +55,7 @@ def test_projects_frame_centre(
     # frame rotated so its up points to `heading`: frame -> north-up map is a CW turn
     assert res.rotation_deg == pytest.approx(-heading, abs=3.0)
     assert 0.4 < res.confidence() <= 1.0
+    assert res.ncc > 0.8  # the warped frame looks like the map
     assert res.error_px() < 5
 
 
