@@ -128,9 +128,13 @@ class OmegaIndex:
         self.ivf_threshold = int(ivf_threshold)
         self.nprobe = int(nprobe)
         self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.index_type = "flat"
+        self._index_type = "flat"
         self._basis: np.ndarray = np.zeros((0, self.omega_dim), dtype=np.float32)
         self._buf: np.ndarray | None = None  # capacity buffer; _basis is a view of its rows
+        # added vectors not yet folded into the basis/index: processed ADD_CHUNK at a time (one
+        # pass over the basis per chunk instead of per small batch), and before any read
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_n = 0
         self._moment: np.ndarray = np.zeros((0, 0), dtype=np.float64)
         self._index: Any = None  # faiss index over codes (None while d == 0 and empty)
         self._ids: np.ndarray = np.zeros(0, dtype=np.int64)  # sorted
@@ -214,7 +218,7 @@ class OmegaIndex:
                 encoder_id=meta.get("encoder_id"),
             )
             self.created = str(meta["created"])
-            self.index_type = str(meta["index_type"])
+            self._index_type = str(meta["index_type"])
             self._gen = int(meta["generation"])
             self._files = {k: str(v) for k, v in meta["files"].items()}
             self.fit_count = int(meta.get("fit_count", 0))
@@ -248,7 +252,7 @@ class OmegaIndex:
                 raise IndexError_(f"FAISS file missing: {REBUILD_HINT}", path=str(path))
             flags = 0
             if mmap:
-                flags = faiss.IO_FLAG_MMAP_IFC if self.index_type == "flat" else faiss.IO_FLAG_MMAP
+                flags = faiss.IO_FLAG_MMAP_IFC if self._index_type == "flat" else faiss.IO_FLAG_MMAP
             try:
                 self._index = faiss.read_index(str(path), flags)
             except RuntimeError as exc:
@@ -272,6 +276,7 @@ class OmegaIndex:
 
     def save(self) -> None:
         """Persist atomically (new generation files, then ``meta.json`` replaced by rename)."""
+        self._flush()
         faiss = _faiss()
         self.directory.mkdir(parents=True, exist_ok=True)
         gen = max(self._gen, self._disk_generation()) + 1  # never overwrite live files
@@ -318,7 +323,7 @@ class OmegaIndex:
             "omega_dim": self.omega_dim,
             "dim": self.dim,
             "count": len(self),
-            "index_type": self.index_type,
+            "index_type": self._index_type,
             "metric": "inner_product",
             "params": {
                 "target_dim": self.target_dim,
@@ -343,14 +348,22 @@ class OmegaIndex:
         return int(self._ids.size)
 
     @property
+    def index_type(self) -> str:
+        """``flat`` or ``ivf`` (after folding in pending additions)."""
+        self._flush()
+        return self._index_type
+
+    @property
     def dim(self) -> int:
         """Current code dimension ``d`` (rows of the basis)."""
+        self._flush()
         return int(self._basis.shape[0])
 
     @property
     def is_exact(self) -> bool:
         """True while every stored vector lies in the basis (exact search up to fp16 codes)."""
-        return self.index_type == "flat" and self.residual_sum <= RESIDUAL_TOL * max(
+        self._flush()
+        return self._index_type == "flat" and self.residual_sum <= RESIDUAL_TOL * max(
             1, self.residual_n
         )
 
@@ -360,13 +373,14 @@ class OmegaIndex:
 
     def info(self) -> dict[str, Any]:
         """The sidecar fields (as they would be saved now) plus the directory."""
+        self._flush()
         meta = self._meta(self._gen, self._files)
         meta["directory"] = str(self.directory)
         meta["residual_energy"] = self.residual_sum / max(1, self.residual_n)
         return meta
 
     def _ivf(self) -> Any:
-        if self.index_type != "ivf" or self._index is None:
+        if self._index_type != "ivf" or self._index is None:
             return None
         return _faiss().extract_index_ivf(self._index)
 
@@ -374,7 +388,7 @@ class OmegaIndex:
         faiss = _faiss()
         if self._index is None:
             return np.zeros(0, dtype=np.int64)
-        if self.index_type == "flat":
+        if self._index_type == "flat":
             return faiss.vector_to_array(self._index.id_map).astype(np.int64)
         ivf = self._ivf()
         invlists = ivf.invlists
@@ -390,7 +404,7 @@ class OmegaIndex:
         """All stored codes (n, d) and their ids, in storage order."""
         if self._index is None or self._index.ntotal == 0:
             return np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=np.int64)
-        if self.index_type == "flat":
+        if self._index_type == "flat":
             ids = self._all_ids()
             codes = self._index.index.reconstruct_n(0, self._index.ntotal)
             return np.asarray(codes, dtype=np.float32), ids
@@ -399,7 +413,7 @@ class OmegaIndex:
 
     def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if self.index_type == "flat":
+        if self._index_type == "flat":
             return np.asarray(self._index.reconstruct_batch(ids), dtype=np.float32)
         ivf = self._ivf()
         return np.asarray(ivf.reconstruct_batch(ids), dtype=np.float32)
@@ -440,12 +454,25 @@ class OmegaIndex:
         if np.unique(ids).size != ids.size or np.isin(ids, self._ids).any():
             dup = ids[np.isin(ids, self._ids)][:5].tolist() or "repeated in the batch"
             raise IndexError_(f"ids already in the index: {dup}", path=str(self.directory))
+        self._pending.append((ids, x))
+        self._pending_n += ids.size
+        self._ids = np.sort(np.concatenate([self._ids, ids]))
+        if self._pending_n >= ADD_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Fold pending additions into the basis and the FAISS index."""
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_n = self._pending, [], 0
+        ids = np.concatenate([p[0] for p in pending])
+        x = np.concatenate([p[1] for p in pending]) if len(pending) > 1 else pending[0][1]
         self._writable()
         for s in range(0, ids.size, ADD_CHUNK):
             self._add_chunk(ids[s : s + ADD_CHUNK], x[s : s + ADD_CHUNK])
-        self._ids = np.sort(np.concatenate([self._ids, ids]))
-        if self.index_type == "flat" and len(self) > self.ivf_threshold:
-            self._to_ivf()
+        if self._index_type == "flat" and self._index is not None:
+            if self._index.ntotal > self.ivf_threshold:
+                self._to_ivf()
 
     def _add_chunk(self, ids: np.ndarray, x: np.ndarray) -> None:
         b = self._basis
@@ -454,7 +481,7 @@ class OmegaIndex:
         energy = np.einsum("ij,ij->i", resid, resid) / np.maximum(
             np.einsum("ij,ij->i", x, x), 1e-30
         )
-        if self.index_type == "flat" and float(energy.max()) > RESIDUAL_TOL:
+        if self._index_type == "flat" and float(energy.max()) > RESIDUAL_TOL:
             self._extend(ids, coords, resid)
             return
         # inside the basis (or frozen IVF basis): store the projection
@@ -548,7 +575,7 @@ class OmegaIndex:
             index.add_with_ids(
                 np.ascontiguousarray(codes, dtype=np.float32), np.ascontiguousarray(ids)
             )
-        self._index, self.index_type = index, "flat"
+        self._index, self._index_type = index, "flat"
 
     def _index_add(self, ids: np.ndarray, codes: np.ndarray) -> None:
         if self._index is None:
@@ -573,12 +600,13 @@ class OmegaIndex:
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         ivf.nprobe = self.nprobe
         ivf.add_with_ids(np.ascontiguousarray(codes), np.ascontiguousarray(ids))
-        self._index, self.index_type = ivf, "ivf"
+        self._index, self._index_type = ivf, "ivf"
         self.fit_count = n
         log.info("Ω index switched to IVF-SQfp16 (%d lists) at %d vectors", nlist, n)
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove these ids (absent ones are ignored); return how many were removed."""
+        self._flush()
         ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
         present = ids[np.isin(ids, self._ids)]
         if present.size == 0 or self._index is None:
@@ -586,7 +614,7 @@ class OmegaIndex:
         self._writable()
         faiss = _faiss()
         present = np.ascontiguousarray(present)
-        if self.index_type == "ivf":  # a hashtable direct map only removes by IDSelectorArray
+        if self._index_type == "ivf":  # a hashtable direct map only removes by IDSelectorArray
             sel = faiss.IDSelectorArray(present.size, faiss.swig_ptr(present))
         else:
             sel = faiss.IDSelectorBatch(present)
@@ -598,6 +626,7 @@ class OmegaIndex:
     # search
     def encode_query(self, q: np.ndarray) -> np.ndarray:
         """Project queries ``(b, omega_dim)`` to code space ``(b, d)``."""
+        self._flush()
         x = self._check(q, "query")
         return np.ascontiguousarray(x @ self._basis.T, dtype=np.float32)
 
@@ -610,6 +639,7 @@ class OmegaIndex:
         ``-inf`` / ``-1``. ``allowed_ids`` restricts the search to those ids (exact within
         the compressed space).
         """
+        self._flush()
         x = self._check(q, "query")
         b = x.shape[0]
         scores = np.full((b, k), -np.inf, dtype=np.float32)
@@ -639,7 +669,7 @@ class OmegaIndex:
         if b < 8:
             faiss.omp_set_num_threads(1)
         try:
-            if self.index_type == "ivf":
+            if self._index_type == "ivf":
                 params = faiss.SearchParametersIVF(nprobe=self.nprobe)
                 s, i = index.search(codes_q, kk, params=params)
             else:
@@ -654,7 +684,7 @@ class OmegaIndex:
     def _search_index(self) -> Any:
         faiss = _faiss()
         if (
-            self.index_type == "flat"
+            self._index_type == "flat"
             and hasattr(faiss, "get_num_gpus")
             and faiss.get_num_gpus() > 0
         ):
