@@ -118,36 +118,38 @@ def format_table(rows: list[DemoRow]) -> str:
 
 
 def locate_frames(settings: Any, truths: list[Truth]) -> list[DemoRow]:
-    """Locate every frame of ``truths`` with the Localizer (warm: one model and index)."""
+    """Locate every frame of ``truths`` with the Localizer (warm: one model and index).
+
+    Each frame's GSD comes from ``truth.csv`` (what altitude + field of view give a real
+    drone); heading is unknown to the localizer.
+    """
     from geoloc.localize import Localizer
     from tiling.crs import geodesic_distance_m
 
-    loc = Localizer.open(settings=settings)
     rows: list[DemoRow] = []
-    for t in truths:
-        t0 = time.perf_counter()
-        fix = loc.locate(FRAMES_DIR / t.name, gsd=t.gsd_m)
-        dt = time.perf_counter() - t0
-        lat = getattr(fix, "lat", None)
-        lon = getattr(fix, "lon", None)
-        err = (
-            float(geodesic_distance_m(t.lon, t.lat, lon, lat))
-            if lat is not None and lon is not None
-            else None
-        )
-        rows.append(
-            DemoRow(
-                frame=t.name,
-                truth_lat=t.lat,
-                truth_lon=t.lon,
-                lat=lat,
-                lon=lon,
-                error_m=err,
-                confidence=getattr(fix, "confidence", None),
-                status=str(getattr(fix, "status", "?")),
-                seconds=dt,
+    with Localizer.open(settings=settings) as loc:
+        for t in truths:
+            t0 = time.perf_counter()
+            fix = loc.locate(FRAMES_DIR / t.name, gsd=t.gsd_m, name=t.name)
+            dt = time.perf_counter() - t0
+            err = (
+                float(geodesic_distance_m(t.lon, t.lat, fix.lon, fix.lat))
+                if fix.lat is not None and fix.lon is not None
+                else None
             )
-        )
+            rows.append(
+                DemoRow(
+                    frame=t.name,
+                    truth_lat=t.lat,
+                    truth_lon=t.lon,
+                    lat=fix.lat,
+                    lon=fix.lon,
+                    error_m=err,
+                    confidence=fix.confidence,
+                    status=fix.status,
+                    seconds=dt,
+                )
+            )
     return rows
 
 
@@ -184,11 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not TRUTH_CSV.is_file():
             print(f"no demo frames in {FRAMES_DIR}: nothing to locate")
-            return 0
-        try:
-            from geoloc.localize import Localizer  # noqa: F401
-        except ImportError:
-            print("the localizer (geoloc.localize.Localizer) is not installed: ingest only")
             return 0
         rows = locate_frames(settings, read_truth())
     except (GeolocError, TilingError) as exc:
