@@ -590,7 +590,7 @@ def fetch_candidates(
     stmt = _text(
         "SELECT t.id, t.orthomosaic_id, t.row, t.col, t.center_lat, t.center_lon,"
         " t.footprint_wkt, t.gsd_m, t.valid_fraction, t.window, t.transform, t.tile_size,"
-        " o.path, o.crs, en.phi_dim, e.phi::text AS phi, e.node_areas, e.node_centroids"
+        " o.path, o.crs, en.phi_dim, e.phi::vector::real[] AS phi, e.node_areas, e.node_centroids"
         " FROM tiles t JOIN orthomosaics o ON o.id = t.orthomosaic_id"
         " JOIN tile_embeddings e ON e.tile_id = t.id AND e.encoder_id = :e"
         " JOIN encoders en ON en.id = e.encoder_id"
