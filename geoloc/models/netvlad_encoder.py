@@ -120,7 +120,7 @@ class NetVLADEncoder(Encoder):
 
     def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone feature map."""
-        return self.backbone(x)
+        return self.run_backbone(x)
 
     def forward_head(self, features: torch.Tensor) -> EncoderOutput:
         """Reduction, NetVLAD, Loupe, fusion."""

@@ -143,7 +143,7 @@ class SGMNetEncoder(Encoder):
 
     def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone feature map (Lite0/ResNet: stride 16; VGG16: stride 8)."""
-        return self.backbone(x)
+        return self.run_backbone(x)
 
     def forward_head(self, features: torch.Tensor) -> EncoderOutput:
         """Reduction, non-local block, CSMG."""

@@ -1,4 +1,4 @@
-"""optimize_for_inference: BN folded, channels_last, outputs within 1e-4 of eager, hash kept."""
+"""optimize_for_inference: BN folded, channels_last, traced backbone, within 1e-4 of eager."""
 
 from __future__ import annotations
 
@@ -10,25 +10,47 @@ import torch
 from torch import nn
 
 from geoloc.errors import ConfigError
-from geoloc.models import build_encoder, save_checkpoint
+from geoloc.models import Encoder, build_encoder, save_checkpoint
 from geoloc.models.base import fold_batchnorm
 
 
-@pytest.mark.parametrize("name", ["sgmnet", "netvlad"])
-def test_optimised_matches_eager(name: str, tiles: np.ndarray) -> None:
-    eager = build_encoder(name)
-    fast = build_encoder(name)
-    sha = fast.weights_sha256
-    fast.optimize_for_inference()
-    assert fast.optimized and fast.weights_sha256 == sha
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.backbone.modules())
-    a, b = eager.encode(tiles[:1]), fast.encode(tiles[:1])
+@pytest.fixture(scope="module")
+def fast_sgmnet() -> Encoder:
+    """The default encoder, optimised (folded, channels_last, traced backbone)."""
+    return build_encoder("sgmnet").optimize_for_inference()
+
+
+def _assert_matches(fast: Encoder, eager: Encoder, images: np.ndarray) -> None:
+    a, b = eager.encode(images), fast.encode(images)
     for field in ("omega", "phi", "node_centroids", "assignments"):
         torch.testing.assert_close(getattr(b, field), getattr(a, field), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(b.node_areas, a.node_areas, rtol=1e-4, atol=1e-3)
 
 
-def test_fold_batchnorm_resnet_and_refuse_to_save(tmp_path: Path) -> None:
+def test_optimised_sgmnet_matches_eager(
+    fast_sgmnet: Encoder, sgmnet: Encoder, tiles: np.ndarray
+) -> None:
+    fast = fast_sgmnet
+    assert fast.optimized and fast.weights_sha256 == sgmnet.weights_sha256
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.backbone.modules())
+    assert fast.__dict__.get("_traced_backbone") is not None
+    # the trace is not a registered submodule: no duplicated weights in the state dict
+    assert not any("traced" in k for k in fast.state_dict())
+    assert len(fast.state_dict()) < len(sgmnet.state_dict())  # BN buffers folded away
+    _assert_matches(fast, sgmnet, tiles[:1])
+    # the trace was made at batch 2; other batch sizes go through it as well
+    three = np.concatenate([tiles, tiles[:1]])
+    _assert_matches(fast, sgmnet, three)
+
+
+def test_optimised_netvlad_without_jit_matches_eager(tiles: np.ndarray) -> None:
+    eager = build_encoder("netvlad")
+    fast = build_encoder("netvlad").optimize_for_inference(jit=False)
+    assert fast.__dict__.get("_traced_backbone") is None and fast.optimized
+    _assert_matches(fast, eager, tiles[:1])
+
+
+def test_fold_batchnorm_resnet_and_refuse_to_save(fast_sgmnet: Encoder, tmp_path: Path) -> None:
     from torchvision.models import resnet18
 
     torch.manual_seed(0)
@@ -45,6 +67,5 @@ def test_fold_batchnorm_resnet_and_refuse_to_save(tmp_path: Path) -> None:
         ref = net(x)
         assert fold_batchnorm(net) == 20
         torch.testing.assert_close(net(x), ref, rtol=1e-4, atol=1e-4)
-    enc = build_encoder("sgmnet").optimize_for_inference()
     with pytest.raises(ConfigError, match="optimised"):
-        save_checkpoint(enc, tmp_path / "x")
+        save_checkpoint(fast_sgmnet, tmp_path / "x")
