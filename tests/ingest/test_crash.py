@@ -190,3 +190,26 @@ def test_two_concurrent_ingests_serialise(
     assert len(st["complete_ids"]) == len(set(st["complete_ids"].tolist())) == n
     np.testing.assert_array_equal(st["faiss_ids"], st["complete_ids"])
     assert run_cli(monkeypatch, pg_settings, "index", "verify") == 0
+
+
+@pytest.mark.slow
+def test_second_ingest_waits_for_the_lock_with_a_message(
+    pg_settings: Settings, database: Any, crops: dict[str, Path], encoder: Any
+) -> None:
+    from geoloc.store import repository as repo
+
+    with repo.ingest_lock(database):  # this test process plays the first ingest
+        run = Run(pg_settings, str(crops["b"]), "--batch-size", "4")
+        deadline = time.monotonic() + 120
+        while "another ingest is running" not in run.stderr:
+            assert run.proc.poll() is None, run.stderr
+            assert time.monotonic() < deadline, run.stderr
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert run.proc.poll() is None and not run.started.is_set()  # still waiting
+        assert not repo.list_orthomosaics(database)
+    code, out = run.wait()
+    assert code == 0, run.stderr
+    assert json.loads(out)[0]["status"] == "ingested"
+    st = db_state(database, pg_settings, encoder)
+    assert len(st["complete_ids"]) == expected_tiles(crops["b"], encoder)
