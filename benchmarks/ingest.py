@@ -59,7 +59,7 @@ def run(full: bool = False, encoder: str = "sgmnet", batch_size: int = 16) -> di
             enc.optimize_for_inference()
         for path in rasters:
             (res,) = ingest(
-                [path], encoder=encoder, batch_size=batch_size, settings=settings, progress=False
+                [path], encoder=enc, batch_size=batch_size, settings=settings, progress=False
             )
             if res.status != "ingested":
                 raise RuntimeError(f"{path}: ingest {res.status}: {res.message}")
@@ -94,8 +94,10 @@ def run(full: bool = False, encoder: str = "sgmnet", batch_size: int = 16) -> di
                 f"shares {row['share_of_wall']}",
                 file=sys.stderr,
             )
-        # The sample has only ~50 tiles: fixed costs (SHA, recovery, FAISS save) weigh on it.
     finally:
+        from geoloc.store import embedded
+
+        embedded.stop(Settings(home=home, database_url=None))
         shutil.rmtree(home, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ingest.json").write_text(json.dumps(out, indent=2))

@@ -512,6 +512,41 @@ def ingest(
         omega_dim=int(enc.omega_dim),
         phi_dim=int(enc.phi_dim),
     )
+    try:
+        _run_all(
+            settings,
+            enc,
+            db,
+            int(encoder_id),
+            rasters,
+            results,
+            gsd=gsd,
+            stride=stride,
+            batch_size=batch_size,
+            force=force,
+            min_valid=min_valid,
+            progress=progress,
+        )
+    finally:
+        db.dispose()
+    return results
+
+
+def _run_all(
+    settings: Settings,
+    enc: Any,
+    db: Any,
+    encoder_id: int,
+    rasters: list[Path],
+    results: list[IngestResult],
+    *,
+    gsd: float | None,
+    stride: int | None,
+    batch_size: int,
+    force: bool,
+    min_valid: float,
+    progress: bool,
+) -> None:
     with _progress_bar(progress) as prog:
         ingester = _Ingester(
             settings,
@@ -536,4 +571,3 @@ def ingest(
                     res.seconds,
                 )
             results.append(res)
-    return results
