@@ -147,8 +147,8 @@ class Encoder(nn.Module):
     """Base class of every encoder plugin.
 
     Subclasses set ``name``, ``omega_dim``, ``phi_dim``, ``num_nodes``, build ``self.backbone``
-    (the frozen, cacheable part) and ``self.head``, and implement :meth:`backbone_features`,
-    :meth:`forward_head` and :meth:`config`.
+    (the frozen, cacheable part) and ``self.head`` (features -> :class:`EncoderOutput`), and
+    implement :meth:`config`; :meth:`backbone_features` and :meth:`forward_head` may be overridden.
     """
 
     name: str = "encoder"
@@ -178,11 +178,12 @@ class Encoder(nn.Module):
 
     def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's feature map for normalised images ``x`` (the frozen, cacheable part)."""
-        raise NotImplementedError
+        return self.run_backbone(x)
 
     def forward_head(self, features: torch.Tensor) -> EncoderOutput:
         """Everything after the backbone (with gradient unless called under no-grad)."""
-        raise NotImplementedError
+        out: EncoderOutput = self.head(features)
+        return out
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         """``forward_head(backbone_features(x))`` for normalised images ``x``."""

@@ -99,7 +99,12 @@ def explain_figure(
     up = F.interpolate(maps[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     strength, winner = up.max(0)
     alpha = (strength / max(float(strength.max()), 1e-6)).clamp(0, 1) * 0.6
-    colours = torch.tensor([NODE_COLOURS[i % len(NODE_COLOURS)] for i in range(k)])
+    palette = NODE_COLOURS
+    if k > len(NODE_COLOURS):
+        tab20 = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
+        palette = tuple((float(c[0]), float(c[1]), float(c[2])) for c in tab20)
+    rgb = [tuple(float(v) for v in palette[i % len(palette)]) for i in range(k)]
+    colours = torch.tensor(rgb)
     overlay = torch.cat([colours[winner], alpha[..., None]], dim=-1).numpy()
 
     areas = res.node_areas[0].tolist()
@@ -121,7 +126,7 @@ def explain_figure(
         )
     handles = [
         Patch(
-            color=NODE_COLOURS[i % len(NODE_COLOURS)],
+            color=(rgb[i][0], rgb[i][1], rgb[i][2]),
             label=f"node {i}: area {areas[i]:.1f} ({100 * areas[i] / total:.0f}%)",
         )
         for i in range(k)

@@ -117,11 +117,3 @@ class NetVLADEncoder(Encoder):
     def config(self) -> dict[str, Any]:
         """Name and constructor parameters (JSON-able)."""
         return {"name": self.name, **self._params}
-
-    def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone feature map."""
-        return self.run_backbone(x)
-
-    def forward_head(self, features: torch.Tensor) -> EncoderOutput:
-        """Reduction, NetVLAD, Loupe, fusion."""
-        return self.head(features)

@@ -141,14 +141,6 @@ class SGMNetEncoder(Encoder):
         """Name and constructor parameters (JSON-able)."""
         return {"name": self.name, **self._params}
 
-    def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone feature map (Lite0/ResNet: stride 16; VGG16: stride 8)."""
-        return self.run_backbone(x)
-
-    def forward_head(self, features: torch.Tensor) -> EncoderOutput:
-        """Reduction, non-local block, CSMG."""
-        return self.head(features)
-
 
 class SGMNetVGG16Encoder(SGMNetEncoder):
     """SGM-Net on VGG16 conv4_3 (random init unless ``backbone_weights``)."""
