@@ -126,6 +126,9 @@ def register(app: typer.Typer) -> None:
         encoder: str = typer.Option("sgmnet", "--encoder"),
         university1652: Path | None = typer.Option(None, "--university1652"),
         max_queries: int | None = typer.Option(None, "--max-queries"),
+        max_tilt: float = typer.Option(
+            30.0, "--max-tilt", min=0.0, max=60.0, help="Largest off-nadir tilt of --synthetic."
+        ),
         cache_dir: Path | None = typer.Option(
             None, "--cache-dir", help="Keep frozen-backbone features here between runs."
         ),
@@ -194,7 +197,7 @@ def register(app: typer.Typer) -> None:
             from geoloc.evaluation.retrieval import evaluate_retrieval, make_queries, make_tiles
 
             db = make_tiles(raster, tile_size, stride, gsd)
-            q = make_queries(raster, synthetic, db, seed=seed)
+            q = make_queries(raster, synthetic, db, seed=seed, max_tilt_deg=max_tilt)
             _err(f"{len(db.pixels)} tiles at {db.gsd_m:.3f} m/px, {synthetic} views (seed {seed})")
             result = evaluate_retrieval(
                 encoders, db, q, headings=headings, log=_err, cache_dir=cache_dir

@@ -258,7 +258,7 @@ def _plot_map(answers: dict[str, list[dict[str, Any]]], raster: Path, path: Path
 
     def px(lon: float, lat: float) -> tuple[float, float]:
         x, y = from_lonlat(crs, lon, lat)
-        c, r = inv * (x, y)
+        c, r = inv @ (x, y)
         return c / f, r / f
 
     fig, ax = plt.subplots(figsize=(10, 10 * img.shape[1] / img.shape[2] + 1))

@@ -10,7 +10,8 @@ each pass re-mines the hard negatives with the current head (for every anchor, o
 Checkpoints in ``out_dir``: ``last.safetensors`` + ``last.json`` (a ``geoloc.models`` checkpoint:
 weights of the trained part, encoder config, SHA-256 hashes; epoch and history under
 ``training``) and ``optimizer.safetensors`` (for
-``resume``); ``best.safetensors`` + ``best.json``: the epoch with the best validation recall@1.
+``resume``); ``best.safetensors`` + ``best.json``: the epoch with the best validation recall@1
+(mean of the Ω and Φ recall@1 on the held-out block; ties go to the later epoch).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class Trainer:
         self.loss_fn = SGMLoss(beta=cfg.beta, margin=cfg.margin)
         self.start_epoch = 0
         self.history: list[dict[str, float]] = []
-        self.best_recall = -1.0
+        self.best_recall = float("-inf")
         self.best_epoch = -1
 
     # -- features -------------------------------------------------------------------------------
@@ -309,7 +310,7 @@ class Trainer:
             opt_state.setdefault(int(idx), {})[name] = t.to(self.device) if name != "step" else t
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
         self.history = list(meta.get("history", []))
-        self.best_recall = float(meta.get("best_val_r1", -1.0))
+        self.best_recall = float(meta.get("best_val_r1", float("-inf")))
         self.best_epoch = int(meta.get("best_epoch", -1))
         self.start_epoch = int(meta["epoch"]) + 1
         return self.start_epoch
@@ -374,8 +375,14 @@ class Trainer:
                 + (f" val R@1 {metrics['val_r1']:.3f}" if "val_r1" in metrics else "")
             )
             self.history.append(metrics)
-            score = metrics.get("val_r1", -metrics["loss"])
-            improved = score > self.best_recall
+            # selection: validation R@1 of Ω and of Φ together; a tie goes to the later epoch
+            # (a small validation block saturates early). Without validation: the lowest loss.
+            if "val_r1" in metrics:
+                score = 0.5 * (metrics["val_r1"] + metrics["val_phi_r1"])
+            else:
+                score = -metrics["loss"]
+            metrics["selection_score"] = score
+            improved = score >= self.best_recall
             if improved:
                 self.best_recall, self.best_epoch = score, epoch
             self.save("last", epoch, metrics)
