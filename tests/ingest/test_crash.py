@@ -46,6 +46,8 @@ class Run:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A background shell may have left SIGINT ignored; Ctrl-C must reach the child.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
         )
         self.lines: list[str] = []
         self.started = threading.Event()
@@ -87,10 +89,12 @@ class Run:
         return False
 
     def wait(self, timeout: float = 120.0) -> tuple[int, str]:
-        """Exit code and stdout."""
-        out, _ = self.proc.communicate(timeout=timeout)
-        self._reader.join(timeout=5)
-        return self.proc.returncode, out
+        """Exit code and stdout (stderr stays with the reader thread)."""
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()  # small: the JSON summary; EOF when the process ends
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code, out
 
     @property
     def stderr(self) -> str:
@@ -213,3 +217,24 @@ def test_second_ingest_waits_for_the_lock_with_a_message(
     assert json.loads(out)[0]["status"] == "ingested"
     st = db_state(database, pg_settings, encoder)
     assert len(st["complete_ids"]) == expected_tiles(crops["b"], encoder)
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_leaves_nothing(
+    pg_settings: Settings,
+    database: Any,
+    crops: dict[str, Path],
+    encoder: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = Run(pg_settings, str(crops["a"]), "--batch-size", "2", debug=True)
+    assert run.wait_started(timeout=120), run.stderr[-2000:]
+    assert run.wait_batches(2, timeout=120), run.stderr[-2000:]
+    run.proc.send_signal(signal.SIGINT)
+    code, out = run.wait()
+    assert code == 130, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    st = db_state(database, pg_settings, encoder)
+    assert st["orthos"] == [] and len(st["complete_ids"]) == 0
+    assert st["faiss_ids"] is None or len(st["faiss_ids"]) == 0
+    assert run_cli(monkeypatch, pg_settings, "index", "verify") == 0
