@@ -359,11 +359,13 @@ def faiss_bench(code_sd: np.ndarray, sizes: list[int], n_queries: int = 100) -> 
             kind = "flat-fp16"
             params = None
         else:
-            nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))
+            # as OmegaIndex does: IVF trained once, when the count crosses the threshold
+            m = DEFAULT_IVF_THRESHOLD + 1
+            nlist = int(max(1, min(4 * np.sqrt(m), m // 39)))
             index = faiss.index_factory(d, f"IVF{nlist},SQfp16", faiss.METRIC_INNER_PRODUCT)
-            index.train(x[rng.choice(n, min(n, nlist * 64), replace=False)])
+            index.train(x[rng.choice(m, min(m, nlist * 64), replace=False)])
             index.add(x)
-            kind = f"ivf{nlist}"
+            kind = f"ivf{nlist}-sqfp16"
             params = faiss.SearchParametersIVF(nprobe=DEFAULT_NPROBE)
         build_s = time.perf_counter() - t0
         threads = faiss.omp_get_max_threads()
@@ -394,9 +396,19 @@ def faiss_bench(code_sd: np.ndarray, sizes: list[int], n_queries: int = 100) -> 
     return out
 
 
+def code_spectrum(omega: np.ndarray) -> np.ndarray:
+    """Per-dimension standard deviations of real Ω codes (PCA), extended to the target dim."""
+    from geoloc.store.faiss_store import DEFAULT_TARGET_DIM
+
+    s = np.linalg.svd(omega, compute_uv=False)
+    sd = s[: min(DEFAULT_TARGET_DIM, len(s))] / np.sqrt(len(omega))
+    if len(sd) < DEFAULT_TARGET_DIM:  # extend the tail with the last measured value
+        sd = np.concatenate([sd, np.full(DEFAULT_TARGET_DIM - len(sd), sd[-1])])
+    return sd.astype(np.float32)
+
+
 def run(full: bool = False) -> dict[str, Any]:
     """Run the store benchmark; save and return the results."""
-    from geoloc.store.faiss_store import DEFAULT_TARGET_DIM
 
     t0 = time.time()
     real = encode_real()
@@ -404,19 +416,13 @@ def run(full: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {"full": full, "real_tiles": int(len(omega))}
     results["omega_compression_real"] = omega_compression(omega)
     print("omega compression:", json.dumps(results["omega_compression_real"]), flush=True)
-    # code spectrum of real Ω in the index's code space (PCA of the real tiles)
-    s = np.linalg.svd(omega, compute_uv=False)
-    sd = s[: min(DEFAULT_TARGET_DIM, len(s))] / np.sqrt(len(omega))
-    if len(sd) < DEFAULT_TARGET_DIM:  # extend the tail with the last measured variance
-        sd = np.concatenate([sd, np.full(DEFAULT_TARGET_DIM - len(sd), sd[-1])])
+    sd = code_spectrum(omega)  # real Ω spectrum in the index's code space
     results["phi_vector_vs_halfvec_real"] = phi_type_bench(phi)
     print("phi type:", json.dumps(results["phi_vector_vs_halfvec_real"]), flush=True)
     results["pgvector"] = pgvector_bench(
         Matched(phi, rank=min(64, len(phi) - 1)), [10_000, 100_000] if full else [10_000]
     )
-    results["faiss"] = faiss_bench(
-        sd.astype(np.float32), [10_000, 100_000, 1_000_000] if full else [10_000, 100_000]
-    )
+    results["faiss"] = faiss_bench(sd, [10_000, 100_000, 1_000_000] if full else [10_000, 100_000])
     pg10k = results["pgvector"][0]
     faiss10k = results["faiss"][0]
     results["bytes_per_tile_defaults"] = {
