@@ -409,7 +409,6 @@ def code_spectrum(omega: np.ndarray) -> np.ndarray:
 
 def run(full: bool = False) -> dict[str, Any]:
     """Run the store benchmark; save and return the results."""
-
     t0 = time.time()
     real = encode_real()
     omega, phi = real["omega"], real["phi"]
