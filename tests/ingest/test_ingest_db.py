@@ -82,6 +82,7 @@ def test_ingest_counts_and_consistency(
     assert run_cli(monkeypatch, pg_settings, "index", "verify") == 0
 
 
+@pytest.mark.slow
 def test_reingest_is_noop_and_force_replaces(
     pg_settings: Settings, database: Any, crops: dict[str, Path], encoder: Any
 ) -> None:
@@ -112,6 +113,7 @@ def test_reingest_is_noop_and_force_replaces(
     np.testing.assert_array_equal(st["faiss_ids"], st["complete_ids"])
 
 
+@pytest.mark.slow
 def test_bad_raster_in_a_batch_is_reported_and_others_continue(
     pg_settings: Settings,
     database: Any,
@@ -157,6 +159,7 @@ def test_bad_raster_in_a_batch_is_reported_and_others_continue(
     assert run_cli(monkeypatch, pg_settings, "index", "verify") == 0
 
 
+@pytest.mark.slow
 def test_recovers_a_run_killed_after_the_faiss_save(
     pg_settings: Settings,
     database: Any,
