@@ -8,6 +8,8 @@ Per raster, under the store's advisory ingest lock (so concurrent ingests serial
    index is saved atomically.
 2. **Idempotence**: the raster's SHA-256 is looked up with the encoder; a ``complete`` match is
    skipped (``--force`` deletes it first: database rows, then FAISS ids, then an atomic save).
+   An orthomosaic of the same path with another SHA-256 (the file changed) is replaced the
+   same way: its tiles would point at pixels that are no longer there.
 3. **Write**: an ``ingesting`` orthomosaic row is committed; batches of tiles are read in a
    background thread, encoded in the main thread and written (tiles + Φ by binary COPY, one
    transaction per batch; Ω added to the in-memory FAISS index) in a writer thread.
@@ -338,9 +340,18 @@ class _Ingester:
                     )
                     log.info("%s", res.message)
                     return
-                if existing is not None:
-                    log.info("replacing orthomosaic %d (%s)", existing.id, existing.path)
-                    removed = np.asarray(repo.delete_orthomosaic(self.db, int(existing.id)))
+                # Replace the same content (--force) and older contents of the same path: their
+                # tiles would point at pixels that are no longer in the file.
+                stale = [existing] if existing is not None else []
+                stale += [
+                    o
+                    for o in repo.list_orthomosaics(self.db, self.encoder_id)
+                    if o.path == str(path) and o.sha256 != res.sha256
+                ]
+                for old in stale:
+                    why = "--force" if old.sha256 == res.sha256 else "the file changed"
+                    log.info("replacing orthomosaic %d of %s (%s)", old.id, old.path, why)
+                    removed = np.asarray(repo.delete_orthomosaic(self.db, int(old.id)))
                     if removed.size:
                         index.remove(removed.astype(np.int64))
                         index.save()

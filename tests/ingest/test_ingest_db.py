@@ -252,3 +252,19 @@ def test_ctrl_c_rolls_back_the_raster(
     assert [o.id for o in after["orthos"]] == [ok.id]  # no trace of the interrupted raster
     np.testing.assert_array_equal(after["complete_ids"], before["complete_ids"])
     np.testing.assert_array_equal(after["faiss_ids"], before["faiss_ids"])
+
+
+@pytest.mark.slow
+def test_changed_file_at_the_same_path_replaces_its_orthomosaic(
+    pg_settings: Settings, database: Any, crops: dict[str, Path], encoder: Any, tmp_path: Path
+) -> None:
+    target = tmp_path / "ortho.tif"
+    shutil.copy(crops["a"], target)
+    (first,) = ingest([target], encoder=encoder, settings=pg_settings, progress=False)
+    shutil.copy(crops["b"], target)  # new content, same path
+    (second,) = ingest([target], encoder=encoder, settings=pg_settings, progress=False)
+    assert second.status == "ingested" and second.sha256 != first.sha256
+    st = db_state(database, pg_settings, encoder)
+    assert [(o.id, o.sha256) for o in st["orthos"]] == [(second.id, second.sha256)]
+    assert len(st["complete_ids"]) == second.tiles_kept
+    np.testing.assert_array_equal(st["faiss_ids"], st["complete_ids"])
