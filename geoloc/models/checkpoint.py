@@ -110,7 +110,16 @@ def load_checkpoint(path: str | Path, device: str | None = None) -> Encoder:
         )
     config = dict(meta["config"])
     config.pop("name", None)
+    # a full checkpoint holds the backbone too: its original weights file is not needed any more
+    backbone_file = config.get("backbone_weights") if meta["stored"] == "full" else None
+    if backbone_file:
+        config["backbone_weights"] = None
     enc = build_encoder(str(meta["encoder"]), **config)
+    if backbone_file:
+        params = getattr(enc, "_params", None)
+        if isinstance(params, dict):
+            params["backbone_weights"] = backbone_file
+        enc.pretrained = True
     state = load_file(str(weights_path))
     result = enc.load_state_dict(state, strict=False)
     expected_missing = (

@@ -107,3 +107,18 @@ def test_hash_is_stable_across_processes() -> None:
     code = "from geoloc.models import build_encoder; print(build_encoder('sgmnet').weights_sha256)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == build_encoder("sgmnet").weights_sha256
+
+
+def test_full_checkpoint_does_not_need_the_backbone_file(tmp_path: Path) -> None:
+    from torchvision.models import resnet50
+
+    torch.manual_seed(5)
+    weights = tmp_path / "r50.pth"
+    torch.save(resnet50(weights=None).state_dict(), weights)
+    enc = build_encoder("sgmnet-resnet50", backbone_weights=str(weights), freeze_backbone=False)
+    save_checkpoint(enc, tmp_path / "r50ckpt")
+    assert json.loads((tmp_path / "r50ckpt.json").read_text())["stored"] == "full"
+    weights.unlink()
+    back = load_checkpoint(tmp_path / "r50ckpt")
+    assert back.weights_sha256 == enc.weights_sha256
+    assert back.config() == enc.config() and back.pretrained

@@ -104,3 +104,14 @@ def test_info_with_backbone_weights(tmp_path: Path) -> None:
         app, ["encoders", "info", "sgmnet-resnet50", "--backbone-weights", str(bad)]
     )
     assert res.exit_code != 0 and "cannot read weights" in str(res.exception)
+
+
+def test_explain_reads_a_geotiff(tmp_path: Path, sample_raster: Path) -> None:
+    from geoloc.models.explain import read_rgb
+
+    rgb = read_rgb(sample_raster, max_side=512)
+    assert rgb.dtype == np.uint8 and rgb.shape[0] == 3 and max(rgb.shape[1:]) == 512
+    assert rgb.shape[1] == round(1186 * 512 / 2106)
+    out = tmp_path / "ortho.png"
+    summary = _invoke("explain", str(sample_raster), "--out", str(out))
+    assert out.is_file() and len(summary["nodes"]) == 4
