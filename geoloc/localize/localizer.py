@@ -46,6 +46,11 @@ MARGIN_SCALE = 0.1
 #: Candidates tried at the three extra headings of the sweep.
 SWEEP_TOP = 2
 
+#: When a pipeline verifies and no candidate verified, the retrieval-only confidence is scaled
+#: by this: a candidate that verifies beats one that only scores higher, and with the default
+#: ``min_confidence`` 0.5 an unverified answer is never "ok" in the ``accurate`` preset.
+UNVERIFIED_FACTOR = 0.45
+
 
 @dataclass
 class Fix:
@@ -441,7 +446,7 @@ class Localizer:
                 else None
             )
             # verification ran and failed: the retrieval alone is weak evidence
-            fix.confidence = conf_r * (0.5 if self.verify_stage is not None else 1.0)
+            fix.confidence = conf_r * (UNVERIFIED_FACTOR if self.verify_stage is not None else 1.0)
         fix.lat, fix.lon = float(lat), float(lon)
         fix.tile_id = int(answer.tile_id)
         fix.orthomosaic = str(answer.row.raster_path)
@@ -518,32 +523,41 @@ class Localizer:
         known_heading: bool,
         timings: dict[str, float],
     ) -> tuple[dict[str, Any] | None, _Cand | None, float]:
-        """First candidate that verifies (best heading, then the 4-heading sweep)."""
+        """First candidate that verifies (best headings, fallback verifier, heading sweep)."""
         assert self.verify_stage is not None
         vs = self.verify_stage
         scale_known = fr.gsd_m is not None
         # the frame at map scale, cropped to at most 2 tiles (the region holds it with margin)
         crop = int(min(max(img.shape[:2]), 2 * self.tile_px))
         region_px = int(min(1024, max(2 * self.tile_px, self.tile_px + crop)))
-        attempts: list[tuple[_Cand, float]] = [(c, headings[c.heading_idx]) for c in cands]
+        # 1. every top-M candidate at its best heading; 2. the fallback verifier (e.g. SIFT,
+        # rotation invariant and cheap) on the same; 3. the heading sweep in 45 deg steps on the
+        # best SWEEP_TOP candidates (learned matchers tolerate only some +-30..60 deg)
+        attempts: list[tuple[_Cand, float, Any]] = [(c, headings[c.heading_idx], vs) for c in cands]
+        fallback = getattr(vs, "fallback", None)
+        if fallback is not None:
+            attempts += [(c, headings[c.heading_idx], fallback) for c in cands]
         if self.config.heading_sweep and not known_heading and cands:
-            # learned matchers tolerate about +-60 deg: three more headings cover the circle;
-            # swept on the best SWEEP_TOP candidates only (each attempt costs a match)
             h0 = headings[cands[0].heading_idx]
-            for dh in (90.0, 180.0, 270.0):
-                attempts += [(c, (h0 + dh) % 360.0) for c in cands[:SWEEP_TOP]]
-        frame_cache: dict[float, tuple[np.ndarray, np.ndarray, Any]] = {}
-        for cand, h in attempts:
-            if h not in frame_cache:
+            tried = {(c.tile_id, headings[c.heading_idx]) for c in cands}
+            for dh in (45.0, -45.0, 90.0, -90.0, 135.0, -135.0, 180.0):
+                h = (h0 + dh) % 360.0
+                attempts += [(c, h, vs) for c in cands[:SWEEP_TOP] if (c.tile_id, h) not in tried]
+        frame_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, Any]] = {}
+        n_tried = 0
+        for cand, h, verifier in attempts:
+            n_tried += 1
+            key = (id(verifier), h)
+            if key not in frame_cache:
                 with _timer(timings, "verify.frame_features"):
                     r, m = frames.rotate_to_north(img, mask, h)
                     r, m = frames.centre_crop(r, crop), frames.centre_crop(m, crop)
                     feats = None
-                    matcher = getattr(vs, "matcher", None)
+                    matcher = getattr(verifier, "matcher", None)
                     if matcher is not None:
                         feats = matcher.extract(r, m)
-                    frame_cache[h] = (r, m, feats)
-            r, m, feats = frame_cache[h]
+                    frame_cache[key] = (r, m, feats)
+            r, m, feats = frame_cache[key]
             row = cand.row
             with _timer(timings, "verify.read_region"):
                 region, rmask, rt = self._region(row, region_px)
@@ -552,11 +566,11 @@ class Localizer:
                 kwargs["frame_features"] = feats
             with _timer(timings, "verify.match"):
                 try:
-                    res = vs.verify(r, m, region, rmask, **kwargs)
+                    res = verifier.verify(r, m, region, rmask, **kwargs)
                 except TypeError:  # a third-party verifier without the optional keywords
-                    res = vs.verify(r, m, region, rmask, scale_known=scale_known)
+                    res = verifier.verify(r, m, region, rmask, scale_known=scale_known)
             if not res.accepted or res.centre_xy is None:
-                log.debug("tile %d heading %.0f: %s", row.tile_id, h, res.reason)
+                log.debug("tile %d heading %.0f %s: %s", row.tile_id, h, verifier.name, res.reason)
                 continue
             from tiling.crs import to_lonlat
 
@@ -576,7 +590,7 @@ class Localizer:
                     "model": getattr(res, "model", "homography"),
                     "ncc": float(getattr(res, "ncc", 0.0)),
                     "error_m": err_px * self.map_gsd_m,
-                    "tried": len(frame_cache),
+                    "attempts": n_tried,
                 },
                 cand,
                 h,

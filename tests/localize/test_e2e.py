@@ -194,7 +194,9 @@ def test_cli_many_frames_exit_codes_and_formats(
     out, err = capsys.readouterr()
     assert code == 1  # one unreadable frame
     lines = [json.loads(x) for x in out.splitlines() if x.strip()]
-    assert [d["status"] for d in lines] == ["ok", "error", "no_match"]
+    assert [d["status"] for d in lines] == ["ok", "error", "no_match"], [
+        (d.get("verification"), d.get("lat"), d.get("lon")) for d in lines
+    ]
     assert "broken.jpg" in lines[1]["message"] and "broken.jpg" in err
     lon, lat = truth_lonlat(1400.0, 500.0)
     from tiling.crs import geodesic_distance_m
@@ -206,8 +208,8 @@ def test_cli_many_frames_exit_codes_and_formats(
     code = _cli(
         ["locate", str(unrelated), "--format", "geojson", "--preset", "fast"], ingested, monkeypatch
     )
-    out, _ = capsys.readouterr()
-    assert code == 3
+    out, err = capsys.readouterr()
+    assert code == 3, err
     fc = json.loads(out)
     assert (
         fc["type"] == "FeatureCollection"
@@ -220,8 +222,8 @@ def test_cli_many_frames_exit_codes_and_formats(
         monkeypatch,
     )
     out, _ = capsys.readouterr()
-    assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0, [(r["message"], r["candidates"], r["heading_deg"]) for r in rows]
     assert rows[0]["status"] == "ok" and float(rows[0]["confidence"]) > 0.5
     assert json.loads(rows[0]["pipeline"])["preset"] == "accurate"
     assert json.loads(rows[0]["timings_ms"])["rotate"] >= 0
