@@ -59,6 +59,9 @@ DEFAULT_OMEGA_DIM = 50176
 DEFAULT_TARGET_DIM = 512
 DEFAULT_IVF_THRESHOLD = 50_000
 DEFAULT_NPROBE = 64
+#: The IVF index is re-trained (nlist ~ 4 sqrt(n)) when it holds this many times the vectors it
+#: was trained at (50k -> 400k -> 3.2M with the defaults).
+IVF_RETRAIN_FACTOR = 8
 #: Residual-energy tolerance below which a vector is considered inside the basis.
 RESIDUAL_TOL = 1e-6
 #: Largest chunk of vectors processed at once by :meth:`OmegaIndex.add` (bounds memory / time).
@@ -470,9 +473,12 @@ class OmegaIndex:
         self._writable()
         for s in range(0, ids.size, ADD_CHUNK):
             self._add_chunk(ids[s : s + ADD_CHUNK], x[s : s + ADD_CHUNK])
-        if self._index_type == "flat" and self._index is not None:
-            if self._index.ntotal > self.ivf_threshold:
+        if self._index is not None:
+            n = self._index.ntotal
+            if self._index_type == "flat" and n > self.ivf_threshold:
                 self._to_ivf()
+            elif self._index_type == "ivf" and n > IVF_RETRAIN_FACTOR * max(1, self.fit_count):
+                self._to_ivf()  # more lists for more vectors: keeps the scanned share small
 
     def _add_chunk(self, ids: np.ndarray, x: np.ndarray) -> None:
         b = self._basis
@@ -583,10 +589,14 @@ class OmegaIndex:
         self._index.add_with_ids(np.ascontiguousarray(codes), np.ascontiguousarray(ids))
 
     def _to_ivf(self) -> None:
-        """Switch from flat to IVF-SQfp16 (inner product); the basis is frozen from now on."""
+        """(Re)build the IVF-SQfp16 index (inner product) from the stored codes.
+
+        Called when the flat index outgrows ``ivf_threshold`` (the basis is frozen from then on)
+        and when the IVF index outgrows ``IVF_RETRAIN_FACTOR`` times its training count.
+        """
         faiss = _faiss()
         codes, ids = self._codes_and_ids()
-        if self.dim > self.target_dim:
+        if self._index_type == "flat" and self.dim > self.target_dim:
             self._basis, codes, self._moment = self._truncate(
                 self._basis, codes, self._moment, self.target_dim
             )
@@ -602,7 +612,7 @@ class OmegaIndex:
         ivf.add_with_ids(np.ascontiguousarray(codes), np.ascontiguousarray(ids))
         self._index, self._index_type = ivf, "ivf"
         self.fit_count = n
-        log.info("Ω index switched to IVF-SQfp16 (%d lists) at %d vectors", nlist, n)
+        log.info("Ω index: IVF-SQfp16 with %d lists built at %d vectors", nlist, n)
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove these ids (absent ones are ignored); return how many were removed."""

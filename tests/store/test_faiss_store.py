@@ -200,3 +200,24 @@ def test_create_over_an_existing_index_replaces_it_atomically(settings: Settings
     new.save()
     assert not old_files & set(new.info()["files"].values())  # new generation names
     assert OmegaIndex.open(settings, SHA).ids().tolist() == [100, 101, 102]
+
+
+def test_ivf_is_retrained_with_more_lists_as_it_grows(settings: Settings) -> None:
+    rng = np.random.default_rng(8)
+    x = low_rank(rng, 1300, rank=16, noise=0.02)
+    ids = np.arange(1300, dtype=np.int64)
+    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=16, ivf_threshold=100, nprobe=16)
+    ix.add(ids[:150], x[:150])
+    first = ix.info()["params"]["nlist"]
+    assert ix.index_type == "ivf" and ix.fit_count == 150
+    for s in range(150, 1300, 256):
+        ix.add(ids[s : s + 256], x[s : s + 256])
+    info = ix.info()  # folds in the pending additions
+    assert len(ix) == 1300 and info["fit_count"] == 1300
+    assert info["params"]["nlist"] > first
+    _, found = ix.search(x[:20], 10)
+    assert _recall_ok(found, ids[exact_topk(x, x[:20], 10)])
+
+
+def _recall_ok(found: np.ndarray, truth: np.ndarray) -> bool:
+    return recall_at(found, truth) >= 0.9
