@@ -174,6 +174,12 @@ def register(app: typer.Typer) -> None:
                     _err(f"wrote {pth}")
             typer.echo(json.dumps(result, indent=2))
             return
+        if university1652 is None and synthetic == 0:
+            raise ConfigError(
+                "give --synthetic N --raster PATH, --queries/--truth or --university1652"
+            )
+        if university1652 is None and raster is None:
+            raise ConfigError("--synthetic needs --raster")
         names = list(checkpoint or ["untrained", "shipped"])
         encoders: dict[str, Any] = {}
         for item in names:
