@@ -511,22 +511,22 @@ def ingest(
     from geoloc.store import open_database
     from geoloc.store import repository as repo
 
-    if isinstance(encoder, str):
-        enc = load_encoder(encoder, checkpoint=checkpoint)
-        if hasattr(enc, "optimize_for_inference"):
-            enc.optimize_for_inference()
-    else:
-        enc = encoder  # an already loaded encoder (tests, benchmarks, notebooks)
-    db = open_database(settings)
-    encoder_id = repo.get_or_create_encoder(
-        db,
-        name=enc.name,
-        config=enc.config(),
-        weights_sha256=enc.weights_sha256,
-        omega_dim=int(enc.omega_dim),
-        phi_dim=int(enc.phi_dim),
-    )
+    db = open_database(settings)  # first: an unreachable database fails fast
     try:
+        if isinstance(encoder, str):
+            enc = load_encoder(encoder, checkpoint=checkpoint)
+            if hasattr(enc, "optimize_for_inference"):
+                enc.optimize_for_inference()
+        else:
+            enc = encoder  # an already loaded encoder (tests, benchmarks, notebooks)
+        encoder_id = repo.get_or_create_encoder(
+            db,
+            name=enc.name,
+            config=enc.config(),
+            weights_sha256=enc.weights_sha256,
+            omega_dim=int(enc.omega_dim),
+            phi_dim=int(enc.phi_dim),
+        )
         _run_all(
             settings,
             enc,

@@ -68,3 +68,28 @@ def test_ingest_cli_rejects_bad_parameters(
         main(["ingest", str(tmp_path), "--gsd", "-2"])
     assert exc.value.code == 1
     assert "--gsd must be a positive number" in capsys.readouterr().err
+
+
+def test_ingest_cli_unreachable_database_fails_fast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A closed port: one line naming the (masked) URL, exit 1, before the encoder loads."""
+    import time
+
+    from geoloc.cli.main import main
+    from tests.ingest.conftest import crop_sample
+
+    raster = crop_sample(tmp_path / "small.tif", 0, 0, 300, 300)
+    monkeypatch.setenv("GEOLOC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GEOLOC_DATABASE_URL", "postgresql+psycopg2://geo:s3cret@127.0.0.1:9/geoloc")
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as exc:
+        main(["ingest", str(raster), "--no-progress"])
+    elapsed = time.monotonic() - t0
+    out, err = capsys.readouterr()
+    assert exc.value.code == 1
+    assert elapsed < 10
+    lines = [ln for ln in err.splitlines() if ln.startswith("geoloc: error:")]
+    assert len(lines) == 1 and "127.0.0.1:9" in lines[0]
+    assert "s3cret" not in err + out and "Traceback" not in err
+    assert out == ""
