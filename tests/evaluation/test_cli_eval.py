@@ -39,3 +39,12 @@ def test_eval_needs_a_source() -> None:
     )  # fmt: skip
     assert p.returncode == 1
     assert "--synthetic" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_train_needs_exactly_one_source(tmp_path: Path) -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "geoloc.cli.main", "train", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 1
+    assert "exactly one of --raster" in p.stderr and "Traceback" not in p.stderr
