@@ -48,6 +48,7 @@ def _frames(d: Path, n: int, seed: int) -> list[tuple[Path, float, float]]:
         tr = Transformer.from_crs(ds.crs, "EPSG:4326", always_xy=True)
         transform = ds.transform
     rng = np.random.default_rng(seed)
+    d.mkdir(parents=True, exist_ok=True)
     out = []
     h, w = rgb.shape[:2]
     for i in range(n):
