@@ -284,25 +284,33 @@ class OmegaIndex:
         self.directory.mkdir(parents=True, exist_ok=True)
         gen = max(self._gen, self._disk_generation()) + 1  # never overwrite live files
         files = dict(self._files)
-        if self._basis_dirty or "basis" not in files:
-            files["basis"] = f"basis.{gen}.npy"
-            files["moment"] = f"moment.{gen}.npy"
-            basis, moment = self._basis, self._moment
-            _fsync_write(self.directory / files["basis"], lambda p: _np_save(p, basis))
-            _fsync_write(self.directory / files["moment"], lambda p: _np_save(p, moment))
-        if self._index is not None:
-            files["index"] = f"omega.{gen}.faiss"
-            index = self._index
+        written: list[Path] = []
+        try:
+            if self._basis_dirty or "basis" not in files:
+                files["basis"] = f"basis.{gen}.npy"
+                files["moment"] = f"moment.{gen}.npy"
+                basis, moment = self._basis, self._moment
+                written.append(self.directory / files["basis"])
+                _fsync_write(written[-1], lambda p: _np_save(p, basis))
+                written.append(self.directory / files["moment"])
+                _fsync_write(written[-1], lambda p: _np_save(p, moment))
+            if self._index is not None:
+                files["index"] = f"omega.{gen}.faiss"
+                index = self._index
+                written.append(self.directory / files["index"])
+                _fsync_write(written[-1], lambda p: faiss.write_index(index, str(p)))
+            else:
+                files.pop("index", None)
+            meta = self._meta(gen, files)
             _fsync_write(
-                self.directory / files["index"], lambda p: faiss.write_index(index, str(p))
+                self.directory / "meta.json",
+                lambda p: _write_text(p, json.dumps(meta, indent=2) + "\n"),
             )
-        else:
-            files.pop("index", None)
-        meta = self._meta(gen, files)
-        _fsync_write(
-            self.directory / "meta.json",
-            lambda p: _write_text(p, json.dumps(meta, indent=2) + "\n"),
-        )
+        except BaseException:
+            for f in written:  # the failed generation's files; the previous one is untouched
+                with contextlib.suppress(OSError):
+                    f.unlink()
+            raise
         _fsync_dir(self.directory)
         self._gen, self._files, self._basis_dirty = gen, files, False
         keep = set(files.values()) | {"meta.json"}

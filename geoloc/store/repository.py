@@ -198,11 +198,14 @@ def find_encoder(db: Database, weights_sha256: str, name: str | None = None) -> 
     """The encoder with these weights (a SHA-256 prefix of >= 8 characters is accepted)."""
     if len(weights_sha256) < 8:
         raise DatabaseError(f"encoder weights SHA-256 prefix too short: {weights_sha256!r}")
-    sql = "SELECT * FROM encoders WHERE weights_sha256 LIKE :s"
-    params: dict[str, Any] = {"s": weights_sha256.lower().replace("%", "") + "%"}
+    prefix = weights_sha256.lower()
+    if any(c not in "0123456789abcdef" for c in prefix):
+        return None  # not hexadecimal: cannot be (a prefix of) a SHA-256
+    sql = "SELECT * FROM encoders WHERE left(weights_sha256, :n) = :s"
+    params: dict[str, Any] = {"s": prefix, "n": len(prefix)}
     if name is not None:
-        sql += " AND name = :n"
-        params["n"] = name
+        sql += " AND name = :name"
+        params["name"] = name
     with db.engine.connect() as conn:
         rows = conn.execute(_text(sql + " ORDER BY id"), params).all()
     if len(rows) > 1:

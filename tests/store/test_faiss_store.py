@@ -128,6 +128,7 @@ def test_failed_save_leaves_previous_index(
     ix = OmegaIndex.open(settings, SHA, omega_dim=D)
     ix.add(np.arange(10), x[:10])
     ix.save()
+    before = sorted(p.name for p in ix.directory.iterdir())
     ix.add(np.arange(10, 20), x[10:])
 
     def boom(index: object, path: str) -> None:
@@ -138,6 +139,7 @@ def test_failed_save_leaves_previous_index(
     with pytest.raises(OSError, match="disk full"):
         ix.save()
     monkeypatch.undo()
+    assert sorted(p.name for p in ix.directory.iterdir()) == before  # no orphan files
     reloaded = OmegaIndex.open(settings, SHA)
     assert reloaded.ids().tolist() == list(range(10))
 

@@ -23,6 +23,8 @@ def test_encoder_registration_is_idempotent(database: Database) -> None:
     assert b != a
     assert repo.find_encoder(database, SHA_A[:12]) is not None
     assert repo.find_encoder(database, "c" * 64) is None
+    assert repo.find_encoder(database, "________") is None  # not a LIKE pattern
+    assert repo.find_encoder(database, "%" * 8) is None
     with pytest.raises(DatabaseError, match="phi_dim"):
         register_encoder(database, sha="d" * 64, phi_dim=5000)
     with pytest.raises(DatabaseError, match="registered with dims"):
