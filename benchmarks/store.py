@@ -82,6 +82,7 @@ def omega_compression(omega: np.ndarray, n_queries: int = 30) -> dict[str, Any]:
         t0 = time.perf_counter()
         for s in range(0, len(x), 16):  # the ingest's batch size
             ix.add(np.arange(s, min(s + 16, len(x)), dtype=np.int64), x[s : s + 16])
+        ix.info()  # folds in the pending additions (adds are processed 256 at a time)
         add_s = time.perf_counter() - t0
         ix.save()
         disk = sum(f.stat().st_size for f in ix.directory.iterdir())
