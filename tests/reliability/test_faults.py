@@ -213,10 +213,6 @@ def _fail_index_write(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(faiss, "write_index", full)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OmegaIndex.save leaves the failed generation's basis.N.npy/moment.N.npy on disk",
-)
 def test_failed_save_leaves_no_orphan_files(
     clone: Callable[[], Settings], encoder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

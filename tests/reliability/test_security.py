@@ -93,17 +93,12 @@ def test_repository_lookups_with_hostile_values(base: Base) -> None:
     assert snapshot(base.settings)["tiles"] == base.tiles
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="repository.find_encoder: LIKE prefix escapes '%' but not '_' (a wildcard), "
-    "so a non-hex prefix like '________' matches any encoder",
-)
 def test_sha_prefix_is_not_a_like_pattern(base: Base) -> None:
     from geoloc.store import open_database
     from geoloc.store import repository as repo
 
     db = open_database(base.settings)
-    try:
+    try:  # '_' is a LIKE wildcard: it must not match any encoder (fixed in efc87fd)
         assert repo.find_encoder(db, "________") is None
     finally:
         db.dispose()
