@@ -206,7 +206,9 @@ def test_cli_many_frames_exit_codes_and_formats(
     assert (tmp_path / "plot_good.png").stat().st_size > 10_000
 
     code = _cli(
-        ["locate", str(unrelated), "--format", "geojson", "--preset", "fast"], ingested, monkeypatch
+        ["locate", str(unrelated), "--format", "geojson", "--top-m", "3", "--no-consistency"],
+        ingested,
+        monkeypatch,
     )
     out, err = capsys.readouterr()
     assert code == 3, err
