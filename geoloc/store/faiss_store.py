@@ -58,7 +58,7 @@ FORMAT_VERSION = 1
 DEFAULT_OMEGA_DIM = 50176
 DEFAULT_TARGET_DIM = 512
 DEFAULT_IVF_THRESHOLD = 50_000
-DEFAULT_NPROBE = 64
+DEFAULT_NPROBE = 128
 #: The IVF index is re-trained (nlist ~ 4 sqrt(n)) when it holds this many times the vectors it
 #: was trained at (50k -> 400k -> 3.2M with the defaults).
 IVF_RETRAIN_FACTOR = 8
