@@ -220,6 +220,35 @@ def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
         yield prog
 
 
+def _reconcile(db: Any, encoder_id: int, index: Any | None) -> None:
+    """Delete the encoder's incomplete orthomosaics, then drop FAISS ids not in the database."""
+    from geoloc.store import repository as repo
+
+    for ortho in repo.incomplete_orthomosaics(db, encoder_id):
+        log.warning(
+            "cleaning up an interrupted ingest of %s (orthomosaic %d, status %s)",
+            ortho.path,
+            ortho.id,
+            ortho.status,
+        )
+        repo.delete_orthomosaic(db, int(ortho.id))
+    if index is None:
+        return
+    complete = np.asarray(repo.complete_tile_ids(db, encoder_id), dtype=np.int64)
+    in_index = np.asarray(index.ids(), dtype=np.int64)
+    stale = np.setdiff1d(in_index, complete)
+    if stale.size:
+        log.warning("removing %d stale ids from the FAISS index", stale.size)
+        index.remove(stale)
+        index.save()
+    missing = np.setdiff1d(complete, in_index)
+    if missing.size:
+        log.warning(
+            "FAISS lacks %d tiles of complete orthomosaics; run `geoloc index rebuild`",
+            missing.size,
+        )
+
+
 class _Ingester:
     """State shared by the rasters of one ``ingest`` call (encoder, database, encoder id)."""
 
@@ -262,32 +291,23 @@ class _Ingester:
     def recover(self, index: Any) -> None:
         """Delete orthomosaics a dead run left incomplete; make FAISS hold only complete ids.
 
-        Must be called with the ingest lock held (so no live writer owns those rows).
+        Done for this encoder's ``index``, and for any other encoder that has incomplete
+        orthomosaics (an interrupted ingest with another encoder). Must be called with the
+        ingest lock held (so no live writer owns those rows).
         """
+        from geoloc.store import OmegaIndex
         from geoloc.store import repository as repo
 
-        for ortho in repo.incomplete_orthomosaics(self.db, self.encoder_id):
-            oid = int(ortho.id)
-            log.warning(
-                "cleaning up an interrupted ingest of %s (orthomosaic %d, status %s)",
-                ortho.path,
-                oid,
-                ortho.status,
+        _reconcile(self.db, self.encoder_id, index)
+        for other in repo.list_encoders(self.db):
+            if other.id == self.encoder_id or not repo.incomplete_orthomosaics(self.db, other.id):
+                continue
+            other_index = (
+                OmegaIndex.open(self.settings, other.weights_sha256)
+                if OmegaIndex.exists(self.settings, other.weights_sha256)
+                else None
             )
-            repo.delete_orthomosaic(self.db, oid)
-        complete = np.asarray(repo.complete_tile_ids(self.db, self.encoder_id), dtype=np.int64)
-        in_index = np.asarray(index.ids(), dtype=np.int64)
-        stale = np.setdiff1d(in_index, complete, assume_unique=False)
-        if stale.size:
-            log.warning("removing %d stale ids from the FAISS index", stale.size)
-            index.remove(stale)
-            index.save()
-        missing = np.setdiff1d(complete, in_index)
-        if missing.size:
-            log.warning(
-                "FAISS lacks %d tiles of complete orthomosaics; run `geoloc index rebuild`",
-                missing.size,
-            )
+            _reconcile(self.db, other.id, other_index)
 
     # -- one raster ---------------------------------------------------------------------------
     def run(self, path: Path) -> IngestResult:

@@ -268,3 +268,28 @@ def test_changed_file_at_the_same_path_replaces_its_orthomosaic(
     assert [(o.id, o.sha256) for o in st["orthos"]] == [(second.id, second.sha256)]
     assert len(st["complete_ids"]) == second.tiles_kept
     np.testing.assert_array_equal(st["faiss_ids"], st["complete_ids"])
+
+
+def test_recovery_also_cleans_another_encoders_interrupted_ingest(
+    pg_settings: Settings, database: Any, crops: dict[str, Path], encoder: Any
+) -> None:
+    """An ``ingesting`` row left by a run with another encoder is removed by the next ingest."""
+    from geoloc.store import repository as repo
+    from tiling import open_raster
+
+    other_id = repo.get_or_create_encoder(
+        database,
+        name="other",
+        config={},
+        weights_sha256="0" * 64,
+        omega_dim=int(encoder.omega_dim),
+        phi_dim=int(encoder.phi_dim),
+    )
+    with open_raster(crops["a"]) as r:
+        dead = repo.begin_orthomosaic(
+            database, path=str(crops["a"]), sha256="f" * 64, encoder_id=other_id, raster=r
+        )
+    (res,) = ingest([crops["b"]], encoder=encoder, settings=pg_settings, progress=False)
+    assert res.status == "ingested"
+    assert repo.get_orthomosaic(database, dead) is None
+    assert [o.id for o in repo.list_orthomosaics(database)] == [res.id]
