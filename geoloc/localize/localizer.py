@@ -561,7 +561,10 @@ class Localizer:
             row = cand.row
             with _timer(timings, "verify.read_region"):
                 region, rmask, rt = self._region(row, region_px)
-            kwargs: dict[str, Any] = {"scale_known": scale_known, "region_key": ("t", row.tile_id)}
+            kwargs: dict[str, Any] = {
+                "scale_known": scale_known,
+                "region_key": ("t", row.tile_id, region_px),
+            }
             if feats is not None:
                 kwargs["frame_features"] = feats
             with _timer(timings, "verify.match"):

@@ -43,6 +43,10 @@ def test_exact_view_within_2m(loc: Any, tmp_path: Path) -> None:
     assert set(fix.timings_ms) >= {"load", "encode", "recall", "rerank", "verify", "total"}
     assert len(fix.candidates) == 5
     assert fix.pipeline["preset"] == "accurate"
+    # a smaller frame of the same place: another region size, so no stale cached map features
+    small = write_jpeg(tmp_path / "small.jpg", view(sample_rgb(), cx, cy, 300, heading_deg=10.0))
+    fix2 = loc.locate(small, gsd=0.28)
+    assert fix2.method == "verified" and _dist(fix2, lon, lat) < 2.0
 
 
 def test_rotated_scaled_shifted_jittered(loc: Any, tmp_path: Path) -> None:
