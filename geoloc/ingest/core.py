@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError
 
 from geoloc.config import Settings
-from geoloc.errors import GeolocError
+from geoloc.errors import DatabaseError, GeolocError
 from geoloc.ingest.paths import expand_paths, sha256_file
 from geoloc.ingest.pipeline import BackgroundWorker, Prefetcher
 
@@ -561,8 +562,14 @@ def ingest(
             min_valid=min_valid,
             progress=progress,
         )
+    except DBAPIError as exc:
+        # The database went away mid-run (server killed, network): one clear line; whatever
+        # was not committed is cleaned up by the next run's recovery.
+        reason = (str(exc.orig or exc).strip().splitlines() or ["connection lost"])[0]
+        raise DatabaseError(f"{db.url}: database error during ingest: {reason}") from exc
     finally:
-        db.dispose()
+        with contextlib.suppress(Exception):
+            db.dispose()
     return results
 
 

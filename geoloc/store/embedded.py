@@ -115,6 +115,10 @@ def start(settings: Settings, *, keep_running: bool = False) -> str:
         pgdata.mkdir(exist_ok=True)
         with PostgresServer._lock:
             prune_dead_holders(pgdata)
+            if pgdata in PostgresServer._instances and not status(settings).running:
+                # This process used a server that has since died (e.g. SIGKILL): forget the
+                # cached handle so get_server starts a new one instead of returning a dead URL.
+                PostgresServer._instances.pop(pgdata, None)
         server = pkg.get_server(pgdata, cleanup_mode=None if pinned else "stop")
         url: str = server.get_uri(driver="psycopg2")
     except Exception as exc:  # noqa: BLE001 - the package raises assorted errors

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError
 
 from geoloc.errors import DatabaseError
 from geoloc.store.schema import PHI_DIM, STATUSES
@@ -750,7 +751,15 @@ def ingest_lock(db: Database, *, wait: bool = True) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute(_text("SELECT pg_advisory_unlock(:k)"), {"k": INGEST_LOCK_KEY})
-            conn.commit()
+            try:
+                conn.execute(_text("SELECT pg_advisory_unlock(:k)"), {"k": INGEST_LOCK_KEY})
+                conn.commit()
+            except DBAPIError:
+                # The connection died (server gone): the lock died with it, and raising here
+                # would hide the error that got us here.
+                log.debug("ingest lock: connection lost before unlock", exc_info=True)
     finally:
-        conn.close()
+        try:
+            conn.close()
+        except DBAPIError:
+            log.debug("ingest lock: closing a dead connection", exc_info=True)

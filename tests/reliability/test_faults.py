@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from geoloc.config import Settings
-from geoloc.errors import DatabaseError
 from tests.reliability.conftest import (
     CROP,
     FRAME_CENTRE,
@@ -166,12 +165,6 @@ def test_embedded_postgres_killed_while_idle_recovers_without_loss(
             shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="in a process that already used the embedded server, open_database after the "
-    "postmaster was SIGKILLed returns the cached URL: 'Connection refused', no restart",
-    raises=DatabaseError,
-)
 def test_embedded_postgres_killed_recovers_in_the_same_process() -> None:
     """A long-lived process (notebook, service) using the library: the server dies under it;
     the next open_database should restart it as a new process does."""
@@ -327,8 +320,8 @@ def _kill_postmaster_during_ingest(
         pid = embedded.status(settings).pid
         assert pid
         os.kill(pid, signal.SIGKILL)
-        proc.communicate(timeout=180)
-        reader.join(5)
+        proc.wait(timeout=180)  # not communicate(): the reader thread owns stderr
+        reader.join(10)
         check(settings, before, int(proc.returncode), "".join(lines))
     finally:
         _stop_quietly(settings)
@@ -360,11 +353,6 @@ def test_embedded_postgres_killed_while_ingesting_loses_nothing(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest_lock's pg_advisory_unlock on the dead connection raises OperationalError, "
-    "printed as a multi-line 'geoloc: internal error' instead of one clear DatabaseError line",
-)
 def test_embedded_postgres_killed_while_ingesting_is_one_clear_line(
     tmp_path: Path, encoder: Any
 ) -> None:
