@@ -30,9 +30,11 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.plot
 
 bench-full: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all --full
+	$(BIN)/python -m benchmarks.plot
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
