@@ -6,33 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLE_RASTER
-
-
-def crop_sample(dst: Path, col_off: int, row_off: int, width: int, height: int) -> Path:
-    """Write a GeoTIFF crop of the bundled sample (its own georeference, same CRS and GSD)."""
-    import rasterio
-    from rasterio.windows import Window
-
-    win = Window(col_off, row_off, width, height)
-    with rasterio.open(SAMPLE_RASTER) as src:
-        data = src.read(window=win)
-        profile = src.profile.copy()
-        profile.update(
-            width=width,
-            height=height,
-            transform=src.window_transform(win),
-            driver="GTiff",
-            compress="deflate",
-            tiled=False,
-            photometric="RGB",
-        )
-        profile.pop("blockxsize", None)
-        profile.pop("blockysize", None)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(dst, "w", **profile) as out:
-        out.write(data)
-    return dst
+from tests.conftest import crop_sample
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def test_ingest_cli_unreachable_database_fails_fast(
     import time
 
     from geoloc.cli.main import main
-    from tests.ingest.conftest import crop_sample
+    from tests.conftest import crop_sample
 
     raster = crop_sample(tmp_path / "small.tif", 0, 0, 300, 300)
     monkeypatch.setenv("GEOLOC_HOME", str(tmp_path / "home"))

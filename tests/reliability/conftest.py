@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from geoloc.config import Settings
-from tests.conftest import REPO, SAMPLE_RASTER
+from tests.conftest import REPO, SAMPLE_RASTER, crop_sample
 
 #: The ingested crop of the sample: (col_off, row_off, width, height) in sample pixels.
 CROP = (500, 150, 1000, 800)
@@ -32,32 +32,6 @@ FRAME_PX = 400  # 112 m at 0.28 m/px: one tile of ground at the ingest GSD (224 
 GSD = 0.28
 
 _clone_counter = itertools.count()
-
-
-def crop_sample(dst: Path, col_off: int, row_off: int, width: int, height: int) -> Path:
-    """Write a GeoTIFF crop of the bundled sample (same CRS and GSD, its own transform)."""
-    import rasterio
-    from rasterio.windows import Window
-
-    win = Window(col_off, row_off, width, height)
-    with rasterio.open(SAMPLE_RASTER) as src:
-        data = src.read(window=win)
-        profile = src.profile.copy()
-        profile.update(
-            width=width,
-            height=height,
-            transform=src.window_transform(win),
-            driver="GTiff",
-            compress="deflate",
-            tiled=False,
-            photometric="RGB",
-        )
-        profile.pop("blockxsize", None)
-        profile.pop("blockysize", None)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(dst, "w", **profile) as out:
-        out.write(data)
-    return dst
 
 
 def sample_view(cx: float, cy: float, size: int, heading_deg: float = 0.0) -> np.ndarray:
