@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,3 +260,58 @@ def assert_one_error_line(res: Result, path: Path | str) -> str:
     named = [x for x in errors if str(path) in x]
     assert len(named) == 1, res.err
     return named[0]
+
+
+@dataclass
+class BackgroundIngest:
+    """A ``geoloc ingest`` process whose stderr a thread collects line by line."""
+
+    proc: subprocess.Popen[str]
+    lines: list[str]
+    reader: threading.Thread
+
+    @property
+    def stderr(self) -> str:
+        """Everything the process wrote to stderr so far."""
+        return "".join(self.lines)
+
+    def finish(self, timeout: float = 180.0) -> str:
+        """Wait for the process (not ``communicate()``: the thread owns stderr); return stdout."""
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.reader.join(10)
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read()
+
+
+def start_ingest(settings: Settings, raster: Path, timeout: float = 180.0) -> BackgroundIngest:
+    """Start ``geoloc ingest RASTER`` as a real process; return once it logs ``ingesting``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geoloc.cli.main", "ingest", str(raster), "--no-progress"],
+        cwd=REPO,
+        env=env_for(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "ingesting " in line:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    run = BackgroundIngest(proc, lines, reader)
+    if not started.wait(timeout):
+        run.finish(timeout=10)
+        raise AssertionError(f"ingest of {raster} never started: {run.stderr}")
+    return run

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.reliability.conftest import (
     env_for,
     sample_view,
     snapshot,
+    start_ingest,
 )
 
 #: A second crop east of the base one (sample columns 1500..2100): not ingested in ``base``.
@@ -50,29 +50,9 @@ def test_locate_during_an_ingest_answers_from_the_last_complete_state(
     east = crop_sample(tmp_path / "east.tif", *EAST)
     f_base = _jpeg(tmp_path / "base.jpg", *FRAME_CENTRE)
     f_east = _jpeg(tmp_path / "east.jpg", *EAST_CENTRE)
-    env = env_for(settings)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "geoloc.cli.main", "ingest", str(east), "--no-progress"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "ingesting " in line:
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    run = start_ingest(settings, east)
+    proc = run.proc
     try:
-        assert started.wait(180), "".join(lines)
         seen_ingesting = False
         answers: list[dict[str, Any]] = []
         while proc.poll() is None and len(answers) < 4:
@@ -82,13 +62,9 @@ def test_locate_during_an_ingest_answers_from_the_last_complete_state(
             answers.extend(json.loads(x) for x in res.out.splitlines())
             if proc.poll() is None:
                 seen_ingesting |= "ingesting" in _ortho_statuses(settings)
-        out, _ = proc.communicate(timeout=180)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        reader.join(5)
-    assert proc.returncode == 0, "".join(lines)
+        out = run.finish()
+    assert proc.returncode == 0, run.stderr
     assert seen_ingesting, "the ingest finished before any locate overlapped it"
     overlapped = answers[:2]  # the first locate ran while the ingest was in progress
     assert overlapped[0]["status"] == "ok"

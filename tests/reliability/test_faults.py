@@ -28,6 +28,7 @@ from tests.reliability.conftest import (
     run_sub,
     sample_view,
     snapshot,
+    start_ingest,
 )
 
 
@@ -277,14 +278,10 @@ def _kill_postmaster_during_ingest(
     """Ingest a crop, then SIGKILL the embedded postmaster while another process ingests the
     whole sample; ``check(settings, before, exit_code, stderr)`` runs before the cleanup."""
     import shutil
-    import subprocess
-    import sys
-    import threading
 
     from geoloc.ingest import ingest
     from geoloc.store import embedded
-    from tests.conftest import REPO, SAMPLE_RASTER
-    from tests.reliability.conftest import env_for
+    from tests.conftest import SAMPLE_RASTER
 
     home = Path("/tmp") / f"geoloc-rel-emb3-{os.getpid()}"
     settings = Settings(home=home, database_url=None)
@@ -296,33 +293,12 @@ def _kill_postmaster_during_ingest(
         assert res.status == "ingested", res.message
         before = snapshot(settings)
         before["second"] = str(second)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "geoloc.cli.main", "ingest", str(second), "--no-progress"],
-            cwd=REPO,
-            env=env_for(settings),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        lines: list[str] = []
-        started = threading.Event()
-
-        def read() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                lines.append(line)
-                if "ingesting " in line:
-                    started.set()
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        assert started.wait(180), "".join(lines)
+        run = start_ingest(settings, second)
         pid = embedded.status(settings).pid
         assert pid
         os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=180)  # not communicate(): the reader thread owns stderr
-        reader.join(10)
-        check(settings, before, int(proc.returncode), "".join(lines))
+        run.finish()
+        check(settings, before, int(run.proc.returncode), run.stderr)
     finally:
         _stop_quietly(settings)
         shutil.rmtree(home, ignore_errors=True)
