@@ -92,8 +92,11 @@ class RasterPairs:
         self.min_valid = float(min_valid)
         half = 180.0 / max(1, heading_hypotheses)
         ranges = ParamRanges(heading_deg=(-half, half))
-        groups = [list(rasters)] if merge else [[r] for r in rasters]
-        self.synths = [ViewSynthesizer(g, size=tile_size, ranges=ranges) for g in groups]
+        groups = merge_groups(rasters) if merge else [[Path(r)] for r in rasters]
+        finest = self.gsd_range[0] / ranges.scale[1]  # the finest view any pair needs
+        self.synths = [
+            ViewSynthesizer(g, size=tile_size, ranges=ranges, finest_gsd_m=finest) for g in groups
+        ]
         self._train: list[npt.NDArray[np.float64]] = []
         self._val: list[npt.NDArray[np.float64]] = []
         radius = 0.5 * math.sqrt(2.0) * self.tile_size * self.gsd_range[1]
@@ -174,6 +177,43 @@ class RasterPairs:
             lonlat=lonlat,
             positive_lonlat=plonlat,
         )
+
+
+def merge_groups(rasters: Sequence[str | Path]) -> list[list[Path]]:
+    """Rasters grouped for merging in memory: same CRS and touching footprints (adjacent map
+    sheets such as the WildNav tiles become one area; distant orthomosaics stay separate, so a
+    merge never spans the empty ground between them)."""
+    import rasterio
+
+    info = []
+    for r in rasters:
+        try:
+            with rasterio.open(r) as ds:
+                b = ds.bounds
+                tol = 0.01 * max(b.right - b.left, b.top - b.bottom)
+                info.append(
+                    (Path(r), ds.crs, (b.left - tol, b.bottom - tol, b.right + tol, b.top + tol))
+                )
+        except rasterio.errors.RasterioIOError as exc:
+            raise DatasetError(f"cannot read raster: {exc}", path=str(r)) from exc
+    parent = list(range(len(info)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, (_, crs_i, bi) in enumerate(info):
+        for j in range(i):
+            _, crs_j, bj = info[j]
+            touch = bi[0] <= bj[2] and bj[0] <= bi[2] and bi[1] <= bj[3] and bj[1] <= bi[3]
+            if crs_i == crs_j and touch:
+                parent[root(i)] = root(j)
+    groups: dict[int, list[Path]] = {}
+    for i, (path, _, _) in enumerate(info):
+        groups.setdefault(root(i), []).append(path)
+    return list(groups.values())
 
 
 def read_image(path: str | Path, size: int) -> npt.NDArray[np.uint8]:

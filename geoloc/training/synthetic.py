@@ -15,6 +15,7 @@ Used by training (positives), by ``geoloc eval --synthetic`` and by ``scripts/ma
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -25,6 +26,11 @@ import numpy as np
 import numpy.typing as npt
 
 from geoloc.errors import GeolocError
+
+log = logging.getLogger(__name__)
+
+#: Largest raster (pixels) a :class:`ViewSynthesizer` keeps in memory (~1 GB with its mask).
+DEFAULT_MAX_PIXELS = 250_000_000
 
 __all__ = [
     "SyntheticError",
@@ -124,6 +130,11 @@ class ViewSynthesizer:
     The raster (first three bands, uint8 expected; other dtypes are min-max stretched) is read
     into memory once. ``gsd_m`` is the base ground sample distance of the views (default: the
     raster's native GSD); ``size`` the side of the square view in pixels.
+
+    Memory is bounded: when no view will be finer than ``finest_gsd_m``, the raster is read
+    decimated (area average) to at most that GSD, and in any case to at most ``max_pixels``
+    pixels (coarser than needed, with a warning), so a large drone orthomosaic does not have to
+    fit in memory at full resolution.
     """
 
     def __init__(
@@ -133,6 +144,8 @@ class ViewSynthesizer:
         size: int = 224,
         gsd_m: float | None = None,
         ranges: ParamRanges | None = None,
+        finest_gsd_m: float | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         from pyproj import CRS, Transformer
 
@@ -149,7 +162,7 @@ class ViewSynthesizer:
         self.ranges = ranges or ParamRanges()
         if self.size < 8:
             raise SyntheticError(f"view size must be >= 8 px, got {size}", path=str(self.path))
-        data, mask, transform, crs_wkt = _read_rasters(paths)
+        data, mask, transform, crs_wkt = _read_rasters(paths, finest_gsd_m, max_pixels)
         self.transform = transform
         self.crs = CRS.from_user_input(crs_wkt)
         if data.dtype != np.uint8:
@@ -385,9 +398,33 @@ class ViewSynthesizer:
         return self.px_to_lonlat(col, row)
 
 
-def _read_rasters(paths: list[Path]) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_], Any, str]:
-    """Read one raster, or merge several rasters of the same CRS, into memory (first 3 bands)."""
+def _decimation(datasets: list[Any], finest_gsd_m: float | None, max_pixels: int) -> float:
+    """Integer-free read factor (>= 1): coarsen to ``finest_gsd_m`` and to ``max_pixels``."""
+    from tiling.crs import gsd_metres
+
+    native = min(gsd_metres(d.crs, d.transform, d.width, d.height) for d in datasets)
+    factor = max(1.0, (finest_gsd_m or 0.0) / native)
+    total = sum(float(d.width) * float(d.height) for d in datasets) / factor**2
+    if total > max_pixels:
+        budget = factor * math.sqrt(total / max_pixels)
+        log.warning(
+            "%s: read at %.2f m/px instead of %.2f m/px to stay within %d pixels in memory",
+            datasets[0].name,
+            native * budget,
+            native * factor,
+            max_pixels,
+        )
+        factor = budget
+    return factor
+
+
+def _read_rasters(
+    paths: list[Path], finest_gsd_m: float | None = None, max_pixels: int = 0
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_], Any, str]:
+    """Read one raster, or merge several rasters of the same CRS, into memory (first 3 bands),
+    decimated as :func:`_decimation` says."""
     import rasterio
+    from rasterio.enums import Resampling
     from rasterio.merge import merge
 
     datasets = []
@@ -409,16 +446,24 @@ def _read_rasters(paths: list[Path]) -> tuple[npt.NDArray[Any], npt.NDArray[np.b
                 )
         first = datasets[0]
         bands = [1, 2, 3] if first.count >= 3 else [1, 1, 1]
-        if len(datasets) == 1:
+        factor = _decimation(datasets, finest_gsd_m, max_pixels or DEFAULT_MAX_PIXELS)
+        if len(datasets) == 1 and factor <= 1.0:
             data = first.read(bands)
             mask = first.dataset_mask() > 0
             transform = first.transform
+        elif len(datasets) == 1:
+            h = max(1, int(round(first.height / factor)))
+            w = max(1, int(round(first.width / factor)))
+            data = first.read(bands, out_shape=(3, h, w), resampling=Resampling.average)
+            mask = first.dataset_mask(out_shape=(h, w), resampling=Resampling.nearest) > 0
+            transform = first.transform @ first.transform.scale(first.width / w, first.height / h)
         else:
             res = (
-                min(abs(d.transform.a) for d in datasets),
-                min(abs(d.transform.e) for d in datasets),
+                factor * min(abs(d.transform.a) for d in datasets),
+                factor * min(abs(d.transform.e) for d in datasets),
             )
-            data, transform = merge(datasets, indexes=bands, res=res, nodata=0)
+            rs = Resampling.average if factor > 1.0 else Resampling.nearest
+            data, transform = merge(datasets, indexes=bands, res=res, nodata=0, resampling=rs)
             valid, _ = merge([_ones_like(d) for d in datasets], res=res, nodata=0, indexes=[1])
             mask = valid[0] > 0
         return data, mask, transform, str(first.crs.to_wkt())
