@@ -68,47 +68,199 @@ def encode_real(max_rasters: int | None = None) -> dict[str, np.ndarray]:
     return {"omega": np.concatenate(omegas), "phi": np.concatenate(phis)}
 
 
-def omega_compression(omega: np.ndarray, n_queries: int = 30) -> dict[str, Any]:
-    """OmegaIndex (defaults) vs exact search on real Ω; held-out tiles are the queries."""
+OMEGA_CACHE = Path(tempfile.gettempdir()) / "geoloc-bench-omega"
+#: Ingest GSDs of the real-tile Ω set (those finer than a raster's native GSD are skipped).
+OMEGA_GSDS = (0.14, 0.2, 0.28, 0.4, 0.5)
+
+
+def encode_real_multi(stride: int = 80, batch: int = 32) -> tuple[np.ndarray, str]:
+    """Ω (float32, L2-normed) of every raster tiled at :data:`OMEGA_GSDS`; and the weights SHA.
+
+    Tiles in raster order (the order an ingest adds them). The float16 Ω are cached under
+    :data:`OMEGA_CACHE` keyed by the encoder's weights SHA-256 and the stride, so a re-run with
+    the same head does not re-encode (~8,400 tiles: ~8 min on one thread).
+    """
+    import torch
+
+    from geoloc.models import load_encoder
+    from tiling import TileConfig, open_raster
+
+    enc = load_encoder("sgmnet")
+    sha = str(enc.weights_sha256)
+    cache = OMEGA_CACHE / f"omega_{sha[:12]}_s{stride}.npy"
+    if not cache.exists():
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        paths = [SAMPLE] + sorted(TURKU.glob("*.tif"))
+        chunks = []
+        for p in paths:
+            with open_raster(p) as r:
+                gsds = [g for g in OMEGA_GSDS if g >= 0.98 * r.gsd_m]
+                for g in gsds:
+                    cfg = TileConfig(tile_size=224, stride=stride, gsd=g, min_valid=0.5)
+                    tiles = list(r.tiles(cfg))
+                    for s in range(0, len(tiles), batch):
+                        px = np.stack([t.pixels for t in tiles[s : s + batch]])
+                        chunks.append(np.asarray(enc.encode(px).omega, dtype=np.float16))
+        OMEGA_CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, np.concatenate(chunks))
+        os.replace(tmp, cache)
+    x = np.load(cache).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, sha
+
+
+#: Ω index configurations compared on real tiles: (name, OmegaIndex keyword arguments).
+OMEGA_CONFIGS: tuple[tuple[str, dict[str, int]], ...] = (
+    ("pca512, no refine (format 1 default)", {"target_dim": 512, "refine_dims": 0}),
+    ("pca256, no refine", {"target_dim": 256, "refine_dims": 0}),
+    ("pca256 + refine 64x4 @200", {"target_dim": 256, "refine_dims": 64, "refine_bits": 4}),
+    ("pca256 + refine 96x4 @100", {"target_dim": 256, "refine_k": 100}),
+    ("pca256 + refine 96x4 @200 (default)", {}),
+    ("pca512 + refine 96x4 @100", {"target_dim": 512, "refine_k": 100}),
+    ("pca256 + refine 64x8 @200", {"target_dim": 256, "refine_dims": 64, "refine_bits": 8}),
+)
+
+
+def omega_compression(
+    omega: np.ndarray,
+    configs: tuple[tuple[str, dict[str, int]], ...] = OMEGA_CONFIGS,
+    n_queries: int = 300,
+) -> dict[str, Any]:
+    """OmegaIndex configurations vs exact 50,176-d inner product on real Ω.
+
+    ``n_queries`` random tiles are held out as queries; the rest are added in raster order in
+    batches of 16 (as an ingest does). Per configuration: recall@10 and recall@1 of the final
+    search, 10-recall@k of the compressed stage alone at the re-scored depth (100 and 200),
+    bytes per tile of each component (FAISS codes incl. the 8-byte id; refine codes incl. the
+    8-byte id row), add rate and single-query search latency (k=10).
+    """
     from geoloc.config import Settings
     from geoloc.store.faiss_store import OmegaIndex
 
     rng = np.random.default_rng(0)
-    perm = rng.permutation(len(omega))
-    q, x = omega[perm[:n_queries]], omega[perm[n_queries:]]
-    home = Path(tempfile.mkdtemp(prefix="geoloc-bench-omega-", dir="/tmp"))
+    held = np.zeros(len(omega), dtype=bool)
+    held[rng.choice(len(omega), n_queries, replace=False)] = True
+    q, x = omega[held], omega[~held]
+    truth = np.argsort(-(q @ x.T), axis=1)
+    out: dict[str, Any] = {"tiles": int(len(x)), "queries": int(len(q)), "configs": []}
+    for name, kw in configs:
+        home = Path(tempfile.mkdtemp(prefix="geoloc-bench-omega-", dir="/tmp"))
+        try:
+            ix = OmegaIndex.open(Settings(home=home), "b" * 64, omega_dim=omega.shape[1], **kw)
+            t0 = time.perf_counter()
+            for s in range(0, len(x), 16):
+                ix.add(np.arange(s, min(s + 16, len(x)), dtype=np.int64), x[s : s + 16])
+            info = ix.info()  # folds in the pending additions
+            add_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            ix.save()
+            save_s = time.perf_counter() - t0
+            ix = OmegaIndex.open(Settings(home=home), "b" * 64)  # memory-mapped, as locate does
+            refine_k = ix.refine_k
+            ix.refine_k = 0  # the compressed stage alone
+            _, stage1 = ix.search(q, 200)
+            ix.refine_k = refine_k
+            times = []
+            for i in range(len(q)):
+                t = time.perf_counter()
+                ix.search(q[i : i + 1], 10)
+                times.append(time.perf_counter() - t)
+            _, found = ix.search(q, 10)
+            refine = info["refine"]
+            row = {
+                "name": name,
+                **kw,
+                "dim": info["dim"],
+                "index_type": info["index_type"],
+                "refine": refine is not None,
+                "recall_at_10": _recall(found, truth[:, :10]),
+                "recall_at_1": float(np.mean(found[:, 0] == truth[:, 0])),
+                "stage1_recall_at_10": _recall(stage1[:, :10], truth[:, :10]),
+                "stage1_10_recall_at_100": _recall(stage1[:, :100], truth[:, :10]),
+                "stage1_10_recall_at_200": _recall(stage1, truth[:, :10]),
+                "faiss_bytes_per_tile": 2 * info["dim"] + 8,
+                "refine_bytes_per_tile": (refine["bytes_per_tile"] + 8) if refine else 0,
+                "add_tiles_per_s": len(x) / add_s,
+                "save_s": save_s,
+                "search_k10": _pct(times),
+            }
+            row["bytes_per_tile"] = row["faiss_bytes_per_tile"] + row["refine_bytes_per_tile"]
+            out["configs"].append(row)
+            print(f"omega {name}: {json.dumps(row)}", flush=True)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+def omega_search_at_scale(
+    omega: np.ndarray, sizes: list[int], n_queries: int = 200, **kw: int
+) -> list[dict[str, Any]]:
+    """``OmegaIndex.search`` latency at ``sizes`` tiles, with and without the refine stage.
+
+    An index is built from the real Ω at the defaults (``kw`` overrides), then grown to each
+    size with synthetic rows: FAISS codes are real codes plus Gaussian noise at the code
+    spectrum (so IVF lists stay balanced) and refine codes are real refine rows resampled.
+    Saved and re-opened memory-mapped (as ``locate`` opens it); queries are real held-out Ω.
+    Latency only: recall at scale of the compressed stage is :func:`faiss_bench`'s.
+    """
+    from geoloc.config import Settings
+    from geoloc.store.faiss_store import OmegaIndex
+    from geoloc.store.refine import RefineCodes
+
+    rng = np.random.default_rng(5)
+    q = omega[rng.choice(len(omega), n_queries, replace=False)]
+    home = Path(tempfile.mkdtemp(prefix="geoloc-bench-scale-", dir="/tmp"))
+    out = []
     try:
-        ix = OmegaIndex.open(Settings(home=home), "b" * 64, omega_dim=omega.shape[1])
-        t0 = time.perf_counter()
-        for s in range(0, len(x), 16):  # the ingest's batch size
-            ix.add(np.arange(s, min(s + 16, len(x)), dtype=np.int64), x[s : s + 16])
-        ix.info()  # folds in the pending additions (adds are processed 256 at a time)
-        add_s = time.perf_counter() - t0
-        ix.save()
-        disk = sum(f.stat().st_size for f in ix.directory.iterdir())
-        truth = np.argsort(-(q @ x.T), axis=1)
-        times = []
-        for i in range(len(q)):
-            t = time.perf_counter()
-            _, found1 = ix.search(q[i : i + 1], 100)
-            times.append(time.perf_counter() - t)
-        _, found = ix.search(q, 100)
-        return {
-            "tiles": int(len(x)),
-            "queries": int(len(q)),
-            "dim": ix.dim,
-            "index_type": ix.index_type,
-            "exact": ix.is_exact,
-            "residual_energy": ix.info()["residual_energy"],
-            "recall_at_10": _recall(found[:, :10], truth[:, :10]),
-            "recall_10_at_100": _recall(found, truth[:, :10]),
-            "add_tiles_per_s": len(x) / add_s,
-            "index_bytes_on_disk": disk,
-            "index_bytes_per_tile": disk / len(x),
-            "search": _pct(times),
-        }
+        base = OmegaIndex.open(Settings(home=home), "b" * 64, omega_dim=omega.shape[1], **kw)
+        for s in range(0, len(omega), 256):
+            base.add(np.arange(s, min(s + 256, len(omega)), dtype=np.int64), omega[s : s + 256])
+        assert base.has_refine, "the real set must be large enough to truncate the basis"
+        codes, _ = base._codes_and_ids()
+        refine = base._refine
+        assert refine is not None
+        sd = codes.std(axis=0)
+        for n in sizes:
+            ids = np.arange(n, dtype=np.int64)
+            pick = rng.integers(0, len(codes), n)
+            c = codes[pick] + 0.5 * sd * rng.standard_normal((n, codes.shape[1])).astype(np.float32)
+            c /= np.linalg.norm(c, axis=1, keepdims=True)
+            ix = base
+            ix._rebuild_flat(ids, c.astype(np.float32))
+            ix._ids = ids
+            ix._refine = RefineCodes(refine.quantizer, ids, refine.codes[pick % len(refine)])
+            if n > ix.ivf_threshold:
+                ix._to_ivf()
+            ix._refine.dirty = True
+            t0 = time.perf_counter()
+            ix.save()
+            save_s = time.perf_counter() - t0
+            ix2 = OmegaIndex.open(Settings(home=home), "b" * 64)
+            row: dict[str, Any] = {
+                "tiles": n,
+                "index_type": ix2.index_type,
+                "dim": ix2.dim,
+                "save_s": save_s,
+                "bytes_on_disk": {
+                    name: (home / "index" / ("b" * 64) / f).stat().st_size
+                    for name, f in ix2.info()["files"].items()
+                },
+            }
+            for label, rk in (("without_refine", 0), ("with_refine", ix2.refine_k)):
+                ix2.refine_k = rk
+                for k, b in ((10, 1), (50, 8)):  # one query; locate: 8 headings, top 50
+                    times = []
+                    for i in range(0, len(q) - b + 1, b):
+                        t = time.perf_counter()
+                        ix2.search(q[i : i + b], k)
+                        times.append(time.perf_counter() - t)
+                    row[f"{label}_k{k}_b{b}"] = _pct(times)
+            out.append(row)
+            print(f"omega search at {n}: {json.dumps(row)}", flush=True)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,14 +567,30 @@ def code_spectrum(omega: np.ndarray) -> np.ndarray:
     return sd.astype(np.float32)
 
 
+def run_omega() -> dict[str, Any]:
+    """The Ω sections: real-tile compression table and search latency at 10k / 100k tiles."""
+    omega, sha = encode_real_multi()
+    out: dict[str, Any] = {
+        "omega_real_tiles": {
+            "tiles": int(len(omega)),
+            "gsds_m": list(OMEGA_GSDS),
+            "stride_px": 80,
+            "encoder_weights_sha256": sha,
+            "rasters": 1 + len(sorted(TURKU.glob("*.tif"))),
+        }
+    }
+    out["omega_compression_real"] = omega_compression(omega)
+    out["omega_search_at_scale"] = omega_search_at_scale(omega, [10_000, 100_000])
+    return out
+
+
 def run(full: bool = False) -> dict[str, Any]:
     """Run the store benchmark; save and return the results."""
     t0 = time.time()
     real = encode_real()
     omega, phi = real["omega"], real["phi"]
     results: dict[str, Any] = {"full": full, "real_tiles": int(len(omega))}
-    results["omega_compression_real"] = omega_compression(omega)
-    print("omega compression:", json.dumps(results["omega_compression_real"]), flush=True)
+    results.update(run_omega())
     sd = code_spectrum(omega)  # real Ω spectrum in the index's code space
     results["phi_vector_vs_halfvec_real"] = phi_type_bench(phi)
     print("phi type:", json.dumps(results["phi_vector_vs_halfvec_real"]), flush=True)
@@ -453,6 +621,19 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="add the 100k pgvector / 1M FAISS cases")
+    ap.add_argument(
+        "--omega-only",
+        action="store_true",
+        help="only the Ω sections (real-tile compression, search at scale); merged into the JSON",
+    )
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    print(json.dumps(run(full=args.full), indent=2))
+    if args.omega_only:
+        path = RESULTS / "store.json"
+        merged = json.loads(path.read_text()) if path.exists() else {}
+        merged.update(run_omega())
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(merged, indent=2) + "\n")
+        print(json.dumps(merged["omega_compression_real"], indent=2))
+    else:
+        print(json.dumps(run(full=args.full), indent=2))

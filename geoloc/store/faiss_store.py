@@ -51,12 +51,24 @@ import numpy as np
 
 from geoloc.config import Settings
 from geoloc.errors import IndexError_
+from geoloc.store.refine import RefineCodes, RefineQuantizer, layout
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: 2: refine codes (``refine.<gen>.npy``, ``refine_ids.<gen>.npy``, ``refine_norms.<gen>.npy``,
+#: ``refineq.<gen>.npy``).
+#: A format-1 index loads without them (``info()["refine"]`` says to rebuild).
+FORMAT_VERSION = 2
 DEFAULT_OMEGA_DIM = 50176
-DEFAULT_TARGET_DIM = 512
+DEFAULT_TARGET_DIM = 256
+#: Refine codes: channel-PCA dims per position vector (0 disables refining), bits per value
+#: (4 or 8), channels of the Ω map (SGM-Net: 256 x 14 x 14), candidates re-scored per query.
+DEFAULT_REFINE_DIMS = 96
+DEFAULT_REFINE_BITS = 4
+DEFAULT_REFINE_CHANNELS = 256
+DEFAULT_REFINE_K = 200
+#: Tiles reconstructed (at random) to train the refine quantizer at the first truncation.
+REFINE_TRAIN_TILES = 512
 DEFAULT_IVF_THRESHOLD = 50_000
 DEFAULT_NPROBE = 128
 #: The IVF index is re-trained (nlist ~ 4 sqrt(n)) when it holds this many times the vectors it
@@ -118,6 +130,10 @@ class OmegaIndex:
         max_dim: int | None = None,
         ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
         nprobe: int = DEFAULT_NPROBE,
+        refine_dims: int = DEFAULT_REFINE_DIMS,
+        refine_bits: int = DEFAULT_REFINE_BITS,
+        refine_channels: int = DEFAULT_REFINE_CHANNELS,
+        refine_k: int = DEFAULT_REFINE_K,
         encoder_id: int | None = None,
     ) -> None:
         if target_dim < 1 or omega_dim < 1:
@@ -130,6 +146,10 @@ class OmegaIndex:
         self.max_dim = int(min(max_dim or 2 * self.target_dim, omega_dim))
         self.ivf_threshold = int(ivf_threshold)
         self.nprobe = int(nprobe)
+        self.refine_dims = int(refine_dims)
+        self.refine_bits = int(refine_bits)
+        self.refine_channels = int(refine_channels)
+        self.refine_k = int(refine_k)
         self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._index_type = "flat"
         self._basis: np.ndarray = np.zeros((0, self.omega_dim), dtype=np.float32)
@@ -149,6 +169,21 @@ class OmegaIndex:
         self.fit_count = 0
         self.residual_sum = 0.0  # residual energy of vectors added since the last refit
         self.residual_n = 0
+        # refine codes of every stored vector, created when the index stops being exact
+        self._refine: RefineCodes | None = None
+        self._refine_q_dirty = False
+        self._format = FORMAT_VERSION
+
+    @property
+    def refine_enabled(self) -> bool:
+        """True when refine codes will be (or are) kept: ``refine_dims`` > 0, the layout fits."""
+        positions = layout(self.omega_dim, self.refine_channels)
+        return (
+            0 < self.refine_dims <= self.refine_channels
+            and positions > 0
+            and self.refine_bits in (4, 8)
+            and (self.refine_bits == 8 or positions * self.refine_dims % 2 == 0)
+        )
 
     # ----------------------------------------------------------------------------------------
     # construction / persistence
@@ -218,8 +253,14 @@ class OmegaIndex:
                 max_dim=int(p["max_dim"]),
                 ivf_threshold=int(p["ivf_threshold"]),
                 nprobe=int(p["nprobe"]),
+                # format 1 has no refine parameters: the defaults (used by a rebuild)
+                refine_dims=int(p.get("refine_dims", DEFAULT_REFINE_DIMS)),
+                refine_bits=int(p.get("refine_bits", DEFAULT_REFINE_BITS)),
+                refine_channels=int(p.get("refine_channels", DEFAULT_REFINE_CHANNELS)),
+                refine_k=int(p.get("refine_k", DEFAULT_REFINE_K)),
                 encoder_id=meta.get("encoder_id"),
             )
+            self._format = int(meta.get("format", 1))
             self.created = str(meta["created"])
             self._index_type = str(meta["index_type"])
             self._gen = int(meta["generation"])
@@ -232,6 +273,12 @@ class OmegaIndex:
             raise IndexError_(
                 f"unreadable index sidecar ({exc}): {REBUILD_HINT}", path=str(meta_path)
             ) from exc
+        if self._format > FORMAT_VERSION:
+            raise IndexError_(
+                f"index format {self._format} is newer than this geoloc reads ({FORMAT_VERSION}):"
+                " upgrade geoloc",
+                path=str(meta_path),
+            )
         faiss = _faiss()
         try:
             basis = np.load(directory / self._files["basis"], mmap_mode="r" if mmap else None)
@@ -275,7 +322,41 @@ class OmegaIndex:
                 f"meta.json lists {count} vectors but no FAISS file: {REBUILD_HINT}",
                 path=str(meta_path),
             )
+        if "refine" in self._files:
+            self._refine = self._load_refine(directory, mmap=mmap)
         return self
+
+    def _load_refine(self, directory: Path, *, mmap: bool) -> RefineCodes:
+        """The refine codes listed in meta.json; their ids must be exactly the index's ids."""
+        try:
+            codes = np.load(directory / self._files["refine"], mmap_mode="r" if mmap else None)
+            ids = np.load(directory / self._files["refine_ids"])
+            norms = np.load(directory / self._files["refine_norms"])
+            cents = np.load(directory / self._files["refineq"])
+            positions = layout(self.omega_dim, self.refine_channels)
+            quantizer = RefineQuantizer.from_array(cents, positions, self.refine_bits)
+            refine = RefineCodes(quantizer, ids, codes, norms)
+        except (OSError, ValueError, KeyError) as exc:
+            raise IndexError_(
+                f"missing or truncated refine files ({exc}): {REBUILD_HINT}", path=str(directory)
+            ) from exc
+        if (
+            quantizer.omega_dim != self.omega_dim
+            or codes.dtype != np.uint8
+            or quantizer.dims != self.refine_dims
+        ):
+            raise IndexError_(
+                f"refine quantizer codes {quantizer.omega_dim}-d Ω, the index {self.omega_dim}-d:"
+                f" {REBUILD_HINT}",
+                path=str(directory),
+            )
+        if ids.size != self._ids.size or not np.array_equal(np.sort(ids), self._ids):
+            raise IndexError_(
+                f"refine codes hold {ids.size} ids, the FAISS file {self._ids.size}, or other ids:"
+                f" {REBUILD_HINT}",
+                path=str(directory),
+            )
+        return refine
 
     def save(self) -> None:
         """Persist atomically (new generation files, then ``meta.json`` replaced by rename)."""
@@ -301,6 +382,26 @@ class OmegaIndex:
                 _fsync_write(written[-1], lambda p: faiss.write_index(index, str(p)))
             else:
                 files.pop("index", None)
+            refine = self._refine
+            if refine is None:
+                for key in ("refine", "refine_ids", "refine_norms", "refineq"):
+                    files.pop(key, None)
+            else:
+                if refine.dirty or "refine" not in files:
+                    files["refine"] = f"refine.{gen}.npy"
+                    files["refine_ids"] = f"refine_ids.{gen}.npy"
+                    written.append(self.directory / files["refine"])
+                    _fsync_write(written[-1], lambda p: _np_save(p, refine.codes))
+                    written.append(self.directory / files["refine_ids"])
+                    _fsync_write(written[-1], lambda p: _np_save(p, refine.ids))
+                    files["refine_norms"] = f"refine_norms.{gen}.npy"
+                    written.append(self.directory / files["refine_norms"])
+                    _fsync_write(written[-1], lambda p: _np_save(p, refine.norms))
+                if self._refine_q_dirty or "refineq" not in files:
+                    files["refineq"] = f"refineq.{gen}.npy"
+                    cents = refine.quantizer.to_array()
+                    written.append(self.directory / files["refineq"])
+                    _fsync_write(written[-1], lambda p: _np_save(p, cents))
             meta = self._meta(gen, files)
             _fsync_write(
                 self.directory / "meta.json",
@@ -313,6 +414,10 @@ class OmegaIndex:
             raise
         _fsync_dir(self.directory)
         self._gen, self._files, self._basis_dirty = gen, files, False
+        self._format = FORMAT_VERSION
+        if self._refine is not None:
+            self._refine.dirty = False
+        self._refine_q_dirty = False
         keep = set(files.values()) | {"meta.json"}
         for f in self.directory.iterdir():
             if f.name not in keep and not f.name.startswith("."):
@@ -342,8 +447,13 @@ class OmegaIndex:
                 "ivf_threshold": self.ivf_threshold,
                 "nprobe": self.nprobe,
                 "nlist": int(getattr(self._ivf(), "nlist", 0) or 0),
+                "refine_dims": self.refine_dims,
+                "refine_bits": self.refine_bits,
+                "refine_channels": self.refine_channels,
+                "refine_k": self.refine_k,
             },
             "exact": self.is_exact,
+            "refine": None if self._refine is None else self._refine.state(),
             "fit_count": self.fit_count,
             "residual_sum": self.residual_sum,
             "residual_n": self.residual_n,
@@ -374,9 +484,18 @@ class OmegaIndex:
     def is_exact(self) -> bool:
         """True while every stored vector lies in the basis (exact search up to fp16 codes)."""
         self._flush()
+        return self._exact_now()
+
+    def _exact_now(self) -> bool:
         return self._index_type == "flat" and self.residual_sum <= RESIDUAL_TOL * max(
             1, self.residual_n
         )
+
+    @property
+    def has_refine(self) -> bool:
+        """True when searches re-score their candidates with refine codes."""
+        self._flush()
+        return self._refine is not None
 
     def ids(self) -> np.ndarray:
         """Sorted int64 ids held by the index."""
@@ -388,7 +507,22 @@ class OmegaIndex:
         meta = self._meta(self._gen, self._files)
         meta["directory"] = str(self.directory)
         meta["residual_energy"] = self.residual_sum / max(1, self.residual_n)
+        meta["format"] = self._format
+        meta["search"] = self._search_mode()
         return meta
+
+    def _search_mode(self) -> str:
+        """One line for ``info()``: how a search scores (exact, refined, or compressed only)."""
+        if self._exact_now():
+            return "exact (fp16 codes in the full basis)"
+        if self._refine is not None:
+            return (
+                f"compressed top-{self.refine_k} re-scored by refine codes "
+                f"({self._refine.quantizer.code_size} B/tile)"
+            )
+        if not self.refine_enabled:
+            return "compressed only (refine codes disabled or Ω layout does not fit)"
+        return f"compressed only, no refine codes (made before format 2): {REBUILD_HINT}"
 
     def _ivf(self) -> Any:
         if self._index_type != "ivf" or self._index is None:
@@ -489,6 +623,8 @@ class OmegaIndex:
                 self._to_ivf()  # more lists for more vectors: keeps the scanned share small
 
     def _add_chunk(self, ids: np.ndarray, x: np.ndarray) -> None:
+        if self._refine is not None:
+            self._refine.add(ids, x)
         b = self._basis
         coords = x @ b.T if b.shape[0] else np.zeros((x.shape[0], 0), dtype=np.float32)
         resid = x - coords @ b if b.shape[0] else x.copy()
@@ -541,6 +677,7 @@ class OmegaIndex:
         codes = np.concatenate([old_codes, new_codes], axis=0)
         all_ids = np.concatenate([old_ids, ids])
         if d + r > self.max_dim:
+            self._start_refine(basis_ext, codes, all_ids)
             new_basis, codes, moment = self._truncate(basis_ext, codes, moment, self.target_dim)
             assert self._buf is not None
             self._buf[: new_basis.shape[0]] = new_basis
@@ -578,6 +715,34 @@ class OmegaIndex:
         new_moment = vt.T @ moment @ vt
         return new_basis, new_codes, new_moment
 
+    def _start_refine(self, basis: np.ndarray, codes: np.ndarray, ids: np.ndarray) -> None:
+        """Train and fill the refine codes from the exact reconstructions ``codes @ basis``.
+
+        Called just before the index stops being exact (first truncation of the basis, or the
+        switch to IVF, which freezes it); a no-op when refine codes exist, are disabled, or the
+        index is no longer exact (a format-1 index: only a rebuild can add them).
+        """
+        if self._refine is not None or not self.refine_enabled or not self._exact_now():
+            return
+        if ids.size == 0:
+            return
+        rng = np.random.default_rng(0)
+        sel = np.sort(rng.choice(ids.size, min(ids.size, REFINE_TRAIN_TILES), replace=False))
+        t0 = time.perf_counter()
+        quantizer = RefineQuantizer.train(
+            codes[sel] @ basis, self.refine_channels, self.refine_dims, self.refine_bits, seed=0
+        )
+        refine = RefineCodes(quantizer)
+        for s in range(0, ids.size, ADD_CHUNK):
+            refine.add(ids[s : s + ADD_CHUNK], codes[s : s + ADD_CHUNK] @ basis)
+        self._refine, self._refine_q_dirty = refine, True
+        log.info(
+            "Ω refine codes: %d B/tile for %d vectors (trained in %.1f s)",
+            quantizer.code_size,
+            ids.size,
+            time.perf_counter() - t0,
+        )
+
     def _rebuild_flat(self, ids: np.ndarray, codes: np.ndarray) -> None:
         faiss = _faiss()
         d = int(codes.shape[1])
@@ -604,6 +769,8 @@ class OmegaIndex:
         """
         faiss = _faiss()
         codes, ids = self._codes_and_ids()
+        if self._index_type == "flat":  # the basis freezes: last moment it is exact
+            self._start_refine(self._basis, codes, ids)
         if self._index_type == "flat" and self.dim > self.target_dim:
             self._basis, codes, self._moment = self._truncate(
                 self._basis, codes, self._moment, self.target_dim
@@ -638,6 +805,8 @@ class OmegaIndex:
             sel = faiss.IDSelectorBatch(present)
         n = int(self._index.remove_ids(sel))
         self._ids = np.setdiff1d(self._ids, present, assume_unique=True)
+        if self._refine is not None:
+            self._refine.remove(present)
         return n
 
     # ----------------------------------------------------------------------------------------
@@ -655,10 +824,31 @@ class OmegaIndex:
 
         Returns ``(scores, ids)`` of shape ``(b, k)``, best first; missing results are
         ``-inf`` / ``-1``. ``allowed_ids`` restricts the search to those ids (exact within
-        the compressed space).
+        the compressed space). Once the index is no longer exact, the top ``max(k, refine_k)``
+        candidates of the compressed search are re-scored with the refine codes (scores are
+        then their cosine estimates) and the best ``k`` returned.
         """
         self._flush()
         x = self._check(q, "query")
+        if k <= 0 or len(self) == 0 or self._refine is None or self.refine_k <= 0:
+            return self._search_codes(x, k, allowed_ids)
+        kk = min(max(k, self.refine_k), len(self))
+        _, cand = self._search_codes(x, kk, allowed_ids)
+        refined = self._refine.rescore(x, cand)
+        order = np.argsort(-refined, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(refined, order, axis=1)
+        out_ids = np.take_along_axis(cand, order, axis=1)
+        out_ids[np.isneginf(scores)] = -1
+        if order.shape[1] < k:  # fewer stored vectors than k
+            pad = k - order.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, out_ids
+
+    def _search_codes(
+        self, x: np.ndarray, k: int, allowed_ids: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 1: the ``k`` best by the compressed codes (checked queries ``x``)."""
         b = x.shape[0]
         scores = np.full((b, k), -np.inf, dtype=np.float32)
         out_ids = np.full((b, k), -1, dtype=np.int64)

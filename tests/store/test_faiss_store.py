@@ -63,7 +63,8 @@ def test_truncated_basis_keeps_recall(settings: Settings) -> None:
     rng = np.random.default_rng(1)
     x = low_rank(rng, 240, rank=32)
     ids = np.arange(240, dtype=np.int64) * 3 + 7
-    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=48)
+    # the compressed stage alone (refine_dims=0): unstructured vectors, see test_refine.py
+    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=48, refine_dims=0)
     for s in range(0, 240, 32):
         ix.add(ids[s : s + 32], x[s : s + 32])
     assert ix.dim <= ix.max_dim == 96 and not ix.is_exact
@@ -174,7 +175,9 @@ def test_switches_to_ivf_above_threshold(settings: Settings) -> None:
     rng = np.random.default_rng(6)
     x = low_rank(rng, 400, rank=24, noise=0.02)
     ids = np.arange(400, dtype=np.int64) + 1000
-    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=32, ivf_threshold=200, nprobe=8)
+    ix = OmegaIndex.open(
+        settings, SHA, omega_dim=D, target_dim=32, ivf_threshold=200, nprobe=8, refine_dims=0
+    )
     for s in range(0, 400, 100):
         ix.add(ids[s : s + 100], x[s : s + 100])
     assert ix.index_type == "ivf" and ix.dim == 32 and len(ix) == 400
@@ -208,7 +211,9 @@ def test_ivf_is_retrained_with_more_lists_as_it_grows(settings: Settings) -> Non
     rng = np.random.default_rng(8)
     x = low_rank(rng, 1300, rank=16, noise=0.02)
     ids = np.arange(1300, dtype=np.int64)
-    ix = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=16, ivf_threshold=100, nprobe=16)
+    ix = OmegaIndex.open(
+        settings, SHA, omega_dim=D, target_dim=16, ivf_threshold=100, nprobe=16, refine_dims=0
+    )
     ix.add(ids[:150], x[:150])
     first = ix.info()["params"]["nlist"]
     assert ix.index_type == "ivf" and ix.fit_count == 150

@@ -105,6 +105,34 @@ def test_verify_detects_an_injected_mismatch_and_rebuild_repairs_it(
     assert found[:, 0].tolist() == ids[:5]
 
 
+def test_rebuild_refits_the_refine_codes_of_an_index_without_them(
+    database: Database, pg_settings: Settings, sample_raster: Path
+) -> None:
+    model = FakeEncoder()
+    enc_id, ids, omega = ingest_real(database, pg_settings, sample_raster, model)
+    small = {
+        "target_dim": 8,
+        "max_dim": 16,
+        "refine_channels": 16,
+        "refine_dims": 16,
+        "refine_bits": 8,
+    }
+    # an index past its first truncation without refine codes (as format 1 wrote them)
+    old = OmegaIndex.create(pg_settings, SHA, omega_dim=OMEGA_D, **{**small, "refine_dims": 0})
+    old.add(np.asarray(ids), omega)
+    old.save()
+    assert not OmegaIndex.open(pg_settings, SHA).has_refine
+    enc = resolve_encoder(database, None)
+    rebuilt = rebuild_index(database, pg_settings, enc, model=model, batch_size=16, **small)
+    assert rebuilt.has_refine and not rebuilt.is_exact
+    again = OmegaIndex.open(pg_settings, SHA)
+    info = again.info()
+    assert info["refine"]["count"] == len(ids) and info["refine"]["bytes_per_tile"] == 6 * 16
+    assert verify_index(database, pg_settings, enc).ok
+    _, found = again.search(omega[:5], 1)
+    assert found[:, 0].tolist() == ids[:5]
+
+
 def test_rebuild_refuses_other_weights(
     database: Database, pg_settings: Settings, sample_raster: Path
 ) -> None:
