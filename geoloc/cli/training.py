@@ -138,7 +138,11 @@ def register(app: typer.Typer) -> None:
         truth: Path | None = typer.Option(None, "--truth", help="truth.csv: name,lat,lon[,gsd_m]"),
         preset: list[str] = typer.Option(None, "--preset", help="Localizer preset (repeatable)."),
         ablation: bool = typer.Option(
-            False, "--ablation", help="Ω only / + Φ rerank / + node consistency."
+            False,
+            "--ablation",
+            help="Frames: Ω only / + Φ rerank / + node consistency. Synthetic views always "
+            "report Ω, Φ, Ω+Φ and Ω>Φ (Φ rerank of the Ω top 50); compare K = 4/5/6 by "
+            "passing their checkpoints (the table shows each encoder's K).",
         ),
         use_gsd: bool = typer.Option(
             True, "--use-gsd/--no-gsd", help="Pass the truth table's gsd_m to the localizer."
@@ -221,12 +225,20 @@ def _print_table(result: dict[str, Any]) -> None:
         return
     first = next(iter(rows.values()))
     cols = [k for k in next(iter(first.values())) if k.startswith(("loc@", "R@", "AP"))]
-    _err(f"{'encoder':<14}{'score':<11}" + "".join(f"{c:>8}" for c in cols) + f"{'median m':>10}")
+    nodes = {n: e.get("num_nodes") for n, e in result.get("encoders", {}).items()}
+    _err(
+        f"{'encoder':<14}{'K':>3} {'score':<11}"
+        + "".join(f"{c:>8}" for c in cols)
+        + f"{'median m':>10}"
+    )
     for name, per in rows.items():
+        k = str(nodes.get(name) or "-")
         for sname, m in per.items():
             med = m.get("top1_error", {}).get("median_m", float("nan"))
             _err(
-                f"{name:<14}{sname:<11}" + "".join(f"{m[c]:>8.3f}" for c in cols) + f"{med:>10.1f}"
+                f"{name:<14}{k:>3} {sname:<11}"
+                + "".join(f"{m[c]:>8.3f}" for c in cols)
+                + f"{med:>10.1f}"
             )
 
 

@@ -123,6 +123,15 @@ def _head(enc: Any, feats: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor,
     return torch.cat(om), torch.cat(ph)
 
 
+def _rerank(first: torch.Tensor, second: torch.Tensor, depth: int) -> torch.Tensor:
+    """Scores that rank the ``depth`` best tiles by ``first`` by ``second``, the rest after."""
+    depth = min(depth, first.shape[1])
+    top = first.topk(depth, dim=1).indices
+    out = torch.full_like(second, -1e9)
+    out.scatter_(1, top, second.gather(1, top))
+    return out
+
+
 def _backbone_key(enc: Any) -> tuple[Any, ...]:
     cfg = enc.config()
     return (cfg.get("backbone"), cfg.get("pretrained"), cfg.get("backbone_weights"))
@@ -148,9 +157,11 @@ def evaluate_retrieval(
     ks: tuple[int, ...] = (1, 5, 10),
     log: Callable[[str], None] | None = None,
     cache_dir: str | Path | None = None,
+    rerank_depth: int = 50,
 ) -> dict[str, Any]:
     """Score every encoder on the same tiles and views; returns JSON-able results per encoder
-    and per score (``omega``, ``phi``, ``omega+phi``).
+    and per score: ``omega``, ``phi``, ``omega+phi`` (sum of the cosines) and ``omega>phi``
+    (the localizer's chain: the ``rerank_depth`` best tiles by Ω, re-ordered by Φ).
 
     ``cache_dir``: keep the frozen backbone's features of the tiles and views there (keyed by the
     backbone, the tiles, the views and the hypotheses), so other heads are scored without
@@ -203,6 +214,7 @@ def evaluate_retrieval(
             "phi": (p_q @ p_db.T).view(n_q, hq, -1).amax(1),
         }
         scores["omega+phi"] = ((o_q @ o_db.T) + (p_q @ p_db.T)).view(n_q, hq, -1).amax(1)
+        scores["omega>phi"] = _rerank(scores["omega"], scores["phi"], rerank_depth)
         res: dict[str, Any] = {}
         for sname, s in scores.items():
             k = min(max(ks), s.shape[1])
@@ -219,7 +231,7 @@ def evaluate_retrieval(
         results[name] = res
         say(
             f"{name}: loc@1 omega {res['omega']['loc@1']:.3f}, phi {res['phi']['loc@1']:.3f}, "
-            f"omega+phi {res['omega+phi']['loc@1']:.3f}"
+            f"omega+phi {res['omega+phi']['loc@1']:.3f}, omega>phi {res['omega>phi']['loc@1']:.3f}"
         )
     return {
         "protocol": {
@@ -232,6 +244,13 @@ def evaluate_retrieval(
             "heading_hypotheses": headings,
             "correct_within_m": step_m,
             "chance_loc@1": float(np.mean([len(r) for r in relevant]) / len(db.pixels)),
+        },
+        "encoders": {
+            name: {
+                "num_nodes": enc.config().get("num_nodes"),
+                "weights_sha256": getattr(enc, "weights_sha256", None),
+            }
+            for name, enc in encoders.items()
         },
         "results": results,
     }

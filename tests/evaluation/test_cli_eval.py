@@ -24,11 +24,12 @@ def test_eval_synthetic_json(sample_raster: Path, tmp_path: Path) -> None:
     proto = out["protocol"]
     assert proto["queries"] == 4 and proto["tiles"] > 20 and proto["gsd_m"] == pytest.approx(1.5)
     assert proto["correct_within_m"] == pytest.approx(32 * 1.5)
-    for score in ("omega", "phi", "omega+phi"):
+    for score in ("omega", "phi", "omega+phi", "omega>phi"):
         m = out["results"]["untrained"][score]
         assert 0.0 <= m["loc@1"] <= m["loc@5"] <= m["loc@10"] <= 1.0
         assert m["top1_error"]["n"] == 4
-    assert "loc@1" in p.stderr  # the table goes to stderr
+    assert out["encoders"]["untrained"]["num_nodes"] == 4  # K, for the K ablation
+    assert "loc@1" in p.stderr and "omega>phi" in p.stderr  # the table goes to stderr
     assert list((tmp_path / "cache").glob("features-*.pt"))  # the feature cache was written
 
 

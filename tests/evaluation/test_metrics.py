@@ -78,3 +78,15 @@ def test_rejection_and_latency() -> None:
     lat = latency_summary(list(range(1, 101)))
     assert lat["p50_ms"] == pytest.approx(50.5)
     assert lat["p95_ms"] == pytest.approx(95.05)
+
+
+def test_rerank_orders_only_the_first_stage_candidates() -> None:
+    import torch
+
+    from geoloc.evaluation.retrieval import _rerank
+
+    first = torch.tensor([[0.9, 0.8, 0.1, 0.7]])
+    second = torch.tensor([[0.1, 0.5, 0.99, 0.2]])
+    s = _rerank(first, second, depth=3)  # candidates 0, 1, 3; tile 2 is out of depth
+    assert s.argsort(dim=1, descending=True)[0, :3].tolist() == [1, 3, 0]
+    assert s[0, 2] < s[0, 0]
