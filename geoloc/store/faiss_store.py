@@ -1,13 +1,17 @@
 """The FAISS Ω index: compressed 50,176-d Ω vectors of one encoder, keyed by tile id.
 
-Compression: a *growing orthonormal basis* ``B`` (``d x D``) of the span of the Ω vectors seen
-so far; a tile is stored as its coordinates ``c = B x`` (``d`` values, kept as float16 by
-FAISS's fp16 scalar quantizer: score error ~1e-3) and a query ``q`` is scored by
+Search is two-stage once the index is no longer exact: the compressed codes below give the top
+``max(k, refine_k)`` candidates, and *refine codes* (``geoloc/store/refine.py``: a faithful code
+of the full Ω, read only for the candidates) re-score them and the best ``k`` are returned.
+
+Stage 1, compression: a *growing orthonormal basis* ``B`` (``d x D``) of the span of the Ω
+vectors seen so far; a tile is stored as its coordinates ``c = B x`` (``d`` values, kept as
+float16 by FAISS's fp16 scalar quantizer: score error ~1e-3) and a query ``q`` is scored by
 ``<B q, c> = <q, B^T B x>``:
 
 * while the vectors seen span at most ``max_dim`` dimensions the basis holds all of them, so
-  ``B^T B x = x`` and the search is exact up to fp16 rounding (this covers small databases,
-  e.g. the first ~40-1,000 tiles), at ``d`` values per tile;
+  ``B^T B x = x`` and the search is exact up to fp16 rounding (this covers small databases:
+  the first ~500 tiles at the defaults), at ``d`` values per tile; no refine codes are kept;
 * every ``add`` projects the new vectors on ``B``; the part outside ``B`` (the residual) is
   orthonormalised and appended to ``B`` (previous codes gain zero coordinates, still exact);
 * when ``d`` would exceed ``max_dim`` the basis is truncated to the ``target_dim`` principal
@@ -18,21 +22,33 @@ FAISS's fp16 scalar quantizer: score error ~1e-3) and a query ``q`` is scored by
   whose residual energy is large then lose accuracy, which ``info()["residual_energy"]`` reports
   and ``geoloc index rebuild`` repairs (it refits from re-encoded tiles).
 
-Measured on real SGM-Net Ω (3,566 tiles of the bundled sample and the Turku maps, 200 held-out
-tiles as queries, vs exact 50,176-d search): Ω is high-dimensional (the top 1,024 principal
-directions of 1,500 tiles hold 93% of their energy), so a truncated basis ranks the very top
-less precisely: recall@10 = 0.72 / 0.79 at ``target_dim`` 256 / 512, while the exact top-10 is
-entirely inside the compressed top-100 (10-recall@100 = 1.00 at 512). Hence the default
-``target_dim`` = 512 (``max_dim`` 1,024: 1-2 KiB of codes per tile) and the advice to retrieve
-``k >= 100`` candidates and re-rank them (Φ, verification). Below ~1,024 tiles (a few
-orthomosaics, e.g. the bundled sample's ~40-650 tiles) the index is exact (recall 1.0).
+Stage 2, refine codes: at the first truncation (or the switch to IVF) every stored vector is
+still exactly ``B^T c``, so the full Ω are reconstructed, a quantizer of the per-position
+channel vectors is trained on 512 of them (channel PCA 256 -> ``refine_dims`` shared by the
+196 positions, uniform ``refine_bits``-bit values) and all are encoded; from then on every added
+vector is encoded from its raw Ω at ``add``. Scores are cosines of the decoded vectors.
 
-Files under ``Settings.index_dir / <weights sha256>/``: ``meta.json`` (the sidecar: encoder id
-and SHA-256, dims, count, index type, parameters, creation time, and the names of the current
-data files), ``omega.<gen>.faiss``, ``basis.<gen>.npy``, ``moment.<gen>.npy``. Saving writes new
+Measured on real SGM-Net Ω (8,136 tiles: the bundled sample and the 13 Turku rasters tiled at
+0.14-0.5 m/px, stride 80 px, added in raster order; 300 held-out tiles as queries; vs exact
+50,176-d inner product; ``benchmarks/store.py``): the compressed stage alone ranks the very top
+imprecisely (recall@10 0.68 / 0.77 at ``target_dim`` 256 / 512) but holds the exact top-10 in
+its top 200 (10-recall@200 0.998 / 1.000). Re-scoring that top 200 with 96-d x 4-bit refine
+codes (9,408 B/tile) gives recall@10 0.950, recall@1 0.940 (64-d x 4-bit, 6,272 B: 0.938;
+96-d x 4-bit at ``target_dim`` 512 re-scoring the top 100: 0.948). A product quantizer of the
+position vectors re-ranks worse at equal bytes (6,272 B: 0.87). Hence the defaults
+``target_dim`` 256 (``max_dim`` 512: 0.5-1 KiB of fp16 codes), ``refine_dims`` 96,
+``refine_bits`` 4, ``refine_k`` 200.
+
+Files under ``Settings.index_dir / <weights sha256>/``: ``meta.json`` (the sidecar: format,
+encoder id and SHA-256, dims, count, index type, parameters, creation time, and the names of
+the current data files), ``omega.<gen>.faiss``, ``basis.<gen>.npy``, ``moment.<gen>.npy`` and,
+past the first truncation, ``refine.<gen>.npy`` (uint8 codes), ``refine_ids.<gen>.npy``,
+``refine_norms.<gen>.npy`` and ``refineq.<gen>.npy`` (the quantizer). Saving writes new
 generation files (temp + fsync + rename) and then atomically replaces ``meta.json``; a failed
-save leaves the previous index readable. Loads memory-map the basis and, until the first
-modification, the FAISS file. A GPU is used for flat search when ``faiss`` sees one.
+save leaves the previous index readable. Loads memory-map the basis, the refine codes and, until
+the first modification, the FAISS file. Format 1 (before refine codes) still loads and searches
+with stage 1 only; ``info()["search"]`` then says to run ``geoloc index rebuild``. A GPU is used
+for flat search when ``faiss`` sees one.
 """
 
 from __future__ import annotations
