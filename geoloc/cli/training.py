@@ -49,6 +49,12 @@ def register(app: typer.Typer) -> None:
         headings: int = typer.Option(
             8, "--heading-hypotheses", min=1, help="Rotation search of the localizer."
         ),
+        mining: str = typer.Option(
+            "pool",
+            "--mining",
+            help="Hard negatives: 'pool' (one of the 5 most similar in the epoch, re-mined each "
+            "pass) or 'batch' (the most similar in the batch, batch-hard).",
+        ),
         device: str | None = typer.Option(None, "--device", help="Default: cuda if available."),
     ) -> None:
         """Train an encoder head: self-supervised on orthomosaics, or on University-1652.
@@ -89,6 +95,7 @@ def register(app: typer.Typer) -> None:
             unfreeze=unfreeze,
             encoder=encoder,
             num_nodes=num_nodes,
+            mining=mining,
             device=device,
         )
         trainer = Trainer(cfg, src, out, log=_err, progress=sys.stderr.isatty())

@@ -41,6 +41,12 @@ __all__ = [
 ]
 
 
+#: Negative mining: ``pool`` = for each anchor, one of the ``hard_pool`` most similar positives of
+#: other places in the whole epoch cache (re-mined each pass); ``batch`` = the most similar
+#: positive of another place in the same batch, with the weights of that step (batch-hard).
+MINING: tuple[str, ...] = ("pool", "batch")
+
+
 class TrainError(GeolocError):
     """Training cannot start or resume (bad checkpoint directory, mismatched config)."""
 
@@ -72,6 +78,7 @@ class TrainConfig:
     passes: int = 3
     val_samples: int = 96
     hard_pool: int = 5
+    mining: str = "pool"
     unfreeze: bool = False
     encoder: str = "sgmnet"
     num_nodes: int = 4
@@ -144,6 +151,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.encoder: Any = encoder if encoder is not None else build_encoder(cfg)
         self.encoder.to(self.device)
+        if cfg.mining not in MINING:
+            raise TrainError(f"mining {cfg.mining!r}; valid: {', '.join(MINING)}")
         self.params = [p for p in self.encoder.trainable_parameters() if p.requires_grad]
         if not self.params:
             raise TrainError("the encoder has no trainable parameters")
@@ -199,6 +208,32 @@ class Trainer:
         return neg
 
     # -- steps ----------------------------------------------------------------------------------
+    def step_batch_hard(
+        self, fa: torch.Tensor, fp: torch.Tensor, negative_ok: np.ndarray
+    ) -> LossParts:
+        """One Adam step where each anchor's negative is the positive of another place in the
+        batch that the current model finds most similar to it (Ω + Φ cosine, batch-hard);
+        ``negative_ok`` (B, B) says which pairs are far enough apart to be negatives."""
+        enc = self.encoder
+        enc.train()
+        fwd = enc.forward if self.cfg.unfreeze else enc.forward_head
+        n = fa.shape[0]
+        out = fwd(torch.cat([fa, fp]))
+        om, ph = out.omega, out.phi
+        with torch.no_grad():
+            pn = torch.nn.functional.normalize(ph, dim=1)
+            sim = om[:n] @ om[n:].T + pn[:n] @ pn[n:].T
+            ok = torch.as_tensor(negative_ok, device=sim.device)
+            sim = sim.masked_fill(~ok, float("-inf"))
+            neg = sim.argmax(dim=1)
+        if not bool(ok.any(dim=1).all()):
+            raise TrainError("an anchor has no negative in its batch: use a larger --batch-size")
+        loss = self.loss_fn(om[:n], om[n:], om[n:][neg], ph[:n], ph[n:], ph[n:][neg])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        self.optimizer.step()
+        return loss
+
     def step(
         self,
         fa: torch.Tensor,
@@ -353,11 +388,16 @@ class Trainer:
             losses: list[float] = []
             bar = _Bar(total_steps, f"epoch {epoch + 1}/{cfg.epochs}", self.progress)
             for _ in range(cfg.passes):
-                neg = self.mine_negatives(ma, mp, data.negative_ok, rng)
+                if cfg.mining == "pool":
+                    neg = self.mine_negatives(ma, mp, data.negative_ok, rng)
                 for b in self._batches(len(data), rng):
                     idx = torch.as_tensor(b, device=fa.device)
-                    nidx = torch.as_tensor(neg[b], device=fa.device)
-                    loss = self.step(fa[idx], fp[idx], fp[nidx])
+                    if cfg.mining == "batch":
+                        ok = data.negative_ok[np.ix_(b, b)]
+                        loss = self.step_batch_hard(fa[idx], fp[idx], ok)
+                    else:
+                        nidx = torch.as_tensor(neg[b], device=fa.device)
+                        loss = self.step(fa[idx], fp[idx], fp[nidx])
                     losses.append(float(loss.total.detach()))
                     bar.advance(f"loss {np.mean(losses[-steps_per_pass:]):.4f}")
             metrics: dict[str, float] = {

@@ -87,3 +87,26 @@ def test_resume_continues_at_the_right_epoch(pairs: RasterPairs, tmp_path: Path)
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(TrainError, match="nothing to resume"):
         Trainer(TrainConfig(), None, tmp_path).resume()
+
+
+@pytest.mark.slow
+def test_batch_hard_mining_picks_allowed_negatives_and_lowers_the_loss(
+    pairs: RasterPairs,
+) -> None:
+    torch.manual_seed(0)
+    tr = Trainer(TrainConfig(mining="batch"), None, "/nonexistent", encoder=small_encoder())
+    batch = pairs.sample(8, np.random.default_rng(1), "train")
+    fa, fp = tr.features(batch.anchors), tr.features(batch.positives)
+    losses = [
+        float(tr.step_batch_hard(fa, fp, batch.negative_ok).total.detach()) for _ in range(20)
+    ]
+    assert losses[-1] < 0.8 * losses[0], losses
+    # an anchor whose only other pairs are too close has no negative: a clear error
+    none_ok = np.zeros_like(batch.negative_ok)
+    with pytest.raises(TrainError, match="no negative in its batch"):
+        tr.step_batch_hard(fa, fp, none_ok)
+
+
+def test_unknown_mining_is_an_error() -> None:
+    with pytest.raises(TrainError, match="mining 'nope'"):
+        Trainer(TrainConfig(mining="nope"), None, "/nonexistent", encoder=small_encoder())
