@@ -30,7 +30,8 @@ def test_train_from_db_uses_the_ingested_rasters(
     _env(monkeypatch, pg_settings)
     out = tmp_path / "run"
     args = ["train", "--from-db", "--out", str(out), "--epochs", "1", "--samples", "16",
-            "--passes", "1", "--batch-size", "8", "--val-samples", "0", "--gsd-max", "0.3"]  # fmt: skip
+            "--passes", "1", "--batch-size", "8", "--val-samples", "0",
+            "--gsd-max", "0.3"]  # fmt: skip
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code in (0, None)
