@@ -60,10 +60,12 @@ class PairSet:
 class RasterPairs:
     """Self-supervised pairs from orthomosaics: a map tile and a synthetic drone view of its ground.
 
-    The usable area (where a tile fits on valid data) is split into a training part and a
-    held-out SPATIAL block for validation: the last ``val_fraction`` of the usable area along the
-    raster's longer axis, with a guard band of one tile between the two, so no validation tile
-    overlaps a training view. Positive views follow :class:`ParamRanges`, except the heading:
+    Rasters of one CRS whose footprints touch are merged into one area (:func:`merge_groups`).
+    Validation is always held out SPATIALLY, never as random tiles: when the rasters form several
+    separate areas, whole areas are held out (the smallest first, up to about ``val_fraction`` of
+    the usable places); otherwise the last ``val_fraction`` of the largest area along x or y,
+    with a guard band of one tile between the parts, so no validation tile overlaps a training
+    view. Positive views follow :class:`ParamRanges`, except the heading:
     the localizer searches ``heading_hypotheses`` rotations, so a frame reaches the encoder
     within half a step of north-up; views are rendered with that residual heading.
     A positive of another anchor is a negative when the two centres are more than
@@ -97,9 +99,8 @@ class RasterPairs:
         self.synths = [
             ViewSynthesizer(g, size=tile_size, ranges=ranges, finest_gsd_m=finest) for g in groups
         ]
-        self._train: list[npt.NDArray[np.float64]] = []
-        self._val: list[npt.NDArray[np.float64]] = []
         radius = 0.5 * math.sqrt(2.0) * self.tile_size * self.gsd_range[1]
+        centres = []
         for s in self.synths:
             c = s.valid_centres(radius, step_m=2.0)
             if len(c) == 0:
@@ -107,24 +108,45 @@ class RasterPairs:
                     f"no place fits a {self.tile_size} px tile at {self.gsd_range[1]} m/px",
                     path=str(s.path),
                 )
-            if val_fraction <= 0:
-                self._train.append(c)
-                self._val.append(c[:0])
-                continue
-            # the block is the far end of the area along x or y; take the axis that leaves the
-            # most training area after the guard band (one tile) between the parts
-            best: tuple[int, npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
-            for axis in (0, 1):
-                cut = float(np.quantile(c[:, axis], 1.0 - val_fraction))
-                guard = self.tile_size * self.gsd_range[1] / s.native_gsd_m[axis]
-                tr, va = c[c[:, axis] < cut - guard], c[c[:, axis] >= cut]
-                if best is None or len(tr) > len(best[1]):
-                    best = (axis, tr, va)
-            assert best is not None
-            self._train.append(best[1])
-            self._val.append(best[2])
+            centres.append(c)
+        self._train, self._val = self._split(centres, val_fraction)
         if sum(len(t) for t in self._train) == 0:
             raise DatasetError("the training part of the rasters is empty", path=str(rasters[0]))
+
+    def _split(
+        self, centres: list[npt.NDArray[np.float64]], val_fraction: float
+    ) -> tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]]]:
+        """Training and validation places per area (see the class docstring)."""
+        train, val = list(centres), [c[:0] for c in centres]
+        if val_fraction <= 0:
+            return train, val
+        total = sum(len(c) for c in centres)
+        # separate areas: hold out whole areas, smallest first, up to ~val_fraction of the places
+        held, n_held = [], 0
+        for i in sorted(range(len(centres)), key=lambda i: len(centres[i])):
+            if len(held) + 1 < len(centres) and n_held + len(centres[i]) <= (
+                1.5 * val_fraction * total
+            ):
+                held.append(i)
+                n_held += len(centres[i])
+        if held:
+            for i in held:
+                train[i], val[i] = centres[i][:0], centres[i]
+            return train, val
+        # otherwise a block at the far end of the largest area, along x or y: the axis that
+        # leaves the most training places after the guard band (one tile) between the parts
+        k = max(range(len(centres)), key=lambda i: len(centres[i]))
+        c, s = centres[k], self.synths[k]
+        best: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
+        for axis in (0, 1):
+            cut = float(np.quantile(c[:, axis], 1.0 - val_fraction))
+            guard = self.tile_size * self.gsd_range[1] / s.native_gsd_m[axis]
+            tr, va = c[c[:, axis] < cut - guard], c[c[:, axis] >= cut]
+            if best is None or len(tr) > len(best[0]):
+                best = (tr, va)
+        assert best is not None
+        train[k], val[k] = best
+        return train, val
 
     @property
     def has_validation(self) -> bool:

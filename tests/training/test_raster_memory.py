@@ -62,3 +62,20 @@ def test_synthesizer_memory_budget_coarsens_with_a_warning(
         s = ViewSynthesizer(r, max_pixels=100 * 100)
     assert s.width * s.height <= 100 * 100 * 1.05
     assert "big.tif" in caplog.text and "pixels in memory" in caplog.text
+
+
+def test_separate_areas_are_held_out_whole(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.tif", "EPSG:32634", 580000, 6697000, 0.25)
+    b = _write(tmp_path / "b.tif", "EPSG:32634", 580100, 6697000, 0.25)  # touches a
+    far = _write(tmp_path / "far.tif", "EPSG:32634", 600000, 6697000, 0.25)
+    src = RasterPairs([a, b, far], gsd_range=(0.25, 0.3), val_fraction=0.3)
+    n_train = [len(t) for t in src._train]
+    n_val = [len(v) for v in src._val]
+    # {a, b} trains, {far} (a third of the places) is the validation area, untouched by training
+    assert n_train[0] > 0 and n_val[0] == 0 and n_train[1] == 0 and n_val[1] > 0
+    val = src.sample(4, np.random.default_rng(0), "val")
+    assert val.lonlat is not None
+    assert (val.lonlat[:, 0] > src.synths[1].px_to_lonlat(0, 0)[0] - 1e-6).all()
+    # one area only: a block of it is held out instead
+    one = RasterPairs([a, b], gsd_range=(0.25, 0.3), val_fraction=0.3)
+    assert len(one._train[0]) > 0 and len(one._val[0]) > 0
