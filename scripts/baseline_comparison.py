@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--baseline-steps", type=int, default=300)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cache-dir", type=Path, default=None, help="frozen-backbone feature cache")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
@@ -133,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for h in args.headings or [4]:
         results[f"H{h}"] = evaluate_retrieval(
-            encoders, db, q, headings=h, log=lambda m: print(m, file=sys.stderr)
+            encoders,
+            db,
+            q,
+            headings=h,
+            log=lambda m: print(m, file=sys.stderr),
+            cache_dir=args.cache_dir,
         )
     heads = " | ".join(f"loc@1 H={h[1:]}" for h in results)
     print(f"| method | score | {heads} | loc@5 / loc@10 (H={next(iter(results))[1:]}) |")
