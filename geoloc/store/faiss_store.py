@@ -35,10 +35,10 @@ imprecisely (recall@10 0.68 / 0.77 at ``target_dim`` 256 / 512) but holds the ex
 its top 200 (10-recall@200 0.998 / 1.000). Re-scoring that top 200 with 96-d x 4-bit refine
 codes (9,408 B/tile) gives recall@10 0.950, recall@1 0.940 (64-d x 4-bit, 6,272 B: 0.938;
 96-d x 4-bit at ``target_dim`` 512 re-scoring the top 100: 0.948); with the current shipped head
-(weights ``111b5bfe``) the same defaults give recall@10 0.958 (64-d x 4-bit: 0.948). A product quantizer of the
-position vectors re-ranks worse at equal bytes (6,272 B: 0.87). Hence the defaults
-``target_dim`` 256 (``max_dim`` 512: 0.5-1 KiB of fp16 codes), ``refine_dims`` 96,
-``refine_bits`` 4, ``refine_k`` 200.
+(weights ``111b5bfe``) the same defaults give recall@10 0.958 (64-d x 4-bit: 0.948). A
+product quantizer of the position vectors re-ranks worse at equal bytes (6,272 B: 0.87).
+Hence the defaults ``target_dim`` 256 (``max_dim`` 512: 0.5-1 KiB of fp16 codes),
+``refine_dims`` 96, ``refine_bits`` 4, ``refine_k`` 200.
 
 Files under ``Settings.index_dir / <weights sha256>/``: ``meta.json`` (the sidecar: format,
 encoder id and SHA-256, dims, count, index type, parameters, creation time, and the names of
