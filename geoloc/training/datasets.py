@@ -122,7 +122,8 @@ class RasterPairs:
             return train, val
         total = sum(len(c) for c in centres)
         # separate areas: hold out whole areas, smallest first, up to ~val_fraction of the places
-        held, n_held = [], 0
+        held: list[int] = []
+        n_held = 0
         for i in sorted(range(len(centres)), key=lambda i: len(centres[i])):
             if len(held) + 1 < len(centres) and n_held + len(centres[i]) <= (
                 1.5 * val_fraction * total
