@@ -1,7 +1,9 @@
 """Entry point of the ``geoloc`` command.
 
 Exit codes: 0 success; 1 error (bad input, unreachable database, …); 2 usage error;
-3 ``locate``: at least one frame without a confident match; 130 interrupted (Ctrl-C).
+3 ``locate``: at least one frame without a confident match; 130 interrupted (Ctrl-C);
+143 terminated (SIGTERM: handled like Ctrl-C, so transactions roll back and the embedded server
+is released).
 Data goes to stdout, logs and progress to stderr. ``--debug`` shows tracebacks.
 """
 
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
+import threading
 from typing import Any
 
 import typer
@@ -95,20 +99,56 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else ""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be so the same clean-up runs.
+
+    Python's default SIGTERM action ends the process without unwinding: no rollback, no
+    ``atexit``, and the embedded Postgres would keep this process in its holder list.
+    """
+
+
+_terminated = threading.Event()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _terminated.set()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up
+    raise Terminated()
+
+
+def install_sigterm_handler() -> None:
+    """Turn SIGTERM into :class:`Terminated` (a ``KeyboardInterrupt``), unless someone else
+    already handles it or this is not the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _interrupted_code() -> int:
+    if _terminated.is_set():
+        typer.echo("geoloc: terminated", err=True)
+        return 143
+    typer.echo("geoloc: interrupted", err=True)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return (and exit with) its exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    install_sigterm_handler()
     try:
         rv = app(args=args, standalone_mode=False, prog_name="geoloc")
         code = rv if isinstance(rv, int) else 0
+        if code == 130:  # typer returns Ctrl-C as 130 when not in standalone mode
+            code = _interrupted_code()
     except (Abort, KeyboardInterrupt):
-        typer.echo("geoloc: interrupted", err=True)
-        code = 130
+        code = _interrupted_code()
     except Exit as exc:
         code = exc.exit_code
         if code == 130:  # typer turns Ctrl-C into Exit(130)
-            typer.echo("geoloc: interrupted", err=True)
+            code = _interrupted_code()
     except ClickException as exc:  # usage errors: typer vendors its own click
         exc.show()
         code = exc.exit_code

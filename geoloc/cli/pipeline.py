@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
         Prints a JSON array (one object per raster: id, path, status ingested|skipped|failed,
         tiles kept/skipped, seconds) on stdout. Exit 1 when any raster failed; 130 on Ctrl-C
-        (the interrupted raster is rolled back).
+        and 143 on SIGTERM (the interrupted raster is rolled back).
         """
         from geoloc.ingest import ingest
 

@@ -25,6 +25,11 @@ MARKER = "ingesting "  # the INFO line ingest logs once it holds the lock and be
 BATCH = "tiles written"  # the DEBUG line the writer logs after each committed batch
 
 
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Run:
     """A ``geoloc ingest`` subprocess whose stderr is read line by line in a thread."""
 
@@ -47,7 +52,7 @@ class Run:
             stderr=subprocess.PIPE,
             text=True,
             # A background shell may have left SIGINT ignored; Ctrl-C must reach the child.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+            preexec_fn=_default_signals,  # noqa: PLW1509
         )
         self.lines: list[str] = []
         self.started = threading.Event()
@@ -220,19 +225,24 @@ def test_second_ingest_waits_for_the_lock_with_a_message(
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_and_leaves_nothing(
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_exits_cleanly_and_leaves_nothing(
     pg_settings: Settings,
     database: Any,
     crops: dict[str, Path],
     encoder: Any,
     monkeypatch: pytest.MonkeyPatch,
+    signum: int,
+    exit_code: int,
 ) -> None:
+    """Ctrl-C (130) and SIGTERM (143, e.g. ``timeout``, systemd, Docker) roll the raster back."""
     run = Run(pg_settings, str(crops["a"]), "--batch-size", "2", debug=True)
     assert run.wait_started(timeout=120), run.stderr[-2000:]
     assert run.wait_batches(2, timeout=120), run.stderr[-2000:]
-    run.proc.send_signal(signal.SIGINT)
+    run.proc.send_signal(signum)
     code, out = run.wait()
-    assert code == 130, run.stderr[-2000:]
+    assert code == exit_code, run.stderr[-2000:]
+    assert ("terminated" if signum == signal.SIGTERM else "interrupted") in run.stderr
     assert "Traceback" not in run.stderr
     st = db_state(database, pg_settings, encoder)
     assert st["orthos"] == [] and len(st["complete_ids"]) == 0

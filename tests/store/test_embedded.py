@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 
 HOLDER = """
 import sys, time
+from geoloc.cli.main import install_sigterm_handler
 from geoloc.config import Settings
+install_sigterm_handler()  # as the CLI does
 from geoloc.store import open_database
 db = open_database(Settings(home=__import__('pathlib').Path(sys.argv[1])))
 with db.engine.connect() as c:
@@ -98,3 +100,15 @@ def test_server_recovers_from_kill_9_and_stops_with_the_last_user(home: Path) ->
     assert url.startswith("postgresql+psycopg2://")
     assert embedded.stop(settings) is True
     assert not embedded.status(settings).running and not embedded.status(settings).keep_running
+
+
+def test_sigterm_of_the_last_holder_stops_the_server(home: Path) -> None:
+    """``timeout``, systemd and Docker stop a CLI with SIGTERM: it must unwind like Ctrl-C so
+    the server does not keep a dead holder (and keep running) until ``geoloc db stop``."""
+    settings = Settings(home=home)
+    p = _holder(home)
+    assert embedded.status(settings).holders == [p.pid]
+    p.send_signal(signal.SIGTERM)
+    p.wait(30)
+    assert p.returncode != -signal.SIGTERM  # unwound in Python, not killed by the default action
+    assert _wait(lambda: not embedded.status(settings).running)
