@@ -244,8 +244,11 @@ def omega_search_at_scale(
                 "dim": ix2.dim,
                 "save_s": save_s,
                 "bytes_on_disk": {
-                    name: (home / "index" / ("b" * 64) / f).stat().st_size
-                    for name, f in ix2.info()["files"].items()
+                    name: sum(
+                        (home / "index" / ("b" * 64) / f).stat().st_size
+                        for f in (fs if isinstance(fs, list) else [fs])
+                    )
+                    for name, fs in ix2.info()["files"].items()
                 },
             }
             for label, rk in (("without_refine", 0), ("with_refine", ix2.refine_k)):
@@ -257,6 +260,19 @@ def omega_search_at_scale(
                         ix2.search(q[i : i + b], k)
                         times.append(time.perf_counter() - t)
                     row[f"{label}_k{k}_b{b}"] = _pct(times)
+            # what an ingest of one more raster costs: add 1,000 tiles, save (refine codes are
+            # append-only segments: only the new rows are written; the FAISS file is rewritten)
+            extra = np.arange(n, n + 1000, dtype=np.int64)
+            grow = OmegaIndex.open(Settings(home=home), "b" * 64)
+            t0 = time.perf_counter()
+            grow.add(extra, omega[rng.integers(0, len(omega), 1000)])
+            grow.dim  # noqa: B018 - folds the pending additions in (timed as the add)
+            t1 = time.perf_counter()
+            grow.save()
+            row["add_1000_s"] = t1 - t0
+            row["save_after_add_1000_s"] = time.perf_counter() - t1
+            grow.remove(extra)
+            grow.save()
             out.append(row)
             print(f"omega search at {n}: {json.dumps(row)}", flush=True)
     finally:

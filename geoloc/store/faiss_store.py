@@ -43,7 +43,8 @@ Hence the defaults ``target_dim`` 256 (``max_dim`` 512: 0.5-1 KiB of fp16 codes)
 Files under ``Settings.index_dir / <weights sha256>/``: ``meta.json`` (the sidecar: format,
 encoder id and SHA-256, dims, count, index type, parameters, creation time, and the names of
 the current data files), ``omega.<gen>.faiss``, ``basis.<gen>.npy``, ``moment.<gen>.npy`` and,
-past the first truncation, ``refine.<gen>.npy`` (uint8 codes), ``refine_ids.<gen>.npy``,
+past the first truncation, ``refine.<gen>.<j>.npy`` (uint8 code segments, append-only: a save
+writes only the new or changed ones), ``refine_ids.<gen>.npy``,
 ``refine_norms.<gen>.npy`` and ``refineq.<gen>.npy`` (the quantizer). Saving writes new
 generation files (temp + fsync + rename) and then atomically replaces ``meta.json``; a failed
 save leaves the previous index readable. Loads memory-map the basis, the refine codes and, until
@@ -74,8 +75,12 @@ log = logging.getLogger(__name__)
 
 #: 2: refine codes (``refine.<gen>.npy``, ``refine_ids.<gen>.npy``, ``refine_norms.<gen>.npy``,
 #: ``refineq.<gen>.npy``).
-#: A format-1 index loads without them (``info()["refine"]`` says to rebuild).
-FORMAT_VERSION = 2
+#: 3: refine codes in append-only segments (``meta.json`` ``files.refine`` is a list).
+#: A format-1 index loads without them (``info()["refine"]`` says to rebuild); format 2 loads as
+#: one segment.
+FORMAT_VERSION = 3
+#: Refine segments kept before neighbouring small ones are merged at a save.
+MAX_REFINE_SEGMENTS = 16
 DEFAULT_OMEGA_DIM = 50176
 DEFAULT_TARGET_DIM = 256
 #: Refine codes: channel-PCA dims per position vector (0 disables refining), bits per value
@@ -129,6 +134,10 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _saver(arr: np.ndarray) -> Callable[[Path], None]:
+    return lambda p: _np_save(p, arr)
+
+
 class OmegaIndex:
     """Ω vectors of one encoder (keyed by weights SHA-256), compressed, searchable by cosine.
 
@@ -180,6 +189,7 @@ class OmegaIndex:
         self._ids: np.ndarray = np.zeros(0, dtype=np.int64)  # sorted
         self._gen = 0
         self._files: dict[str, str] = {}
+        self._refine_files: list[str] = []  # saved refine segments, in row order
         self._basis_dirty = True
         self._readonly_index = False
         self._gpu_index: Any = None
@@ -281,7 +291,15 @@ class OmegaIndex:
             self.created = str(meta["created"])
             self._index_type = str(meta["index_type"])
             self._gen = int(meta["generation"])
-            self._files = {k: str(v) for k, v in meta["files"].items()}
+            raw_files = dict(meta["files"])
+            refine_files = raw_files.pop("refine", None)
+            self._files = {k: str(v) for k, v in raw_files.items()}
+            if refine_files is None:
+                self._refine_files = []
+            elif isinstance(refine_files, str):  # format 2: one file
+                self._refine_files = [refine_files]
+            else:
+                self._refine_files = [str(f) for f in refine_files]
             self.fit_count = int(meta.get("fit_count", 0))
             self.residual_sum = float(meta.get("residual_sum", 0.0))
             self.residual_n = int(meta.get("residual_n", 0))
@@ -339,29 +357,29 @@ class OmegaIndex:
                 f"meta.json lists {count} vectors but no FAISS file: {REBUILD_HINT}",
                 path=str(meta_path),
             )
-        if "refine" in self._files:
+        if self._refine_files:
             self._refine = self._load_refine(directory, mmap=mmap)
         return self
 
     def _load_refine(self, directory: Path, *, mmap: bool) -> RefineCodes:
         """The refine codes listed in meta.json; their ids must be exactly the index's ids."""
         try:
-            codes = np.load(directory / self._files["refine"], mmap_mode="r" if mmap else None)
+            segs = [
+                np.load(directory / f, mmap_mode="r" if mmap else None) for f in self._refine_files
+            ]
             ids = np.load(directory / self._files["refine_ids"])
             norms = np.load(directory / self._files["refine_norms"])
             cents = np.load(directory / self._files["refineq"])
             positions = layout(self.omega_dim, self.refine_channels)
             quantizer = RefineQuantizer.from_array(cents, positions, self.refine_bits)
-            refine = RefineCodes(quantizer, ids, codes, norms)
+            if any(seg.dtype != np.uint8 for seg in segs):
+                raise ValueError("refine codes are not uint8")
+            refine = RefineCodes(quantizer, ids, segs, norms, files=list(self._refine_files))
         except (OSError, ValueError, KeyError) as exc:
             raise IndexError_(
                 f"missing or truncated refine files ({exc}): {REBUILD_HINT}", path=str(directory)
             ) from exc
-        if (
-            quantizer.omega_dim != self.omega_dim
-            or codes.dtype != np.uint8
-            or quantizer.dims != self.refine_dims
-        ):
+        if quantizer.omega_dim != self.omega_dim or quantizer.dims != self.refine_dims:
             raise IndexError_(
                 f"refine quantizer codes {quantizer.omega_dim}-d Ω, the index {self.omega_dim}-d:"
                 f" {REBUILD_HINT}",
@@ -383,8 +401,12 @@ class OmegaIndex:
         gen = max(self._gen, self._disk_generation()) + 1  # never overwrite live files
         files = dict(self._files)
         written: list[Path] = []
+
+        def stale(key: str) -> bool:  # not written yet, or gone (another writer's clean-up)
+            return key not in files or not (self.directory / files[key]).exists()
+
         try:
-            if self._basis_dirty or "basis" not in files:
+            if self._basis_dirty or stale("basis") or stale("moment"):
                 files["basis"] = f"basis.{gen}.npy"
                 files["moment"] = f"moment.{gen}.npy"
                 basis, moment = self._basis, self._moment
@@ -400,26 +422,32 @@ class OmegaIndex:
             else:
                 files.pop("index", None)
             refine = self._refine
+            refine_files: list[str] = []
             if refine is None:
-                for key in ("refine", "refine_ids", "refine_norms", "refineq"):
+                for key in ("refine_ids", "refine_norms", "refineq"):
                     files.pop(key, None)
             else:
-                if refine.dirty or "refine" not in files:
-                    files["refine"] = f"refine.{gen}.npy"
+                refine.compact(MAX_REFINE_SEGMENTS)
+                for j, (seg, name) in enumerate(refine.segments):
+                    if name is None or not (self.directory / name).exists():
+                        # only new or changed segments are written
+                        name = f"refine.{gen}.{j}.npy"
+                        written.append(self.directory / name)
+                        _fsync_write(written[-1], _saver(seg))
+                    refine_files.append(name)
+                if refine.dirty or stale("refine_ids") or stale("refine_norms"):
                     files["refine_ids"] = f"refine_ids.{gen}.npy"
-                    written.append(self.directory / files["refine"])
-                    _fsync_write(written[-1], lambda p: _np_save(p, refine.codes))
                     written.append(self.directory / files["refine_ids"])
                     _fsync_write(written[-1], lambda p: _np_save(p, refine.ids))
                     files["refine_norms"] = f"refine_norms.{gen}.npy"
                     written.append(self.directory / files["refine_norms"])
                     _fsync_write(written[-1], lambda p: _np_save(p, refine.norms))
-                if self._refine_q_dirty or "refineq" not in files:
+                if self._refine_q_dirty or stale("refineq"):
                     files["refineq"] = f"refineq.{gen}.npy"
                     cents = refine.quantizer.to_array()
                     written.append(self.directory / files["refineq"])
                     _fsync_write(written[-1], lambda p: _np_save(p, cents))
-            meta = self._meta(gen, files)
+            meta = self._meta(gen, files, refine_files)
             _fsync_write(
                 self.directory / "meta.json",
                 lambda p: _write_text(p, json.dumps(meta, indent=2) + "\n"),
@@ -431,11 +459,12 @@ class OmegaIndex:
             raise
         _fsync_dir(self.directory)
         self._gen, self._files, self._basis_dirty = gen, files, False
+        self._refine_files = refine_files
         self._format = FORMAT_VERSION
         if self._refine is not None:
-            self._refine.dirty = False
+            self._refine.mark_saved(refine_files)
         self._refine_q_dirty = False
-        keep = set(files.values()) | {"meta.json"}
+        keep = set(files.values()) | set(refine_files) | {"meta.json"}
         for f in self.directory.iterdir():
             if f.name not in keep and not f.name.startswith("."):
                 with contextlib.suppress(OSError):
@@ -448,7 +477,7 @@ class OmegaIndex:
         except (OSError, ValueError, KeyError, TypeError):
             return 0
 
-    def _meta(self, gen: int, files: dict[str, str]) -> dict[str, Any]:
+    def _meta(self, gen: int, files: dict[str, str], refine_files: list[str]) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION,
             "encoder_id": self.encoder_id,
@@ -477,7 +506,7 @@ class OmegaIndex:
             "created": self.created,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "generation": gen,
-            "files": files,
+            "files": {**files, "refine": refine_files} if refine_files else dict(files),
         }
 
     # ----------------------------------------------------------------------------------------
@@ -521,7 +550,7 @@ class OmegaIndex:
     def info(self) -> dict[str, Any]:
         """The sidecar fields (as they would be saved now) plus the directory."""
         self._flush()
-        meta = self._meta(self._gen, self._files)
+        meta = self._meta(self._gen, self._files, self._refine_files)
         meta["directory"] = str(self.directory)
         meta["residual_energy"] = self.residual_sum / max(1, self.residual_n)
         meta["format"] = self._format

@@ -20,8 +20,8 @@ dims at moderate precision beat few centroids. 96 dims x 4 bits (9,408 B): 0.950
 
 :class:`RefineQuantizer` is the trained quantizer (saved as one float32 ``.npy``: projection,
 lower bounds and steps); :class:`RefineCodes` holds the codes of the stored tiles keyed by tile
-id (rows in insertion order; saved as a ``uint8`` code matrix and an ``int64`` id vector,
-memory-mappable).
+id (rows in insertion order; saved as append-only ``uint8`` code segments and an ``int64`` id
+vector, memory-mappable).
 """
 
 from __future__ import annotations
@@ -188,35 +188,62 @@ class RefineQuantizer:
 class RefineCodes:
     """Refine codes of the stored tiles, keyed by tile id; rows kept in insertion order.
 
-    The code matrix may be a read-only memory map (after a load); it is copied into a growable
-    buffer at the first modification.
+    The rows live in *segments*: each saved segment is one ``uint8`` file (possibly a read-only
+    memory map after a load); rows added since the last save form an unsaved tail segment. A
+    save writes only the unsaved segments, so adding a raster to an index of a million tiles
+    writes that raster's codes, not 9 GB. Removing rows rewrites only the segments they were in.
+    Small neighbouring segments are merged once there are more than ``MAX_SEGMENTS``.
     """
 
     def __init__(
         self,
         quantizer: RefineQuantizer,
         ids: np.ndarray | None = None,
-        codes: np.ndarray | None = None,
+        codes: np.ndarray | list[np.ndarray] | None = None,
         norms: np.ndarray | None = None,
+        *,
+        files: list[str] | None = None,
     ) -> None:
         self.quantizer = quantizer
         cs = quantizer.code_size
         self._ids = (
             np.zeros(0, np.int64) if ids is None else np.asarray(ids, dtype=np.int64).ravel()
         )
-        self._codes: np.ndarray = np.zeros((0, cs), np.uint8) if codes is None else codes
-        if self._codes.shape != (self._ids.size, cs):
-            raise ValueError(
-                f"refine codes {self._codes.shape} disagree with {self._ids.size} ids x {cs} bytes"
-            )
+        if codes is None:
+            segs: list[np.ndarray] = []
+        elif isinstance(codes, np.ndarray):
+            segs = [codes]
+        else:
+            segs = list(codes)
+        for seg in segs:
+            if seg.ndim != 2 or seg.shape[1] != cs:
+                raise ValueError(f"refine codes {seg.shape} are not rows of {cs} bytes")
+        rows = sum(int(seg.shape[0]) for seg in segs)
+        if rows != self._ids.size:
+            raise ValueError(f"refine codes hold {rows} rows for {self._ids.size} ids x {cs} B")
+        if files is not None and len(files) != len(segs):
+            raise ValueError(f"{len(files)} refine files for {len(segs)} segments")
+        self._segs = [seg for seg in segs if seg.shape[0]]
+        names = files if files is not None else [None] * len(segs)
+        self._files: list[str | None] = [
+            n for n, seg in zip(names, segs, strict=True) if seg.shape[0]
+        ]
         if norms is None:
-            norms = quantizer.norms(self._codes)
+            norms = (
+                np.concatenate([quantizer.norms(seg) for seg in self._segs])
+                if self._segs
+                else np.zeros(0, np.float32)
+            )
         self._norms = np.asarray(norms, dtype=np.float32).ravel()
         if self._norms.size != self._ids.size:
             raise ValueError(f"{self._norms.size} refine norms for {self._ids.size} ids")
-        self._buf: np.ndarray | None = None
+        self._buf: np.ndarray | None = None  # growable storage of an unsaved last segment
+        self._starts = self._segment_starts()
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
-        self.dirty = codes is None
+        self.dirty = files is None
+
+    def _segment_starts(self) -> np.ndarray:
+        return np.cumsum([0] + [int(seg.shape[0]) for seg in self._segs], dtype=np.int64)
 
     def __len__(self) -> int:
         return int(self._ids.size)
@@ -228,48 +255,102 @@ class RefineCodes:
 
     @property
     def codes(self) -> np.ndarray:
-        """The ``(n, code_size)`` uint8 code matrix in row order (a view)."""
-        return self._codes
+        """The ``(n, code_size)`` uint8 code matrix in row order (a view when one segment)."""
+        if len(self._segs) == 1:
+            return self._segs[0]
+        if not self._segs:
+            return np.zeros((0, self.quantizer.code_size), np.uint8)
+        return np.concatenate(self._segs)
 
     @property
     def norms(self) -> np.ndarray:
         """Norms of the decoded rows, float32, in row order (a view)."""
         return self._norms
 
+    @property
+    def segments(self) -> list[tuple[np.ndarray, str | None]]:
+        """``(codes, file name or None when unsaved)`` of each segment, in row order."""
+        return list(zip(self._segs, self._files, strict=True))
+
     def add(self, ids: np.ndarray, x: np.ndarray) -> None:
         """Encode Ω vectors ``x`` and append them under ``ids`` (new ids)."""
         self.add_codes(ids, self.quantizer.encode(x))
 
     def add_codes(self, ids: np.ndarray, codes: np.ndarray) -> None:
-        """Append already-encoded rows."""
-        n, k = self._ids.size, int(codes.shape[0])
+        """Append already-encoded rows (to the unsaved tail segment)."""
+        k = int(codes.shape[0])
         if k == 0:
             return
-        if self._buf is None or self._buf.shape[0] < n + k or self._codes.base is not self._buf:
-            cap = max(n + k, 2 * n, 1024)
-            buf = np.empty((cap, self.quantizer.code_size), dtype=np.uint8)
-            buf[:n] = self._codes
+        tail_open = bool(self._segs) and self._files[-1] is None
+        n = int(self._segs[-1].shape[0]) if tail_open else 0
+        buf = self._buf
+        if not tail_open or buf is None or self._segs[-1].base is not buf or buf.shape[0] < n + k:
+            buf = np.empty((max(n + k, 2 * n, 1024), self.quantizer.code_size), dtype=np.uint8)
+            if tail_open:
+                buf[:n] = self._segs[-1]
             self._buf = buf
-        self._buf[n : n + k] = codes
-        self._codes = self._buf[: n + k]
+        buf[n : n + k] = codes
+        if tail_open:
+            self._segs[-1] = buf[: n + k]
+        else:
+            self._segs.append(buf[:k])
+            self._files.append(None)
         self._ids = np.concatenate([self._ids, np.asarray(ids, dtype=np.int64).ravel()])
         self._norms = np.concatenate([self._norms, self.quantizer.norms(codes)])
+        self._starts = self._segment_starts()
         self._sorted = None
         self.dirty = True
 
     def remove(self, ids: np.ndarray) -> int:
-        """Drop the rows of these ids (absent ones are ignored); return how many were dropped."""
+        """Drop the rows of these ids (absent ones are ignored); return how many were dropped.
+
+        Only the segments that held them are copied (and written again at the next save).
+        """
         drop = np.isin(self._ids, ids)
         k = int(drop.sum())
-        if k:
-            keep = ~drop
-            self._codes = np.ascontiguousarray(self._codes[keep])
-            self._buf = None
-            self._ids = self._ids[keep]
-            self._norms = self._norms[keep]
-            self._sorted = None
-            self.dirty = True
+        if not k:
+            return 0
+        segs: list[np.ndarray] = []
+        files: list[str | None] = []
+        for i, (seg, name) in enumerate(zip(self._segs, self._files, strict=True)):
+            d = drop[self._starts[i] : self._starts[i + 1]]
+            if not d.any():
+                segs.append(seg)
+                files.append(name)
+            elif not d.all():
+                segs.append(np.ascontiguousarray(seg[~d]))
+                files.append(None)
+        self._segs, self._files, self._buf = segs, files, None
+        keep = ~drop
+        self._ids = self._ids[keep]
+        self._norms = self._norms[keep]
+        self._starts = self._segment_starts()
+        self._sorted = None
+        self.dirty = True
         return k
+
+    def compact(self, max_segments: int) -> None:
+        """Merge neighbouring segments, smallest pair first, until at most ``max_segments``.
+
+        Merged segments become unsaved (written at the next save); large segments stay put.
+        """
+        while len(self._segs) > max(1, max_segments):
+            sizes = [int(seg.shape[0]) for seg in self._segs]
+            i = min(range(len(sizes) - 1), key=lambda j: sizes[j] + sizes[j + 1])
+            merged = np.concatenate([self._segs[i], self._segs[i + 1]])
+            self._segs[i : i + 2] = [merged]
+            self._files[i : i + 2] = [None]
+            self._buf = None
+            self.dirty = True
+        self._starts = self._segment_starts()
+
+    def mark_saved(self, files: list[str]) -> None:
+        """Record the file name of every segment after a save (unsaved ones were written)."""
+        if len(files) != len(self._segs):
+            raise ValueError(f"{len(files)} refine files for {len(self._segs)} segments")
+        self._files = list(files)
+        self._buf = None  # a saved segment is never appended to again
+        self.dirty = False
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id (``-1`` when absent)."""
@@ -283,6 +364,18 @@ class RefineCodes:
         pos = np.minimum(np.searchsorted(srt, ids), srt.size - 1)
         return np.where(srt[pos] == ids, order[pos], -1)
 
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """Codes of these rows (``(len(rows), code_size)``), read from their segments."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if len(self._segs) == 1:
+            return np.asarray(self._segs[0][rows])
+        out = np.empty((rows.size, self.quantizer.code_size), dtype=np.uint8)
+        seg = np.searchsorted(self._starts, rows, side="right") - 1
+        for s in np.unique(seg):
+            m = seg == s
+            out[m] = self._segs[int(s)][rows[m] - self._starts[s]]
+        return out
+
     def rescore(self, q: np.ndarray, cand: np.ndarray) -> np.ndarray:
         """Cosine estimates ``(b, c)`` of queries ``(b, D)`` with candidate ids ``(b, c)``.
 
@@ -295,7 +388,7 @@ class RefineCodes:
             ok = rows[i] >= 0
             if ok.any():
                 r = rows[i, ok]
-                out[i, ok] = self.quantizer.scores(tables[i], self._codes[r], self._norms[r])
+                out[i, ok] = self.quantizer.scores(tables[i], self.gather(r), self._norms[r])
         return out
 
     def state(self) -> dict[str, Any]:
@@ -309,4 +402,5 @@ class RefineCodes:
             "bits": q.bits,
             "bytes_per_tile": q.code_size,
             "count": len(self),
+            "segments": len(self._segs),
         }

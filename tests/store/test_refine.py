@@ -47,6 +47,14 @@ def walks(rng: np.random.Generator, n_walks: int, steps: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def _file_names(ix: OmegaIndex) -> list[str]:
+    """Every data file named by the index's sidecar (refine segments are a list)."""
+    out: list[str] = []
+    for v in ix.info()["files"].values():
+        out += v if isinstance(v, list) else [v]
+    return out
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(
         np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
@@ -127,7 +135,7 @@ def test_refine_codes_persist_memory_mapped_and_keep_growing(settings: Settings)
     assert {"refine", "refine_ids", "refine_norms", "refineq"} <= set(files)
     before = ix.search(x[:8], 10)
     again = OmegaIndex.open(settings, SHA)
-    assert again.has_refine and again.info()["format"] == 2
+    assert again.has_refine and again.info()["format"] == 3
     assert isinstance(again._refine, RefineCodes)
     assert isinstance(again._refine.codes, np.memmap)  # read only for the candidates
     after = again.search(x[:8], 10)
@@ -144,7 +152,7 @@ def test_refine_codes_persist_memory_mapped_and_keep_growing(settings: Settings)
     _, found = third.search(x[250:270], 10)
     assert recall(found, truth) >= 0.9
     names = sorted(p.name for p in OmegaIndex.path_for(settings, SHA).iterdir())
-    assert names == sorted(["meta.json", *third.info()["files"].values()])
+    assert names == sorted(["meta.json", *_file_names(third)])
 
 
 def test_remove_and_allowed_ids_with_refine(settings: Settings) -> None:
@@ -200,8 +208,87 @@ def test_format_1_index_loads_without_refine_and_says_rebuild(settings: Settings
     old.add(ids[150:], x[150:])
     assert not old.has_refine and len(old) == 200
     old.save()
-    assert OmegaIndex.open(settings, SHA).info()["format"] == 2
-    meta["format"] = 3
+    assert OmegaIndex.open(settings, SHA).info()["format"] == 3
+    meta["format"] = 4
     (d / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(IndexError_, match="newer"):
         OmegaIndex.open(settings, SHA)
+
+
+def test_saves_append_refine_segments_instead_of_rewriting(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding a raster to a large index writes that raster's codes only (not all of them);
+    removing rows rewrites only their segments; many small segments are merged."""
+    from geoloc.store import faiss_store
+
+    rng = np.random.default_rng(6)
+    x = walks(rng, 4, 100)
+    ids = np.arange(400, dtype=np.int64) + 7
+    ix = build(settings, x[:200], ids[:200], refine_k=60)
+    ix.save()
+    d = OmegaIndex.path_for(settings, SHA)
+    (first,) = ix.info()["files"]["refine"]
+    stat0 = (d / first).stat()
+    ix = OmegaIndex.open(settings, SHA)
+    ix.add(ids[200:300], x[200:300])
+    ix.save()
+    segs = ix.info()["files"]["refine"]
+    assert segs[0] == first and len(segs) == 2 and ix.info()["refine"]["segments"] == 2
+    assert (d / first).stat().st_mtime_ns == stat0.st_mtime_ns  # not rewritten
+    code_size = ix.info()["refine"]["bytes_per_tile"]
+    assert np.load(d / segs[1]).shape == (100, code_size)  # only the new rows
+    # segments answer exactly as the same codes in one matrix
+    again = OmegaIndex.open(settings, SHA)
+    s1, f1 = again.search(x[:300:7], 10)
+    seg = again._refine
+    assert seg is not None and isinstance(seg.segments[0][0], np.memmap)
+    whole = OmegaIndex.open(settings, SHA)
+    whole._refine = RefineCodes(seg.quantizer, seg.ids, np.array(seg.codes), seg.norms)
+    s2, f2 = whole.search(x[:300:7], 10)
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_allclose(s1, s2, atol=1e-6)
+    # removing rows of the second segment rewrites it alone
+    again.remove(ids[250:260])
+    again.save()
+    segs2 = again.info()["files"]["refine"]
+    assert segs2[0] == first and segs2[1] != segs[1]
+    assert np.load(d / segs2[1]).shape == (90, code_size)
+    assert sorted(p.name for p in d.iterdir()) == sorted(["meta.json", *_file_names(again)])
+    _, found = OmegaIndex.open(settings, SHA).search(x[250:260], 5)
+    assert not np.isin(found, ids[250:260]).any()
+    # past MAX_REFINE_SEGMENTS, neighbouring small segments are merged at a save
+    monkeypatch.setattr(faiss_store, "MAX_REFINE_SEGMENTS", 3)
+    for s in range(300, 400, 25):
+        again.add(ids[s : s + 25], x[s : s + 25])
+        again.save()
+    segs3 = again.info()["files"]["refine"]
+    assert len(segs3) == 3 and segs3[0] == first
+    final = OmegaIndex.open(settings, SHA)
+    assert final.info()["refine"]["count"] == 390 == len(final)
+    keep = np.setdiff1d(ids, ids[250:260])
+    truth = ids[np.argsort(-(x[300:400:5] @ x.T), axis=1)[:, :10]]
+    _, found = final.search(x[300:400:5], 10)
+    assert np.isin(found, keep).all() and recall(found, truth) >= 0.85
+
+
+def test_format_2_index_with_one_refine_file_loads(settings: Settings) -> None:
+    rng = np.random.default_rng(7)
+    x = walks(rng, 2, 100)
+    ids = np.arange(200, dtype=np.int64)
+    ix = build(settings, x, ids, refine_k=40)
+    ix.save()
+    before = ix.search(x[:6], 5)
+    d = OmegaIndex.path_for(settings, SHA)
+    meta = json.loads((d / "meta.json").read_text())
+    (name,) = meta["files"]["refine"]
+    meta["files"]["refine"] = name  # what format 2 wrote: one file name
+    meta["format"] = 2
+    (d / "meta.json").write_text(json.dumps(meta))
+    old = OmegaIndex.open(settings, SHA)
+    assert old.has_refine and old.info()["format"] == 2
+    after = old.search(x[:6], 5)
+    np.testing.assert_array_equal(before[1], after[1])
+    old.add(np.arange(1000, 1010), x[:10] * 0.5 + x[10:20] * 0.5)
+    old.save()
+    assert old.info()["files"]["refine"][0] == name and old.info()["format"] == 3
