@@ -107,6 +107,13 @@ def register(app: typer.Typer) -> None:
         pipeline_file: Path | None = typer.Option(
             None, "--pipeline", metavar="FILE", help="TOML pipeline file (overrides --preset)."
         ),
+        verify_budget_ms: float | None = typer.Option(
+            None,
+            "--verify-budget-ms",
+            min=0.0,
+            help="Stop verifying candidates after this many ms per frame (0: no limit) "
+            "[preset: 0].",
+        ),
         encoder: str = typer.Option("sgmnet", "--encoder", "-e", help="Encoder plugin name."),
         checkpoint: Path | None = typer.Option(
             None, "--checkpoint", help="Checkpoint the database was ingested with."
@@ -130,6 +137,9 @@ def register(app: typer.Typer) -> None:
 
         prior_obj = Prior.parse(prior) if prior else None
         config = Localizer.resolve_config(preset_name, pipeline_file)
+        if verify_budget_ms is not None:
+            config.verify_budget_ms = float(verify_budget_ms)
+            config.validate()
         if no_consistency and config.consistency is None:
             log.info("the pipeline has no consistency stage; --no-consistency changes nothing")
         loc = Localizer.open(encoder=encoder, checkpoint=checkpoint, pipeline=config)

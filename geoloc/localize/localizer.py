@@ -164,6 +164,7 @@ class Localizer:
             "rotations": cfg.rotations,
             "top_n": cfg.top_n,
             "top_m": cfg.top_m,
+            "verify_budget_ms": cfg.verify_budget_ms,
             "stages": versions,
             "encoder": {
                 "name": getattr(self.encoder, "name", "?"),
@@ -408,9 +409,10 @@ class Localizer:
         ver = None
         ver_cand: _Cand | None = None
         ver_heading = 0.0
+        budget_stop = 0
         if self.verify_stage is not None:
             with _timer(timings, "verify"):
-                ver, ver_cand, ver_heading = self._verify(
+                ver, ver_cand, ver_heading, budget_stop = self._verify(
                     fr,
                     img,
                     mask,
@@ -465,6 +467,11 @@ class Localizer:
             fix.message = f"confidence {fix.confidence:.2f} below {cfg.min_confidence:.2f}" + (
                 "; no candidate verified" if self.verify_stage is not None and ver is None else ""
             )
+            if budget_stop:
+                fix.message += (
+                    f" within the {cfg.verify_budget_ms:g} ms verification budget"
+                    f" ({budget_stop} attempts)"
+                )
         fix.timings_ms = _finish(timings, t_all)
         return fix
 
@@ -522,21 +529,29 @@ class Localizer:
         *,
         known_heading: bool,
         timings: dict[str, float],
-    ) -> tuple[dict[str, Any] | None, _Cand | None, float]:
-        """First candidate that verifies (best headings, fallback verifier, heading sweep)."""
+    ) -> tuple[dict[str, Any] | None, _Cand | None, float, int]:
+        """First candidate that verifies (best headings, fallback verifier, heading sweep).
+
+        Returns the verification (or None), its candidate and heading, and the number of
+        attempts made when the ``verify_budget_ms`` ran out first (0 otherwise).
+        """
         assert self.verify_stage is not None
         vs = self.verify_stage
         scale_known = fr.gsd_m is not None
         # the frame at map scale, cropped to at most 2 tiles (the region holds it with margin)
         crop = int(min(max(img.shape[:2]), 2 * self.tile_px))
         region_px = int(min(1024, max(2 * self.tile_px, self.tile_px + crop)))
-        # 1. every top-M candidate at its best heading; 2. the fallback verifier (e.g. SIFT,
-        # rotation invariant and cheap) on the same; 3. the heading sweep in 45 deg steps on the
-        # best SWEEP_TOP candidates (learned matchers tolerate only some +-30..60 deg)
+        # 1. every top-M candidate at its best heading, the best one also with the fallback
+        # verifier (e.g. SIFT: rotation invariant, ~1/4 of the learned matcher's cost) right away,
+        # as a wrong heading hypothesis is the likeliest reason the best candidate fails;
+        # 2. the fallback on the others; 3. the heading sweep in 45 deg steps on the best
+        # SWEEP_TOP candidates (learned matchers tolerate only some +-30..60 deg)
         attempts: list[tuple[_Cand, float, Any]] = [(c, headings[c.heading_idx], vs) for c in cands]
         fallback = getattr(vs, "fallback", None)
-        if fallback is not None:
-            attempts += [(c, headings[c.heading_idx], fallback) for c in cands]
+        if fallback is not None and cands:
+            best = (cands[0], headings[cands[0].heading_idx], fallback)
+            attempts.insert(1, best)
+            attempts += [(c, headings[c.heading_idx], fallback) for c in cands[1:]]
         if self.config.heading_sweep and not known_heading and cands:
             h0 = headings[cands[0].heading_idx]
             tried = {(c.tile_id, headings[c.heading_idx]) for c in cands}
@@ -545,7 +560,18 @@ class Localizer:
                 attempts += [(c, h, vs) for c in cands[:SWEEP_TOP] if (c.tile_id, h) not in tried]
         frame_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, Any]] = {}
         n_tried = 0
+        budget_s = self.config.verify_budget_ms / 1e3
+        stopped = 0
+        t_start = time.perf_counter()
         for cand, h, verifier in attempts:
+            if n_tried and budget_s > 0 and time.perf_counter() - t_start >= budget_s:
+                log.debug(
+                    "verification budget of %.0f ms spent after %d attempts",
+                    budget_s * 1e3,
+                    n_tried,
+                )
+                stopped = n_tried
+                break
             n_tried += 1
             key = (id(verifier), h)
             if key not in frame_cache:
@@ -597,8 +623,9 @@ class Localizer:
                 },
                 cand,
                 h,
+                0,
             )
-        return None, None, 0.0
+        return None, None, 0.0, stopped
 
 
 def _np(x: Any) -> np.ndarray:

@@ -9,6 +9,7 @@ A pipeline names one plugin (and its parameters) per stage plus a few global kno
     top_m = 5                    # candidates that get consistency and verification
     answer = "verified"          # verified | refined | tile-centre
     min_confidence = 0.5         # below: status no_match
+    verify_budget_ms = 0         # stop verifying after this long (0: try every candidate)
 
     [recall]
     name = "faiss"
@@ -65,6 +66,7 @@ class PipelineConfig:
     answer: str = "verified"
     min_confidence: float = 0.5
     heading_sweep: bool = True
+    verify_budget_ms: float = 0.0
     recall: StageConfig = field(default_factory=lambda: StageConfig("faiss"))
     rerank: StageConfig | None = field(default_factory=lambda: StageConfig("phi-cosine"))
     consistency: StageConfig | None = field(default_factory=lambda: StageConfig("node-centroid"))
@@ -93,6 +95,7 @@ class PipelineConfig:
             "answer": self.answer,
             "min_confidence": self.min_confidence,
             "heading_sweep": self.heading_sweep,
+            "verify_budget_ms": self.verify_budget_ms,
         }
         for stage in ("recall", "rerank", "consistency", "verify"):
             sc = getattr(self, stage)
@@ -112,6 +115,7 @@ class PipelineConfig:
             "answer",
             "min_confidence",
             "heading_sweep",
+            "verify_budget_ms",
         ):
             lines.append(f"{k} = {_toml_value(d[k])}")
         for stage in ("recall", "rerank", "consistency", "verify"):
@@ -144,6 +148,11 @@ class PipelineConfig:
         if not (0.0 <= self.min_confidence <= 1.0) or math.isnan(self.min_confidence):
             raise ConfigError(
                 f"pipeline: min_confidence must be in [0, 1], got {self.min_confidence}"
+            )
+        if not (self.verify_budget_ms >= 0.0) or math.isinf(self.verify_budget_ms):
+            raise ConfigError(
+                "pipeline: verify_budget_ms must be >= 0 (0: no limit), "
+                f"got {self.verify_budget_ms}"
             )
         if self.answer == "verified" and self.verify is None:
             self.answer = "refined" if self.consistency is not None else "tile-centre"
@@ -220,6 +229,7 @@ _GLOBAL_KEYS = {
     "answer",
     "min_confidence",
     "heading_sweep",
+    "verify_budget_ms",
 }
 _STAGE_KEYS = {"recall", "rerank", "consistency", "verify", "priors"}
 
@@ -257,6 +267,7 @@ def from_dict(d: dict[str, Any], where: str = "pipeline") -> PipelineConfig:
             answer=str(merged["answer"]),
             min_confidence=float(merged["min_confidence"]),
             heading_sweep=bool(merged["heading_sweep"]),
+            verify_budget_ms=float(merged.get("verify_budget_ms", 0.0)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: bad value: {exc}") from exc

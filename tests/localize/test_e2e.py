@@ -81,6 +81,29 @@ def test_unrelated_image_is_no_match(loc: Any, unrelated: Path) -> None:
     assert fix.status == "no_match", fix.as_dict()
     assert fix.confidence < 0.5
     assert fix.method != "verified"
+    assert fix.message is not None and "no candidate verified" in fix.message
+    assert "budget" not in fix.message  # accurate tries every candidate by default
+
+
+def test_verify_budget_stops_early_and_says_so(
+    ingested: Any, encoder: Any, unrelated: Path, tmp_path: Path
+) -> None:
+    from geoloc.localize import Localizer
+    from geoloc.localize.pipeline import preset
+
+    cfg = preset("accurate")
+    cfg.verify_budget_ms = 1.0
+    with Localizer.open(ingested, encoder=encoder, pipeline=cfg) as lz:
+        fix = lz.locate(unrelated)
+        assert fix.status == "no_match"
+        assert fix.message is not None
+        assert "within the 1 ms verification budget (1 attempts)" in fix.message
+        assert fix.pipeline["verify_budget_ms"] == 1.0
+        # the first attempt always runs: an easy frame still verifies
+        f = write_jpeg(tmp_path / "b.jpg", view(sample_rgb(), 1000.0, 600.0, 400))
+        ok = lz.locate(f, gsd=0.28)
+        assert ok.method == "verified" and ok.verification is not None
+        assert ok.verification["attempts"] == 1
 
 
 def test_prior_that_excludes_the_truth_changes_the_answer(loc: Any, tmp_path: Path) -> None:

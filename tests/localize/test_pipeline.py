@@ -94,6 +94,7 @@ def test_pipeline_file_overrides_a_preset(tmp_path: Path) -> None:
         ('[recall]\nname = "none"', "cannot be 'none'"),
         ('answer = "best"', "answer must be one of verified, refined, tile-centre"),
         ("rotations = 0", "rotations must be in 1..72"),
+        ("verify_budget_ms = -5", "verify_budget_ms must be >= 0"),
         ("this is not toml", "not valid TOML"),
         ("[verify]\nmin_inliers = 3", "needs a table with a 'name' key"),
     ],
