@@ -26,18 +26,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+#: The migrations of an installed wheel (``migrations/`` is packaged as ``geoloc._migrations``).
+PACKAGED_MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "_migrations"
+#: The migrations of a source checkout (editable install): ``migrations/`` beside ``alembic.ini``.
+SOURCE_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are: the packaged copy, else the source checkout's."""
+    for d in (PACKAGED_MIGRATIONS_DIR, SOURCE_MIGRATIONS_DIR):
+        if (d / "env.py").exists():
+            return d
+    raise DatabaseError(f"{SOURCE_MIGRATIONS_DIR}: Alembic migrations not found")
 
 
 def alembic_config(url: str | None = None) -> Config:
     """An Alembic config pointing at ``migrations/`` (``url`` overrides the resolved database)."""
     from alembic.config import Config
 
-    if not (MIGRATIONS_DIR / "env.py").exists():
-        raise DatabaseError(f"{MIGRATIONS_DIR}: Alembic migrations not found")
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     if url is not None:
         cfg.attributes["geoloc_url"] = url
     return cfg
