@@ -134,6 +134,22 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _orthonormal_rows(a: np.ndarray, passes: int = 2) -> np.ndarray:
+    """Orthonormal rows spanning the rows of ``a`` (r, D), float32; rank-deficient rows dropped.
+
+    Whitening through the eigenvectors of the r x r Gram matrix, done twice (like
+    CholeskyQR2): only matrix products, where a Householder QR of the D x r matrix was most of
+    the time of an add to the exact index (2.6 s per 256 vectors at D = 50,176 on 2 cores).
+    Accurate here because the rows are already nearly orthonormal (whitened residuals).
+    """
+    out = a.astype(np.float64)
+    for _ in range(passes):
+        w, v = np.linalg.eigh(out @ out.T)
+        keep = w > max(float(w.max(initial=0.0)), 1e-30) * 1e-10
+        out = (v[:, keep] / np.sqrt(w[keep])).T @ out if keep.any() else out[:0]
+    return out.astype(np.float32)
+
+
 def _saver(arr: np.ndarray) -> Callable[[Path], None]:
     return lambda p: _np_save(p, arr)
 
@@ -695,8 +711,7 @@ class OmegaIndex:
         new_dirs = (u / np.sqrt(w)).T.astype(np.float32) @ resid  # (r, D), orthonormal rows
         if self.dim:  # re-orthogonalise against the basis (numerical safety)
             new_dirs -= (new_dirs @ self._basis.T) @ self._basis
-        q, _ = np.linalg.qr(new_dirs.T)
-        new_dirs = q.T.astype(np.float32)
+        new_dirs = _orthonormal_rows(new_dirs)
         r = new_dirs.shape[0]
         d = self.dim
         basis_ext = self._append_rows(new_dirs)

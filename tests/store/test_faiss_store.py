@@ -228,3 +228,18 @@ def test_ivf_is_retrained_with_more_lists_as_it_grows(settings: Settings) -> Non
 
 def _recall_ok(found: np.ndarray, truth: np.ndarray) -> bool:
     return recall_at(found, truth) >= 0.9
+
+
+def test_orthonormal_rows_spans_the_input_and_drops_dependent_rows() -> None:
+    from geoloc.store.faiss_store import _orthonormal_rows
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((40, 3000)).astype(np.float32)
+    a[7] = 2 * a[3] - a[5]  # linearly dependent
+    a[9] *= 1e-3  # small but independent
+    q = _orthonormal_rows(a)
+    assert q.shape == (39, 3000) and q.dtype == np.float32
+    np.testing.assert_allclose(q @ q.T, np.eye(39), atol=1e-5)
+    resid = a - (a @ q.T) @ q  # every input row lies in the span
+    assert float(np.abs(resid).max()) < 1e-4 * float(np.abs(a).max())
+    assert _orthonormal_rows(np.zeros((3, 10), np.float32)).shape == (0, 10)
