@@ -373,7 +373,7 @@ class OmegaIndex:
                 f"meta.json lists {count} vectors but no FAISS file: {REBUILD_HINT}",
                 path=str(meta_path),
             )
-        if self._refine_files:
+        if "refineq" in self._files:  # refine codes exist (possibly no rows left)
             self._refine = self._load_refine(directory, mmap=mmap)
         return self
 
@@ -522,7 +522,7 @@ class OmegaIndex:
             "created": self.created,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "generation": gen,
-            "files": {**files, "refine": refine_files} if refine_files else dict(files),
+            "files": {**files, "refine": refine_files} if "refineq" in files else dict(files),
         }
 
     # ----------------------------------------------------------------------------------------

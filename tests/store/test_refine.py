@@ -292,3 +292,25 @@ def test_format_2_index_with_one_refine_file_loads(settings: Settings) -> None:
     old.add(np.arange(1000, 1010), x[:10] * 0.5 + x[10:20] * 0.5)
     old.save()
     assert old.info()["files"]["refine"][0] == name and old.info()["format"] == 3
+
+
+def test_removing_every_tile_keeps_the_refine_quantizer(settings: Settings) -> None:
+    """``ingest --force`` of the only raster empties the index first: the refine quantizer
+    must survive a save and reload in between, or later tiles would get no refine codes."""
+    rng = np.random.default_rng(8)
+    x = walks(rng, 2, 100)
+    ids = np.arange(200, dtype=np.int64)
+    ix = build(settings, x, ids, refine_k=40)
+    assert ix.has_refine
+    assert ix.remove(ids) == 200
+    ix.save()
+    empty = OmegaIndex.open(settings, SHA)
+    assert empty.has_refine and len(empty) == 0
+    assert empty.info()["files"]["refine"] == []
+    empty.add(ids + 500, x)
+    empty.save()
+    again = OmegaIndex.open(settings, SHA)
+    assert again.has_refine and again.info()["refine"]["count"] == 200 == len(again)
+    truth = (ids + 500)[np.argsort(-(x[:20] @ x.T), axis=1)[:, :10]]
+    _, found = again.search(x[:20], 10)
+    assert recall(found, truth) >= 0.9
