@@ -13,13 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from geoloc.config import Settings
 from geoloc.ingest import ingest
 from tests.conftest import REPO
-from tests.ingest.test_ingest_db import db_state, expected_tiles, run_cli
+from tests.ingest.test_ingest_db import (
+    assert_consistent,
+    db_state,
+    expected_tiles,
+    run_cli,
+)
 
 MARKER = "ingesting "  # the INFO line ingest logs once it holds the lock and begins a raster
 BATCH = "tiles written"  # the DEBUG line the writer logs after each committed batch
@@ -175,8 +179,7 @@ def test_sigkill_at_random_points_then_rerun(
     st = db_state(database, pg_settings, encoder)
     assert sorted(o.status for o in st["orthos"]) == ["complete", "complete"]
     assert len(st["complete_ids"]) == expected + other.tiles_kept
-    np.testing.assert_array_equal(st["faiss_ids"], st["complete_ids"])
-    assert run_cli(monkeypatch, pg_settings, "index", "verify") == 0
+    assert_consistent(st, monkeypatch, pg_settings)
 
 
 @pytest.mark.slow
@@ -197,8 +200,7 @@ def test_two_concurrent_ingests_serialise(
     assert len(st["orthos"]) == 2 and all(o.status == "complete" for o in st["orthos"])
     n = expected_tiles(crops["a"], encoder) + expected_tiles(crops["b"], encoder)
     assert len(st["complete_ids"]) == len(set(st["complete_ids"].tolist())) == n
-    np.testing.assert_array_equal(st["faiss_ids"], st["complete_ids"])
-    assert run_cli(monkeypatch, pg_settings, "index", "verify") == 0
+    assert_consistent(st, monkeypatch, pg_settings)
 
 
 @pytest.mark.slow

@@ -60,6 +60,14 @@ def db_state(database: Any, settings: Settings, enc: Any) -> dict[str, Any]:
     }
 
 
+def assert_consistent(
+    st: dict[str, Any], monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    """FAISS holds exactly the tiles of complete orthomosaics, and ``index verify`` agrees."""
+    np.testing.assert_array_equal(st["faiss_ids"], st["complete_ids"])
+    assert run_cli(monkeypatch, settings, "index", "verify") == 0
+
+
 def test_ingest_counts_and_consistency(
     pg_settings: Settings,
     database: Any,
@@ -78,8 +86,7 @@ def test_ingest_counts_and_consistency(
     assert (ortho.tiles_kept, ortho.tiles_skipped) == (res.tiles_kept, res.tiles_skipped)
     assert ortho.target_gsd_m == pytest.approx(0.5) and ortho.stride == 112
     assert len(st["complete_ids"]) == n
-    np.testing.assert_array_equal(st["faiss_ids"], st["complete_ids"])
-    assert run_cli(monkeypatch, pg_settings, "index", "verify") == 0
+    assert_consistent(st, monkeypatch, pg_settings)
 
 
 @pytest.mark.slow
@@ -155,8 +162,7 @@ def test_bad_raster_in_a_batch_is_reported_and_others_continue(
     st = db_state(database, pg_settings, enc)
     assert [o.path for o in st["orthos"]] == [str(crops["b"])]
     assert st["orthos"][0].status == "complete"
-    np.testing.assert_array_equal(st["faiss_ids"], st["complete_ids"])
-    assert run_cli(monkeypatch, pg_settings, "index", "verify") == 0
+    assert_consistent(st, monkeypatch, pg_settings)
 
 
 @pytest.mark.slow
@@ -222,8 +228,7 @@ def test_recovers_a_run_killed_after_the_faiss_save(
     assert all(o.status == "complete" for o in st["orthos"])
     assert len(st["complete_ids"]) == ok.tiles_kept + redo.tiles_kept
     assert not set(ids) & set(st["faiss_ids"])
-    np.testing.assert_array_equal(st["faiss_ids"], st["complete_ids"])
-    assert run_cli(monkeypatch, pg_settings, "index", "verify") == 0
+    assert_consistent(st, monkeypatch, pg_settings)
 
 
 def test_ctrl_c_rolls_back_the_raster(
