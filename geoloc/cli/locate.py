@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
             None, "--plot", metavar="OUT.png", help="Draw frame, matched tile and overview."
         ),
         preset_name: str = typer.Option(
-            "accurate", "--preset", help="Pipeline preset: fast | accurate | seed."
+            "accurate", "--preset", help="Pipeline preset: fast | accurate | realtime | seed."
         ),
         pipeline_file: Path | None = typer.Option(
             None, "--pipeline", metavar="FILE", help="TOML pipeline file (overrides --preset)."

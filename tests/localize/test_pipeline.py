@@ -24,7 +24,7 @@ from geoloc.localize.stages import (
 
 
 def test_presets_stage_chains() -> None:
-    assert set(PRESETS) == {"fast", "accurate", "seed"}
+    assert set(PRESETS) == {"fast", "accurate", "realtime", "seed"}
     assert preset("fast").stage_chain() == [
         "rotations:8",
         "recall:faiss",
@@ -48,7 +48,10 @@ def test_presets_stage_chains() -> None:
         "answer:tile-centre",
     ]
     assert seed.consistency is not None and seed.consistency.params == {"refine": False}
-    with pytest.raises(ConfigError, match="valid: fast, accurate, seed"):
+    realtime = preset("realtime")
+    assert realtime.stage_chain() == preset("accurate").stage_chain()
+    assert realtime.verify_budget_ms == 300.0 and preset("accurate").verify_budget_ms == 0.0
+    with pytest.raises(ConfigError, match="valid: fast, accurate, realtime, seed"):
         preset("turbo")
 
 
@@ -90,7 +93,7 @@ def test_pipeline_file_overrides_a_preset(tmp_path: Path) -> None:
     ("text", "fragment"),
     [
         ("rotatons = 4", "unknown key(s) rotatons; valid: "),
-        ('preset = "x"', "unknown preset 'x'; valid: fast, accurate, seed"),
+        ('preset = "x"', "unknown preset 'x'; valid: fast, accurate, realtime, seed"),
         ('[recall]\nname = "none"', "cannot be 'none'"),
         ('answer = "best"', "answer must be one of verified, refined, tile-centre"),
         ("rotations = 0", "rotations must be in 1..72"),
