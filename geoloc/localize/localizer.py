@@ -277,6 +277,16 @@ class Localizer:
         """Side of one tile on the ground (m)."""
         return self.tile_px * self.map_gsd_m
 
+    def _refresh_index(self) -> None:
+        """Re-open the Ω index when another process saved it (an ingest while this is warm)."""
+        index = self.store.index
+        if index is None or not index.changed_on_disk():
+            return
+        from geoloc.store import OmegaIndex
+
+        self.store.index = OmegaIndex.open(self.store.settings, index.encoder_sha256, create=False)
+        log.info("Ω index changed on disk: re-opened (%d tiles)", len(self.store.index))
+
     def _raster(self, path: str) -> Any:
         r = self._rasters.get(path)
         if r is None:
@@ -305,6 +315,7 @@ class Localizer:
         cfg = self.config
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
+        self._refresh_index()
         label = name or (str(image) if not isinstance(image, np.ndarray) else "<array>")
         if isinstance(prior, str):
             prior = Prior.parse(prior)

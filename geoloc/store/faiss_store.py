@@ -150,6 +150,15 @@ def _orthonormal_rows(a: np.ndarray, passes: int = 2) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def _meta_stamp(directory: Path) -> tuple[int, int] | None:
+    """Identity of the current ``meta.json`` (replaced by rename at every save), or None."""
+    try:
+        st = (directory / "meta.json").stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
 def _saver(arr: np.ndarray) -> Callable[[Path], None]:
     return lambda p: _np_save(p, arr)
 
@@ -206,6 +215,7 @@ class OmegaIndex:
         self._gen = 0
         self._files: dict[str, str] = {}
         self._refine_files: list[str] = []  # saved refine segments, in row order
+        self._disk_stamp: tuple[int, int] | None = None  # meta.json this object read or wrote
         self._basis_dirty = True
         self._readonly_index = False
         self._gpu_index: Any = None
@@ -285,6 +295,7 @@ class OmegaIndex:
     @classmethod
     def _load(cls, directory: Path, *, mmap: bool) -> OmegaIndex:
         meta_path = directory / "meta.json"
+        stamp = _meta_stamp(directory)  # before reading: a save in between means a reload later
         try:
             meta = json.loads(meta_path.read_text())
             p = meta["params"]
@@ -375,6 +386,7 @@ class OmegaIndex:
             )
         if "refineq" in self._files:  # refine codes exist (possibly no rows left)
             self._refine = self._load_refine(directory, mmap=mmap)
+        self._disk_stamp = stamp
         return self
 
     def _load_refine(self, directory: Path, *, mmap: bool) -> RefineCodes:
@@ -474,6 +486,7 @@ class OmegaIndex:
                     f.unlink()
             raise
         _fsync_dir(self.directory)
+        self._disk_stamp = _meta_stamp(self.directory)
         self._gen, self._files, self._basis_dirty = gen, files, False
         self._refine_files = refine_files
         self._format = FORMAT_VERSION
@@ -485,6 +498,14 @@ class OmegaIndex:
             if f.name not in keep and not f.name.startswith("."):
                 with contextlib.suppress(OSError):
                     f.unlink()
+
+    def changed_on_disk(self) -> bool:
+        """True when another process saved this index since this object loaded or saved it.
+
+        One ``stat`` of ``meta.json``; a long-lived reader (a warm ``Localizer``) re-opens the
+        index when this says so, to see tiles ingested meanwhile.
+        """
+        return _meta_stamp(self.directory) != self._disk_stamp
 
     def _disk_generation(self) -> int:
         """Generation named by the ``meta.json`` on disk (0 when absent or unreadable)."""

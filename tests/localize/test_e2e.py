@@ -76,6 +76,25 @@ def unrelated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "hopper.jpg"
 
 
+def test_warm_localizer_reopens_an_index_saved_by_another_process(
+    loc: Any, ingested: Any, tmp_path: Path
+) -> None:
+    """An ingest while a Localizer is warm saves a new index generation: the next locate
+    uses it (tiles ingested meanwhile can answer) instead of the copy it opened."""
+    from geoloc.store import OmegaIndex
+
+    before = loc.store.index
+    other = OmegaIndex.open(ingested, before.encoder_sha256, mmap=False)
+    other.save()  # what an ingest in another process ends with
+    cx, cy = 1000.0, 600.0
+    fix = loc.locate(write_jpeg(tmp_path / "w.jpg", view(sample_rgb(), cx, cy, 400)), gsd=0.28)
+    assert loc.store.index is not before and not loc.store.index.changed_on_disk()
+    assert fix.status == "ok" and _dist(fix, *truth_lonlat(cx, cy)) < 2.0
+    again = loc.store.index
+    loc.locate(write_jpeg(tmp_path / "w2.jpg", view(sample_rgb(), cx, cy, 400)), gsd=0.28)
+    assert loc.store.index is again  # unchanged on disk: no re-open
+
+
 def test_unrelated_image_is_no_match(loc: Any, unrelated: Path) -> None:
     fix = loc.locate(unrelated)
     assert fix.status == "no_match", fix.as_dict()

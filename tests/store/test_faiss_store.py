@@ -243,3 +243,19 @@ def test_orthonormal_rows_spans_the_input_and_drops_dependent_rows() -> None:
     resid = a - (a @ q.T) @ q  # every input row lies in the span
     assert float(np.abs(resid).max()) < 1e-4 * float(np.abs(a).max())
     assert _orthonormal_rows(np.zeros((3, 10), np.float32)).shape == (0, 10)
+
+
+def test_changed_on_disk_sees_another_writers_save(settings: Settings) -> None:
+    rng = np.random.default_rng(11)
+    x = low_rank(rng, 60, 8)
+    writer = OmegaIndex.open(settings, SHA, omega_dim=D)
+    assert not writer.changed_on_disk()  # nothing on disk yet, nothing read
+    writer.add(np.arange(30, dtype=np.int64), x[:30])
+    writer.save()
+    assert not writer.changed_on_disk()  # its own save
+    reader = OmegaIndex.open(settings, SHA)
+    assert not reader.changed_on_disk() and len(reader) == 30
+    writer.add(np.arange(30, 60, dtype=np.int64), x[30:])
+    writer.save()
+    assert reader.changed_on_disk() and not writer.changed_on_disk()
+    assert len(OmegaIndex.open(settings, SHA)) == 60
