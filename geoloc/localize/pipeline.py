@@ -176,6 +176,20 @@ def _toml_value(v: Any) -> str:
     raise ConfigError(f"pipeline: cannot write value {v!r} to TOML")
 
 
+_ACCURATE: dict[str, Any] = {
+    "rotations": 8,
+    "top_n": 50,
+    "top_m": 5,
+    "answer": "verified",
+    "min_confidence": 0.5,
+    "heading_sweep": True,
+    "recall": {"name": "faiss"},
+    "rerank": {"name": "phi-cosine"},
+    "consistency": {"name": "node-centroid"},
+    "verify": {"name": "xfeat-lighterglue"},
+    "priors": [{"name": "gnss-radius"}, {"name": "heading"}],
+}
+
 #: Named presets. ``accurate`` is the default.
 PRESETS: dict[str, dict[str, Any]] = {
     # Ω recall + Φ rerank over 8 heading hypotheses; the top tile's centre. No verification.
@@ -194,36 +208,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Rotation search, recall, rerank, node consistency, then local-feature verification of
     # the top-M with a 4-heading sweep when the best heading does not verify.
-    "accurate": {
-        "rotations": 8,
-        "top_n": 50,
-        "top_m": 5,
-        "answer": "verified",
-        "min_confidence": 0.5,
-        "heading_sweep": True,
-        "recall": {"name": "faiss"},
-        "rerank": {"name": "phi-cosine"},
-        "consistency": {"name": "node-centroid"},
-        "verify": {"name": "xfeat-lighterglue"},
-        "priors": [{"name": "gnss-radius"}, {"name": "heading"}],
-    },
+    "accurate": _ACCURATE,
     # ``accurate`` with a per-frame verification budget of 300 ms: on 2 CPU cores p95 483 / 517
     # ms (accurate: 1,267 / 1,755 ms) on two sets of 100 benchmark views, verifying 89 / 79 of
     # them (accurate: 96 / 96); the others become no_match, none was wrong.
-    "realtime": {
-        "rotations": 8,
-        "top_n": 50,
-        "top_m": 5,
-        "answer": "verified",
-        "min_confidence": 0.5,
-        "heading_sweep": True,
-        "verify_budget_ms": 300.0,
-        "recall": {"name": "faiss"},
-        "rerank": {"name": "phi-cosine"},
-        "consistency": {"name": "node-centroid"},
-        "verify": {"name": "xfeat-lighterglue"},
-        "priors": [{"name": "gnss-radius"}, {"name": "heading"}],
-    },
+    "realtime": {**_ACCURATE, "verify_budget_ms": 300.0},
     # Exactly the seed's retrieval: Ω top-N -> Φ rerank -> node consistency on the top-M,
     # the top tile's centre as the answer; no rotation search, no verification.
     "seed": {
