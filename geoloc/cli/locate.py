@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
             ..., metavar="FRAME...", help="Drone frames (JPEG/PNG/TIFF)."
         ),
         top_n: int | None = typer.Option(
-            None, "--top-n", min=1, help="Tiles recalled by Ω [preset: 50]."
+            None, "--top-n", min=1, help="Tiles recalled by Ω (presets: 50)."
         ),
         top_m: int | None = typer.Option(
             None, "--top-m", min=1, help="Candidates for consistency and verification [5]."
@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
             "--verify-budget-ms",
             min=0.0,
             help="Stop verifying candidates after this many ms per frame (0: no limit) "
-            "[preset: 0].",
+            "(accurate: 0, realtime: 300).",
         ),
         encoder: str = typer.Option("sgmnet", "--encoder", "-e", help="Encoder plugin name."),
         checkpoint: Path | None = typer.Option(
