@@ -23,11 +23,11 @@ def register(app: typer.Typer) -> None:
         gsd: float | None = typer.Option(
             None,
             "--gsd",
-            help="Tile ground sample distance in m/px [default: max(0.5, native)]: "
+            help="Tile ground sample distance in m/px (default: max(0.5, native)): "
             "224 px tiles then cover 112 m, like a drone frame from ~100 m.",
         ),
         stride: int | None = typer.Option(
-            None, "--stride", help="Tile step in output pixels [default: half a tile]."
+            None, "--stride", help="Tile step in output pixels (default: half a tile)."
         ),
         batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Tiles per batch."),
         force: bool = typer.Option(False, "--force", help="Replace rasters already ingested."),
