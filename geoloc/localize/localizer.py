@@ -124,6 +124,7 @@ class Localizer:
         self.map_gsd_m = float(map_gsd_m)
         self.tile_px = int(tile_px)
         self._rasters: dict[str, Any] = {}
+        self._reopen_failed = False  # warned once that a re-saved index did not open
         self._regions: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, Any]] = {}
         self._build_stages()
 
@@ -282,10 +283,18 @@ class Localizer:
         index = self.store.index
         if index is None or not index.changed_on_disk():
             return
+        from geoloc.errors import GeolocError
         from geoloc.store import OmegaIndex
 
-        self.store.index = OmegaIndex.open(self.store.settings, index.encoder_sha256, create=False)
-        log.info("Ω index changed on disk: re-opened (%d tiles)", len(self.store.index))
+        try:
+            fresh = OmegaIndex.open(self.store.settings, index.encoder_sha256, create=False)
+        except GeolocError as exc:  # keep answering from the index already open
+            if not self._reopen_failed:
+                log.warning("Ω index changed on disk but cannot be re-opened, kept: %s", exc)
+            self._reopen_failed = True
+            return
+        self.store.index, self._reopen_failed = fresh, False
+        log.info("Ω index changed on disk: re-opened (%d tiles)", len(fresh))
 
     def _raster(self, path: str) -> Any:
         r = self._rasters.get(path)

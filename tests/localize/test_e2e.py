@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def unrelated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_warm_localizer_reopens_an_index_saved_by_another_process(
-    loc: Any, ingested: Any, tmp_path: Path
+    loc: Any, ingested: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An ingest while a Localizer is warm saves a new index generation: the next locate
     uses it (tiles ingested meanwhile can answer) instead of the copy it opened."""
@@ -93,6 +94,26 @@ def test_warm_localizer_reopens_an_index_saved_by_another_process(
     again = loc.store.index
     loc.locate(write_jpeg(tmp_path / "w2.jpg", view(sample_rgb(), cx, cy, 400)), gsd=0.28)
     assert loc.store.index is again  # unchanged on disk: no re-open
+    # a sidecar that cannot be read (say, a newer geoloc's format): keep answering, warn once
+    meta = Path(again.directory) / "meta.json"
+    good = meta.read_text()
+    assert '"format": 3' in good
+    tmp = meta.with_suffix(".tmp")
+    tmp.write_text(good.replace('"format": 3', '"format": 99'))
+    tmp.replace(meta)
+    try:
+        with caplog.at_level(logging.WARNING, logger="geoloc.localize.localizer"):
+            for i in range(2):
+                f = write_jpeg(tmp_path / f"w3{i}.jpg", view(sample_rgb(), cx, cy, 400))
+                fix = loc.locate(f, gsd=0.28)
+                assert fix.status == "ok" and loc.store.index is again
+        warned = [r for r in caplog.records if "cannot be re-opened" in r.getMessage()]
+        assert len(warned) == 1 and "newer" in warned[0].getMessage()
+    finally:
+        tmp.write_text(good)
+        tmp.replace(meta)
+    loc.locate(write_jpeg(tmp_path / "w4.jpg", view(sample_rgb(), cx, cy, 400)), gsd=0.28)
+    assert loc.store.index is not again  # readable again: re-opened
 
 
 def test_unrelated_image_is_no_match(loc: Any, unrelated: Path) -> None:
