@@ -45,35 +45,62 @@ def _ortho_statuses(settings: Settings) -> list[str]:
 def test_locate_during_an_ingest_answers_from_the_last_complete_state(
     clone: Callable[[], Settings], cli: Callable[..., Result], tmp_path: Path
 ) -> None:
+    """The worst moment of an ingest: its tiles are in the database and its Ω in the saved FAISS
+    index (which ``locate`` re-opens), but the orthomosaic is not ``complete`` yet. The test holds
+    the row lock that the final status UPDATE needs, so the ingest waits exactly there."""
+    from sqlalchemy import text
+
+    from geoloc.store import OmegaIndex, open_database
+    from geoloc.store import repository as repo
+
     settings = clone()
     base_ids = set(snapshot(settings)["faiss:sgmnet"])
     east = crop_sample(tmp_path / "east.tif", *EAST)
     f_base = _jpeg(tmp_path / "base.jpg", *FRAME_CENTRE)
     f_east = _jpeg(tmp_path / "east.jpg", *EAST_CENTRE)
-    run = start_ingest(settings, east)
-    proc = run.proc
+    db = open_database(settings)
+    (enc,) = [e for e in repo.list_encoders(db) if e.name == "sgmnet"]
+    conn = db.engine.connect()
+    run = None
     try:
-        seen_ingesting = False
-        answers: list[dict[str, Any]] = []
-        while proc.poll() is None and len(answers) < 4:
-            seen_ingesting |= "ingesting" in _ortho_statuses(settings)
-            res = cli(settings, "locate", str(f_base), str(f_east), "--preset", "fast")
-            assert res.code in (0, 3), res.err
-            answers.extend(json.loads(x) for x in res.out.splitlines())
-            if proc.poll() is None:
-                seen_ingesting |= "ingesting" in _ortho_statuses(settings)
-    finally:
+        tx = conn.begin()
+        # every existing orthomosaic row, and the new one as soon as the ingest commits it
+        run = start_ingest(settings, east)
+        deadline = time.monotonic() + 120
+        locked = 0
+        while locked == 0:
+            assert run.proc.poll() is None and time.monotonic() < deadline, run.stderr
+            locked = len(
+                conn.execute(
+                    text(
+                        "SELECT id FROM orthomosaics WHERE status = 'ingesting' "
+                        "FOR NO KEY UPDATE"  # blocks the final UPDATE, not the tiles' FK checks
+                    )
+                ).all()
+            )
+        while len(OmegaIndex.open(settings, enc.weights_sha256).ids()) <= len(base_ids):
+            assert run.proc.poll() is None and time.monotonic() < deadline, run.stderr
+            time.sleep(0.2)  # the ingest saved FAISS and now waits for the status UPDATE
+        assert "ingesting" in _ortho_statuses(settings)
+        res = cli(settings, "locate", str(f_base), str(f_east), "--preset", "fast")
+        assert res.code in (0, 3), res.err
+        answers = [json.loads(x) for x in res.out.splitlines()]
+        assert "ingesting" in _ortho_statuses(settings)  # the whole call ran at that moment
+        assert answers[0]["status"] == "ok"
+        for a in answers:
+            ids = {c["tile_id"] for c in a["candidates"]} | {a["tile_id"]}
+            assert ids <= base_ids, (a["frame"], ids - base_ids)  # nothing of the unfinished raster
+        tx.rollback()  # release the lock: the ingest completes
         out = run.finish()
-    assert proc.returncode == 0, run.stderr
-    assert seen_ingesting, "the ingest finished before any locate overlapped it"
-    overlapped = answers[:2]  # the first locate ran while the ingest was in progress
-    assert overlapped[0]["status"] == "ok"
-    for a in overlapped:
-        ids = {c["tile_id"] for c in a["candidates"]} | {a["tile_id"]}
-        assert ids <= base_ids, (a["frame"], ids - base_ids)  # nothing of the unfinished raster
-    after = snapshot(settings)
+    finally:
+        conn.close()
+        db.dispose()
+        if run is not None and run.proc.poll() is None:
+            run.proc.kill()
+            run.finish()
+    assert run.proc.returncode == 0, run.stderr
     assert _ortho_statuses(settings) == ["complete", "complete"]
-    assert after["verify:sgmnet"] is True
+    assert snapshot(settings)["verify:sgmnet"] is True
     (new,) = [r for r in json.loads(out)]
     res = cli(settings, "locate", str(f_east), "--preset", "fast")
     (a,) = [json.loads(x) for x in res.out.splitlines()]
