@@ -69,7 +69,7 @@ import numpy as np
 
 from geoloc.config import Settings
 from geoloc.errors import IndexError_
-from geoloc.store.refine import RefineCodes, RefineQuantizer, layout
+from geoloc.store.refine import RefineCodes, RefineQuantizer, fits, layout
 
 log = logging.getLogger(__name__)
 
@@ -230,13 +230,7 @@ class OmegaIndex:
     @property
     def refine_enabled(self) -> bool:
         """True when refine codes will be (or are) kept: ``refine_dims`` > 0, the layout fits."""
-        positions = layout(self.omega_dim, self.refine_channels)
-        return (
-            0 < self.refine_dims <= self.refine_channels
-            and positions > 0
-            and self.refine_bits in (4, 8)
-            and (self.refine_bits == 8 or positions * self.refine_dims % 2 == 0)
-        )
+        return fits(self.omega_dim, self.refine_channels, self.refine_dims, self.refine_bits)
 
     # ----------------------------------------------------------------------------------------
     # construction / persistence
@@ -430,23 +424,23 @@ class OmegaIndex:
         files = dict(self._files)
         written: list[Path] = []
 
-        def stale(key: str) -> bool:  # not written yet, or gone (another writer's clean-up)
-            return key not in files or not (self.directory / files[key]).exists()
+        def missing(name: str | None) -> bool:  # not written yet, or gone (another's clean-up)
+            return name is None or not (self.directory / name).exists()
+
+        def write(name: str, saver: Callable[[Path], None]) -> str:
+            written.append(self.directory / name)
+            _fsync_write(written[-1], saver)
+            return name
 
         try:
-            if self._basis_dirty or stale("basis") or stale("moment"):
-                files["basis"] = f"basis.{gen}.npy"
-                files["moment"] = f"moment.{gen}.npy"
-                basis, moment = self._basis, self._moment
-                written.append(self.directory / files["basis"])
-                _fsync_write(written[-1], lambda p: _np_save(p, basis))
-                written.append(self.directory / files["moment"])
-                _fsync_write(written[-1], lambda p: _np_save(p, moment))
+            if self._basis_dirty or missing(files.get("basis")) or missing(files.get("moment")):
+                files["basis"] = write(f"basis.{gen}.npy", _saver(self._basis))
+                files["moment"] = write(f"moment.{gen}.npy", _saver(self._moment))
             if self._index is not None:
-                files["index"] = f"omega.{gen}.faiss"
                 index = self._index
-                written.append(self.directory / files["index"])
-                _fsync_write(written[-1], lambda p: faiss.write_index(index, str(p)))
+                files["index"] = write(
+                    f"omega.{gen}.faiss", lambda p: faiss.write_index(index, str(p))
+                )
             else:
                 files.pop("index", None)
             refine = self._refine
@@ -457,24 +451,16 @@ class OmegaIndex:
             else:
                 refine.compact(MAX_REFINE_SEGMENTS)
                 for j, (seg, name) in enumerate(refine.segments):
-                    if name is None or not (self.directory / name).exists():
-                        # only new or changed segments are written
-                        name = f"refine.{gen}.{j}.npy"
-                        written.append(self.directory / name)
-                        _fsync_write(written[-1], _saver(seg))
+                    if name is None or missing(name):  # only new or changed segments are written
+                        name = write(f"refine.{gen}.{j}.npy", _saver(seg))
                     refine_files.append(name)
-                if refine.dirty or stale("refine_ids") or stale("refine_norms"):
-                    files["refine_ids"] = f"refine_ids.{gen}.npy"
-                    written.append(self.directory / files["refine_ids"])
-                    _fsync_write(written[-1], lambda p: _np_save(p, refine.ids))
-                    files["refine_norms"] = f"refine_norms.{gen}.npy"
-                    written.append(self.directory / files["refine_norms"])
-                    _fsync_write(written[-1], lambda p: _np_save(p, refine.norms))
-                if self._refine_q_dirty or stale("refineq"):
-                    files["refineq"] = f"refineq.{gen}.npy"
+                ids_gone = missing(files.get("refine_ids")) or missing(files.get("refine_norms"))
+                if refine.dirty or ids_gone:
+                    files["refine_ids"] = write(f"refine_ids.{gen}.npy", _saver(refine.ids))
+                    files["refine_norms"] = write(f"refine_norms.{gen}.npy", _saver(refine.norms))
+                if self._refine_q_dirty or missing(files.get("refineq")):
                     cents = refine.quantizer.to_array()
-                    written.append(self.directory / files["refineq"])
-                    _fsync_write(written[-1], lambda p: _np_save(p, cents))
+                    files["refineq"] = write(f"refineq.{gen}.npy", _saver(cents))
             meta = self._meta(gen, files, refine_files)
             _fsync_write(
                 self.directory / "meta.json",

@@ -44,6 +44,18 @@ def layout(omega_dim: int, channels: int) -> int:
     return omega_dim // channels
 
 
+def fits(omega_dim: int, channels: int, dims: int, bits: int) -> bool:
+    """True when refine codes of ``dims`` x ``bits`` bits can code ``omega_dim`` maps of
+    ``channels`` channels (the map splits into positions; 4-bit values pack into bytes)."""
+    positions = layout(omega_dim, channels)
+    return (
+        positions > 0
+        and 1 <= dims <= channels
+        and bits in (4, 8)
+        and (bits == 8 or positions * dims % 2 == 0)
+    )
+
+
 def position_vectors(x: np.ndarray, channels: int) -> np.ndarray:
     """``(n, channels * positions)`` channel-major maps -> ``(n, positions, channels)``."""
     n = x.shape[0]
@@ -87,9 +99,11 @@ class RefineQuantizer:
         cls, x: np.ndarray, channels: int, dims: int, bits: int = 8, *, seed: int = 0
     ) -> RefineQuantizer:
         """Train on Ω vectors ``(n, channels * positions)`` (at most 200k position vectors)."""
+        if not fits(x.shape[1], channels, dims, bits):
+            raise ValueError(
+                f"Ω of {x.shape[1]} dims does not split into {channels} x {dims} x {bits} bits"
+            )
         positions = layout(x.shape[1], channels)
-        if not positions or not 1 <= dims <= channels:
-            raise ValueError(f"Ω of {x.shape[1]} dims does not split into {channels} x {dims}")
         v = position_vectors(np.asarray(x, dtype=np.float32), channels).reshape(-1, channels)
         if v.shape[0] > MAX_TRAIN_SAMPLES:
             rng = np.random.default_rng(seed)
@@ -192,7 +206,8 @@ class RefineCodes:
     memory map after a load); rows added since the last save form an unsaved tail segment. A
     save writes only the unsaved segments, so adding a raster to an index of a million tiles
     writes that raster's codes, not 9 GB. Removing rows rewrites only the segments they were in.
-    Small neighbouring segments are merged once there are more than ``MAX_SEGMENTS``.
+    Neighbouring small segments are merged by :meth:`compact` (the index does it at a save
+    past ``MAX_REFINE_SEGMENTS``).
     """
 
     def __init__(
