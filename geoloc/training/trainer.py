@@ -214,11 +214,8 @@ class Trainer:
         """One Adam step where each anchor's negative is the positive of another place in the
         batch that the current model finds most similar to it (Ω + Φ cosine, batch-hard);
         ``negative_ok`` (B, B) says which pairs are far enough apart to be negatives."""
-        enc = self.encoder
-        enc.train()
-        fwd = enc.forward if self.cfg.unfreeze else enc.forward_head
         n = fa.shape[0]
-        out = fwd(torch.cat([fa, fp]))
+        out = self._forward_train(torch.cat([fa, fp]))
         om, ph = out.omega, out.phi
         with torch.no_grad():
             pn = torch.nn.functional.normalize(ph, dim=1)
@@ -228,11 +225,7 @@ class Trainer:
             neg = sim.argmax(dim=1)
         if not bool(ok.any(dim=1).all()):
             raise TrainError("an anchor has no negative in its batch: use a larger --batch-size")
-        loss = self.loss_fn(om[:n], om[n:], om[n:][neg], ph[:n], ph[n:], ph[n:][neg])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
-        self.optimizer.step()
-        return loss
+        return self._descend(self.loss_fn(om[:n], om[n:], om[n:][neg], ph[:n], ph[n:], ph[n:][neg]))
 
     def step(
         self,
@@ -242,13 +235,20 @@ class Trainer:
     ) -> LossParts:
         """One Adam step on a batch of anchor/positive/negative backbone features (or, with
         ``unfreeze``, normalised images)."""
-        enc = self.encoder
-        enc.train()
-        fwd = enc.forward if self.cfg.unfreeze else enc.forward_head
         n = fa.shape[0]
-        out = fwd(torch.cat([fa, fp, fn]))
+        out = self._forward_train(torch.cat([fa, fp, fn]))
         om, ph = out.omega, out.phi
-        loss = self.loss_fn(om[:n], om[n : 2 * n], om[2 * n :], ph[:n], ph[n : 2 * n], ph[2 * n :])
+        return self._descend(
+            self.loss_fn(om[:n], om[n : 2 * n], om[2 * n :], ph[:n], ph[n : 2 * n], ph[2 * n :])
+        )
+
+    def _forward_train(self, x: torch.Tensor) -> Any:
+        """Encoder output in training mode: the head only, or the whole encoder (``unfreeze``)."""
+        self.encoder.train()
+        return (self.encoder.forward if self.cfg.unfreeze else self.encoder.forward_head)(x)
+
+    def _descend(self, loss: LossParts) -> LossParts:
+        """One Adam step on ``loss.total``."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         self.optimizer.step()
@@ -380,7 +380,7 @@ class Trainer:
             torch.manual_seed(cfg.seed * 1000 + epoch)
             data = self.source.sample(cfg.samples_per_epoch, rng, "train")
             fa, fp = self._inputs(data.anchors), self._inputs(data.positives)
-            if cfg.unfreeze:
+            if cfg.mining == "pool" and cfg.unfreeze:  # pool mining scores the whole epoch
                 ma, mp = self.features(data.anchors), self.features(data.positives)
             else:
                 ma, mp = fa, fp
