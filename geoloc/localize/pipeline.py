@@ -47,6 +47,20 @@ else:  # pragma: no cover - Python 3.10
 ANSWERS = ("verified", "refined", "tile-centre")
 
 
+#: The pipeline's global knobs (not stages), in the order a pipeline file lists them.
+GLOBAL_KEYS = (
+    "preset",
+    "rotations",
+    "top_n",
+    "top_m",
+    "answer",
+    "min_confidence",
+    "heading_sweep",
+    "verify_budget_ms",
+)
+_STAGE_KEYS = {"recall", "rerank", "consistency", "verify", "priors"}
+
+
 @dataclass
 class StageConfig:
     """One stage: the plugin's name and its keyword parameters."""
@@ -111,16 +125,7 @@ class PipelineConfig:
         """A pipeline file that :func:`load_pipeline` reads back to an equal config."""
         d = self.as_dict()
         lines = []
-        for k in (
-            "preset",
-            "rotations",
-            "top_n",
-            "top_m",
-            "answer",
-            "min_confidence",
-            "heading_sweep",
-            "verify_budget_ms",
-        ):
+        for k in GLOBAL_KEYS:
             lines.append(f"{k} = {_toml_value(d[k])}")
         for stage in ("recall", "rerank", "consistency", "verify"):
             lines.append("")
@@ -231,17 +236,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 DEFAULT_PRESET = "accurate"
-_GLOBAL_KEYS = {
-    "preset",
-    "rotations",
-    "top_n",
-    "top_m",
-    "answer",
-    "min_confidence",
-    "heading_sweep",
-    "verify_budget_ms",
-}
-_STAGE_KEYS = {"recall", "rerank", "consistency", "verify", "priors"}
 
 
 def _stage(section: Any, where: str, optional: bool) -> StageConfig | None:
@@ -257,11 +251,11 @@ def _stage(section: Any, where: str, optional: bool) -> StageConfig | None:
 
 def from_dict(d: dict[str, Any], where: str = "pipeline") -> PipelineConfig:
     """Build a config from a preset-style dict, on top of ``d['preset']`` (default accurate)."""
-    unknown = sorted(set(d) - _GLOBAL_KEYS - _STAGE_KEYS)
+    unknown = sorted(set(d) - set(GLOBAL_KEYS) - _STAGE_KEYS)
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(sorted(_GLOBAL_KEYS | _STAGE_KEYS))}"
+            f"valid: {', '.join(sorted(set(GLOBAL_KEYS) | _STAGE_KEYS))}"
         )
     base_name = str(d.get("preset", DEFAULT_PRESET))
     if base_name not in PRESETS:
