@@ -233,7 +233,6 @@ def omega_search_at_scale(
             ix._refine = RefineCodes(refine.quantizer, ids, refine.codes[pick % len(refine)])
             if n > ix.ivf_threshold:
                 ix._to_ivf()
-            ix._refine.dirty = True
             t0 = time.perf_counter()
             ix.save()
             save_s = time.perf_counter() - t0

@@ -479,11 +479,15 @@ class OmegaIndex:
         if self._refine is not None:
             self._refine.mark_saved(refine_files)
         self._refine_q_dirty = False
-        keep = set(files.values()) | set(refine_files) | {"meta.json"}
+        keep = set(self.data_files()) | {"meta.json"}
         for f in self.directory.iterdir():
             if f.name not in keep and not f.name.startswith("."):
                 with contextlib.suppress(OSError):
                     f.unlink()
+
+    def data_files(self) -> list[str]:
+        """Names (in :attr:`directory`) of the data files of the saved generation."""
+        return [*self._files.values(), *self._refine_files]
 
     def changed_on_disk(self) -> bool:
         """True when another process saved this index since this object loaded or saved it.

@@ -47,14 +47,6 @@ def walks(rng: np.random.Generator, n_walks: int, steps: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _file_names(ix: OmegaIndex) -> list[str]:
-    """Every data file named by the index's sidecar (refine segments are a list)."""
-    out: list[str] = []
-    for v in ix.info()["files"].values():
-        out += v if isinstance(v, list) else [v]
-    return out
-
-
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(
         np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
@@ -152,7 +144,7 @@ def test_refine_codes_persist_memory_mapped_and_keep_growing(settings: Settings)
     _, found = third.search(x[250:270], 10)
     assert recall(found, truth) >= 0.9
     names = sorted(p.name for p in OmegaIndex.path_for(settings, SHA).iterdir())
-    assert names == sorted(["meta.json", *_file_names(third)])
+    assert names == sorted(["meta.json", *third.data_files()])
 
 
 def test_remove_and_allowed_ids_with_refine(settings: Settings) -> None:
@@ -254,7 +246,7 @@ def test_saves_append_refine_segments_instead_of_rewriting(
     segs2 = again.info()["files"]["refine"]
     assert segs2[0] == first and segs2[1] != segs[1]
     assert np.load(d / segs2[1]).shape == (90, code_size)
-    assert sorted(p.name for p in d.iterdir()) == sorted(["meta.json", *_file_names(again)])
+    assert sorted(p.name for p in d.iterdir()) == sorted(["meta.json", *again.data_files()])
     _, found = OmegaIndex.open(settings, SHA).search(x[250:260], 5)
     assert not np.isin(found, ids[250:260]).any()
     # past MAX_REFINE_SEGMENTS, neighbouring small segments are merged at a save
