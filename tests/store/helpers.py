@@ -91,3 +91,10 @@ def ingest_fake(
     if complete:
         repo.finish_orthomosaic(db, oid, kept=n, skipped=3)
     return oid, ids
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of ``truth`` (ids) found in the same row of ``found``."""
+    return float(
+        np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
+    )

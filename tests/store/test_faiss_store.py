@@ -11,7 +11,7 @@ from geoloc.config import Settings
 from geoloc.errors import IndexError_
 from geoloc.store.faiss_store import OmegaIndex
 
-from .helpers import unit
+from .helpers import recall_at, unit
 
 SHA = "0123abcd" * 8
 D = 1024
@@ -32,12 +32,6 @@ def low_rank(rng: np.random.Generator, n: int, rank: int, noise: float = 0.05) -
     x = rng.standard_normal((n, rank)).astype(np.float32) @ basis
     x += noise * unit(rng, n, D) * np.sqrt(1.0)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(
-        np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
-    )
 
 
 def test_small_index_is_exact(settings: Settings) -> None:

@@ -13,6 +13,8 @@ from geoloc.errors import IndexError_
 from geoloc.store.faiss_store import DEFAULT_REFINE_BITS, OmegaIndex
 from geoloc.store.refine import RefineCodes, RefineQuantizer
 
+from .helpers import recall_at
+
 SHA = "fedc0123" * 8
 C, P = 32, 16  # channels x positions of the synthetic maps (channel-major, like SGM-Net's Ω)
 D = C * P
@@ -45,12 +47,6 @@ def walks(rng: np.random.Generator, n_walks: int, steps: int) -> np.ndarray:
             out.append(v.T.reshape(-1))  # channel-major: index = c * P + p
     x = np.asarray(out, dtype=np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(
-        np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
-    )
 
 
 def build(settings: Settings, x: np.ndarray, ids: np.ndarray, **kw: int) -> OmegaIndex:
@@ -95,8 +91,8 @@ def test_refine_recovers_the_exact_top10_the_compressed_stage_misses(settings: S
     )
     assert refined.has_refine and not refined.is_exact
     scores, found = refined.search(q, 10)
-    assert recall(found_plain, truth) < 0.85  # measured 0.76
-    assert recall(found, truth) >= 0.95
+    assert recall_at(found_plain, truth) < 0.85  # measured 0.76
+    assert recall_at(found, truth) >= 0.95
     assert (np.diff(scores, axis=1) <= 0).all()  # best first
     np.testing.assert_allclose(scores[:, 0], np.sort(q @ x.T, axis=1)[:, -1], atol=0.02)
     info = refined.info()
@@ -142,7 +138,7 @@ def test_refine_codes_persist_memory_mapped_and_keep_growing(settings: Settings)
     assert np.array_equal(np.sort(third._refine.ids), third.ids())
     truth = ids[np.argsort(-(x[250:270] @ x.T), axis=1)[:, :10]]
     _, found = third.search(x[250:270], 10)
-    assert recall(found, truth) >= 0.9
+    assert recall_at(found, truth) >= 0.9
     names = sorted(p.name for p in OmegaIndex.path_for(settings, SHA).iterdir())
     assert names == sorted(["meta.json", *third.data_files()])
 
@@ -261,7 +257,7 @@ def test_saves_append_refine_segments_instead_of_rewriting(
     keep = np.setdiff1d(ids, ids[250:260])
     truth = ids[np.argsort(-(x[300:400:5] @ x.T), axis=1)[:, :10]]
     _, found = final.search(x[300:400:5], 10)
-    assert np.isin(found, keep).all() and recall(found, truth) >= 0.85
+    assert np.isin(found, keep).all() and recall_at(found, truth) >= 0.85
 
 
 def test_format_2_index_with_one_refine_file_loads(settings: Settings) -> None:
@@ -305,4 +301,4 @@ def test_removing_every_tile_keeps_the_refine_quantizer(settings: Settings) -> N
     assert again.has_refine and again.info()["refine"]["count"] == 200 == len(again)
     truth = (ids + 500)[np.argsort(-(x[:20] @ x.T), axis=1)[:, :10]]
     _, found = again.search(x[:20], 10)
-    assert recall(found, truth) >= 0.9
+    assert recall_at(found, truth) >= 0.9
