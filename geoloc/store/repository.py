@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy.exc import DBAPIError
 
 from geoloc.errors import DatabaseError
+from geoloc.store.records import Candidate, geodesic_m
 from geoloc.store.schema import PHI_DIM, STATUSES
 
 if TYPE_CHECKING:
@@ -81,29 +82,6 @@ class OrthomosaicRow:
         for k in ("started_at", "finished_at"):
             d[k] = d[k].isoformat() if d[k] is not None else None
         return d
-
-
-@dataclass(frozen=True)
-class CandidateRow:
-    """Everything the re-ranker needs about one tile, fetched in one query."""
-
-    tile_id: int
-    orthomosaic_id: int
-    row: int
-    col: int
-    center_lat: float
-    center_lon: float
-    footprint_wkt: str
-    gsd_m: float
-    valid_fraction: float
-    window: tuple[float, float, float, float]  # col_off, row_off, width, height (source px)
-    transform: tuple[float, float, float, float, float, float]  # a, b, c, d, e, f (output px)
-    tile_size: int
-    raster_path: str
-    crs: str
-    phi: np.ndarray  # (phi_dim,) float32
-    node_areas: np.ndarray  # (K,) float32
-    node_centroids: np.ndarray  # (K, 2) float32, (x, y) in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -580,7 +558,7 @@ def _halfvec_to_np(v: Any, dim: int) -> np.ndarray:
 
 def fetch_candidates(
     db: Database, encoder_id: int, tile_ids: Sequence[int] | np.ndarray
-) -> list[CandidateRow]:
+) -> list[Candidate]:
     """Geometry, raster, Φ and nodes of these tiles (complete orthomosaics only), in input order.
 
     Ids that are unknown, of another encoder, or of an incomplete orthomosaic are left out.
@@ -602,10 +580,12 @@ def fetch_candidates(
     ).bindparams(bindparam("ids", type_=ARRAY(BIGINT)))
     with db.engine.connect() as conn:
         rows = conn.execute(stmt, {"e": encoder_id, "ids": ids}).all()
-    by_id: dict[int, CandidateRow] = {}
+    from affine import Affine
+
+    by_id: dict[int, Candidate] = {}
     for r in rows:
         k = len(r.node_areas)
-        by_id[int(r.id)] = CandidateRow(
+        by_id[int(r.id)] = Candidate(
             tile_id=int(r.id),
             orthomosaic_id=int(r.orthomosaic_id),
             row=int(r.row),
@@ -616,7 +596,7 @@ def fetch_candidates(
             gsd_m=float(r.gsd_m),
             valid_fraction=float(r.valid_fraction),
             window=tuple(float(v) for v in r.window),  # type: ignore[arg-type]
-            transform=tuple(float(v) for v in r.transform),  # type: ignore[arg-type]
+            transform=Affine(*(float(v) for v in r.transform[:6])),
             tile_size=int(r.tile_size),
             raster_path=r.path,
             crs=r.crs,
@@ -625,15 +605,6 @@ def fetch_candidates(
             node_centroids=np.asarray(r.node_centroids, dtype=np.float32).reshape(k, 2),
         )
     return [by_id[i] for i in ids if i in by_id]
-
-
-def _geodesic_m(lon1: np.ndarray, lat1: np.ndarray, lon2: float, lat2: float) -> np.ndarray:
-    from tiling.crs import geodesic_distance_m
-
-    return np.asarray(
-        geodesic_distance_m(lon1, lat1, np.full_like(lon1, lon2), np.full_like(lat1, lat2)),
-        dtype=np.float64,
-    )
 
 
 def tile_ids_within(
@@ -670,7 +641,7 @@ def tile_ids_within(
     if not rows:
         return np.zeros(0, dtype=np.int64)
     arr = np.asarray([(r.id, r.center_lon, r.center_lat) for r in rows], dtype=np.float64)
-    d = _geodesic_m(arr[:, 1], arr[:, 2], lon, lat)
+    d = geodesic_m(arr[:, 1], arr[:, 2], lon, lat)
     return np.sort(arr[d <= radius_m, 0].astype(np.int64))
 
 
