@@ -589,6 +589,46 @@ def tile_refs(db: Database, encoder_id: int, complete_only: bool = True) -> list
 
 
 # --------------------------------------------------------------------------------------------
+# summaries
+def counts(conn: Any) -> dict[str, Any]:
+    """Row counts and size of the database on an open connection (``geoloc db status``)."""
+    return {
+        "encoders": conn.execute(_text("SELECT count(*) FROM encoders")).scalar(),
+        "orthomosaics": {
+            r.status: r.n
+            for r in conn.execute(
+                _text("SELECT status, count(*) AS n FROM orthomosaics GROUP BY status")
+            )
+        },
+        "tiles": conn.execute(_text("SELECT count(*) FROM tiles")).scalar(),
+        "database_bytes": conn.execute(
+            _text("SELECT pg_database_size(current_database())")
+        ).scalar(),
+    }
+
+
+def complete_raster_paths(db: Database) -> list[str]:
+    """Distinct raster paths of the complete orthomosaics (any encoder), sorted."""
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            _text("SELECT DISTINCT path FROM orthomosaics WHERE status = 'complete' ORDER BY path")
+        ).all()
+    return [str(r[0]) for r in rows]
+
+
+def max_tile_step_m(db: Database) -> float | None:
+    """The largest tile step on the ground (stride x GSD, m) of the complete orthomosaics."""
+    with db.engine.connect() as conn:
+        v = conn.execute(
+            _text(
+                "SELECT max(stride * coalesce(target_gsd_m, gsd_m)) FROM orthomosaics "
+                "WHERE status = 'complete'"
+            )
+        ).scalar()
+    return float(v) if v is not None else None
+
+
+# --------------------------------------------------------------------------------------------
 # locking
 @contextmanager
 def ingest_lock(db: Database, *, wait: bool = True) -> Iterator[None]:
