@@ -48,9 +48,8 @@ def register(app: typer.Typer) -> None:
         tiles kept/skipped, seconds) on stdout. Exit 1 when any raster failed; 130 on Ctrl-C
         and 143 on SIGTERM (the interrupted raster is rolled back).
         """
-        from geoloc.ingest import ingest
+        from geoloc.ingest import DEFAULT_MIN_VALID, ingest
 
-        extra = {} if min_valid is None else {"min_valid": min_valid}
         results = ingest(
             paths,
             encoder=encoder,
@@ -60,7 +59,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             force=force,
             progress=not no_progress,
-            **extra,
+            min_valid=DEFAULT_MIN_VALID if min_valid is None else min_valid,
         )
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         failed = sum(r.status == "failed" for r in results)
