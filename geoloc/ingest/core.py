@@ -37,7 +37,7 @@ import numpy as np
 from sqlalchemy.exc import DBAPIError
 
 from geoloc.config import Settings
-from geoloc.errors import DatabaseError, GeolocError
+from geoloc.errors import DatabaseError, GeolocError, IngestError
 from geoloc.ingest.paths import expand_paths, sha256_file
 from geoloc.ingest.pipeline import BackgroundWorker, Prefetcher
 
@@ -64,10 +64,6 @@ DEFAULT_STRIDE_FRACTION = 0.5
 
 #: Default minimum fraction of valid pixels for a tile to be kept.
 DEFAULT_MIN_VALID = 0.5
-
-
-class IngestError(GeolocError):
-    """An expected ingest failure (bad input path, invalid parameter, empty raster)."""
 
 
 @dataclass

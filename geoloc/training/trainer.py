@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from geoloc.errors import GeolocError
+from geoloc.errors import TrainError
 from geoloc.training.datasets import PairSet
 from geoloc.training.losses import LossParts, SGMLoss
 
@@ -45,10 +45,6 @@ __all__ = [
 #: other places in the whole epoch cache (re-mined each pass); ``batch`` = the most similar
 #: positive of another place in the same batch, with the weights of that step (batch-hard).
 MINING: tuple[str, ...] = ("pool", "batch")
-
-
-class TrainError(GeolocError):
-    """Training cannot start or resume (bad checkpoint directory, mismatched config)."""
 
 
 class PairSource(Protocol):
