@@ -21,6 +21,7 @@ from geoloc.training.synthetic import ParamRanges, ViewSynthesizer, neutral_para
 from tiling.errors import TilingError
 from tiling.image import read_image as tiling_read_image
 from tiling.mosaic import touching_groups
+from tiling.policy import DEFAULT_GSD_M, DEFAULT_TILE_SIZE
 
 __all__ = [
     "DatasetError",
@@ -75,8 +76,8 @@ class RasterPairs:
         self,
         rasters: Sequence[str | Path],
         *,
-        tile_size: int = 224,
-        gsd_range: tuple[float, float] = (0.25, 0.5),
+        tile_size: int = DEFAULT_TILE_SIZE,
+        gsd_range: tuple[float, float] = (0.25, DEFAULT_GSD_M),
         val_fraction: float = 0.2,
         heading_hypotheses: int = 8,
         negative_min_tiles: float = 0.75,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from geoloc.errors import TrainError
+from geoloc.metrics import recall_at_k
 from geoloc.training.datasets import PairSet
 from geoloc.training.losses import LossParts, SGMLoss
 
@@ -114,8 +115,6 @@ def retrieval_recall(
     q: torch.Tensor, db: torch.Tensor, relevant: list[set[int]], ks: tuple[int, ...] = (1, 5)
 ) -> dict[int, float]:
     """Recall@k of cosine retrieval of ``q`` (Q, D) among ``db`` (N, D)."""
-    from geoloc.evaluation.metrics import recall_at_k
-
     sim = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(db, dim=1).T
     k = min(max(ks), db.shape[0])
     top = sim.topk(k, dim=1).indices.tolist()
