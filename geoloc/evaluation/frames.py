@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from geoloc.config import DEFAULT_ENCODER
 from geoloc.errors import ConfigError
-from geoloc.evaluation.metrics import (
+from geoloc.metrics import (
     error_summary,
     errors_m,
     latency_summary,
@@ -107,7 +108,7 @@ def evaluate_frames(
     truth: str | Path,
     *,
     checkpoint: str | Path | None = None,
-    encoder: str = "sgmnet",
+    encoder: str = DEFAULT_ENCODER,
     use_gsd: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:

@@ -7,13 +7,26 @@ from pathlib import Path
 from typing import Any
 
 from geoloc import plugins
+from geoloc.config import DEFAULT_ENCODER
 from geoloc.errors import ConfigError, EncoderMismatchError
-from geoloc.models.base import Encoder, EncoderProtocol
+from geoloc.models.base import Encoder, EncoderProtocol, protocol_members
+from geoloc.models.checkpoint import apply_weights, read_checkpoint_meta, verified_meta
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "DEFAULT_ENCODER",
+    "GROUP",
+    "WEIGHTS_DIR",
+    "available_encoders",
+    "build_encoder",
+    "ensure_compatible",
+    "load_checkpoint",
+    "load_encoder",
+    "shipped_checkpoint",
+]
+
 GROUP = "geoloc.encoders"
-DEFAULT_ENCODER = "sgmnet"
 #: Shipped head weights: ``<name>.safetensors`` + ``<name>.json`` (written by save_checkpoint).
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
@@ -31,13 +44,9 @@ def build_encoder(name: str, **params: Any) -> Encoder:
     except TypeError as exc:
         raise ConfigError(f"encoder {name!r}: bad parameters: {exc}") from exc
     if not isinstance(enc, EncoderProtocol):
-        needed = ("name", "omega_dim", "phi_dim", "num_nodes", "weights_sha256", "config")
-        missing = [
-            a for a in (*needed, "encode", "input_size", "mean", "std") if not hasattr(enc, a)
-        ]
-        raise ConfigError(
-            f"encoder plugin {name!r} does not implement {', '.join(sorted(missing))}"
-        )
+        have = set(dir(enc))
+        missing = [m for m in protocol_members(EncoderProtocol) if m not in have]
+        raise ConfigError(f"encoder plugin {name!r} does not implement {', '.join(missing)}")
     return enc  # type: ignore[return-value]
 
 
@@ -70,6 +79,19 @@ def shipped_checkpoint(name: str) -> Path | None:
     return None
 
 
+def load_checkpoint(path: str | Path, device: str | None = None) -> Encoder:
+    """Rebuild and load the encoder saved at ``path``; verify both hashes.
+
+    Raises :class:`EncoderMismatchError` when the weights file or the resulting encoder does not
+    have the recorded SHA-256.
+    """
+    meta, config = verified_meta(path)
+    enc = apply_weights(build_encoder(str(meta["encoder"]), **config), path, meta)
+    if device is not None:
+        enc.to(device)
+    return enc
+
+
 def load_encoder(
     name: str = DEFAULT_ENCODER,
     checkpoint: str | Path | None = None,
@@ -84,8 +106,6 @@ def load_encoder(
     and ``shipped`` and the requested parameters equal the shipped ones; else the deterministic
     seeded initialisation with ``overrides`` as constructor parameters.
     """
-    from geoloc.models.checkpoint import load_checkpoint, read_checkpoint_meta
-
     if checkpoint is not None:
         if overrides:
             raise ConfigError(
