@@ -83,13 +83,13 @@ def test_ingest_counts_and_consistency(
     with open_raster(crops["a"]) as r:
         cfg, _ = TilingPolicy(tile_size=224).resolve(r)
         grid_gsd = r.grid(cfg).gsd_m
-    # the policy's grid: this 280 m x 196 m crop is too small for 0.5 m/px, so native pixels
-    assert cfg.gsd is None and res.gsd_m == pytest.approx(grid_gsd) and res.stride_px == 112
+    # the policy's grid, which for this crop is the default one
+    assert res.gsd_m == pytest.approx(grid_gsd) == pytest.approx(0.5) and res.stride_px == 112
     st = db_state(database, pg_settings, encoder)
     (ortho,) = st["orthos"]
     assert ortho.status == "complete" and ortho.id == res.id
     assert (ortho.tiles_kept, ortho.tiles_skipped) == (res.tiles_kept, res.tiles_skipped)
-    assert ortho.target_gsd_m is None and ortho.stride == 112  # None: native, as rebuild reads
+    assert ortho.target_gsd_m == pytest.approx(0.5) == cfg.gsd and ortho.stride == 112
     assert len(st["complete_ids"]) == n
     assert_consistent(st, monkeypatch, pg_settings)
 
