@@ -225,7 +225,7 @@ def _recall_ok(found: np.ndarray, truth: np.ndarray) -> bool:
 
 
 def test_orthonormal_rows_spans_the_input_and_drops_dependent_rows() -> None:
-    from geoloc.store.faiss_store import _orthonormal_rows
+    from geoloc.store.omega_basis import orthonormal_rows as _orthonormal_rows
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((40, 3000)).astype(np.float32)
