@@ -103,8 +103,10 @@ class GrowingBasis:
         self.residual_sum = float(residual_sum)
         self.residual_n = int(residual_n)
         self.fit_count = int(fit_count)
-        #: True when the basis or moment changed since it was last saved (or never was).
+        #: True when the basis rows / the moment changed since they were last saved (or never
+        #: were): a save rewrites only what changed (the basis is the large file).
         self.dirty = basis is None
+        self.moment_dirty = moment is None
 
     @property
     def dim(self) -> int:
@@ -151,6 +153,7 @@ class GrowingBasis:
         self.residual_sum += float(energy.sum())
         self.residual_n += int(energy.size)
         self.moment += coords.T.astype(np.float64) @ coords.astype(np.float64)
+        self.moment_dirty = True
         return Fold(coords.astype(np.float32), grown=False)
 
     def _extend(self, coords: np.ndarray, resid: np.ndarray) -> np.ndarray:
@@ -176,7 +179,8 @@ class GrowingBasis:
             (_row_energy(lost) / np.maximum(_row_energy(coords) + _row_energy(resid), 1e-30)).sum()
         )
         self.residual_n += int(coords.shape[0])
-        self.basis, self.moment, self.dirty = basis_ext, moment, True
+        self.basis, self.moment = basis_ext, moment
+        self.dirty = self.moment_dirty = True
         return new_codes
 
     def _append_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -214,7 +218,7 @@ class GrowingBasis:
             self.basis = self._buf[: new_basis.shape[0]]
         else:
             self.basis = new_basis
-        self.dirty = True
+        self.dirty = self.moment_dirty = True
         return new_codes
 
 

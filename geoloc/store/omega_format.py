@@ -384,8 +384,10 @@ def save(
 
     refine_files: list[str] = []
     try:
-        if basis.dirty or missing(files.get("basis")) or missing(files.get("moment")):
+        if basis.dirty or missing(files.get("basis")):
             files["basis"] = write(f"basis.{gen}.npy", _saver(basis.basis))
+        # vectors projected on an unchanged basis still add to the moment (small: d x d)
+        if basis.dirty or basis.moment_dirty or missing(files.get("moment")):
             files["moment"] = write(f"moment.{gen}.npy", _saver(basis.moment))
         if index is not None:
             files["index"] = write(f"omega.{gen}.faiss", lambda p: faiss.write_index(index, str(p)))
@@ -416,7 +418,7 @@ def save(
         raise
     fsync_dir(directory)
     stamp = meta_stamp(directory)
-    basis.dirty = False
+    basis.dirty = basis.moment_dirty = False
     if refine is not None:
         refine.mark_saved(refine_files)
     keep = {*files.values(), *refine_files, "meta.json"}
