@@ -136,7 +136,7 @@ def omega_compression(
     8-byte id and the 4-byte norm), add rate and single-query search latency (k=10).
     """
     from geoloc.config import Settings
-    from geoloc.store.faiss_store import OmegaIndex
+    from geoloc.store.omega_index import OmegaIndex
 
     rng = np.random.default_rng(0)
     held = np.zeros(len(omega), dtype=bool)
@@ -206,7 +206,7 @@ def omega_search_at_scale(
     Latency only: recall at scale of the compressed stage is :func:`faiss_bench`'s.
     """
     from geoloc.config import Settings
-    from geoloc.store.faiss_store import OmegaIndex
+    from geoloc.store.omega_index import OmegaIndex
     from geoloc.store.refine import RefineCodes
 
     rng = np.random.default_rng(5)
@@ -504,7 +504,7 @@ def faiss_bench(code_sd: np.ndarray, sizes: list[int], n_queries: int = 100) -> 
 
     faiss: Any = importlib.import_module("faiss")
 
-    from geoloc.store.faiss_store import (
+    from geoloc.store.omega_basis import (
         DEFAULT_IVF_THRESHOLD,
         DEFAULT_NPROBE,
         IVF_RETRAIN_FACTOR,
@@ -574,7 +574,7 @@ def faiss_bench(code_sd: np.ndarray, sizes: list[int], n_queries: int = 100) -> 
 
 def code_spectrum(omega: np.ndarray) -> np.ndarray:
     """Per-dimension standard deviations of real Ω codes (PCA), extended to the target dim."""
-    from geoloc.store.faiss_store import DEFAULT_TARGET_DIM
+    from geoloc.store.omega_basis import DEFAULT_TARGET_DIM
 
     s = np.linalg.svd(omega, compute_uv=False)
     sd = s[: min(DEFAULT_TARGET_DIM, len(s))] / np.sqrt(len(omega))
@@ -585,7 +585,7 @@ def code_spectrum(omega: np.ndarray) -> np.ndarray:
 
 def bytes_per_tile_defaults(results: dict[str, Any]) -> dict[str, Any]:
     """Bytes per tile at the defaults: Postgres (10k tiles) + FAISS codes + refine codes."""
-    from geoloc.store.faiss_store import DEFAULT_TARGET_DIM
+    from geoloc.store.omega_basis import DEFAULT_TARGET_DIM
 
     pg = results["pgvector"][0]["bytes_per_tile"]
     faiss_codes = 2 * DEFAULT_TARGET_DIM + 8  # fp16 codes + id (up to 2x before an IVF switch)

@@ -3,20 +3,17 @@
 Ω is a ``(channels, positions)`` map flattened channel-major (SGM-Net: 256 x 14 x 14, index
 ``c * 196 + p``). Its per-position channel vectors share their statistics across positions, so
 ONE quantizer is trained on the position vectors of all positions (``n_tiles x 196`` samples:
-plenty even from the ~1,000 tiles an index holds when it first truncates its basis): an
+plenty even from the few hundred tiles an index holds when it first truncates its basis): an
 uncentred channel PCA (``channels -> dims``) followed by a per-dimension uniform scalar
 quantizer of ``bits`` bits (4 or 8). A tile is stored as ``positions x dims x bits / 8`` bytes.
 A query is scored against a candidate in the PCA space (one projection of the query's position
 vectors, then one dot product with the dequantised codes), divided by the norm of the decoded
 candidate (Ω is compared by cosine).
 
-Measured on 8,136 real SGM-Net tiles (see ``geoloc/store/faiss_store.py``), re-scoring the
-top 200 of the 256-d compressed stage: at equal bytes a channel PCA + scalar quantizer
-re-ranks better than a product quantizer of the position vectors (6,272 B/tile: recall@10
-0.94 for 64 dims x 4 bits vs 0.87 for 32 8-bit sub-quantizers of 8 dims; 3,136 B PQ: 0.77),
-and clipping the 4-bit range at the 0.1 % quantiles beats min/max (0.94 vs 0.92): many PCA
-dims at moderate precision beat few centroids. 96 dims x 4 bits (9,408 B): 0.950; 128 x 4
-(12,544 B): 0.955; 64 x 8 (12,544 B): 0.953.
+At equal bytes a channel PCA + scalar quantizer re-ranks better than a product quantizer of the
+position vectors, and clipping the 4-bit range at the 0.1 % quantiles beats min/max: many PCA
+dims at moderate precision beat few centroids (``benchmarks/store.py`` measures the choices; the
+figures are in its results, not here).
 
 :class:`RefineQuantizer` is the trained quantizer (saved as one float32 ``.npy``: projection,
 lower bounds and steps); :class:`RefineCodes` holds the codes of the stored tiles keyed by tile
@@ -30,6 +27,14 @@ from typing import Any
 
 import numpy as np
 
+#: Refine codes: channel-PCA dims per position vector (0 disables refining), bits per value
+#: (4 or 8), channels of the Ω map (SGM-Net: 256 x 14 x 14), candidates re-scored per query.
+DEFAULT_REFINE_DIMS = 96
+DEFAULT_REFINE_BITS = 4
+DEFAULT_REFINE_CHANNELS = 256
+DEFAULT_REFINE_K = 200
+#: Tiles reconstructed (at random) to train the quantizer when the index stops being exact.
+REFINE_TRAIN_TILES = 512
 #: Position vectors sampled to train the quantizer.
 MAX_TRAIN_SAMPLES = 200_000
 #: Share of training values clipped at each end of a dimension's range (4-bit codes only: with
@@ -54,6 +59,13 @@ def fits(omega_dim: int, channels: int, dims: int, bits: int) -> bool:
         and bits in (4, 8)
         and (bits == 8 or positions * dims % 2 == 0)
     )
+
+
+def training_rows(count: int) -> np.ndarray:
+    """Sorted rows (seeded: a rebuild trains the same quantizer) of ``count`` stored vectors
+    to train the quantizer on."""
+    rng = np.random.default_rng(0)
+    return np.sort(rng.choice(count, min(count, REFINE_TRAIN_TILES), replace=False))
 
 
 def position_vectors(x: np.ndarray, channels: int) -> np.ndarray:
@@ -204,8 +216,8 @@ class RefineCodes:
 
     The rows live in *segments*: each saved segment is one ``uint8`` file (possibly a read-only
     memory map after a load); rows added since the last save form an unsaved tail segment. A
-    save writes only the unsaved segments, so adding a raster to an index of a million tiles
-    writes that raster's codes, not 9 GB. Removing rows rewrites only the segments they were in.
+    save writes only the unsaved segments, so adding a raster to a large index writes that
+    raster's codes, not every tile's. Removing rows rewrites only the segments they were in.
     Neighbouring small segments are merged by :meth:`compact` (the index does it at a save
     past ``MAX_REFINE_SEGMENTS``).
     """

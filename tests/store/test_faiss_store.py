@@ -225,7 +225,7 @@ def _recall_ok(found: np.ndarray, truth: np.ndarray) -> bool:
 
 
 def test_orthonormal_rows_spans_the_input_and_drops_dependent_rows() -> None:
-    from geoloc.store.faiss_store import _orthonormal_rows
+    from geoloc.store.omega_basis import orthonormal_rows as _orthonormal_rows
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((40, 3000)).astype(np.float32)
@@ -253,3 +253,28 @@ def test_changed_on_disk_sees_another_writers_save(settings: Settings) -> None:
     writer.save()
     assert reader.changed_on_disk() and not writer.changed_on_disk()
     assert len(OmegaIndex.open(settings, SHA)) == 60
+
+
+def test_a_reloaded_index_continues_as_the_one_that_saved_it(settings: Settings) -> None:
+    """Vectors inside the basis add to the code moment that later truncations use: a save must
+    keep it, or an index re-opened between ingests truncates differently."""
+    rng = np.random.default_rng(12)
+    x = unit(rng, 10, D)
+    inside = rng.standard_normal((5, 10)).astype(np.float32) @ x
+    inside /= np.linalg.norm(inside, axis=1, keepdims=True)
+    more = low_rank(rng, 60, rank=40)
+    kept = OmegaIndex.open(settings, SHA, omega_dim=D, target_dim=16, refine_dims=0)
+    kept.add(np.arange(10), x)
+    kept.save()
+    kept.add(np.arange(10, 15), inside)  # in the span: projected, the basis does not grow
+    assert kept.dim == 10
+    kept.save()
+    reopened = OmegaIndex.open(settings, SHA, mmap=False)
+    for ix in (kept, reopened):
+        ix.add(np.arange(100, 160), more)
+        assert ix.dim <= ix.max_dim and not ix.is_exact  # truncated by the code moment
+    q = np.concatenate([x[:3], more[:10]])
+    s1, f1 = kept.search(q, 8)
+    s2, f2 = reopened.search(q, 8)
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_allclose(s1, s2, atol=1e-6)

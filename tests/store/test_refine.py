@@ -10,8 +10,8 @@ import pytest
 
 from geoloc.config import Settings
 from geoloc.errors import IndexError_
-from geoloc.store.faiss_store import DEFAULT_REFINE_BITS, OmegaIndex
-from geoloc.store.refine import RefineCodes, RefineQuantizer
+from geoloc.store.faiss_store import OmegaIndex
+from geoloc.store.refine import DEFAULT_REFINE_BITS, RefineCodes, RefineQuantizer
 
 from .helpers import recall_at
 
@@ -208,7 +208,7 @@ def test_saves_append_refine_segments_instead_of_rewriting(
 ) -> None:
     """Adding a raster to a large index writes that raster's codes only (not all of them);
     removing rows rewrites only their segments; many small segments are merged."""
-    from geoloc.store import faiss_store
+    from geoloc.store import omega_format
 
     rng = np.random.default_rng(6)
     x = walks(rng, 4, 100)
@@ -246,7 +246,7 @@ def test_saves_append_refine_segments_instead_of_rewriting(
     _, found = OmegaIndex.open(settings, SHA).search(x[250:260], 5)
     assert not np.isin(found, ids[250:260]).any()
     # past MAX_REFINE_SEGMENTS, neighbouring small segments are merged at a save
-    monkeypatch.setattr(faiss_store, "MAX_REFINE_SEGMENTS", 3)
+    monkeypatch.setattr(omega_format, "MAX_REFINE_SEGMENTS", 3)
     for s in range(300, 400, 25):
         again.add(ids[s : s + 25], x[s : s + 25])
         again.save()
