@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -12,15 +13,16 @@ from geoloc import plugins
 from geoloc.errors import ConfigError
 from geoloc.localize.consistency import node_consistency
 from geoloc.localize.pipeline import PRESETS, load_pipeline, preset
-from geoloc.localize.stages import (
-    BUILTIN_STAGES,
-    HeadingPrior,
-    PhiCosineRerank,
-    Prior,
-    check_protocol,
-    ensure_builtins,
-    instantiate,
-)
+from geoloc.localize.priors import HeadingPrior, Prior
+from geoloc.localize.rerank import PhiCosineRerank
+from geoloc.plugins import check, instantiate
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_presets_stage_chains() -> None:
@@ -113,9 +115,12 @@ def test_bad_pipeline_files(tmp_path: Path, text: str, fragment: str) -> None:
 
 
 def test_every_group_discovers_its_builtins() -> None:
-    ensure_builtins()
-    for group, names in BUILTIN_STAGES.items():
-        assert set(names) <= set(plugins.available(group)), group
+    """The built-ins come only from geoloc's entry points, one table per group."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    assert set(declared) == set(plugins.GROUPS)
+    for group, names in declared.items():
+        have = plugins.available(group)
+        assert {n: have[n].value for n in names} == names, group
     for group, name in [
         ("geoloc.recall", "faiss"),
         ("geoloc.recall", "pgvector"),
@@ -126,7 +131,7 @@ def test_every_group_discovers_its_builtins() -> None:
         ("geoloc.priors", "heading"),
     ]:
         obj = instantiate(group, name, {})
-        check_protocol(group.split(".")[-1], obj)
+        check(group, obj)
 
 
 def test_unknown_plugin_and_parameter_listed() -> None:
@@ -167,8 +172,12 @@ def test_broken_plugin_is_reported_and_skipped() -> None:
 
 
 def test_protocol_check() -> None:
-    with pytest.raises(ConfigError, match="does not implement verify"):
-        check_protocol("verify", PhiCosineRerank())
+    with pytest.raises(
+        ConfigError,
+        match="verify plugin 'phi-cosine' does not implement extract_frame_features, "
+        "fallback, verify",
+    ):
+        check("geoloc.verify", PhiCosineRerank())
 
 
 def test_prior_parsing_and_heading_prior() -> None:
