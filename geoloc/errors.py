@@ -1,20 +1,37 @@
 """Typed errors. Every user-facing failure is a :class:`GeolocError` whose ``str`` is one line.
 
-The CLI prints that line to stderr and exits with :attr:`GeolocError.exit_code`.
+The CLI prints that line to stderr and exits with :attr:`GeolocError.exit_code`. The one-line
+logic lives in :class:`tiling.errors.OneLineError`, the base of both :class:`GeolocError` and
+:class:`tiling.errors.TilingError` (tiling is below geoloc and cannot import it).
 """
 
 from __future__ import annotations
 
+from tiling.errors import OneLineError
 
-class GeolocError(Exception):
-    """Base class of every expected failure: one-line message, an exit code."""
+__all__ = [
+    "ConfigError",
+    "DatabaseError",
+    "DatasetError",
+    "EmptyDatabaseError",
+    "EncoderInputError",
+    "EncoderMismatchError",
+    "FrameError",
+    "GeolocError",
+    "ImageReadError",
+    "IndexError_",
+    "IngestError",
+    "OneLineError",
+    "SyntheticError",
+    "TrainError",
+]
 
-    exit_code: int = 1
 
-    def __init__(self, message: str, *, path: str | None = None) -> None:
-        self.path = path
-        msg = " ".join(str(message).split())  # always one line
-        super().__init__(f"{path}: {msg}" if path else msg)
+class GeolocError(OneLineError):
+    """Base class of every expected geoloc failure: one-line message, an exit code."""
+
+    def __init__(self, message: object, *, path: str | None = None) -> None:
+        super().__init__(message, path)
 
 
 class ConfigError(GeolocError):
@@ -33,9 +50,33 @@ class EncoderMismatchError(GeolocError):
     """A checkpoint or encoder does not match what an index was built with."""
 
 
+class EncoderInputError(GeolocError):
+    """Images given to an encoder have the wrong type, dtype or shape."""
+
+
 class FrameError(GeolocError):
     """A query frame cannot be read or used."""
 
 
+class ImageReadError(GeolocError):
+    """An image file cannot be read as RGB (``geoloc encoders explain`` and the demo encoder)."""
+
+
 class EmptyDatabaseError(GeolocError):
     """Nothing has been ingested for the requested encoder."""
+
+
+class IngestError(GeolocError):
+    """An expected ingest failure (bad input path, invalid parameter, empty raster)."""
+
+
+class DatasetError(GeolocError):
+    """A training/evaluation data source is missing, empty or malformed."""
+
+
+class SyntheticError(GeolocError):
+    """A synthetic view cannot be made (unreadable raster, point off the raster, ...)."""
+
+
+class TrainError(GeolocError):
+    """Training cannot start or resume (bad checkpoint directory, mismatched config)."""

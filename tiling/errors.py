@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from os import PathLike
 
 
-class TilingError(Exception):
-    """Base class of every expected tiler failure (bad input raster, bad parameters).
+class OneLineError(Exception):
+    """Base of every expected failure of tiling and geoloc: a one-line message and an exit code.
 
-    ``str(exc)`` is a single line naming the file (when there is one) and the problem;
-    the ``geoloc`` CLI prints it as ``geoloc: error: <message>`` and exits with ``exit_code``.
+    ``str(exc)`` is ``"<path>: <problem>"`` (or just the problem when there is no path); the
+    ``geoloc`` CLI prints it as ``geoloc: error: <message>`` and exits with ``exit_code``.
+    ``geoloc.errors.GeolocError`` builds on this class, so both families share the logic and
+    tiling stays importable without geoloc.
+
+    Attributes:
+        path: the file concerned, or None.
+        problem: the message without the path, whitespace collapsed to one line.
     """
 
     exit_code: int = 1
 
-    def __init__(self, message: str, path: str | PathLike[str] | None = None) -> None:
-        self.path = None if path is None else str(path)
-        msg = " ".join(str(message).split())  # always one line
-        super().__init__(f"{self.path}: {msg}" if self.path is not None else msg)
+    def __init__(self, message: object, path: str | PathLike[str] | None = None) -> None:
+        self.path = None if path is None or path == "" else os.fspath(path)
+        self.problem = " ".join(str(message).split())  # always one line
+        super().__init__(f"{self.path}: {self.problem}" if self.path else self.problem)
+
+
+class TilingError(OneLineError):
+    """Base class of every expected tiler failure (bad input raster or image, bad parameters)."""
 
 
 class RasterOpenError(TilingError):

@@ -40,7 +40,7 @@ _EXIF_ORIENTATION = 0x0112
 _EXIF_IFD = 0x8769
 _EXIF_FOCAL_LENGTH = 0x920A
 _EXIF_FOCAL_35MM = 0xA405
-_TIFF_SUFFIXES = (".tif", ".tiff")
+_GDAL_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
 
 # ------------------------------------------------------------------------------ the stretch
@@ -131,18 +131,29 @@ def decode_image(
         raise ImageError(f"max side must be >= 1 px, got {max_side}", name)
     label = name or _label(source)
     if isinstance(source, np.ndarray):
-        rgb, mask = _from_array(source, label)
-        out = DecodedImage(rgb, mask)
+        out = DecodedImage(*_from_array(source, label))
     elif isinstance(source, bytes):
         out = _decode_bytes(source, label, None)
     else:
         path = Path(source)
-        out = _decode_bytes(_read_file(path, label), label, path)
+        raster = _decimated_raster(path, max_side)
+        out = raster or _decode_bytes(_read_file(path, label), label, path)
     if not out.mask.any():
         raise ImageError("image has no valid (non-transparent, finite) pixels", label)
     if max_side is not None and max(out.rgb.shape[:2]) > max_side:
         out.rgb, out.mask = _shrink(out.rgb, out.mask, max_side)
     return out
+
+
+def _decimated_raster(path: Path, max_side: int | None) -> DecodedImage | None:
+    """A raster file read decimated by GDAL (a large orthomosaic is never decoded whole), or
+    None when there is no size limit or GDAL does not read it."""
+    if max_side is None or path.suffix.lower() not in _GDAL_SUFFIXES or not path.is_file():
+        return None
+    try:
+        return DecodedImage(*_from_gdal(path, max_side))
+    except Exception:  # noqa: BLE001 - not something GDAL reads: decode it as any image
+        return None
 
 
 def _label(source: str | os.PathLike[str] | bytes | np.ndarray) -> str:
@@ -211,11 +222,11 @@ def _gdal_fallback(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read what Pillow refused through GDAL; when GDAL refuses too, report Pillow's problem."""
     looks_tiff = data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-    is_tiff_name = path is not None and path.suffix.lower() in _TIFF_SUFFIXES
-    if not (looks_tiff or is_tiff_name):
+    is_raster_name = path is not None and path.suffix.lower() in _GDAL_SUFFIXES
+    if not (looks_tiff or is_raster_name):
         raise ImageError(problem, label) from exc
     try:
-        return _from_gdal(data)
+        return _from_gdal(path if is_raster_name and path is not None else data, None)
     except Exception as exc2:  # noqa: BLE001 - any GDAL failure: report both problems
         raise ImageError(f"{problem}; {_first_line(exc2)}", label) from exc
 
@@ -224,23 +235,32 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _from_gdal(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """First three bands (or band 1 as grey) of an in-memory raster, stretched when not uint8."""
+def _from_gdal(src: Path | bytes, max_side: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """First three colour bands (or band 1 as grey) of a raster file or in-memory raster,
+    read at most ``max_side`` px on its longer side and stretched when not uint8."""
     import warnings
+    from contextlib import ExitStack
 
-    from rasterio.enums import ColorInterp
+    import rasterio
+    from rasterio.enums import ColorInterp, Resampling
     from rasterio.errors import NotGeoreferencedWarning
     from rasterio.io import MemoryFile
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), ExitStack() as stack:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with MemoryFile(data) as mem, mem.open() as ds:
-            colour = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
-            idx = colour[:3] if len(colour) >= 3 else [(colour or [1])[0]]
-            arr = ds.read(idx)
-            mask = ds.dataset_mask() > 0
-            if np.issubdtype(arr.dtype, np.floating):
-                mask &= np.isfinite(arr).all(axis=0)
+        if isinstance(src, bytes):
+            ds = stack.enter_context(stack.enter_context(MemoryFile(src)).open())
+        else:
+            ds = stack.enter_context(rasterio.open(src))
+        colour = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
+        idx = colour[:3] if len(colour) >= 3 else [(colour or [1])[0]]
+        scale = 1.0 if max_side is None else min(1.0, max_side / max(ds.width, ds.height))
+        h, w = max(1, round(ds.height * scale)), max(1, round(ds.width * scale))
+        rs = Resampling.average if scale < 1.0 else Resampling.nearest
+        arr = ds.read(idx, out_shape=(len(idx), h, w), resampling=rs)
+        mask = ds.dataset_mask(out_shape=(h, w), resampling=Resampling.nearest) > 0
+        if np.issubdtype(arr.dtype, np.floating):
+            mask &= np.isfinite(arr).all(axis=0)
     out = stretch_to_uint8(arr, mask)
     if out.shape[0] == 1:
         out = np.repeat(out, 3, axis=0)

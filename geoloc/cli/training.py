@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
         encoder: str = typer.Option("sgmnet", "--encoder"),
         num_nodes: int = typer.Option(4, "--nodes", min=2, max=8, help="CSMG nodes K."),
         gsd_min: float = typer.Option(0.14, "--gsd-min", help="Smallest tile GSD (m/px)."),
-        gsd_max: float = typer.Option(0.5, "--gsd-max", help="Largest tile GSD (m/px)."),
+        gsd_max: float | None = typer.Option(
+            None, "--gsd-max", help="Largest tile GSD (m/px). Default: the ingest GSD, 0.5."
+        ),
         headings: int = typer.Option(
             8, "--heading-hypotheses", min=1, help="Rotation search of the localizer."
         ),
@@ -65,7 +67,10 @@ def register(app: typer.Typer) -> None:
 
         from geoloc.training.datasets import RasterPairs, University1652
         from geoloc.training.trainer import PairSource, TrainConfig, Trainer
+        from tiling.policy import DEFAULT_GSD_M
 
+        if gsd_max is None:  # anchors up to the GSD ingest tiles at, so training sees its tiles
+            gsd_max = DEFAULT_GSD_M
         sources = sum([bool(raster), from_db, university1652 is not None])
         if sources != 1:
             raise ConfigError("give exactly one of --raster, --from-db, --university1652")
@@ -125,7 +130,9 @@ def register(app: typer.Typer) -> None:
             help="NAME=PATH of a checkpoint to compare (repeatable); 'untrained' and 'shipped' "
             "are built in.",
         ),
-        gsd: float | None = typer.Option(None, "--gsd", help="Tile GSD (default: native)."),
+        gsd: float | None = typer.Option(
+            None, "--gsd", help="Tile GSD (m/px). Default: as `geoloc ingest` chooses."
+        ),
         tile_size: int = typer.Option(224, "--tile-size"),
         stride: int | None = typer.Option(None, "--stride", help="Default: half a tile."),
         headings: int = typer.Option(8, "--heading-hypotheses", min=1),
@@ -215,7 +222,7 @@ def register(app: typer.Typer) -> None:
 
             db = make_tiles(raster, tile_size, stride, gsd)
             q = make_queries(raster, synthetic, db, seed=seed, max_tilt_deg=max_tilt)
-            _err(f"{len(db.pixels)} tiles at {db.gsd_m:.3f} m/px, {synthetic} views (seed {seed})")
+            _err(f"{len(db.pixels)} tiles at {db.reason}, {synthetic} views (seed {seed})")
             result = evaluate_retrieval(
                 encoders, db, q, headings=headings, log=_err, cache_dir=cache_dir
             )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from geoloc.errors import ConfigError
-from geoloc.evaluation.metrics import (
+from geoloc.metrics import (
     error_summary,
     errors_m,
     latency_summary,

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoloc.evaluation.metrics import error_summary, recall_at_k
+from geoloc.metrics import error_summary, recall_at_k
 from geoloc.training.synthetic import ParamRanges, ViewSynthesizer
+from tiling.errors import TilingError
 
 __all__ = ["SyntheticQueries", "TileDatabase", "evaluate_retrieval", "make_queries", "make_tiles"]
 
@@ -39,6 +40,7 @@ class TileDatabase:
     gsd_m: float
     stride_px: int
     tile_size: int
+    reason: str = ""  # why the tiling policy chose this GSD
 
 
 @dataclass
@@ -53,18 +55,20 @@ class SyntheticQueries:
 def make_tiles(
     raster: str | Path, tile_size: int = 224, stride: int | None = None, gsd: float | None = None
 ) -> TileDatabase:
-    """Tile ``raster`` with the tiler (as ingest does); default stride: half a tile."""
-    from tiling import TileConfig, open_raster
+    """Tile ``raster`` as ingest does: the grid of :class:`tiling.TilingPolicy` (its default
+    GSD, half-tile stride, 50 % valid pixels) unless ``gsd`` / ``stride`` are given."""
+    from tiling import TilingPolicy, open_raster
 
-    st = stride or tile_size // 2
     pix, ll = [], []
     with open_raster(raster) as r:
-        cfg = TileConfig(tile_size=tile_size, stride=st, gsd=gsd)
+        cfg, reason = TilingPolicy(tile_size=tile_size, gsd=gsd, stride=stride).resolve(r)
         g = float(r.grid(cfg).gsd_m)
         for t in r.tiles(cfg):
             pix.append(t.pixels)
             ll.append((t.center_lon, t.center_lat))
-    return TileDatabase(np.stack(pix), np.array(ll, dtype=float), g, st, tile_size)
+    if not pix:
+        raise TilingError(TilingPolicy().no_tiles_message(cfg, r.gsd_m), str(raster))
+    return TileDatabase(np.stack(pix), np.array(ll, dtype=float), g, cfg.step, tile_size, reason)
 
 
 def make_queries(

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoloc.evaluation.metrics import mean_average_precision, recall_at_k, recall_at_top_percent
+from geoloc.metrics import mean_average_precision, recall_at_k, recall_at_top_percent
 from geoloc.training.datasets import University1652, read_image
 
 __all__ = ["evaluate_university1652"]

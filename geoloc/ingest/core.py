@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import DBAPIError
 
 from geoloc.config import Settings
-from geoloc.errors import DatabaseError, GeolocError
+from geoloc.errors import DatabaseError, GeolocError, IngestError
 from geoloc.ingest.paths import expand_paths, sha256_file
 from geoloc.ingest.stream import Encoded, batches, encode_stream
 from tiling.policy import DEFAULT_GSD_M, DEFAULT_MIN_VALID, DEFAULT_STRIDE_FRACTION, TilingPolicy
@@ -50,10 +50,6 @@ __all__ = [
     "IngestTimings",
     "ingest",
 ]
-
-
-class IngestError(GeolocError):
-    """An expected ingest failure (bad input path, invalid parameter, empty raster)."""
 
 
 @dataclass

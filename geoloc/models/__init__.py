@@ -14,12 +14,13 @@ from geoloc.models.base import (
     EncoderProtocol,
     state_dict_sha256,
 )
-from geoloc.models.checkpoint import load_checkpoint, save_checkpoint
+from geoloc.models.checkpoint import save_checkpoint
 from geoloc.models.registry import (
     DEFAULT_ENCODER,
     available_encoders,
     build_encoder,
     ensure_compatible,
+    load_checkpoint,
     load_encoder,
 )
 

@@ -13,12 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geoloc.errors import GeolocError
+from geoloc.errors import EncoderInputError
 from geoloc.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-
-
-class EncoderInputError(GeolocError):
-    """Images given to an encoder have the wrong type, dtype or shape."""
 
 
 @dataclass

@@ -87,16 +87,13 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: str | Path, device: str | None = None) -> Encoder:
-    """Rebuild and load the encoder saved at ``path``; verify both hashes.
+def verified_meta(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint's metadata and the constructor parameters to rebuild its encoder with,
+    after checking the weights file's SHA-256 (:class:`EncoderMismatchError` when it differs).
 
-    Raises :class:`EncoderMismatchError` when the weights file or the resulting encoder does not
-    have the recorded SHA-256.
+    The encoder itself is built by :func:`geoloc.models.registry.load_checkpoint` (the registry
+    knows the plugins; this module only knows the file format).
     """
-    from safetensors.torch import load_file
-
-    from geoloc.models.registry import build_encoder
-
     weights_path, json_path = checkpoint_paths(path)
     meta = read_checkpoint_meta(path)
     if not weights_path.is_file():
@@ -111,10 +108,18 @@ def load_checkpoint(path: str | Path, device: str | None = None) -> Encoder:
     config = dict(meta["config"])
     config.pop("name", None)
     # a full checkpoint holds the backbone too: its original weights file is not needed any more
-    backbone_file = config.get("backbone_weights") if meta["stored"] == "full" else None
-    if backbone_file:
+    if meta["stored"] == "full" and config.get("backbone_weights"):
         config["backbone_weights"] = None
-    enc = build_encoder(str(meta["encoder"]), **config)
+    return meta, config
+
+
+def apply_weights(enc: Encoder, path: str | Path, meta: dict[str, Any]) -> Encoder:
+    """Load the checkpoint's weights into ``enc`` (built from :func:`verified_meta`'s config)
+    and verify the resulting state's SHA-256; returns ``enc`` in eval mode."""
+    from safetensors.torch import load_file
+
+    weights_path, json_path = checkpoint_paths(path)
+    backbone_file = meta["config"].get("backbone_weights") if meta["stored"] == "full" else None
     if backbone_file:
         params = getattr(enc, "_params", None)
         if isinstance(params, dict):
@@ -142,6 +147,4 @@ def load_checkpoint(path: str | Path, device: str | None = None) -> Encoder:
             path=str(json_path),
         )
     enc.eval()
-    if device is not None:
-        enc.to(device)
     return enc

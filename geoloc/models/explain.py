@@ -7,8 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from geoloc.errors import GeolocError
+from geoloc.errors import ImageReadError
 from geoloc.models.base import Encoder
+from tiling.errors import TilingError
+from tiling.image import read_image
 
 #: One colour per node (tab10 order), RGB in [0, 1].
 NODE_COLOURS: tuple[tuple[float, float, float], ...] = (
@@ -25,53 +27,20 @@ NODE_COLOURS: tuple[tuple[float, float, float], ...] = (
 )
 
 
-class ImageReadError(GeolocError):
-    """An image file cannot be read as RGB."""
-
-
 def read_rgb(path: str | Path, max_side: int = 1024) -> np.ndarray:
     """Read ``path`` as uint8 RGB (3, H, W), downsampled so the longer side is <= ``max_side``.
 
-    GeoTIFFs and other rasters go through rasterio (bands 1-3, percentile-stretched when not
-    uint8); JPEG/PNG/... through Pillow.
+    Any image or raster :func:`tiling.image.read_image` reads (rasters decimated while reading,
+    non-uint8 data through the tiler's stretch); invalid pixels are black.
     """
     p = Path(path)
     if not p.is_file():
         raise ImageReadError("image not found", path=str(p))
-    if p.suffix.lower() in (".tif", ".tiff", ".vrt", ".jp2", ".img"):
-        return _read_raster(p, max_side)
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(p) as src:
-            rgb = src.convert("RGB")
-        scale = max_side / max(rgb.size)
-        if scale < 1:
-            size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-            rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-        return np.ascontiguousarray(np.asarray(rgb).transpose(2, 0, 1))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageReadError(f"not a readable image: {exc}", path=str(p)) from exc
-
-
-def _read_raster(p: Path, max_side: int) -> np.ndarray:
-    import rasterio
-    from rasterio.enums import Resampling
-
-    try:
-        with rasterio.open(p) as ds:
-            if ds.count < 3:
-                raise ImageReadError(f"needs 3 bands (RGB), has {ds.count}", path=str(p))
-            scale = min(1.0, max_side / max(ds.width, ds.height))
-            shape = (3, max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
-            data = ds.read((1, 2, 3), out_shape=shape, resampling=Resampling.average)
-    except rasterio.errors.RasterioIOError as exc:
-        raise ImageReadError(f"not a readable raster: {exc}", path=str(p)) from exc
-    if data.dtype == np.uint8:
-        return np.ascontiguousarray(data)
-    lo, hi = np.percentile(data, (2, 98))
-    scaled = (data.astype(np.float32) - lo) / max(float(hi - lo), 1e-6)
-    return (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
+        rgb, _ = read_image(p, max_side=max_side)
+    except TilingError as exc:
+        raise ImageReadError(exc.problem, path=str(p)) from exc
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
 def explain_figure(

@@ -9,6 +9,7 @@ from typing import Any
 from geoloc import plugins
 from geoloc.errors import ConfigError, EncoderMismatchError
 from geoloc.models.base import Encoder, EncoderProtocol
+from geoloc.models.checkpoint import apply_weights, read_checkpoint_meta, verified_meta
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,19 @@ def shipped_checkpoint(name: str) -> Path | None:
     return None
 
 
+def load_checkpoint(path: str | Path, device: str | None = None) -> Encoder:
+    """Rebuild and load the encoder saved at ``path``; verify both hashes.
+
+    Raises :class:`EncoderMismatchError` when the weights file or the resulting encoder does not
+    have the recorded SHA-256.
+    """
+    meta, config = verified_meta(path)
+    enc = apply_weights(build_encoder(str(meta["encoder"]), **config), path, meta)
+    if device is not None:
+        enc.to(device)
+    return enc
+
+
 def load_encoder(
     name: str = DEFAULT_ENCODER,
     checkpoint: str | Path | None = None,
@@ -84,8 +98,6 @@ def load_encoder(
     and ``shipped`` and the requested parameters equal the shipped ones; else the deterministic
     seeded initialisation with ``overrides`` as constructor parameters.
     """
-    from geoloc.models.checkpoint import load_checkpoint, read_checkpoint_meta
-
     if checkpoint is not None:
         if overrides:
             raise ConfigError(

@@ -16,8 +16,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from geoloc.errors import GeolocError
+from geoloc.errors import DatasetError
 from geoloc.training.synthetic import ParamRanges, ViewSynthesizer, neutral_params
+from tiling.errors import TilingError
+from tiling.image import read_image as tiling_read_image
+from tiling.mosaic import touching_groups
+from tiling.policy import DEFAULT_GSD_M, DEFAULT_TILE_SIZE
 
 __all__ = [
     "DatasetError",
@@ -28,10 +32,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
-
-
-class DatasetError(GeolocError):
-    """A training/evaluation data source is missing, empty or malformed."""
 
 
 @dataclass
@@ -76,8 +76,8 @@ class RasterPairs:
         self,
         rasters: Sequence[str | Path],
         *,
-        tile_size: int = 224,
-        gsd_range: tuple[float, float] = (0.25, 0.5),
+        tile_size: int = DEFAULT_TILE_SIZE,
+        gsd_range: tuple[float, float] = (0.25, DEFAULT_GSD_M),
         val_fraction: float = 0.2,
         heading_hypotheses: int = 8,
         negative_min_tiles: float = 0.75,
@@ -203,53 +203,24 @@ class RasterPairs:
 
 
 def merge_groups(rasters: Sequence[str | Path]) -> list[list[Path]]:
-    """Rasters grouped for merging in memory: same CRS and touching footprints (adjacent map
-    sheets such as the WildNav tiles become one area; distant orthomosaics stay separate, so a
-    merge never spans the empty ground between them)."""
-    import rasterio
-
-    info = []
-    for r in rasters:
-        try:
-            with rasterio.open(r) as ds:
-                b = ds.bounds
-                tol = 0.01 * max(b.right - b.left, b.top - b.bottom)
-                info.append(
-                    (Path(r), ds.crs, (b.left - tol, b.bottom - tol, b.right + tol, b.top + tol))
-                )
-        except rasterio.errors.RasterioIOError as exc:
-            raise DatasetError(f"cannot read raster: {exc}", path=str(r)) from exc
-    parent = list(range(len(info)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, (_, crs_i, bi) in enumerate(info):
-        for j in range(i):
-            _, crs_j, bj = info[j]
-            touch = bi[0] <= bj[2] and bj[0] <= bi[2] and bi[1] <= bj[3] and bj[1] <= bi[3]
-            if crs_i == crs_j and touch:
-                parent[root(i)] = root(j)
-    groups: dict[int, list[Path]] = {}
-    for i, (path, _, _) in enumerate(info):
-        groups.setdefault(root(i), []).append(path)
-    return list(groups.values())
+    """Rasters grouped for merging in memory (:func:`tiling.mosaic.touching_groups`): adjacent
+    map sheets become one area, distant orthomosaics stay separate."""
+    try:
+        return touching_groups(rasters)
+    except TilingError as exc:
+        raise DatasetError(exc.problem, path=exc.path) from exc
 
 
 def read_image(path: str | Path, size: int) -> npt.NDArray[np.uint8]:
     """Read an image file as RGB uint8 (3, size, size) (resized, antialiased)."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     try:
-        with Image.open(path) as src:
-            im = ImageOps.exif_transpose(src).convert("RGB")
-            im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read image: {exc}", path=str(path)) from exc
+        rgb, _ = tiling_read_image(path)
+    except TilingError as exc:
+        raise DatasetError(f"cannot read image: {exc.problem}", path=str(path)) from exc
+    im = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
 def _images_by_id(folder: Path) -> dict[str, list[Path]]:

@@ -25,14 +25,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from geoloc.errors import GeolocError
+from geoloc.errors import SyntheticError
+from tiling.crs import from_lonlat, geodesic_distance_m, to_lonlat, to_pyproj
+from tiling.errors import TilingError
+from tiling.mosaic import DEFAULT_MAX_PIXELS, read_mosaic
 
 log = logging.getLogger(__name__)
 
-#: Largest raster (pixels) a :class:`ViewSynthesizer` keeps in memory (~1 GB with its mask).
-DEFAULT_MAX_PIXELS = 250_000_000
-
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "SyntheticError",
     "ViewParams",
     "SyntheticView",
@@ -42,10 +43,6 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 UInt8Array = npt.NDArray[np.uint8]
-
-
-class SyntheticError(GeolocError):
-    """A synthetic view cannot be made (unreadable raster, point off the raster, ...)."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +124,10 @@ class ParamRanges:
 class ViewSynthesizer:
     """Renders synthetic drone views of one raster.
 
-    The raster (first three bands, uint8 expected; other dtypes are min-max stretched) is read
-    into memory once. ``gsd_m`` is the base ground sample distance of the views (default: the
+    The raster (first three bands, or band 1 as grey) is read into memory once by
+    :func:`tiling.mosaic.read_mosaic`, as uint8: other dtypes get the tiler's stretch, with the
+    limits the tiler computes for that raster, so views show the pixels the raster's tiles are
+    searched with. ``gsd_m`` is the base ground sample distance of the views (default: the
     raster's native GSD); ``size`` the side of the square view in pixels.
 
     Memory is bounded: when no view will be finer than ``finest_gsd_m``, the raster is read
@@ -147,8 +146,6 @@ class ViewSynthesizer:
         finest_gsd_m: float | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        from pyproj import CRS, Transformer
-
         paths = (
             [Path(raster_path)]
             if isinstance(raster_path, str | Path)
@@ -162,44 +159,39 @@ class ViewSynthesizer:
         self.ranges = ranges or ParamRanges()
         if self.size < 8:
             raise SyntheticError(f"view size must be >= 8 px, got {size}", path=str(self.path))
-        data, mask, transform, crs_wkt = _read_rasters(paths, finest_gsd_m, max_pixels)
-        self.transform = transform
-        self.crs = CRS.from_user_input(crs_wkt)
-        if data.dtype != np.uint8:
-            lo, hi = np.nanpercentile(data[:, mask], [1, 99]) if mask.any() else (0.0, 1.0)
-            data = np.clip((data.astype(np.float64) - lo) / max(hi - lo, 1e-9) * 255, 0, 255)
-            data = data.astype(np.uint8)
-        self.pixels: UInt8Array = np.ascontiguousarray(np.transpose(data, (1, 2, 0)))
-        self.valid = mask.astype(np.uint8)
+        try:
+            mosaic = read_mosaic(paths, finest_gsd_m, max_pixels)
+        except TilingError as exc:
+            raise SyntheticError(exc.problem, path=exc.path) from exc
+        self.transform = mosaic.transform
+        self.crs = to_pyproj(mosaic.crs_wkt)
+        self._crs_key = mosaic.crs_wkt
+        self.pixels: UInt8Array = np.ascontiguousarray(np.transpose(mosaic.data, (1, 2, 0)))
+        self.valid = mosaic.mask.astype(np.uint8)
         self.height, self.width = self.pixels.shape[:2]
-        self._to_crs = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
-        self._to_lonlat = Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True)
         self.native_gsd_m = self._pixel_size_m(self.width / 2.0, self.height / 2.0)
         self.gsd_m = float(gsd_m) if gsd_m else float(np.mean(self.native_gsd_m))
 
     # -- geography -----------------------------------------------------------------------------
     def lonlat_to_px(self, lon: float, lat: float) -> tuple[float, float]:
         """lon/lat -> raster pixel (col, row), cv2 convention (pixel centres at integers)."""
-        x, y = self._to_crs.transform(lon, lat)
+        x, y = from_lonlat(self._crs_key, float(lon), float(lat))
         col, row = ~self.transform @ (x, y)
         return float(col) - 0.5, float(row) - 0.5
 
     def px_to_lonlat(self, col: float, row: float) -> tuple[float, float]:
         """Raster pixel (col, row), cv2 convention -> lon/lat."""
         x, y = self.transform @ (col + 0.5, row + 0.5)
-        lon, lat = self._to_lonlat.transform(x, y)
+        lon, lat = to_lonlat(self._crs_key, float(x), float(y))
         return float(lon), float(lat)
 
     def _pixel_size_m(self, col: float, row: float) -> tuple[float, float]:
         """Ground size in metres of one pixel step in x and y at a pixel position."""
-        from pyproj import Geod
-
-        geod = Geod(ellps="WGS84")
         lon0, lat0 = self.px_to_lonlat(col, row)
         lon1, lat1 = self.px_to_lonlat(col + 1.0, row)
         lon2, lat2 = self.px_to_lonlat(col, row + 1.0)
-        dx = geod.inv(lon0, lat0, lon1, lat1)[2]
-        dy = geod.inv(lon0, lat0, lon2, lat2)[2]
+        dx = geodesic_distance_m(lon0, lat0, lon1, lat1)
+        dy = geodesic_distance_m(lon0, lat0, lon2, lat2)
         return float(dx), float(dy)
 
     @property
@@ -396,99 +388,6 @@ class ViewSynthesizer:
         col = rng.uniform(mc, self.width - 1 - mc)
         row = rng.uniform(mr, self.height - 1 - mr)
         return self.px_to_lonlat(col, row)
-
-
-def _decimation(datasets: list[Any], finest_gsd_m: float | None, max_pixels: int) -> float:
-    """Integer-free read factor (>= 1): coarsen to ``finest_gsd_m`` and to ``max_pixels``."""
-    from tiling.crs import gsd_metres
-
-    native = min(gsd_metres(d.crs, d.transform, d.width, d.height) for d in datasets)
-    factor = max(1.0, (finest_gsd_m or 0.0) / native)
-    total = sum(float(d.width) * float(d.height) for d in datasets) / factor**2
-    if total > max_pixels:
-        budget = factor * math.sqrt(total / max_pixels)
-        log.warning(
-            "%s: read at %.2f m/px instead of %.2f m/px to stay within %d pixels in memory",
-            datasets[0].name,
-            native * budget,
-            native * factor,
-            max_pixels,
-        )
-        factor = budget
-    return factor
-
-
-def _read_rasters(
-    paths: list[Path], finest_gsd_m: float | None = None, max_pixels: int = 0
-) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_], Any, str]:
-    """Read one raster, or merge several rasters of the same CRS, into memory (first 3 bands),
-    decimated as :func:`_decimation` says."""
-    import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.merge import merge
-
-    datasets = []
-    try:
-        for p in paths:
-            try:
-                datasets.append(rasterio.open(p))
-            except Exception as exc:  # rasterio raises several types for unreadable files
-                raise SyntheticError(f"cannot read raster: {exc}", path=str(p)) from exc
-        for ds, p in zip(datasets, paths, strict=True):
-            if ds.crs is None:
-                raise SyntheticError("raster has no CRS", path=str(p))
-            if ds.transform.b != 0 or ds.transform.d != 0:
-                raise SyntheticError("rotated geotransforms are not supported", path=str(p))
-            if ds.crs != datasets[0].crs:
-                raise SyntheticError(
-                    f"cannot merge rasters in different CRSs ({ds.crs} vs {datasets[0].crs})",
-                    path=str(p),
-                )
-        first = datasets[0]
-        bands = [1, 2, 3] if first.count >= 3 else [1, 1, 1]
-        factor = _decimation(datasets, finest_gsd_m, max_pixels or DEFAULT_MAX_PIXELS)
-        if len(datasets) == 1 and factor <= 1.0:
-            data = first.read(bands)
-            mask = first.dataset_mask() > 0
-            transform = first.transform
-        elif len(datasets) == 1:
-            h = max(1, int(round(first.height / factor)))
-            w = max(1, int(round(first.width / factor)))
-            data = first.read(bands, out_shape=(3, h, w), resampling=Resampling.average)
-            mask = first.dataset_mask(out_shape=(h, w), resampling=Resampling.nearest) > 0
-            transform = first.transform @ first.transform.scale(first.width / w, first.height / h)
-        else:
-            res = (
-                factor * min(abs(d.transform.a) for d in datasets),
-                factor * min(abs(d.transform.e) for d in datasets),
-            )
-            rs = Resampling.average if factor > 1.0 else Resampling.nearest
-            data, transform = merge(datasets, indexes=bands, res=res, nodata=0, resampling=rs)
-            valid, _ = merge([_ones_like(d) for d in datasets], res=res, nodata=0, indexes=[1])
-            mask = valid[0] > 0
-        return data, mask, transform, str(first.crs.to_wkt())
-    finally:
-        for ds in datasets:
-            ds.close()
-
-
-def _ones_like(ds: Any) -> Any:
-    """An in-memory single-band raster of ones with ``ds``'s grid (for the merged valid mask)."""
-    from rasterio.io import MemoryFile
-
-    mem = MemoryFile()
-    out = mem.open(
-        driver="GTiff",
-        width=ds.width,
-        height=ds.height,
-        count=1,
-        dtype="uint8",
-        crs=ds.crs,
-        transform=ds.transform,
-        nodata=0,
-    )
-    out.write((ds.dataset_mask() > 0).astype(np.uint8)[None])
-    return out
 
 
 def _axis_angle(axis: FloatArray, angle: float) -> FloatArray:

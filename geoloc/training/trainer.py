@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from geoloc.errors import GeolocError
+from geoloc.errors import TrainError
+from geoloc.metrics import recall_at_k
 from geoloc.training.datasets import PairSet
 from geoloc.training.losses import LossParts, SGMLoss
 
@@ -45,10 +46,6 @@ __all__ = [
 #: other places in the whole epoch cache (re-mined each pass); ``batch`` = the most similar
 #: positive of another place in the same batch, with the weights of that step (batch-hard).
 MINING: tuple[str, ...] = ("pool", "batch")
-
-
-class TrainError(GeolocError):
-    """Training cannot start or resume (bad checkpoint directory, mismatched config)."""
 
 
 class PairSource(Protocol):
@@ -118,8 +115,6 @@ def retrieval_recall(
     q: torch.Tensor, db: torch.Tensor, relevant: list[set[int]], ks: tuple[int, ...] = (1, 5)
 ) -> dict[int, float]:
     """Recall@k of cosine retrieval of ``q`` (Q, D) among ``db`` (N, D)."""
-    from geoloc.evaluation.metrics import recall_at_k
-
     sim = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(db, dim=1).T
     k = min(max(ks), db.shape[0])
     top = sim.topk(k, dim=1).indices.tolist()

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from geoloc.evaluation.metrics import (
+from geoloc.metrics import (
     average_precision,
     error_summary,
     errors_m,

@@ -133,3 +133,17 @@ def test_unreadable_raster_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not a tiff")
     with pytest.raises(SyntheticError, match="bad.tif"):
         ViewSynthesizer(bad)
+
+
+@pytest.mark.parametrize("name", ["uint16", "float_nan"])
+def test_wide_rasters_train_on_the_pixels_they_are_searched_with(tmp_path: Path, name: str) -> None:
+    """A non-uint8 raster's in-memory view pixels are the tiler's stretched pixels."""
+    from tests.data.rasters.data import generate
+    from tiling import open_raster
+
+    path = generate(tmp_path, [name])[name]
+    s = ViewSynthesizer(path, size=32)
+    with open_raster(path) as r:
+        pixels, mask = r.read_window(0, 0, 1.0, 1.0, r.width, r.height)
+    assert np.array_equal(s.valid.astype(bool), mask)
+    assert np.array_equal(s.pixels[mask], pixels.transpose(1, 2, 0)[mask])

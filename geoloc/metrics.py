@@ -1,4 +1,5 @@
-"""Evaluation metrics: retrieval (recall@k, AP, recall@top-1%), metres error, rejection, latency.
+"""Metrics of training validation and evaluation: retrieval (recall@k, AP, recall@top-1%),
+metres error, rejection, latency.
 
 Rankings are sequences of database ids, best first; ``relevant`` holds, per query, the set of ids
 that count as correct. Errors are geodesic distances on the WGS 84 ellipsoid.
