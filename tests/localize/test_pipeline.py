@@ -224,3 +224,43 @@ def test_node_consistency_recovers_a_similarity() -> None:
         cent_t,
     )
     assert u.score < 0.5 * m.score
+
+
+def test_config_forms_come_from_the_dataclass_fields() -> None:
+    from dataclasses import fields
+
+    from geoloc.localize.pipeline import GLOBAL_KEYS, PipelineConfig, from_dict
+
+    names = [f.name for f in fields(PipelineConfig)]
+    cfg = preset("seed")
+    assert list(cfg.as_dict()) == names
+    assert list(tomllib.loads(cfg.to_toml())) == names  # globals first, then the stage tables
+    assert set(GLOBAL_KEYS) < set(names) and "recall" not in GLOBAL_KEYS
+    assert from_dict(cfg.as_dict()) == cfg
+    # validate() checks and never changes a field: "verified needs a verifier" is resolved
+    # when the config is made, and an inconsistent edit afterwards is an error
+    no_verify = from_dict({"verify": {"name": "none"}})
+    assert no_verify.answer == "refined"
+    bare = from_dict({"verify": {"name": "none"}, "consistency": {"name": "none"}})
+    assert bare.answer == "tile-centre"
+    edited = preset("accurate")
+    edited.verify = None
+    before = edited.as_dict()
+    with pytest.raises(ConfigError, match="answer 'verified' needs a verify stage"):
+        edited.validate()
+    assert edited.as_dict() == before
+
+
+def test_plugins_list_reads_the_one_group_table() -> None:
+    from geoloc.cli.plugins import defaults, list_plugins
+
+    rows = list_plugins(load=False)
+    assert {r["group"] for r in rows} == set(plugins.GROUPS)
+    assert all(r["protocol"] == plugins.GROUPS[str(r["group"])] for r in rows)
+    cfg = preset("accurate")
+    assert defaults()["geoloc.verify"] == (cfg.verify.name,)  # type: ignore[union-attr]
+    assert defaults()["geoloc.priors"] == tuple(p.name for p in cfg.priors)
+    marked = {(r["group"], r["name"]) for r in rows if r["default"]}
+    assert ("geoloc.recall", "faiss") in marked and ("geoloc.recall", "pgvector") not in marked
+    for group in plugins.GROUPS:  # every table entry names a Protocol that exists
+        assert plugins.protocol_members(plugins.protocol(group))
