@@ -20,33 +20,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from geoloc.errors import ConfigError
-from geoloc.localize.state import FrameState
-
-
-@dataclass
-class NodeMatch:
-    """Consistency of one frame/tile pair.
-
-    ``perm[i]`` is the tile node matched to frame node i; ``centre`` the frame centre mapped into
-    the tile's normalised coordinates (x right, y down); ``rotation_deg`` counter-clockwise as
-    seen (frame -> tile); ``residual`` the weighted RMS centroid residual (tile widths).
-    """
-
-    score: float
-    perm: np.ndarray
-    descriptor_sim: float
-    area_agreement: float
-    layout_agreement: float
-    residual: float
-    scale: float
-    rotation_deg: float
-    centre: tuple[float, float]
+from geoloc.localize.state import FrameState, NodeMatch
 
 
 def _node_descriptors(phi: np.ndarray, k: int) -> np.ndarray:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from geoloc.localize.consistency import NodeMatch
     from geoloc.localize.frame import Frame
     from geoloc.localize.priors import Prior
     from geoloc.localize.verify import Verification
@@ -46,6 +45,26 @@ class Fix:
     def as_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
         return asdict(self)
+
+
+@dataclass
+class NodeMatch:
+    """Consistency of one frame/tile pair.
+
+    ``perm[i]`` is the tile node matched to frame node i; ``centre`` the frame centre mapped into
+    the tile's normalised coordinates (x right, y down); ``rotation_deg`` counter-clockwise as
+    seen (frame -> tile); ``residual`` the weighted RMS centroid residual (tile widths).
+    """
+
+    score: float
+    perm: np.ndarray
+    descriptor_sim: float
+    area_agreement: float
+    layout_agreement: float
+    residual: float
+    scale: float
+    rotation_deg: float
+    centre: tuple[float, float]
 
 
 @dataclass(frozen=True)
