@@ -49,8 +49,8 @@ def register(app: typer.Typer) -> None:
         and 143 on SIGTERM (the interrupted raster is rolled back).
         """
         from geoloc.ingest import ingest
+        from tiling.policy import DEFAULT_MIN_VALID
 
-        extra = {} if min_valid is None else {"min_valid": min_valid}
         results = ingest(
             paths,
             encoder=encoder,
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             force=force,
             progress=not no_progress,
-            **extra,
+            min_valid=DEFAULT_MIN_VALID if min_valid is None else min_valid,
         )
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         failed = sum(r.status == "failed" for r in results)
