@@ -35,7 +35,7 @@ from geoloc.localize.recall import Recall, RecallStage
 from geoloc.localize.regions import MapRegions
 from geoloc.localize.rerank import Rerank
 from geoloc.localize.schedule import VerificationScheduler
-from geoloc.localize.state import Fix, FrameRequest, FrameState
+from geoloc.localize.state import ChainStage, Fix, FrameRequest, FrameState
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Localizer:
             tile_ground_m=self.tile_ground_m,
             rotations=config.rotations,
         )
-        self.chain: list[Any] = [self.prepare, self.recall, self.rerank, self.consistency]
+        self.chain: list[ChainStage] = [self.prepare, self.recall, self.rerank, self.consistency]
         if self.verify is not None:
             self.chain.append(self.verify)
         self.pipeline_info = self._describe(recall_plugin)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -183,3 +183,14 @@ class FrameState:
     def stopped(self) -> bool:
         """True when a stage ended the chain (nothing left to rank or verify)."""
         return self.message is not None and not self.candidates
+
+
+class ChainStage(Protocol):
+    """A stage of the locate chain: its defaults and one step over the per-frame state."""
+
+    default_conf: ClassVar[dict[str, Any]]
+    conf: dict[str, Any]
+
+    def run(self, state: FrameState) -> None:
+        """Read what earlier stages put in ``state`` and add this stage's outputs."""
+        ...
