@@ -176,7 +176,8 @@ class Localizer:
                 enc.optimize_for_inference()
         else:
             enc = encoder  # an encoder already loaded (tests, benchmarks, notebooks)
-        omega = recall is None and config.recall.name == "faiss"
+        # only an Ω search needs the FAISS index in memory
+        omega = (recall.name if recall is not None else config.recall.name) == "faiss"
         store = TileStore.open(
             settings, encoder_sha256=enc.weights_sha256, encoder_name=enc.name, omega=omega
         )
