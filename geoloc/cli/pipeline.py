@@ -48,8 +48,7 @@ def register(app: typer.Typer) -> None:
         tiles kept/skipped, seconds) on stdout. Exit 1 when any raster failed; 130 on Ctrl-C
         and 143 on SIGTERM (the interrupted raster is rolled back).
         """
-        from geoloc.ingest import ingest
-        from tiling.policy import DEFAULT_MIN_VALID
+        from geoloc.ingest import DEFAULT_MIN_VALID, ingest
 
         results = ingest(
             paths,

@@ -11,16 +11,26 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from geoloc.store.database import Database, open_database
     from geoloc.store.faiss_store import OmegaIndex
-    from geoloc.store.records import Candidate
+    from geoloc.store.records import Candidate, RasterRecord, TileRecord
     from geoloc.store.tile_store import TileStore
 
-__all__ = ["Candidate", "Database", "OmegaIndex", "TileStore", "open_database"]
+__all__ = [
+    "Candidate",
+    "Database",
+    "OmegaIndex",
+    "RasterRecord",
+    "TileRecord",
+    "TileStore",
+    "open_database",
+]
 
 _LAZY = {
     "Database": "geoloc.store.database",
     "open_database": "geoloc.store.database",
     "OmegaIndex": "geoloc.store.faiss_store",
     "Candidate": "geoloc.store.records",
+    "RasterRecord": "geoloc.store.records",
+    "TileRecord": "geoloc.store.records",
     "TileStore": "geoloc.store.tile_store",
 }
 

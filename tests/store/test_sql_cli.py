@@ -159,3 +159,33 @@ def test_sql_on_a_fresh_embedded_server(fresh_home: Path) -> None:
     )
     assert url.returncode == 0 and url.stdout.startswith("postgresql://")
     assert "geoloc db start" in url.stderr
+
+
+def test_the_geoloc_sql_examples_of_docs_sql_md_run(cli: _Cli, database: Database) -> None:
+    import re
+    import shlex
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sql.md").read_text()
+    lines = re.findall(r"^geoloc sql .*$", doc, flags=re.M)
+    assert len(lines) == 3
+    enc = register_encoder(database)
+    rng = np.random.default_rng(1)
+    ingest_fake(database, enc, make_tiles(1, 2), unit(rng, 2, 1024))
+    ingest_fake(
+        database, enc, make_tiles(1, 1, lat0=61.0), unit(rng, 1, 1024), sha="e" * 64, complete=False
+    )
+    with database.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE orthomosaics SET status = 'failed' WHERE status <> 'complete'")
+    outs = []
+    for line in lines:
+        code, out, err = cli(*shlex.split(line)[1:])
+        assert code == 0, (line, err)
+        outs.append(out)
+    assert [json.loads(x) for x in outs[0].splitlines()] == [
+        {"status": "complete", "n": 1},
+        {"status": "failed", "n": 1},
+    ]
+    table = list(csv.reader(io.StringIO(outs[1])))
+    assert table[0] == ["id", "path", "target_gsd_m", "tiles_kept"] and len(table) == 3
+    code, out, _ = cli("sql", "SELECT status FROM orthomosaics")
+    assert [json.loads(x) for x in out.splitlines()] == [{"status": "complete"}]

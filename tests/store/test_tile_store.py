@@ -1,4 +1,5 @@
-"""TileStore read side: open errors, Ω search, Φ k-NN, candidates, radius, index re-open."""
+"""TileStore: open errors, Ω search, Φ k-NN, candidates, radius, index re-open; the write unit
+(begin/add/commit/abort, recover, verify); its imports."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import pytest
 from pyproj import Transformer
 
 from geoloc.config import Settings
-from geoloc.errors import EmptyDatabaseError, EncoderMismatchError, IndexError_
+from geoloc.errors import DatabaseError, EmptyDatabaseError, EncoderMismatchError, IndexError_
 from geoloc.store import Candidate, TileStore
+from geoloc.store import repository as repo
 from geoloc.store.database import Database
 from geoloc.store.faiss_store import OmegaIndex
+from geoloc.store.records import RasterRecord, TileRecord
 
 from .helpers import SHA_A, ingest_fake, make_tiles, register_encoder, unit
 
@@ -127,3 +130,128 @@ def test_reopen_if_changed_sees_another_writers_save(
         assert sum("cannot be re-opened" in r.message for r in caplog.records) == 1
     finally:
         store.close()
+
+
+# ------------------------------------------------------------------------------ write side
+def _writer(settings: Settings) -> TileStore:
+    return TileStore.for_encoder(
+        settings,
+        name="fake",
+        config={"k": 8},
+        weights_sha256=SHA_A,
+        omega_dim=OMEGA_D,
+        phi_dim=1024,
+    )
+
+
+def _raster(path: str = "/data/fake.tif", sha: str = "f" * 64) -> RasterRecord:
+    return RasterRecord(
+        path=path,
+        sha256=sha,
+        crs="EPSG:32634",
+        width=1000,
+        height=800,
+        gsd_m=0.5,
+        bounds_lonlat=(22.25, 60.44, 22.26, 60.45),
+        footprint_wkt="POLYGON ((22.25 60.44, 22.26 60.44, 22.26 60.45, 22.25 60.45, 22.25 60.44))",
+        tile_size=224,
+        stride=112,
+        target_gsd_m=0.5,
+    )
+
+
+def _write(store: TileStore, n_rows: int, rng: np.random.Generator) -> list[int]:
+    tiles = [TileRecord.from_tile(t) for t in make_tiles(n_rows, 2)]
+    n = len(tiles)
+    return store.add(
+        tiles,
+        unit(rng, n, OMEGA_D),
+        unit(rng, n, 1024),
+        np.full((n, 8), 0.125, np.float32),
+        np.zeros((n, 8, 2), np.float32),
+    )
+
+
+def test_begin_add_commit_is_one_unit(pg_settings: Settings) -> None:
+    rng = np.random.default_rng(5)
+    with _writer(pg_settings) as store:
+        with pytest.raises(DatabaseError, match="ingest lock"):
+            store.begin(_raster())
+        with store.locked():
+            store.recover()
+            oid = store.begin(_raster())
+            ids = _write(store, 2, rng)
+            # not complete yet: neither a reader of the database nor of the saved index sees it
+            assert repo.complete_tile_ids(store.db, store.encoder_id).size == 0
+            assert not OmegaIndex.exists(pg_settings, SHA_A)
+            store.commit(kept=len(ids), skipped=1)
+        assert store.write_timings.faiss_save_s > 0
+        assert store.verify().ok
+    with TileStore.open(pg_settings, encoder_sha256=SHA_A) as reader:
+        assert sorted(c.tile_id for c in reader.candidates(ids)) == sorted(ids)
+        assert reader.index is not None and sorted(reader.index.ids().tolist()) == sorted(ids)
+        o = repo.get_orthomosaic(reader.db, oid)
+        assert o is not None and (o.status, o.tiles_kept, o.tiles_skipped) == ("complete", 4, 1)
+
+
+def test_abort_and_recover_leave_only_complete_tiles(pg_settings: Settings) -> None:
+    rng = np.random.default_rng(6)
+    with _writer(pg_settings) as store, store.locked():
+        store.recover()
+        store.begin(_raster())
+        kept = _write(store, 1, rng)
+        store.commit(len(kept), 0)
+        # an aborted raster leaves no row and no Ω
+        store.begin(_raster("/data/other.tif", "e" * 64))
+        _write(store, 2, rng)
+        store.abort()
+        assert store.verify().ok and store.verify().db_count == len(kept)
+        # a "crash" after the index was saved with Ω of an incomplete raster
+        store.begin(_raster("/data/third.tif", "d" * 64))
+        dead = _write(store, 1, rng)
+        assert store.index is not None
+        store.index.save()
+    with _writer(pg_settings) as store:
+        report = store.verify()
+    assert not report.ok and sorted(report.extra_in_index) == sorted(dead)
+    with _writer(pg_settings) as store:
+        store.recover()  # takes the lock itself
+        report = store.verify()
+        assert report.ok and report.db_count == len(kept)
+        assert [o.path for o in repo.list_orthomosaics(store.db)] == ["/data/fake.tif"]
+
+
+def test_begin_replaces_the_same_content_and_a_changed_file(pg_settings: Settings) -> None:
+    rng = np.random.default_rng(7)
+    with _writer(pg_settings) as store, store.locked():
+        first = store.begin(_raster())
+        _write(store, 1, rng)
+        store.commit(2, 0)
+        again = store.begin(_raster())  # same SHA-256 (a forced re-ingest)
+        ids = _write(store, 1, rng)
+        store.commit(2, 0)
+        changed = store.begin(_raster(sha="c" * 64))  # same path, new content
+        new_ids = _write(store, 2, rng)
+        store.commit(4, 0)
+        orthos = repo.list_orthomosaics(store.db)
+        assert [o.id for o in orthos] == [changed] and first != again != changed
+        assert store.verify().ok
+        assert store.index is not None
+        assert sorted(store.index.ids().tolist()) == sorted(new_ids)
+        assert not set(ids) & set(store.index.ids().tolist())
+
+
+def test_store_imports_neither_models_nor_tiling() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import geoloc.store, geoloc.store.tile_store, geoloc.store.repository, "
+        "geoloc.store.maintenance, geoloc.store.sql, geoloc.store.codec, geoloc.store.records\n"
+        "bad = sorted(m for m in sys.modules if m == 'tiling' or m.startswith(('tiling.', "
+        "'geoloc.models', 'geoloc.localize', 'geoloc.ingest')))\n"
+        "print(','.join(bad))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""
