@@ -17,6 +17,10 @@ from pathlib import Path
 
 import platformdirs
 
+#: The encoder plugin used when none is named (ingest, locate, train, eval, explain). Here, not
+#: in geoloc.models, so the command line can show it without importing torch.
+DEFAULT_ENCODER = "sgmnet"
+
 
 def _default_home() -> Path:
     if hasattr(os, "geteuid") and os.geteuid() == 0:

@@ -48,6 +48,7 @@ class PooledBaseline(torch.nn.Module):
         self.inner = backbone_of
         self.conv = conv
         self.freeze_backbone = True
+        self.weights_sha256: str | None = None  # not a shipped or checkpointed encoder
 
     def config(self) -> dict[str, Any]:
         """The backbone part of the inner encoder's config (shares its feature cache)."""

@@ -205,6 +205,8 @@ def _decode_bytes(data: bytes, label: str, path: Path | None) -> DecodedImage:
             rgb, mask = _from_pillow(upright, label)
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image too large to decode safely ({_first_line(exc)})", label) from exc
     except UnidentifiedImageError as exc:
         rgb, mask = _gdal_fallback(
             data, label, path, exc, "not a readable image (unknown format or corrupt)"

@@ -46,9 +46,10 @@ DEFAULT_STRIDE_FRACTION = 0.5
 #: Default minimum fraction of valid pixels for a tile to be kept.
 DEFAULT_MIN_VALID = 0.5
 
-#: Fewest kept tiles the default GSD must give before the policy falls back to the native GSD
-#: ("a few dozen": below that, recall has nothing to choose between).
-MIN_TILES = 24
+#: Fewest kept tiles the default GSD must give before the policy falls back to the native GSD:
+#: below a dozen, recall has next to nothing to choose between. A map of a few hundred metres
+#: (a dozen tiles at the default) keeps the default, whose tiles retrieve better.
+MIN_TILES = 12
 
 
 @dataclass(frozen=True)

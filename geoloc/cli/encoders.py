@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from geoloc.config import DEFAULT_ENCODER
 from geoloc.errors import ConfigError
 
 encoders_app = typer.Typer(help="Encoder plugins: list them, describe one.", no_args_is_help=True)
@@ -31,13 +32,13 @@ def encoder_info(
     enc = load_encoder(name, checkpoint=checkpoint, **overrides)
     return {
         "name": enc.name,
-        "backbone": getattr(enc, "backbone_name", None),
+        "backbone": enc.backbone_name,
         "omega_dim": int(enc.omega_dim),
         "phi_dim": int(enc.phi_dim),
         "num_nodes": int(enc.num_nodes),
         "params": int(sum(p.numel() for p in enc.parameters())),
         "gflops_224": round(float(enc.gflops()), 4),
-        "pretrained": bool(getattr(enc, "pretrained", False)),
+        "pretrained": bool(enc.pretrained),
         "trained_head": checkpoint is not None
         or (not overrides and shipped_checkpoint(name) is not None),
         "weights_sha256": enc.weights_sha256,
@@ -55,7 +56,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List the installed encoder plugins (entry-point group geoloc.encoders)."""
         from geoloc import plugins
-        from geoloc.models.registry import DEFAULT_ENCODER, GROUP
+        from geoloc.models.registry import GROUP
 
         infos = plugins.available(GROUP)
         rows = [
@@ -102,7 +103,7 @@ def register(app: typer.Typer) -> None:
     def explain_cmd(
         image: Path = typer.Argument(..., help="Image (JPEG/PNG/GeoTIFF) to explain."),
         out: Path = typer.Option(Path("nodes.png"), "--out", "-o", help="PNG to write."),
-        encoder: str = typer.Option("sgmnet", help="Encoder plugin name."),
+        encoder: str = typer.Option(DEFAULT_ENCODER, help="Encoder plugin name."),
         checkpoint: Path | None = typer.Option(None, help="Encoder checkpoint (PATH.json)."),
     ) -> None:
         """Draw the image with its CSMG node maps, centroids and areas; node summary to stdout."""

@@ -21,7 +21,7 @@ log = logging.getLogger("geoloc.tiles")
 # The defaults live in tiling.policy (imported lazily: it pulls in rasterio); None = default.
 GSD_HELP = (
     "Resample to this ground sample distance (m/px). Default: max(0.5, native), or native "
-    "when that keeps fewer than a few dozen tiles (the same grid as `geoloc ingest`)."
+    "when that keeps fewer than a dozen tiles (the same grid as `geoloc ingest`)."
 )
 TILE_SIZE_HELP = "Tile side in pixels (default: 224)."
 STRIDE_HELP = "Step between tiles in pixels (default: half a tile)."

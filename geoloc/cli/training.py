@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from geoloc.config import DEFAULT_ENCODER
 from geoloc.errors import ConfigError
 
 
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
         unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the backbone too (GPU)."),
-        encoder: str = typer.Option("sgmnet", "--encoder"),
+        encoder: str = typer.Option(DEFAULT_ENCODER, "--encoder"),
         num_nodes: int = typer.Option(4, "--nodes", min=2, max=8, help="CSMG nodes K."),
         gsd_min: float = typer.Option(0.14, "--gsd-min", help="Smallest tile GSD (m/px)."),
         gsd_max: float | None = typer.Option(
@@ -137,7 +138,7 @@ def register(app: typer.Typer) -> None:
         stride: int | None = typer.Option(None, "--stride", help="Default: half a tile."),
         headings: int = typer.Option(8, "--heading-hypotheses", min=1),
         seed: int = typer.Option(0, "--seed"),
-        encoder: str = typer.Option("sgmnet", "--encoder"),
+        encoder: str = typer.Option(DEFAULT_ENCODER, "--encoder"),
         university1652: Path | None = typer.Option(None, "--university1652"),
         max_queries: int | None = typer.Option(None, "--max-queries"),
         max_tilt: float = typer.Option(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from geoloc.config import DEFAULT_ENCODER
 from geoloc.errors import ConfigError
 from geoloc.metrics import (
     error_summary,
@@ -107,7 +108,7 @@ def evaluate_frames(
     truth: str | Path,
     *,
     checkpoint: str | Path | None = None,
-    encoder: str = "sgmnet",
+    encoder: str = DEFAULT_ENCODER,
     use_gsd: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:

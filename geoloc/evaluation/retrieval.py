@@ -19,16 +19,57 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from geoloc.metrics import error_summary, recall_at_k
+from geoloc.models.base import EncoderOutput
 from geoloc.training.synthetic import ParamRanges, ViewSynthesizer
 from tiling.errors import TilingError
 
-__all__ = ["SyntheticQueries", "TileDatabase", "evaluate_retrieval", "make_queries", "make_tiles"]
+__all__ = [
+    "ScoredEncoder",
+    "SyntheticQueries",
+    "TileDatabase",
+    "evaluate_retrieval",
+    "make_queries",
+    "make_tiles",
+]
+
+
+class ScoredEncoder(Protocol):
+    """What the retrieval evaluation uses of an encoder: the backbone / head split (so encoders
+    sharing a frozen backbone share its features) and what names it in the results.
+    :class:`geoloc.models.Encoder` implements it; so can a baseline that is not a plugin."""
+
+    freeze_backbone: bool
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """SHA-256 of the weights, or None for an unnamed baseline."""
+        ...
+
+    def config(self) -> dict[str, Any]:
+        """Parameters; the backbone ones key the feature cache."""
+        ...
+
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 RGB (B, 3, H, W) -> the backbone's input."""
+        ...
+
+    def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen, cacheable part."""
+        ...
+
+    def forward_head(self, features: torch.Tensor) -> EncoderOutput:
+        """Everything after the backbone."""
+        ...
+
+    def eval(self) -> Any:
+        """Inference mode."""
+        ...
 
 
 @dataclass
@@ -108,7 +149,7 @@ def _rotation_crops(q: SyntheticQueries, tile_size: int, headings: int) -> np.nd
     return np.stack(out)
 
 
-def _backbone(enc: Any, images: np.ndarray, batch: int = 32) -> torch.Tensor:
+def _backbone(enc: ScoredEncoder, images: np.ndarray, batch: int = 32) -> torch.Tensor:
     feats = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
@@ -116,7 +157,9 @@ def _backbone(enc: Any, images: np.ndarray, batch: int = 32) -> torch.Tensor:
     return torch.cat(feats)
 
 
-def _head(enc: Any, feats: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def _head(
+    enc: ScoredEncoder, feats: torch.Tensor, batch: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     om, ph = [], []
     enc.eval()
     with torch.no_grad():
@@ -136,7 +179,7 @@ def _rerank(first: torch.Tensor, second: torch.Tensor, depth: int) -> torch.Tens
     return out
 
 
-def _backbone_key(enc: Any) -> tuple[Any, ...]:
+def _backbone_key(enc: ScoredEncoder) -> tuple[Any, ...]:
     cfg = enc.config()
     return (cfg.get("backbone"), cfg.get("pretrained"), cfg.get("backbone_weights"))
 
@@ -153,7 +196,7 @@ def _cache_file(
 
 
 def evaluate_retrieval(
-    encoders: Mapping[str, Any],
+    encoders: Mapping[str, ScoredEncoder],
     db: TileDatabase,
     queries: SyntheticQueries,
     *,
@@ -190,7 +233,7 @@ def evaluate_retrieval(
     results: dict[str, Any] = {}
     for name, enc in encoders.items():
         key = _backbone_key(enc)
-        frozen = bool(getattr(enc, "freeze_backbone", True))
+        frozen = bool(enc.freeze_backbone)
         file = _cache_file(cache_dir, key, db, flat) if cache_dir and frozen else None
         if key not in cache and file is not None and file.is_file():
             saved = torch.load(file, weights_only=True)
@@ -252,7 +295,7 @@ def evaluate_retrieval(
         "encoders": {
             name: {
                 "num_nodes": enc.config().get("num_nodes"),
-                "weights_sha256": getattr(enc, "weights_sha256", None),
+                "weights_sha256": enc.weights_sha256,
             }
             for name, enc in encoders.items()
         },

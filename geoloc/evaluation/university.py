@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from geoloc.metrics import mean_average_precision, recall_at_k, recall_at_top_percent
+from geoloc.models.base import Encoder
 from geoloc.training.datasets import University1652, read_image
 
 __all__ = ["evaluate_university1652"]
@@ -26,7 +27,7 @@ def _encode(enc: Any, paths: list[Path], size: int, batch: int = 16) -> tuple[to
 
 
 def evaluate_university1652(
-    encoders: Mapping[str, Any], root: str | Path, *, max_queries: int | None = None
+    encoders: Mapping[str, Encoder], root: str | Path, *, max_queries: int | None = None
 ) -> dict[str, Any]:
     """Rank the gallery satellite images for every query drone image, per encoder and score."""
     data = University1652(root)
@@ -35,7 +36,7 @@ def evaluate_university1652(
     relevant = [set(np.nonzero(gid == i)[0].tolist()) for i in q_ids]
     results: dict[str, Any] = {}
     for name, enc in encoders.items():
-        size = int(getattr(enc, "input_size", 224))
+        size = int(enc.input_size)
         qo, qp = _encode(enc, q_paths, size)
         go, gp = _encode(enc, g_paths, size)
         res: dict[str, Any] = {}

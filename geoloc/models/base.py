@@ -53,12 +53,14 @@ class EncoderOutput:
 
 @runtime_checkable
 class EncoderProtocol(Protocol):
-    """What the rest of geoloc needs from an encoder plugin (``Encoder`` implements it)."""
+    """Everything the rest of geoloc uses of an encoder: the one declaration of the contract.
+
+    :class:`Encoder` implements it; a plugin is accepted by the registry when it has every
+    member (:func:`protocol_members` lists them for the error message).
+    """
 
     name: str
     input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
     omega_dim: int
     phi_dim: int
     num_nodes: int
@@ -78,9 +80,24 @@ class EncoderProtocol(Protocol):
         """uint8 RGB (B, 3, H, W) -> outputs."""
         ...
 
-    def state_dict(self) -> Any:
-        """Weights for checkpoints."""
+    def optimize_for_inference(self, jit: bool = True) -> Any:
+        """Make :meth:`encode` faster for inference (in place; returns the encoder)."""
         ...
+
+    def eval(self) -> Any:
+        """Inference mode (``nn.Module.eval``)."""
+        ...
+
+    def to(self, device: Any) -> Any:
+        """Move the weights to ``device`` (``nn.Module.to``)."""
+        ...
+
+
+def protocol_members(proto: type) -> tuple[str, ...]:
+    """The attribute and method names ``proto`` (a Protocol class) declares, sorted."""
+    names = set(getattr(proto, "__annotations__", {}))
+    names.update(k for k in vars(proto) if not k.startswith("_"))
+    return tuple(sorted(names))
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -156,6 +173,8 @@ class Encoder(nn.Module):
     num_nodes: int = 0
     #: Size of one node's block of Φ (Φ = K blocks), or None when Φ is one global descriptor.
     node_dim: int | None = None
+    #: Name of the backbone architecture, when the encoder has a named one.
+    backbone_name: str | None = None
     freeze_backbone: bool = False
     pretrained: bool = False
 
@@ -282,12 +301,11 @@ class Encoder(nn.Module):
     def optimize_for_inference(self, jit: bool = True) -> Encoder:
         """Fold BatchNorm into convolutions, switch to channels_last, freeze a traced backbone.
 
-        With ``jit`` the backbone is traced at ``input_size`` and ``torch.jit.freeze``-d, so inputs
-        must then be ``input_size`` square, which :meth:`preprocess` guarantees (measured for
-        EfficientNet-Lite0, one thread, CPU time: 13-20 % faster than eager after two warm-up
-        calls; tracing costs ~1 s once). The weights hash
-        is frozen first, so ``weights_sha256`` still names the original weights. Outputs match
-        eager mode within 1e-4. Irreversible: the optimised encoder cannot be trained or saved.
+        With ``jit`` the backbone is traced at ``input_size`` and ``torch.jit.freeze``-d (faster on
+        CPU after warm-up; tracing costs once), so inputs must then be ``input_size`` square,
+        which :meth:`preprocess` guarantees. The weights hash is frozen first, so
+        ``weights_sha256`` still names the original weights; outputs match eager mode within
+        1e-4. Irreversible: the optimised encoder cannot be trained or saved.
         """
         if self._frozen_sha is not None:
             return self

@@ -58,7 +58,7 @@ def local_features(images: np.ndarray) -> torch.Tensor:
     """Pretrained Lite0 stride-16 features, L2-normalised per location: (B, 112, 14, 14)."""
     from geoloc.models import build_encoder
 
-    enc = build_encoder("sgmnet")
+    enc = build_encoder("sgmnet")  # SGM-Net's Lite0 backbone by design, whatever the default
     with torch.inference_mode():
         feats = enc.backbone_features(enc.preprocess(images))
     return F.normalize(feats, dim=1).clone()

@@ -7,14 +7,26 @@ from pathlib import Path
 from typing import Any
 
 from geoloc import plugins
+from geoloc.config import DEFAULT_ENCODER
 from geoloc.errors import ConfigError, EncoderMismatchError
-from geoloc.models.base import Encoder, EncoderProtocol
+from geoloc.models.base import Encoder, EncoderProtocol, protocol_members
 from geoloc.models.checkpoint import apply_weights, read_checkpoint_meta, verified_meta
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "DEFAULT_ENCODER",
+    "GROUP",
+    "WEIGHTS_DIR",
+    "available_encoders",
+    "build_encoder",
+    "ensure_compatible",
+    "load_checkpoint",
+    "load_encoder",
+    "shipped_checkpoint",
+]
+
 GROUP = "geoloc.encoders"
-DEFAULT_ENCODER = "sgmnet"
 #: Shipped head weights: ``<name>.safetensors`` + ``<name>.json`` (written by save_checkpoint).
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
@@ -32,13 +44,9 @@ def build_encoder(name: str, **params: Any) -> Encoder:
     except TypeError as exc:
         raise ConfigError(f"encoder {name!r}: bad parameters: {exc}") from exc
     if not isinstance(enc, EncoderProtocol):
-        needed = ("name", "omega_dim", "phi_dim", "num_nodes", "weights_sha256", "config")
-        missing = [
-            a for a in (*needed, "encode", "input_size", "mean", "std") if not hasattr(enc, a)
-        ]
-        raise ConfigError(
-            f"encoder plugin {name!r} does not implement {', '.join(sorted(missing))}"
-        )
+        have = set(dir(enc))
+        missing = [m for m in protocol_members(EncoderProtocol) if m not in have]
+        raise ConfigError(f"encoder plugin {name!r} does not implement {', '.join(missing)}")
     return enc  # type: ignore[return-value]
 
 

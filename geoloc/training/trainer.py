@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from geoloc.config import DEFAULT_ENCODER
 from geoloc.errors import TrainError
 from geoloc.metrics import recall_at_k
 from geoloc.training.datasets import PairSet
@@ -77,7 +78,7 @@ class TrainConfig:
     hard_pool: int = 5
     mining: str = "pool"
     unfreeze: bool = False
-    encoder: str = "sgmnet"
+    encoder: str = DEFAULT_ENCODER
     num_nodes: int = 4
     device: str | None = None
 

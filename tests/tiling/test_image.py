@@ -123,3 +123,21 @@ def test_one_stretch_for_rasters_and_images(fake: dict[str, Path]) -> None:
     assert np.array_equal(pixels, stretch_to_uint8(data))
     rgb, _ = read_image(data)
     assert np.array_equal(rgb.transpose(2, 0, 1), pixels)
+
+
+def test_decompression_bomb_is_one_line(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    # a PNG header claiming 20000 x 20000 px (above twice Pillow's bomb limit), no pixel data
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    p = tmp_path / "bomb.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    with pytest.raises(ImageError, match="too large to decode safely") as ei:
+        read_image(p)
+    assert "\n" not in str(ei.value) and str(ei.value).startswith(f"{p}: ")
