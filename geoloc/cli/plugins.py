@@ -10,8 +10,8 @@ import typer
 
 def defaults() -> dict[str, tuple[str, ...]]:
     """The plugins the default preset and ``geoloc ingest`` use, per group (from their tables)."""
+    from geoloc.config import DEFAULT_ENCODER
     from geoloc.localize.pipeline import DEFAULT_PRESET, preset
-    from geoloc.models.registry import DEFAULT_ENCODER
 
     cfg = preset(DEFAULT_PRESET)
     out: dict[str, tuple[str, ...]] = {"geoloc.encoders": (DEFAULT_ENCODER,)}

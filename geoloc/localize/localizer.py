@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from geoloc import plugins
-from geoloc.config import Settings
+from geoloc.config import DEFAULT_ENCODER, Settings
 from geoloc.errors import ConfigError
 from geoloc.localize.answer import Answer
 from geoloc.localize.consistency import Consistency
@@ -146,7 +146,7 @@ class Localizer:
     def open(
         cls,
         settings: Settings | None = None,
-        encoder: str | Any = "sgmnet",
+        encoder: str | Any = DEFAULT_ENCODER,
         checkpoint: str | Path | None = None,
         preset: str = "accurate",
         pipeline: PipelineConfig | str | Path | None = None,
@@ -167,13 +167,12 @@ class Localizer:
             sc = getattr(config, stage)
             if sc is not None and sc.name not in plugins.available(f"geoloc.{stage}"):
                 plugins.load(f"geoloc.{stage}", sc.name)  # raises listing the valid ones
-        from geoloc.models import Encoder, load_encoder
+        from geoloc.models import load_encoder
         from geoloc.store import TileStore
 
         if isinstance(encoder, str):
             enc = load_encoder(encoder, checkpoint=checkpoint)
-            if isinstance(enc, Encoder):  # the built-in base; a plugin may bring its own
-                enc.optimize_for_inference()
+            enc.optimize_for_inference()
         else:
             enc = encoder  # an encoder already loaded (tests, benchmarks, notebooks)
         # only an Ω search needs the FAISS index in memory
