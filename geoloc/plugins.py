@@ -1,13 +1,17 @@
 """One registry for every plugin group, discovered through entry points.
 
-Groups: ``geoloc.encoders``, ``geoloc.recall``, ``geoloc.rerank``, ``geoloc.consistency``,
-``geoloc.verify``, ``geoloc.priors``. A plugin is an entry point whose object is a class (or
-factory) taking keyword parameters. Plugins are only ever imported by entry-point name, never
-from a user-supplied path. A plugin that fails to import is reported and skipped.
+:data:`GROUPS` is the one table of plugin groups: each group names the Protocol its plugins
+implement. Loading (:func:`load`, :func:`instantiate`), checking (:func:`check`) and
+``geoloc plugins list`` all read it. A plugin is an entry point whose object is a class (or
+factory) taking keyword parameters; built-ins are registered the same way, in geoloc's
+``pyproject.toml``. Plugins are only ever imported by entry-point name, never from a
+user-supplied path. A plugin that fails to import is reported and skipped.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 from dataclasses import dataclass
 from functools import cache
@@ -18,14 +22,16 @@ from geoloc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-GROUPS: tuple[str, ...] = (
-    "geoloc.encoders",
-    "geoloc.recall",
-    "geoloc.rerank",
-    "geoloc.consistency",
-    "geoloc.verify",
-    "geoloc.priors",
-)
+#: Plugin group -> "module:Protocol" its plugins implement. The protocols are named, not
+#: imported, so that this module stays below every package that registers plugins.
+GROUPS: dict[str, str] = {
+    "geoloc.encoders": "geoloc.models.base:EncoderProtocol",
+    "geoloc.recall": "geoloc.localize.recall:RecallStage",
+    "geoloc.rerank": "geoloc.localize.rerank:RerankStage",
+    "geoloc.consistency": "geoloc.localize.consistency:ConsistencyStage",
+    "geoloc.verify": "geoloc.localize.verify:Verifier",
+    "geoloc.priors": "geoloc.localize.priors:PriorStage",
+}
 
 # Extra entry points registered at run time (tests, notebooks): group -> name -> "module:attr".
 _registered: dict[str, dict[str, str]] = {}
@@ -62,7 +68,7 @@ def available(group: str) -> dict[str, PluginInfo]:
     """Installed plugins of ``group`` by name (not imported)."""
     out: dict[str, PluginInfo] = {}
     for name, ep in sorted(_entry_points(group).items()):
-        dist = getattr(ep, "dist", None)
+        dist = getattr(ep, "dist", None)  # EntryPoint.dist is absent on run-time registrations
         out[name] = PluginInfo(
             group=group,
             name=name,
@@ -71,6 +77,10 @@ def available(group: str) -> dict[str, PluginInfo]:
             version=dist.version if dist is not None else None,
         )
     return out
+
+
+def _stage(group: str) -> str:
+    return group.split(".")[-1]
 
 
 def load(group: str, name: str) -> Any:
@@ -82,7 +92,7 @@ def load(group: str, name: str) -> Any:
     eps = _entry_points(group)
     if name not in eps:
         valid = ", ".join(sorted(eps)) or "none installed"
-        raise ConfigError(f"unknown {group.split('.')[-1]} plugin {name!r}; valid: {valid}")
+        raise ConfigError(f"unknown {_stage(group)} plugin {name!r}; valid: {valid}")
     try:
         return eps[name].load()
     except Exception as exc:  # noqa: BLE001 - any import failure of third-party code
@@ -100,3 +110,76 @@ def load_all(group: str) -> tuple[dict[str, Any], dict[str, str]]:
             log.warning("%s", exc)
             broken[name] = str(exc)
     return loaded, broken
+
+
+def protocol(group: str) -> Any:
+    """The Protocol class of ``group`` (from :data:`GROUPS`)."""
+    if group not in GROUPS:
+        raise ConfigError(f"unknown plugin group {group!r}; valid: {', '.join(GROUPS)}")
+    module, attr = GROUPS[group].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def protocol_members(proto: Any) -> list[str]:
+    """The public attributes and methods a Protocol declares, sorted."""
+    names: set[str] = set()
+    for klass in proto.__mro__:
+        if klass is object or klass.__name__ in ("Protocol", "Generic"):
+            continue
+        names.update(getattr(klass, "__annotations__", {}))
+        names.update(k for k, v in vars(klass).items() if callable(v) or isinstance(v, property))
+    return sorted(n for n in names if not n.startswith("_"))
+
+
+def check(group: str, obj: Any, name: str | None = None) -> None:
+    """ConfigError naming what ``obj`` lacks of its group's Protocol."""
+    proto = protocol(group)
+    missing = [m for m in protocol_members(proto) if not hasattr(obj, m)]
+    if missing:
+        label = name or getattr(obj, "name", type(obj).__name__)
+        raise ConfigError(
+            f"{_stage(group)} plugin {label!r} does not implement {', '.join(missing)}"
+        )
+
+
+def parameters(factory: Any) -> list[str] | None:
+    """The keyword parameters a plugin takes: its ``default_conf`` keys, else its signature.
+
+    None when it accepts any keyword (``**kwargs`` and no ``default_conf``).
+    """
+    conf = getattr(factory, "default_conf", None)
+    if isinstance(conf, dict):
+        return list(conf)
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in sig.parameters.values() if p.kind in kinds and p.name != "self"]
+
+
+def instantiate(group: str, name: str, params: dict[str, Any]) -> Any:
+    """Load plugin ``name`` of ``group``, build it with ``params`` and check its Protocol.
+
+    Unknown plugin -> ConfigError listing the valid names; a parameter the plugin does not take
+    -> ConfigError listing its parameters; a missing Protocol member -> ConfigError naming it.
+    """
+    factory = load(group, name)
+    stage = _stage(group)
+    valid = parameters(factory)
+    bad = sorted(set(params) - set(valid)) if valid is not None else []
+    if bad:
+        raise ConfigError(
+            f"{stage} plugin {name!r}: unknown parameter(s) {', '.join(bad)}; "
+            f"valid: {', '.join(valid or []) or 'none'}"
+        )
+    try:
+        obj = factory(**params)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{stage} plugin {name!r}: bad parameters: {exc}") from exc
+    check(group, obj, name)
+    return obj

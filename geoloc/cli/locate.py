@@ -16,6 +16,8 @@ from typing import Any
 
 import typer
 
+from geoloc.config import DEFAULT_ENCODER
+
 log = logging.getLogger("geoloc.locate")
 
 FORMATS = ("json", "geojson", "csv")
@@ -114,7 +116,9 @@ def register(app: typer.Typer) -> None:
             help="Stop verifying candidates after this many ms per frame (0: no limit) "
             "(accurate: 0, realtime: 300).",
         ),
-        encoder: str = typer.Option("sgmnet", "--encoder", "-e", help="Encoder plugin name."),
+        encoder: str = typer.Option(
+            DEFAULT_ENCODER, "--encoder", "-e", help="Encoder plugin name."
+        ),
         checkpoint: Path | None = typer.Option(
             None, "--checkpoint", help="Checkpoint the database was ingested with."
         ),

@@ -7,19 +7,24 @@ import sys
 
 import typer
 
-#: The plugins the default preset (``accurate``) and ``geoloc ingest`` use, per group.
-DEFAULTS: dict[str, tuple[str, ...]] = {
-    "geoloc.encoders": ("sgmnet",),
-    "geoloc.recall": ("faiss",),
-    "geoloc.rerank": ("phi-cosine",),
-    "geoloc.consistency": ("node-centroid",),
-    "geoloc.verify": ("xfeat-lighterglue",),
-    "geoloc.priors": ("gnss-radius", "heading"),
-}
+
+def defaults() -> dict[str, tuple[str, ...]]:
+    """The plugins the default preset and ``geoloc ingest`` use, per group (from their tables)."""
+    from geoloc.config import DEFAULT_ENCODER
+    from geoloc.localize.pipeline import DEFAULT_PRESET, preset
+
+    cfg = preset(DEFAULT_PRESET)
+    out: dict[str, tuple[str, ...]] = {"geoloc.encoders": (DEFAULT_ENCODER,)}
+    for stage in ("recall", "rerank", "consistency", "verify"):
+        sc = getattr(cfg, stage)
+        out[f"geoloc.{stage}"] = (sc.name,) if sc is not None else ()
+    out["geoloc.priors"] = tuple(p.name for p in cfg.priors)
+    return out
 
 
 def list_plugins(load: bool = True) -> list[dict[str, object]]:
-    """One row per installed plugin: group, name, value, package, version, default, status.
+    """One row per installed plugin: group, protocol, name, value, package, version, default,
+    status.
 
     With ``load`` each plugin is imported: one that fails is reported ``broken`` with its error
     (it never stops the listing).
@@ -27,11 +32,10 @@ def list_plugins(load: bool = True) -> list[dict[str, object]]:
     import importlib.util
 
     from geoloc import __version__, plugins
-    from geoloc.localize.stages import ensure_builtins
 
-    ensure_builtins()
+    default = defaults()
     rows: list[dict[str, object]] = []
-    for group in plugins.GROUPS:
+    for group, proto in plugins.GROUPS.items():
         infos = plugins.available(group)
         broken: dict[str, str] = {}
         loaded: dict[str, object] = {}
@@ -51,11 +55,12 @@ def list_plugins(load: bool = True) -> list[dict[str, object]]:
             rows.append(
                 {
                     "group": group,
+                    "protocol": proto,
                     "name": name,
                     "value": info.value,
                     "package": info.package or "geoloc (built-in)",
                     "version": info.version or (__version__ if info.package is None else None),
-                    "default": name in DEFAULTS.get(group, ()),
+                    "default": name in default.get(group, ()),
                     "status": status,
                     "error": error,
                 }

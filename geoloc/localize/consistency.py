@@ -8,37 +8,24 @@ a centroid in [0, 1]² (nodes sorted by area, descending). For a frame and a can
 2. fit the area-weighted similarity transform (Umeyama) that maps the frame's centroids onto the
    tile's matched centroids; its rotation is the residual heading after the rotation search;
 3. score = descriptor agreement x area agreement x layout agreement (Gaussian of the weighted
-   RMS residual of the centroids, sigma 0.15 tile widths), in [0, 1];
+   RMS residual of the centroids, ``sigma`` in tile widths), in [0, 1];
 4. the same transform maps the frame centre (0.5, 0.5) into the tile: the in-tile refinement.
+
+The :class:`Consistency` stage of the chain scores the top-M candidates with its plugin
+(``geoloc.consistency``), lowers the others by the plugin's ``weight`` (they have no
+consistency score) and re-orders the candidates by the combined score.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-
-@dataclass
-class NodeMatch:
-    """Consistency of one frame/tile pair.
-
-    ``perm[i]`` is the tile node matched to frame node i; ``centre`` the frame centre mapped into
-    the tile's normalised coordinates (x right, y down); ``rotation_deg`` counter-clockwise as
-    seen (frame -> tile); ``residual`` the weighted RMS centroid residual (tile widths).
-    """
-
-    score: float
-    perm: np.ndarray
-    descriptor_sim: float
-    area_agreement: float
-    layout_agreement: float
-    residual: float
-    scale: float
-    rotation_deg: float
-    centre: tuple[float, float]
+from geoloc.errors import ConfigError
+from geoloc.localize.state import FrameState, NodeMatch
 
 
 def _node_descriptors(phi: np.ndarray, k: int) -> np.ndarray:
@@ -143,33 +130,65 @@ def node_consistency(
     )
 
 
+@runtime_checkable
+class ConsistencyStage(Protocol):
+    """``geoloc.consistency``: scene-graph agreement of a frame and a tile.
+
+    ``weight`` is the share of the consistency in the final score: a candidate beyond the
+    top-M (not scored) keeps ``(1 - weight)`` of its rerank score.
+    """
+
+    name: str
+    weight: float
+
+    def score(
+        self,
+        frame_phi: np.ndarray,
+        frame_areas: np.ndarray,
+        frame_centroids: np.ndarray,
+        tile_phi: np.ndarray,
+        tile_areas: np.ndarray,
+        tile_centroids: np.ndarray,
+    ) -> NodeMatch:
+        """Consistency of one pair."""
+        ...
+
+    def combine(self, phi_score: float, match: NodeMatch) -> float:
+        """Final score from the rerank score and the consistency."""
+        ...
+
+    def refined_centre(self, match: NodeMatch) -> tuple[float, float] | None:
+        """Frame centre in tile-normalised coordinates, or None when not trustworthy."""
+        ...
+
+
 class NodeCentroidConsistency:
     """The built-in ``geoloc.consistency`` stage ``node-centroid``.
 
     ``weight`` is the share of the consistency score in the final score
-    (final = (1 - weight) * Φ cosine + weight * consistency); ``refine`` moves the answer inside
-    the tile by the similarity transform when the layout agrees (``min_layout``).
+    (final = (1 - weight) * Φ cosine + weight * consistency); ``sigma`` and ``area_weight`` are
+    those of :func:`node_consistency`; ``refine`` moves the answer inside the tile by the
+    similarity transform when the layout agrees (``min_layout``).
     """
 
     name = "node-centroid"
+    default_conf: ClassVar[dict[str, Any]] = {
+        "weight": 0.3,
+        "sigma": 0.15,
+        "area_weight": 0.5,
+        "refine": True,
+        "min_layout": 0.5,
+    }
 
-    def __init__(
-        self,
-        weight: float = 0.3,
-        sigma: float = 0.15,
-        area_weight: float = 0.5,
-        refine: bool = True,
-        min_layout: float = 0.5,
-    ) -> None:
-        if not 0.0 <= weight <= 1.0:
-            from geoloc.errors import ConfigError
-
-            raise ConfigError(f"consistency: weight must be in [0, 1], got {weight}")
-        self.weight = float(weight)
-        self.sigma = float(sigma)
-        self.area_weight = float(area_weight)
-        self.refine = bool(refine)
-        self.min_layout = float(min_layout)
+    def __init__(self, **conf: Any) -> None:
+        c = {**self.default_conf, **conf}
+        if not 0.0 <= c["weight"] <= 1.0:
+            raise ConfigError(f"consistency: weight must be in [0, 1], got {c['weight']}")
+        self.weight = float(c["weight"])
+        self.sigma = float(c["sigma"])
+        self.area_weight = float(c["area_weight"])
+        self.refine = bool(c["refine"])
+        self.min_layout = float(c["min_layout"])
 
     def score(
         self,
@@ -202,3 +221,37 @@ class NodeCentroidConsistency:
             return None
         x, y = match.centre
         return (float(np.clip(x, 0.0, 1.0)), float(np.clip(y, 0.0, 1.0)))
+
+
+class Consistency:
+    """The consistency stage of the chain; conf ``top_m``: candidates scored (and verified)."""
+
+    default_conf: ClassVar[dict[str, Any]] = {"top_m": 5}
+
+    def __init__(self, conf: dict[str, Any], stage: ConsistencyStage | None) -> None:
+        self.conf = {**self.default_conf, **conf}
+        self.stage = stage
+
+    def run(self, state: FrameState) -> None:
+        """Score the top-M, combine, re-order ``state.candidates`` (unless disabled)."""
+        cs = self.stage
+        with state.timer("consistency"):
+            if cs is None or not state.request.consistency:
+                return
+            assert state.phi is not None and state.node_areas is not None
+            assert state.node_centroids is not None
+            m = state.request.top_m
+            for c in state.candidates[:m]:
+                h = c.heading_idx
+                c.node_match = cs.score(
+                    state.phi[h],
+                    state.node_areas[h],
+                    state.node_centroids[h],
+                    c.tile.phi,
+                    c.tile.node_areas,
+                    c.tile.node_centroids,
+                )
+                c.final = float(cs.combine(c.score, c.node_match))
+            for c in state.candidates[m:]:
+                c.final = float((1.0 - cs.weight) * c.score)
+            state.candidates.sort(key=lambda c: -c.final)

@@ -1,8 +1,9 @@
 """Query frames: loading, ground scale, rotation and the encoder's square input.
 
-A drone frame arrives as a JPEG/PNG/TIFF (or an array). :func:`load_frame` decodes it into
-RGB uint8 with its EXIF orientation applied, converts grayscale / alpha / CMYK / palette /
-16-bit images, keeps the first frame of an animation, and works out the frame's ground sampling
+A drone frame arrives as a JPEG/PNG/TIFF (or an array). :func:`load_frame` decodes it through
+the one image reader, :func:`tiling.image.decode_image` (RGB uint8, EXIF orientation applied,
+every image mode, the one stretch for non-uint8 data, EXIF focal lengths), reads the DJI XMP
+packet of the file, and works out the frame's ground sampling
 distance (GSD) from, in this order: the user's ``gsd``; ``altitude_m`` + ``hfov_deg``; DJI-style
 XMP ``RelativeAltitude`` with the EXIF focal length (35 mm equivalent, or focal length + sensor
 width of known DJI models is not guessed: only the 35 mm equivalent is used).
@@ -13,8 +14,6 @@ clockwise from north. :func:`rotate_to_north` turns a frame with a known heading
 
 from __future__ import annotations
 
-import io
-import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -25,15 +24,8 @@ import numpy as np
 
 from geoloc.errors import FrameError
 
-log = logging.getLogger(__name__)
-
 #: The 35 mm film frame is 36 mm wide: the reference of ``FocalLengthIn35mmFilm``.
 FILM_35MM_WIDTH_MM = 36.0
-
-_EXIF_ORIENTATION = 0x0112
-_EXIF_IFD = 0x8769
-_EXIF_FOCAL_LENGTH = 0x920A
-_EXIF_FOCAL_35MM = 0xA405
 
 
 @dataclass
@@ -96,68 +88,6 @@ def parse_dji_xmp(data: bytes) -> dict[str, float]:
     return out
 
 
-def _to_rgb_uint8(img: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Convert any Pillow image mode to (RGB uint8, valid mask)."""
-    mode = img.mode
-    mask: np.ndarray | None = None
-    if mode == "P":
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        alpha = np.asarray(img.getchannel("A"))
-        mask = alpha > 0
-        img = img.convert("RGB")
-        mode = "RGB"
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img).astype(np.float64)
-        arr8 = _stretch_to_uint8(arr)
-        rgb = np.repeat(arr8[..., None], 3, axis=2)
-    elif mode == "1" or mode == "L":
-        rgb = np.asarray(img.convert("RGB"))
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-        rgb = np.asarray(img.convert("RGB"))
-    elif mode == "RGB":
-        rgb = np.asarray(img)
-    else:
-        try:
-            rgb = np.asarray(img.convert("RGB"))
-        except Exception as exc:  # noqa: BLE001 - any Pillow failure is a bad frame
-            raise FrameError(f"unsupported image mode {mode!r}: {exc}", path=name) from exc
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if mask is None:
-        mask = np.ones(rgb.shape[:2], dtype=bool)
-    return rgb, mask
-
-
-def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Linear 2-98 percentile stretch of a high-bit-depth band (or bands) to uint8."""
-    finite = arr[np.isfinite(arr)]
-    if finite.size == 0:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    lo, hi = np.percentile(finite, [2.0, 98.0])
-    if hi <= lo:
-        hi = lo + 1.0
-    out = (np.nan_to_num(arr, nan=lo) - lo) * (255.0 / (hi - lo))
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def _read_with_rasterio(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Fallback for TIFFs Pillow cannot decode (e.g. 16-bit RGB): first 3 bands, stretched."""
-    import rasterio
-
-    with rasterio.open(path) as ds:
-        n = min(3, ds.count)
-        arr = ds.read(list(range(1, n + 1))).astype(np.float64)
-        valid = ds.dataset_mask() > 0
-    if n < 3:
-        arr = np.repeat(arr[:1], 3, axis=0)
-    if arr.max() > 255 or arr.min() < 0 or arr.dtype != np.uint8:
-        bands = [_stretch_to_uint8(b) for b in arr]
-    else:  # pragma: no cover - uint8 TIFFs are read by Pillow
-        bands = [b.astype(np.uint8) for b in arr]
-    return np.ascontiguousarray(np.stack(bands, axis=-1)), valid
-
-
 def load_frame(
     source: str | Path | np.ndarray,
     *,
@@ -172,14 +102,8 @@ def load_frame(
     ``source`` is a path (JPEG/PNG/TIFF/GIF/WebP/BMP) or an (H, W, 3) / (H, W) / (3, H, W)
     uint8 array. Raises :class:`FrameError` (one line naming the file) when it cannot be used.
     """
-    meta: dict[str, Any] = {}
-    if isinstance(source, np.ndarray):
-        label = name or "<array>"
-        rgb, mask = _array_to_rgb(source, label)
-    else:
-        path = Path(source)
-        label = name or str(source)
-        rgb, mask, meta = _decode_file(path, label)
+    label = name or (str(source) if not isinstance(source, np.ndarray) else "<array>")
+    rgb, mask, meta = _decode(source, label)
     if min(rgb.shape[:2]) < 32:
         raise FrameError(
             f"frame too small ({rgb.shape[1]}x{rgb.shape[0]} px, need >= 32)", path=label
@@ -217,86 +141,27 @@ def load_frame(
     return frame
 
 
-def _array_to_rgb(arr: np.ndarray, label: str) -> tuple[np.ndarray, np.ndarray]:
-    a = np.asarray(arr)
-    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[2] not in (1, 3, 4):
-        a = np.moveaxis(a, 0, -1)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise FrameError(f"array of shape {arr.shape} is not an image", path=label)
-    mask = np.ones(a.shape[:2], dtype=bool)
-    if a.shape[2] == 4:
-        mask = a[..., 3] > 0
-        a = a[..., :3]
-    if a.dtype != np.uint8:
-        a = np.stack(
-            [_stretch_to_uint8(a[..., i].astype(np.float64)) for i in range(a.shape[2])], -1
-        )
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    return np.ascontiguousarray(a, dtype=np.uint8), mask
+def _decode(
+    source: str | Path | np.ndarray, label: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Pixels and EXIF through the one image reader (:mod:`tiling.image`), XMP from the file."""
+    from tiling.errors import ImageError
+    from tiling.image import decode_image
 
-
-def _decode_file(path: Path, label: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if not path.exists():
-        raise FrameError("no such file", path=label)
-    if path.is_dir():
-        raise FrameError("is a directory, not an image", path=label)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FrameError(f"cannot read: {exc.strerror or exc}", path=label) from exc
-    if not data:
-        raise FrameError("empty file", path=label)
-    meta: dict[str, Any] = {}
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            n_frames = int(getattr(img, "n_frames", 1))
-            if n_frames > 1:
-                log.warning("%s: animated image with %d frames; using the first", label, n_frames)
-                meta["n_frames"] = n_frames
-                img.seek(0)
-            exif = img.getexif()
-            orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
-            meta["exif_orientation"] = orientation
-            sub = exif.get_ifd(_EXIF_IFD)
-            if _EXIF_FOCAL_35MM in sub and sub[_EXIF_FOCAL_35MM]:
-                meta["FocalLengthIn35mmFilm"] = float(sub[_EXIF_FOCAL_35MM])
-            if _EXIF_FOCAL_LENGTH in sub and sub[_EXIF_FOCAL_LENGTH]:
-                meta["FocalLength"] = float(sub[_EXIF_FOCAL_LENGTH])
-            img.load()
-            upright = ImageOps.exif_transpose(img) if orientation != 1 else img
-            rgb, mask = _to_rgb_uint8(upright, label)
-    except FrameError:
-        raise
-    except UnidentifiedImageError as exc:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            try:
-                rgb, mask = _read_with_rasterio(path)
-            except Exception as exc2:  # noqa: BLE001 - report the original failure
-                raise FrameError(f"not a readable image ({exc2})", path=label) from exc
-        else:
-            raise FrameError(
-                "not a readable image (unknown format or corrupt)", path=label
-            ) from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        msg = str(exc) or type(exc).__name__
-        if path.suffix.lower() in (".tif", ".tiff"):
-            try:
-                rgb, mask = _read_with_rasterio(path)
-            except Exception as exc2:  # noqa: BLE001
-                raise FrameError(f"cannot decode image: {msg}; {exc2}", path=label) from exc
-        else:
-            raise FrameError(
-                f"cannot decode image (truncated or corrupt): {msg}", path=label
-            ) from exc
-    head = data[: 1 << 20]
-    if b"drone-dji:" in head:
-        meta.update(parse_dji_xmp(head))
-    return rgb, mask, meta
+        img = decode_image(source, name=label)
+    except ImageError as exc:
+        raise FrameError(exc.problem, path=label) from exc
+    meta = dict(img.meta)
+    if not isinstance(source, np.ndarray):
+        try:
+            with Path(source).open("rb") as fh:
+                head = fh.read(1 << 20)
+        except OSError as exc:  # decoded a moment ago: only a race can get here
+            raise FrameError(f"cannot read: {exc.strerror or exc}", path=label) from exc
+        if b"drone-dji:" in head:
+            meta.update(parse_dji_xmp(head))
+    return img.rgb, img.mask, meta
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,13 @@
-"""Pipeline configuration: named presets (hloc style) and TOML pipeline files.
+"""Pipeline configuration: the chain's stage confs, named presets (hloc style), TOML files.
 
-A pipeline names one plugin (and its parameters) per stage plus a few global knobs::
+A pipeline names one plugin (and its parameters) per stage plus the confs of the chain's own
+stages. Every default comes from the stage that uses it (its ``default_conf``): ``rotations``
+from :class:`~geoloc.localize.prepare.FramePreparation`, ``top_n`` from
+:class:`~geoloc.localize.recall.Recall`, ``top_m`` from
+:class:`~geoloc.localize.consistency.Consistency`, ``heading_sweep`` and ``verify_budget_ms``
+from :class:`~geoloc.localize.schedule.VerificationScheduler`, ``answer`` and
+``min_confidence`` from :class:`~geoloc.localize.answer.Answer`. A preset is data: the
+overrides of those defaults. A pipeline file::
 
     preset = "accurate"          # optional: start from this preset, then override
 
@@ -9,6 +16,7 @@ A pipeline names one plugin (and its parameters) per stage plus a few global kno
     top_m = 5                    # candidates that get consistency and verification
     answer = "verified"          # verified | refined | tile-centre
     min_confidence = 0.5         # below: status no_match
+    heading_sweep = true         # try other headings when the best ones do not verify
     verify_budget_ms = 0         # stop verifying after this long (0: try every candidate)
 
     [recall]
@@ -33,37 +41,45 @@ from __future__ import annotations
 import copy
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from geoloc.errors import ConfigError
+from geoloc.localize.answer import ANSWERS, Answer
+from geoloc.localize.consistency import Consistency
+from geoloc.localize.prepare import FramePreparation
+from geoloc.localize.recall import Recall
+from geoloc.localize.schedule import VerificationScheduler
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-ANSWERS = ("verified", "refined", "tile-centre")
-
-
-#: The pipeline's global knobs (not stages), in the order a pipeline file lists them.
-GLOBAL_KEYS = (
-    "preset",
-    "rotations",
-    "top_n",
-    "top_m",
-    "answer",
-    "min_confidence",
-    "heading_sweep",
-    "verify_budget_ms",
+#: The chain's own stages, in order, whose ``default_conf`` keys are pipeline keys.
+CHAIN_STAGES: tuple[Any, ...] = (
+    FramePreparation,
+    Recall,
+    Consistency,
+    VerificationScheduler,
+    Answer,
 )
-_STAGE_KEYS = {"recall", "rerank", "consistency", "verify", "priors"}
+
+#: The plugin stages of a pipeline (``priors`` is a list of them).
+PLUGIN_STAGES = ("recall", "rerank", "consistency", "verify", "priors")
+
+
+def _default(key: str) -> Any:
+    for stage in CHAIN_STAGES:
+        if key in stage.default_conf:
+            return stage.default_conf[key]
+    raise KeyError(key)  # pragma: no cover - a field without a stage
 
 
 @dataclass
 class StageConfig:
-    """One stage: the plugin's name and its keyword parameters."""
+    """One plugin stage: the plugin's name and its keyword parameters."""
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -75,16 +91,20 @@ class StageConfig:
 
 @dataclass
 class PipelineConfig:
-    """A complete pipeline (see the module docstring for the meaning of each field)."""
+    """A complete pipeline (see the module docstring for the meaning of each field).
 
-    preset: str
-    rotations: int = 8
-    top_n: int = 50
-    top_m: int = 5
-    answer: str = "verified"
-    min_confidence: float = 0.5
-    heading_sweep: bool = True
-    verify_budget_ms: float = 0.0
+    ``answer = "verified"`` without a verify stage is resolved when the config is made: the best
+    answer the chain can give (``refined`` with a consistency stage, else ``tile-centre``).
+    """
+
+    preset: str = "accurate"
+    rotations: int = _default("rotations")
+    top_n: int = _default("top_n")
+    top_m: int = _default("top_m")
+    answer: str = _default("answer")
+    min_confidence: float = _default("min_confidence")
+    heading_sweep: bool = _default("heading_sweep")
+    verify_budget_ms: float = _default("verify_budget_ms")
     recall: StageConfig = field(default_factory=lambda: StageConfig("faiss"))
     rerank: StageConfig | None = field(default_factory=lambda: StageConfig("phi-cosine"))
     consistency: StageConfig | None = field(default_factory=lambda: StageConfig("node-centroid"))
@@ -92,6 +112,14 @@ class PipelineConfig:
     priors: list[StageConfig] = field(
         default_factory=lambda: [StageConfig("gnss-radius"), StageConfig("heading")]
     )
+
+    def __post_init__(self) -> None:
+        if self.answer == "verified" and self.verify is None:
+            self.answer = "refined" if self.consistency is not None else "tile-centre"
+
+    def stage_conf(self, stage: Any) -> dict[str, Any]:
+        """The conf of one of :data:`CHAIN_STAGES` (its ``default_conf`` keys, from here)."""
+        return {k: getattr(self, k) for k in stage.default_conf if k in GLOBAL_KEYS}
 
     def stage_chain(self) -> list[str]:
         """The documented chain, e.g. ``['rotations:8', 'recall:faiss', ...]``."""
@@ -105,45 +133,32 @@ class PipelineConfig:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON/TOML-able form (``None`` stages as ``{"name": "none"}``)."""
-        d: dict[str, Any] = {
-            "preset": self.preset,
-            "rotations": self.rotations,
-            "top_n": self.top_n,
-            "top_m": self.top_m,
-            "answer": self.answer,
-            "min_confidence": self.min_confidence,
-            "heading_sweep": self.heading_sweep,
-            "verify_budget_ms": self.verify_budget_ms,
-        }
-        for stage in ("recall", "rerank", "consistency", "verify"):
-            sc = getattr(self, stage)
-            d[stage] = sc.as_dict() if sc is not None else {"name": "none"}
-        d["priors"] = [p.as_dict() for p in self.priors]
+        d: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "priors":
+                d[f.name] = [p.as_dict() for p in v]
+            elif f.name in PLUGIN_STAGES:
+                d[f.name] = v.as_dict() if v is not None else {"name": "none"}
+            else:
+                d[f.name] = v
         return d
 
     def to_toml(self) -> str:
         """A pipeline file that :func:`load_pipeline` reads back to an equal config."""
         d = self.as_dict()
-        lines = []
-        for k in GLOBAL_KEYS:
-            lines.append(f"{k} = {_toml_value(d[k])}")
-        for stage in ("recall", "rerank", "consistency", "verify"):
-            lines.append("")
-            lines.append(f"[{stage}]")
-            for k, v in d[stage].items():
-                lines.append(f"{k} = {_toml_value(v)}")
-        if not d["priors"]:
-            lines.append("")
-            lines.append("priors = []")
-        for p in d["priors"]:
-            lines.append("")
-            lines.append("[[priors]]")
-            for k, v in p.items():
-                lines.append(f"{k} = {_toml_value(v)}")
+        lines = [f"{k} = {_toml_value(d[k])}" for k in GLOBAL_KEYS]
+        for stage in PLUGIN_STAGES:
+            tables = d[stage] if stage == "priors" else [d[stage]]
+            if stage == "priors" and not tables:
+                lines += ["", "priors = []"]
+            for table in tables:
+                lines += ["", f"[[{stage}]]" if stage == "priors" else f"[{stage}]"]
+                lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
         return "\n".join(lines) + "\n"
 
     def validate(self) -> None:
-        """ConfigError on out-of-range global knobs."""
+        """ConfigError on out-of-range or inconsistent values (never changes a field)."""
         if not 1 <= self.rotations <= 72:
             raise ConfigError(f"pipeline: rotations must be in 1..72, got {self.rotations}")
         if self.top_n < 1 or self.top_m < 1:
@@ -154,6 +169,8 @@ class PipelineConfig:
             raise ConfigError(
                 f"pipeline: answer must be one of {', '.join(ANSWERS)}, got {self.answer!r}"
             )
+        if self.answer == "verified" and self.verify is None:
+            raise ConfigError("pipeline: answer 'verified' needs a verify stage")
         if not (0.0 <= self.min_confidence <= 1.0) or math.isnan(self.min_confidence):
             raise ConfigError(
                 f"pipeline: min_confidence must be in [0, 1], got {self.min_confidence}"
@@ -163,8 +180,14 @@ class PipelineConfig:
                 "pipeline: verify_budget_ms must be >= 0 (0: no limit), "
                 f"got {self.verify_budget_ms}"
             )
-        if self.answer == "verified" and self.verify is None:
-            self.answer = "refined" if self.consistency is not None else "tile-centre"
+
+
+_HINTS = get_type_hints(PipelineConfig)
+
+#: The pipeline's global keys (not plugin stages), in the order a pipeline file lists them.
+GLOBAL_KEYS: tuple[str, ...] = tuple(
+    f.name for f in fields(PipelineConfig) if f.name not in PLUGIN_STAGES
+)
 
 
 def _toml_value(v: Any) -> str:
@@ -181,54 +204,28 @@ def _toml_value(v: Any) -> str:
     raise ConfigError(f"pipeline: cannot write value {v!r} to TOML")
 
 
-_ACCURATE: dict[str, Any] = {
-    "rotations": 8,
-    "top_n": 50,
-    "top_m": 5,
-    "answer": "verified",
-    "min_confidence": 0.5,
-    "heading_sweep": True,
-    "recall": {"name": "faiss"},
-    "rerank": {"name": "phi-cosine"},
-    "consistency": {"name": "node-centroid"},
-    "verify": {"name": "xfeat-lighterglue"},
-    "priors": [{"name": "gnss-radius"}, {"name": "heading"}],
-}
-
-#: Named presets. ``accurate`` is the default.
+#: Named presets: overrides of the stages' defaults (``accurate`` is the defaults).
 PRESETS: dict[str, dict[str, Any]] = {
-    # Ω recall + Φ rerank over 8 heading hypotheses; the top tile's centre. No verification.
+    # Ω recall + Φ rerank over the rotation search; the top tile's centre, no verification.
     "fast": {
-        "rotations": 8,
-        "top_n": 50,
-        "top_m": 5,
         "answer": "tile-centre",
         "min_confidence": 0.2,
         "heading_sweep": False,
-        "recall": {"name": "faiss"},
-        "rerank": {"name": "phi-cosine"},
         "consistency": {"name": "none"},
         "verify": {"name": "none"},
-        "priors": [{"name": "gnss-radius"}, {"name": "heading"}],
     },
     # Rotation search, recall, rerank, node consistency, then local-feature verification of
-    # the top-M with a 4-heading sweep when the best heading does not verify.
-    "accurate": _ACCURATE,
-    # ``accurate`` with a per-frame verification budget of 300 ms: on 2 CPU cores p95 483 / 517
-    # ms (accurate: 1,267 / 1,755 ms) on two sets of 100 benchmark views, verifying 89 / 79 of
-    # them (accurate: 96 / 96); the others become no_match, none was wrong.
-    "realtime": {**_ACCURATE, "verify_budget_ms": 300.0},
+    # the top-M with the fallback verifier and a heading sweep when the best heading fails.
+    "accurate": {},
+    # ``accurate`` with a per-frame verification budget: bounded latency, fewer frames verified.
+    "realtime": {"verify_budget_ms": 300.0},
     # Exactly the seed's retrieval: Ω top-N -> Φ rerank -> node consistency on the top-M,
     # the top tile's centre as the answer; no rotation search, no verification.
     "seed": {
         "rotations": 1,
-        "top_n": 50,
-        "top_m": 5,
         "answer": "tile-centre",
         "min_confidence": 0.0,
         "heading_sweep": False,
-        "recall": {"name": "faiss"},
-        "rerank": {"name": "phi-cosine"},
         "consistency": {"name": "node-centroid", "refine": False},
         "verify": {"name": "none"},
         "priors": [{"name": "gnss-radius"}],
@@ -249,42 +246,37 @@ def _stage(section: Any, where: str, optional: bool) -> StageConfig | None:
     return StageConfig(name, {k: v for k, v in section.items() if k != "name"})
 
 
+_CAST = {"int": int, "float": float, "bool": bool, "str": str}
+
+
 def from_dict(d: dict[str, Any], where: str = "pipeline") -> PipelineConfig:
     """Build a config from a preset-style dict, on top of ``d['preset']`` (default accurate)."""
-    unknown = sorted(set(d) - set(GLOBAL_KEYS) - _STAGE_KEYS)
+    unknown = sorted(set(d) - set(GLOBAL_KEYS) - set(PLUGIN_STAGES))
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(sorted(set(GLOBAL_KEYS) | _STAGE_KEYS))}"
+            f"valid: {', '.join(sorted(set(GLOBAL_KEYS) | set(PLUGIN_STAGES)))}"
         )
-    base_name = str(d.get("preset", DEFAULT_PRESET))
-    if base_name not in PRESETS:
-        raise ConfigError(f"{where}: unknown preset {base_name!r}; valid: {', '.join(PRESETS)}")
-    merged = copy.deepcopy(PRESETS[base_name])
-    merged.update({k: copy.deepcopy(v) for k, v in d.items() if k != "preset"})
-    try:
-        cfg = PipelineConfig(
-            preset=base_name,
-            rotations=int(merged["rotations"]),
-            top_n=int(merged["top_n"]),
-            top_m=int(merged["top_m"]),
-            answer=str(merged["answer"]),
-            min_confidence=float(merged["min_confidence"]),
-            heading_sweep=bool(merged["heading_sweep"]),
-            verify_budget_ms=float(merged.get("verify_budget_ms", 0.0)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: bad value: {exc}") from exc
-    recall = _stage(merged["recall"], f"{where} [recall]", optional=False)
-    assert recall is not None
-    cfg.recall = recall
-    cfg.rerank = _stage(merged["rerank"], f"{where} [rerank]", optional=True)
-    cfg.consistency = _stage(merged["consistency"], f"{where} [consistency]", optional=True)
-    cfg.verify = _stage(merged["verify"], f"{where} [verify]", optional=True)
-    priors = merged.get("priors", [])
-    if not isinstance(priors, list):
-        raise ConfigError(f"{where}: 'priors' must be an array of tables ([[priors]])")
-    cfg.priors = [s for s in (_stage(p, f"{where} [[priors]]", True) for p in priors) if s]
+    base = str(d.get("preset", DEFAULT_PRESET))
+    if base not in PRESETS:
+        raise ConfigError(f"{where}: unknown preset {base!r}; valid: {', '.join(PRESETS)}")
+    merged = {**PipelineConfig().as_dict(), **copy.deepcopy(PRESETS[base]), **copy.deepcopy(d)}
+    merged["preset"] = base
+    values: dict[str, Any] = {}
+    for f in fields(PipelineConfig):
+        v, hint = merged[f.name], _HINTS[f.name]
+        if f.name == "priors":
+            if not isinstance(v, list):
+                raise ConfigError(f"{where}: 'priors' must be an array of tables ([[priors]])")
+            values[f.name] = [s for s in (_stage(p, f"{where} [[priors]]", True) for p in v) if s]
+        elif f.name in PLUGIN_STAGES:
+            values[f.name] = _stage(v, f"{where} [{f.name}]", optional=hint is not StageConfig)
+        else:
+            try:
+                values[f.name] = _CAST[hint.__name__](v)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}: bad value of {f.name}: {exc}") from exc
+    cfg = PipelineConfig(**values)
     cfg.validate()
     return cfg
 

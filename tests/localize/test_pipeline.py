@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -12,15 +13,16 @@ from geoloc import plugins
 from geoloc.errors import ConfigError
 from geoloc.localize.consistency import node_consistency
 from geoloc.localize.pipeline import PRESETS, load_pipeline, preset
-from geoloc.localize.stages import (
-    BUILTIN_STAGES,
-    HeadingPrior,
-    PhiCosineRerank,
-    Prior,
-    check_protocol,
-    ensure_builtins,
-    instantiate,
-)
+from geoloc.localize.priors import HeadingPrior, Prior
+from geoloc.localize.rerank import PhiCosineRerank
+from geoloc.plugins import check, instantiate
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_presets_stage_chains() -> None:
@@ -113,9 +115,12 @@ def test_bad_pipeline_files(tmp_path: Path, text: str, fragment: str) -> None:
 
 
 def test_every_group_discovers_its_builtins() -> None:
-    ensure_builtins()
-    for group, names in BUILTIN_STAGES.items():
-        assert set(names) <= set(plugins.available(group)), group
+    """The built-ins come only from geoloc's entry points, one table per group."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    assert set(declared) == set(plugins.GROUPS)
+    for group, names in declared.items():
+        have = plugins.available(group)
+        assert {n: have[n].value for n in names} == names, group
     for group, name in [
         ("geoloc.recall", "faiss"),
         ("geoloc.recall", "pgvector"),
@@ -126,7 +131,7 @@ def test_every_group_discovers_its_builtins() -> None:
         ("geoloc.priors", "heading"),
     ]:
         obj = instantiate(group, name, {})
-        check_protocol(group.split(".")[-1], obj)
+        check(group, obj)
 
 
 def test_unknown_plugin_and_parameter_listed() -> None:
@@ -167,8 +172,12 @@ def test_broken_plugin_is_reported_and_skipped() -> None:
 
 
 def test_protocol_check() -> None:
-    with pytest.raises(ConfigError, match="does not implement verify"):
-        check_protocol("verify", PhiCosineRerank())
+    with pytest.raises(
+        ConfigError,
+        match="verify plugin 'phi-cosine' does not implement extract_frame_features, "
+        "fallback, verify",
+    ):
+        check("geoloc.verify", PhiCosineRerank())
 
 
 def test_prior_parsing_and_heading_prior() -> None:
@@ -215,3 +224,43 @@ def test_node_consistency_recovers_a_similarity() -> None:
         cent_t,
     )
     assert u.score < 0.5 * m.score
+
+
+def test_config_forms_come_from_the_dataclass_fields() -> None:
+    from dataclasses import fields
+
+    from geoloc.localize.pipeline import GLOBAL_KEYS, PipelineConfig, from_dict
+
+    names = [f.name for f in fields(PipelineConfig)]
+    cfg = preset("seed")
+    assert list(cfg.as_dict()) == names
+    assert list(tomllib.loads(cfg.to_toml())) == names  # globals first, then the stage tables
+    assert set(GLOBAL_KEYS) < set(names) and "recall" not in GLOBAL_KEYS
+    assert from_dict(cfg.as_dict()) == cfg
+    # validate() checks and never changes a field: "verified needs a verifier" is resolved
+    # when the config is made, and an inconsistent edit afterwards is an error
+    no_verify = from_dict({"verify": {"name": "none"}})
+    assert no_verify.answer == "refined"
+    bare = from_dict({"verify": {"name": "none"}, "consistency": {"name": "none"}})
+    assert bare.answer == "tile-centre"
+    edited = preset("accurate")
+    edited.verify = None
+    before = edited.as_dict()
+    with pytest.raises(ConfigError, match="answer 'verified' needs a verify stage"):
+        edited.validate()
+    assert edited.as_dict() == before
+
+
+def test_plugins_list_reads_the_one_group_table() -> None:
+    from geoloc.cli.plugins import defaults, list_plugins
+
+    rows = list_plugins(load=False)
+    assert {r["group"] for r in rows} == set(plugins.GROUPS)
+    assert all(r["protocol"] == plugins.GROUPS[str(r["group"])] for r in rows)
+    cfg = preset("accurate")
+    assert defaults()["geoloc.verify"] == (cfg.verify.name,)  # type: ignore[union-attr]
+    assert defaults()["geoloc.priors"] == tuple(p.name for p in cfg.priors)
+    marked = {(r["group"], r["name"]) for r in rows if r["default"]}
+    assert ("geoloc.recall", "faiss") in marked and ("geoloc.recall", "pgvector") not in marked
+    for group in plugins.GROUPS:  # every table entry names a Protocol that exists
+        assert plugins.protocol_members(plugins.protocol(group))

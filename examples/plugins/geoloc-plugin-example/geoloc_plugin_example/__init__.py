@@ -1,14 +1,17 @@
 """An example third-party ``geoloc.verify`` plugin: ORB features + a RANSAC similarity.
 
 It implements the verifier protocol (:class:`geoloc.localize.verify.Verifier`) from scratch,
-using only OpenCV: ``name`` and ``verify(frame_rgb, frame_mask, region_rgb, region_mask, *,
-scale_known, region_key=None) -> Verification``.
+using only OpenCV: ``name``, ``fallback`` (None: no second verifier),
+``extract_frame_features(frame_rgb, frame_mask)`` (None: ``verify`` works from the pixels) and
+``verify(frame_rgb, frame_mask, region_rgb, region_mask, *, scale_known, region_key=None,
+frame_features=None) -> Verification``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,6 +29,7 @@ class OrbVerifier:
     """
 
     name = "orb"
+    fallback = None
 
     def __init__(self, n_features: int = 3000, min_inliers: int = 20, ransac_px: float = 3.0):
         self.orb = cv2.ORB_create(nfeatures=int(n_features))  # type: ignore[attr-defined]
@@ -38,6 +42,10 @@ class OrbVerifier:
         kps, desc = self.orb.detectAndCompute(gray, m)
         return np.array([k.pt for k in kps], np.float32).reshape(-1, 2), desc
 
+    def extract_frame_features(self, frame_rgb: np.ndarray, frame_mask: np.ndarray) -> Any:
+        """None: ORB is cheap enough to detect on the frame in every ``verify``."""
+        return None
+
     def verify(
         self,
         frame_rgb: np.ndarray,
@@ -47,6 +55,7 @@ class OrbVerifier:
         *,
         scale_known: bool,
         region_key: Hashable | None = None,
+        frame_features: Any = None,
     ) -> Verification:
         """Match the frame (map GSD, about north-up) against the map region."""
         k0, d0 = self._detect(frame_rgb, frame_mask)

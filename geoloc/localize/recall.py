@@ -1,0 +1,190 @@
+"""Recall (``geoloc.recall``): the first candidate tiles of a frame, merged over its headings.
+
+The :class:`Recall` stage intersects the priors' restrictions, asks its recall plugin for the
+top-N tiles of each heading hypothesis and keeps, per tile, its best score and that heading.
+Built-in plugins: ``faiss`` (Ω in the FAISS index), ``pgvector`` (Φ k-NN in Postgres) and
+``near-position`` (the tiles around a predicted position, for a tracker: no global search).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from geoloc.localize import priors as priors_mod
+from geoloc.localize.priors import Prior, PriorStage
+from geoloc.localize.state import FrameState
+
+
+@runtime_checkable
+class RecallStage(Protocol):
+    """``geoloc.recall``: the top-k tiles of each query (one row per heading hypothesis)."""
+
+    name: str
+
+    def recall(
+        self,
+        store: Any,
+        omega: np.ndarray,
+        phi: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None,
+        prior: Prior | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (H, k), tile ids (H, k)), best first; missing = (-inf, -1).
+
+        ``store`` is the open tile store, ``omega`` (H, D) and ``phi`` (H, P) the frame's
+        encodings, ``allowed_ids`` the priors' restriction (None: any tile), ``prior`` the
+        frame's position prior.
+        """
+        ...
+
+
+def _empty(h: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((h, k), -np.inf, dtype=np.float32), np.full((h, k), -1, dtype=np.int64)
+
+
+class FaissRecall:
+    """Ω search in the encoder's FAISS index (inner product = cosine)."""
+
+    name = "faiss"
+    default_conf: ClassVar[dict[str, Any]] = {}
+
+    def recall(
+        self,
+        store: Any,
+        omega: np.ndarray,
+        phi: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None,
+        prior: Prior | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Ω top-k per heading, restricted to ``allowed_ids`` if given."""
+        scores, ids = store.search(np.ascontiguousarray(omega, dtype=np.float32), k, allowed_ids)
+        return np.asarray(scores), np.asarray(ids)
+
+
+class PgvectorRecall:
+    """Φ k-NN in pgvector (HNSW): no FAISS index needed; for small databases."""
+
+    name = "pgvector"
+    default_conf: ClassVar[dict[str, Any]] = {"ef_search": 100}
+
+    def __init__(self, **conf: Any) -> None:
+        self.ef_search = int({**self.default_conf, **conf}["ef_search"])
+
+    def recall(
+        self,
+        store: Any,
+        omega: np.ndarray,
+        phi: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None,
+        prior: Prior | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarity 1 - distance of the Φ nearest tiles, per heading."""
+        scores, ids = _empty(phi.shape[0], k)
+        allowed = None if allowed_ids is None else {int(i) for i in allowed_ids}
+        for i in range(phi.shape[0]):
+            # HNSW cannot filter: ask for more when a prior will drop some
+            kk = k if allowed is None else min(4 * k + 64, 10_000)
+            hits = store.knn_phi(phi[i], kk, self.ef_search)
+            if allowed is not None:
+                hits = [x for x in hits if x[0] in allowed]
+            for j, (tid, dist) in enumerate(hits[:k]):
+                scores[i, j] = 1.0 - float(dist)
+                ids[i, j] = int(tid)
+        return scores, ids
+
+
+class NearPositionRecall:
+    """The tiles whose centre lies within the frame's prior circle, nearest first.
+
+    For a tracker: the prior is the predicted position (and its uncertainty as the radius), so
+    recall costs one range query instead of a global search; rerank, consistency and
+    verification then work as for any frame. Without a prior nothing is recalled. The score is
+    ``1 - distance / radius`` (the same for every heading: the rerank stage picks the heading).
+    """
+
+    name = "near-position"
+    default_conf: ClassVar[dict[str, Any]] = {}
+
+    def recall(
+        self,
+        store: Any,
+        omega: np.ndarray,
+        phi: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None,
+        prior: Prior | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k tiles nearest to the prior's centre within its radius."""
+        h = omega.shape[0]
+        scores, ids = _empty(h, k)
+        if prior is None:
+            return scores, ids
+        near = np.asarray(store.within(prior.lat, prior.lon, prior.radius_m), dtype=np.int64)
+        if allowed_ids is not None:
+            near = np.intersect1d(near, np.asarray(allowed_ids, dtype=np.int64))
+        if near.size == 0:
+            return scores, ids
+        from tiling.crs import geodesic_distance_m
+
+        tiles = store.candidates(near)
+        lon = np.array([t.center_lon for t in tiles], dtype=np.float64)
+        lat = np.array([t.center_lat for t in tiles], dtype=np.float64)
+        d = np.asarray(
+            geodesic_distance_m(
+                lon, lat, np.full_like(lon, prior.lon), np.full_like(lat, prior.lat)
+            )
+        )
+        order = np.argsort(d, kind="stable")[:k]
+        n = order.size
+        scores[:, :n] = (1.0 - d[order] / prior.radius_m).astype(np.float32)
+        ids[:, :n] = np.array([tiles[i].tile_id for i in order], dtype=np.int64)
+        return scores, ids
+
+
+def merge_headings(scores: np.ndarray, ids: np.ndarray, k: int) -> list[tuple[int, float, int]]:
+    """(tile id, best score, heading index of that score) of the k best tiles over all headings.
+
+    Ties keep the first heading that reached the score; missing entries are skipped.
+    """
+    best: dict[int, tuple[float, int]] = {}
+    for h in range(ids.shape[0]):
+        for s, i in zip(scores[h], ids[h], strict=True):
+            if i < 0 or not np.isfinite(s):
+                continue
+            if int(i) not in best or s > best[int(i)][0]:
+                best[int(i)] = (float(s), h)
+    ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
+    return [(tid, s, h) for tid, (s, h) in ranked]
+
+
+class Recall:
+    """The recall stage of the chain; conf ``top_n``: tiles recalled (over all headings)."""
+
+    default_conf: ClassVar[dict[str, Any]] = {"top_n": 50}
+
+    def __init__(
+        self, conf: dict[str, Any], stage: RecallStage, priors: list[PriorStage], store: Any
+    ) -> None:
+        self.conf = {**self.default_conf, **conf}
+        self.stage = stage
+        self.priors = priors
+        self.store = store
+
+    def run(self, state: FrameState) -> None:
+        """Fill ``state.recalled``, or stop when the priors leave no tile."""
+        req = state.request
+        assert state.omega is not None and state.phi is not None
+        with state.timer("recall"):
+            allowed = priors_mod.allowed_ids(self.priors, self.store, req.prior)
+            if allowed is not None and allowed.size == 0:
+                state.stop("no tile lies within the prior")
+                return
+            scores, ids = self.stage.recall(
+                self.store, state.omega, state.phi, req.top_n, allowed, req.prior
+            )
+            state.recalled = merge_headings(np.asarray(scores), np.asarray(ids), req.top_n)

@@ -1,0 +1,76 @@
+"""Rerank (``geoloc.rerank``): fetch the recalled tiles' records and re-order them by Φ.
+
+The :class:`Rerank` stage turns the recalled ids into :class:`~geoloc.localize.state.Candidate`
+records (timed ``fetch``) and scores them with its plugin at every heading hypothesis, keeping
+each tile's best heading (timed ``rerank``). Without a plugin the Ω score orders them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from geoloc.localize.state import Candidate, FrameState
+
+
+@runtime_checkable
+class RerankStage(Protocol):
+    """``geoloc.rerank``: scores of candidates from the query's and the tiles' Φ."""
+
+    name: str
+
+    def rerank(self, query_phi: np.ndarray, tile_phi: np.ndarray) -> np.ndarray:
+        """(H, N) scores of N tiles for each of H heading hypotheses; higher is better."""
+        ...
+
+
+class PhiCosineRerank:
+    """Cosine similarity of Φ (the CSMG scene-graph descriptor)."""
+
+    name = "phi-cosine"
+    default_conf: ClassVar[dict[str, Any]] = {}
+
+    def rerank(self, query_phi: np.ndarray, tile_phi: np.ndarray) -> np.ndarray:
+        """(H, N) cosines."""
+        q = np.asarray(query_phi, dtype=np.float32)
+        t = np.asarray(tile_phi, dtype=np.float32)
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+        return np.asarray(q @ t.T)
+
+
+class Rerank:
+    """The rerank stage of the chain (no conf of its own); ``stage`` None keeps the Ω order."""
+
+    default_conf: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, conf: dict[str, Any], stage: RerankStage | None, store: Any) -> None:
+        self.conf = {**self.default_conf, **conf}
+        self.stage = stage
+        self.store = store
+
+    def run(self, state: FrameState) -> None:
+        """Fill ``state.candidates``, best first, or stop when no recalled tile is answerable."""
+        with state.timer("fetch"):
+            tiles = self.store.candidates([tid for tid, _, _ in state.recalled])
+        if not tiles:
+            state.stop("no candidate tile")
+            return
+        with state.timer("rerank"):
+            omega = {tid: (s, h) for tid, s, h in state.recalled}
+            cands: list[Candidate] = []
+            if self.stage is not None:
+                assert state.phi is not None
+                tile_phi = np.stack([t.phi for t in tiles]).astype(np.float32)
+                s = np.asarray(self.stage.rerank(state.phi, tile_phi))  # (H, N)
+                best_h = s.argmax(axis=0)
+                for j, t in enumerate(tiles):
+                    sc = float(s[best_h[j], j])
+                    cands.append(Candidate(t, omega[t.tile_id][0], sc, int(best_h[j]), sc))
+            else:
+                for t in tiles:
+                    o, h = omega[t.tile_id]
+                    cands.append(Candidate(t, o, o, h, o))
+            cands.sort(key=lambda c: -c.score)
+            state.candidates = cands
