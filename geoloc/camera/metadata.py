@@ -107,6 +107,9 @@ def _read_exif(data: bytes, meta: FrameMetadata, name: str) -> None:
         return
     finally:
         exif_log.setLevel(level)
+    if not tags and b"Exif\x00\x00" in data[:65536]:
+        meta.warn("EXIF block unreadable, ignored", name)
+        return
 
     def text(key: str) -> str | None:
         if key not in tags:
