@@ -1,11 +1,12 @@
 """The camera's own pose from frame <-> map correspondences: where the drone is, not the ground.
 
 Input: pixels of the frame and the ground points they show, in the map's CRS, with the camera's
-intrinsics. Without a DEM the ground is the plane z = 0 and the solver is a planar PnP (IPPE inside
-RANSAC); with a DEM every ground point gets its terrain height and the PnP is general (SQPnP).
-Both end with a Levenberg-Marquardt refinement on the inliers, re-selected once with the refined
-pose. A solution is rejected, with its reason, when it is not physical: ground points behind the
-camera, the camera under the ground, or at a height no drone flies.
+intrinsics. Without a DEM the ground is the plane z = 0; with a DEM every ground point gets its
+terrain height. Either way the solver is a PnP: a minimal three-point solver (AP3P) inside RANSAC,
+then a Levenberg-Marquardt refinement on the inliers, re-selected once with the refined pose.
+(OpenCV's planar IPPE inside RANSAC keeps only a few inliers of exact planar data, so the minimal
+solver is the general one.) A solution is rejected, with its reason, when it is not physical:
+ground points behind the camera, the camera under the ground, or at a height no drone flies.
 
 The world frame is a metric CRS taken as east-north-up: the map's own CRS when it is in metres at
 true scale (UTM and the like), else the local UTM zone. Headings are reported from true north
@@ -320,8 +321,6 @@ def solve_pose(
     und = cam.undistort_points(px)
     k = cam.K
 
-    planar = dem is None or float(np.ptp(obj[:, 2])) < 1e-6
-    flags = cv2.SOLVEPNP_IPPE if planar else cv2.SOLVEPNP_SQPNP
     try:
         ok, rvec, tvec, inl = cv2.solvePnPRansac(
             obj[:, None, :],
@@ -331,7 +330,7 @@ def solve_pose(
             iterationsCount=cfg.ransac_iterations,
             reprojectionError=cfg.ransac_px,
             confidence=0.999,
-            flags=flags,
+            flags=cv2.SOLVEPNP_AP3P,
         )
     except cv2.error as exc:
         res.reason = f"PnP failed ({' '.join(str(exc).split())[:80]})"

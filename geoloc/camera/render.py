@@ -53,7 +53,7 @@ def ground_crs(raster_path: str | os.PathLike[str]) -> str:
 
     with open_raster(raster_path) as r:
         t = r.transform
-        x, y = t * (r.width / 2.0, r.height / 2.0)
+        x, y = t @ (r.width / 2.0, r.height / 2.0)
         lon, lat = to_lonlat(r.crs, x, y)
         return metric_crs(r.crs, float(lon), float(lat))
 

@@ -16,7 +16,9 @@ def view_rgb() -> np.ndarray:
     from rasterio.windows import Window
 
     with rasterio.open(SAMPLE_RASTER) as ds:
-        return np.ascontiguousarray(ds.read([1, 2, 3], window=Window(100, 60, 200, 160)).transpose(1, 2, 0))
+        return np.ascontiguousarray(
+            ds.read([1, 2, 3], window=Window(100, 60, 200, 160)).transpose(1, 2, 0)
+        )
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from geoloc.camera.attitude import grid_convergence_deg
 
 
 @pytest.mark.parametrize(
-    "angles", [(0, -90, 0), (37, -60, 5), (200, -45, -10), (359, -89.9, 0), (90, -20, 3), (123, -90, 4)]
+    "angles",
+    [(0, -90, 0), (37, -60, 5), (200, -45, -10), (359, -89.9, 0), (90, -20, 3), (123, -90, 4)],
 )
 def test_round_trip(angles: tuple[float, float, float]) -> None:
     r = camera_to_world(*angles)
@@ -23,7 +24,9 @@ def test_round_trip(angles: tuple[float, float, float]) -> None:
 def test_conventions() -> None:
     up_image = lambda r: -r[:, 1]  # noqa: E731 - the world direction of image-up
     nadir_north = camera_to_world(0, -90, 0)
-    assert np.allclose(nadir_north[:, 2], [0, 0, -1]) and np.allclose(up_image(nadir_north), [0, 1, 0])
+    assert np.allclose(nadir_north[:, 2], [0, 0, -1]) and np.allclose(
+        up_image(nadir_north), [0, 1, 0]
+    )
     nadir_east = camera_to_world(90, -90, 0)
     assert np.allclose(up_image(nadir_east), [1, 0, 0])  # heading = where image-up points
     level = camera_to_world(0, 0, 0)
@@ -38,7 +41,9 @@ def test_grid_convergence_utm() -> None:
 
     lon, lat = 22.4659, 60.4047
     x, y = from_lonlat("EPSG:32634", lon, lat)
-    expected = math.degrees(math.atan(math.tan(math.radians(lon - 21.0)) * math.sin(math.radians(lat))))
+    expected = math.degrees(
+        math.atan(math.tan(math.radians(lon - 21.0)) * math.sin(math.radians(lat)))
+    )
     assert grid_convergence_deg("EPSG:32634", x, y) == pytest.approx(expected, abs=0.01)
     xw, yw = from_lonlat("EPSG:32634", 19.0, lat)
     assert grid_convergence_deg("EPSG:32634", xw, yw) < 0

@@ -142,13 +142,17 @@ def test_undistortion_of_points_and_pixels() -> None:
 
 def test_camera_from_exif_sources() -> None:
     w, h = 4000, 2250
-    known = camera_from_exif(FrameMetadata(model="FC300S", focal_length_mm=3.61, focal_35mm=20), w, h)
+    known = camera_from_exif(
+        FrameMetadata(model="FC300S", focal_length_mm=3.61, focal_35mm=20), w, h
+    )
     assert known is not None and known.source == "exif"
     assert known.fx == pytest.approx(3.61 / SENSORS["FC300S"].sensor_width_mm * w)
     by35 = camera_from_exif(FrameMetadata(model="XYZ", focal_length_mm=4.5, focal_35mm=24), w, h)
     assert by35 is not None and by35.fx == pytest.approx(24 / 36 * w)
     plane = camera_from_exif(
-        FrameMetadata(focal_length_mm=5.0, focal_plane_px_per_mm=500.0, exif_long_side=4000), 2000, 1125
+        FrameMetadata(focal_length_mm=5.0, focal_plane_px_per_mm=500.0, exif_long_side=4000),
+        2000,
+        1125,
     )
     assert plane is not None and plane.fx == pytest.approx(5.0 * 500.0 * 0.5)
     assert camera_from_exif(FrameMetadata(model="FC300S"), w, h) is None

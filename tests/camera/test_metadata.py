@@ -1,4 +1,4 @@
-"""EXIF (piexif-written) and DJI XMP (hand-written) metadata; garbage is a warning, never a crash."""
+"""EXIF (written by piexif) and DJI XMP (by hand) metadata; garbage is a warning, never a crash."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def test_random_bytes_never_crash(seed: int, view_rgb: np.ndarray) -> None:
         junk[int(i)] = int(rng.integers(0, 256))
     meta = read_metadata(bytes(junk), name=f"junk{seed}")
     assert isinstance(meta, FrameMetadata)
-    assert isinstance(read_metadata(bytes(rng.integers(0, 256, 5000, dtype=np.uint8))), FrameMetadata)
+    assert isinstance(
+        read_metadata(bytes(rng.integers(0, 256, 5000, dtype=np.uint8))), FrameMetadata
+    )
 
 
 def test_empty_input_warns() -> None:

@@ -50,7 +50,13 @@ def test_non_positive_relative_altitude_is_not_a_prior() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"altitude": 0.0}, {"altitude": -5.0}, {"pitch": 200.0}, {"roll": float("nan")}, {"heading": float("inf")}],
+    [
+        {"altitude": 0.0},
+        {"altitude": -5.0},
+        {"pitch": 200.0},
+        {"roll": float("nan")},
+        {"heading": float("inf")},
+    ],
 )
 def test_bad_flags(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="--"):

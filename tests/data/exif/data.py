@@ -46,14 +46,16 @@ def xmp_packet(fields: dict[str, str], *, elements: bool = False, doctype: bool 
     # an entity declared before the packet and used inside it (the billion-laughs shape)
     pre = '<!DOCTYPE x [<!ENTITY a "123.4">]>' if doctype else ""
     if doctype:
-        desc = desc.replace('drone-dji:GimbalYawDegree="+123.40"', 'drone-dji:GimbalYawDegree="&a;"')
+        desc = desc.replace(
+            'drone-dji:GimbalYawDegree="+123.40"', 'drone-dji:GimbalYawDegree="&a;"'
+        )
     return (
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
         f'{pre}<x:xmpmeta xmlns:x="adobe:ns:meta/">'
         '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
         f"{desc}</rdf:RDF></x:xmpmeta>"
         '<?xpacket end="w"?>'
-    ).encode("utf-8")
+    ).encode()
 
 
 def exif_bytes(
@@ -161,7 +163,9 @@ CASES: dict[str, Case] = {
         ("GimbalPitchDegree", "GimbalYawDegree", "RelativeAltitude"),
     ),
     "xmp_out_of_range.jpg": Case(
-        lambda rgb: jpeg_with(rgb, exif_bytes(), xmp_packet(DJI_XMP | {"GimbalPitchDegree": "-900"})),
+        lambda rgb: jpeg_with(
+            rgb, exif_bytes(), xmp_packet(DJI_XMP | {"GimbalPitchDegree": "-900"})
+        ),
         {"gimbal_pitch_deg": None, "gimbal_roll_deg": 1.5},
         ("GimbalPitchDegree",),
     ),
