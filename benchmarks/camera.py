@@ -1,0 +1,322 @@
+"""Camera pose from oblique frames: rendered views of real imagery, real feature matches, PnP.
+
+Each view is rendered with a pinhole camera from the Turku mosaic (``../shared/data/turku``; the
+bundled sample when it is absent) at a random pose: heading 0-360, tilt 0-45 deg from the nadir,
+60-150 m above the ground, known K. The frame then goes the way the camera-aware localizer takes
+it: the "XMP" pitch/roll (truth + noise) rectify it to nadir, the "RelativeAltitude" (truth +
+noise) brings it to the map's GSD, a matcher (OpenCV SIFT, or XFeat + LighterGlue, both from
+``geoloc.localize.verify``, used read-only) matches it against the map region around a point up to
+``offset_m`` from the truth (what recall would hand over), a MAGSAC homography keeps the inliers,
+and :func:`geoloc.camera.solve_pose` solves the pose from those matches mapped back to the
+original frame pixels. ``today`` is the ground point of the same match without the camera model
+(the un-rectified frame at the nadir scale, centre through the homography), for comparison.
+
+Reported: camera position error (horizontal and 3-D), altitude error (% of the true height),
+heading / pitch error, ground point under the frame centre, share of views solved. Writes
+``benchmarks/results/camera.json``.
+
+Usage: ``python -m benchmarks.camera [--n 40] [--matcher sift|xfeat-lighterglue] [--map-gsd 0.25]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TURKU = ROOT.parent / "shared" / "data" / "turku" / "turku_mosaic_utm34n.tif"
+SAMPLE = ROOT / "data" / "sample" / "turku_utm34n_0.28m.tif"
+
+
+def _matcher(name: str) -> Any:
+    from geoloc.localize.verify import SiftMatcher, XFeatLighterGlueMatcher
+
+    if name == "sift":
+        return SiftMatcher(max_keypoints=4000)
+    if name == "xfeat-lighterglue":
+        return XFeatLighterGlueMatcher(max_keypoints=2048)
+    raise SystemExit(f"unknown matcher {name!r}")
+
+
+def _match(
+    matcher: Any,
+    frame: np.ndarray,
+    frame_mask: np.ndarray,
+    region: np.ndarray,
+    region_mask: np.ndarray,
+    ransac_px: float = 3.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Inlier matches (frame xy, region xy) of the matcher + a MAGSAC homography, and H."""
+    import cv2
+
+    f0 = matcher.extract(frame, frame_mask)
+    f1 = matcher.extract(region, region_mask)
+    i0, i1 = matcher.match(f0, f1)
+    if i0.size < 8:
+        return np.zeros((0, 2)), np.zeros((0, 2)), None
+    p0 = f0.keypoints[i0].astype(np.float64)
+    p1 = f1.keypoints[i1].astype(np.float64)
+    h, inl = cv2.findHomography(p0, p1, cv2.USAC_MAGSAC, ransac_px, confidence=0.999, maxIters=5000)
+    if h is None or inl is None:
+        return np.zeros((0, 2)), np.zeros((0, 2)), None
+    keep = inl.ravel().astype(bool)
+    return p0[keep], p1[keep], h
+
+
+def match_view(
+    view: Any,
+    raster: Path,
+    matcher: Any,
+    rng: np.random.Generator,
+    *,
+    map_gsd: float = 0.25,
+    attitude_noise_deg: float = 1.0,
+    altitude_noise: float = 0.05,
+    offset_m: float = 20.0,
+    rectify_frame: bool = True,
+) -> dict[str, Any]:
+    """Correspondences between a rendered view and the map by real matching (see the module doc).
+
+    Returns ``pixels`` (frame px), ``ground`` (map CRS x, y), the map ``crs``, the homography's
+    ground point of the frame centre (``centre_xy``) and the prior values used.
+    """
+    import cv2
+
+    from geoloc.camera import rectify
+    from tiling import open_raster
+    from tiling.crs import from_lonlat, to_lonlat
+
+    _, pitch, roll = view.pose.angles()
+    pitch_p = pitch + float(rng.normal(0.0, attitude_noise_deg))
+    roll_p = roll + float(rng.normal(0.0, attitude_noise_deg))
+    alt_p = view.pose.z * (1.0 + float(rng.normal(0.0, altitude_noise)))
+    cam = view.camera
+    if rectify_frame:
+        rect = rectify(view.rgb, view.mask, cam, pitch_p, roll_p, altitude_m=alt_p)
+        img, msk, gsd = rect.rgb, rect.mask, float(rect.gsd_m or 0.0)
+    else:
+        rect = None
+        img, msk, gsd = view.rgb, view.mask, alt_p / cam.focal_px
+    s = gsd / map_gsd
+    size = (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s)))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    small_mask = cv2.resize(msk.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    gx, gy = view.centre_ground()
+    ang = float(rng.uniform(0, 2 * math.pi))
+    off = float(rng.uniform(0, offset_m))
+    cx, cy = gx + off * math.cos(ang), gy + off * math.sin(ang)
+    lon, lat = to_lonlat(view.pose.crs, cx, cy)
+    side = int(max(size) + 2 * offset_m / map_gsd + 64)
+    with open_raster(raster) as r:
+        pix, rmask, rt = r.read_region(float(lon), float(lat), side, map_gsd)
+        rcrs = r.crs_str
+    region = np.ascontiguousarray(pix.transpose(1, 2, 0))
+    p0, p1, h = _match(matcher, small, small_mask, region, rmask)
+    out: dict[str, Any] = {
+        "crs": rcrs,
+        "priors": {"pitch": pitch_p, "roll": roll_p, "altitude": alt_p},
+        "matches": len(p0),
+        "pixels": np.zeros((0, 2)),
+        "ground": np.zeros((0, 2)),
+        "centre_xy": None,
+    }
+    if h is None or len(p0) == 0:
+        return out
+    src = (p0 + 0.5) / s - 0.5  # back to rectified (or frame) pixels, centres kept
+    pixels = rect.to_source(src) if rect is not None else src
+    xs, ys = (
+        rt.a * (p1[:, 0] + 0.5) + rt.b * (p1[:, 1] + 0.5) + rt.c,
+        (rt.d * (p1[:, 0] + 0.5) + rt.e * (p1[:, 1] + 0.5) + rt.f),
+    )
+    if rcrs != view.pose.crs:
+        lo, la = to_lonlat(rcrs, xs, ys)
+        xs, ys = from_lonlat(view.pose.crs, np.asarray(lo), np.asarray(la))
+    out["pixels"], out["ground"], out["crs"] = pixels, np.column_stack([xs, ys]), view.pose.crs
+    # the ground point of the frame centre through the homography alone
+    if rect is not None:
+        c_src = np.array([[(cam.width - 1) / 2.0, (cam.height - 1) / 2.0]])
+        c_img = rect.from_source(c_src)[0]
+    else:
+        c_img = np.array([(cam.width - 1) / 2.0, (cam.height - 1) / 2.0])
+    c_small = (c_img + 0.5) * s - 0.5
+    q = h @ np.array([c_small[0], c_small[1], 1.0])
+    qx, qy = q[0] / q[2], q[1] / q[2]
+    cxw, cyw = (
+        rt.a * (qx + 0.5) + rt.b * (qy + 0.5) + rt.c,
+        rt.d * (qx + 0.5) + rt.e * (qy + 0.5) + rt.f,
+    )
+    if rcrs != view.pose.crs:
+        lo, la = to_lonlat(rcrs, cxw, cyw)
+        cxw, cyw = from_lonlat(view.pose.crs, lo, la)
+    out["centre_xy"] = (float(cxw), float(cyw))
+    return out
+
+
+def _angle_err(a: float, b: float) -> float:
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+def _stats(v: list[float]) -> dict[str, float | None]:
+    if not v:
+        return {"median": None, "p90": None, "max": None}
+    a = np.asarray(v)
+    return {
+        "median": float(np.median(a)),
+        "p90": float(np.percentile(a, 90)),
+        "max": float(a.max()),
+    }
+
+
+def run(
+    full: bool = False,
+    n: int | None = None,
+    matcher_name: str = "sift",
+    map_gsd: float = 0.25,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Render, match and solve ``n`` views; return (and save) the summary."""
+    from geoloc.camera import camera_from_hfov, solve_pose
+    from geoloc.camera.render import random_pose, render_view
+
+    raster = TURKU if TURKU.exists() else SAMPLE
+    n = n or (100 if full else 40)
+    rng = np.random.default_rng(seed)
+    cam = camera_from_hfov(60.0, 800, 600)
+    matcher = _matcher(matcher_name)
+    rows: list[dict[str, Any]] = []
+    t_all = time.perf_counter()
+    for i in range(n):
+        pose = random_pose(
+            raster, rng, tilt_deg=(0.0, 45.0), altitude_m=(60.0, 150.0), margin_m=90.0
+        )
+        view = render_view(raster, cam, pose)
+        # photometric change between the map and the frame
+        gain = rng.uniform(0.85, 1.15, 3)
+        noisy = view.rgb.astype(np.float32) * gain + rng.normal(0.0, 3.0, view.rgb.shape)
+        view.rgb = np.where(view.mask[..., None], np.clip(noisy, 0, 255), 0).astype(np.uint8)
+        heading, pitch, _ = pose.angles()
+        row: dict[str, Any] = {
+            "view": i,
+            "heading_deg": heading,
+            "tilt_deg": pitch + 90.0,
+            "altitude_m": pose.z,
+        }
+        t0 = time.perf_counter()
+        m = match_view(view, raster, matcher, rng, map_gsd=map_gsd)
+        t1 = time.perf_counter()
+        res = solve_pose(m["pixels"], m["ground"], m["crs"], cam) if m["matches"] else None
+        t2 = time.perf_counter()
+        row.update(matches=m["matches"], match_s=t1 - t0, pose_s=t2 - t1)
+        gx, gy = view.centre_ground()
+        if m["centre_xy"] is not None:
+            row["ground_err_homography_m"] = math.dist(m["centre_xy"], (gx, gy))
+        today = match_view(view, raster, matcher, rng, map_gsd=map_gsd, rectify_frame=False)
+        if today["centre_xy"] is not None and today["matches"] >= 15:
+            row["ground_err_today_m"] = math.dist(today["centre_xy"], (gx, gy))
+        if res is not None and res.ok and res.pose is not None:
+            d = res.pose.centre - pose.centre
+            row.update(
+                ok=True,
+                inliers=res.inliers,
+                pos_err_m=float(math.hypot(d[0], d[1])),
+                pos_err_3d_m=float(np.linalg.norm(d)),
+                alt_err_pct=float(abs(res.alt_agl_m - pose.z) / pose.z * 100.0),
+                heading_err_deg=_angle_err(res.heading_deg or 0.0, heading),
+                pitch_err_deg=abs((res.pitch_deg or 0.0) - pitch),
+                error_m_est=res.error_m_est,
+                ground_err_m=math.dist(res.ground_xy, (gx, gy)) if res.ground_xy else None,
+            )
+        else:
+            row.update(ok=False, reason=res.reason if res is not None else "no matches")
+        rows.append(row)
+        print(
+            f"view {i:3d} tilt {row['tilt_deg']:4.1f} alt {pose.z:5.1f} "
+            + (
+                f"pos {row['pos_err_m']:5.2f} m alt {row['alt_err_pct']:4.1f} % "
+                f"hdg {row['heading_err_deg']:4.2f} ground {row['ground_err_m']:4.2f} m "
+                f"(today {row.get('ground_err_today_m', float('nan')):5.1f} m) inl {row['inliers']}"
+                if row["ok"]
+                else f"not solved: {row['reason']}"
+            ),
+            flush=True,
+        )
+    ok = [r for r in rows if r["ok"]]
+    summary: dict[str, Any] = {
+        "benchmark": "camera",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_average": os.getloadavg()[0],
+        "raster": raster.name,
+        "views": n,
+        "matcher": matcher_name,
+        "map_gsd_m": map_gsd,
+        "camera": {"width": cam.width, "height": cam.height, "hfov_deg": 60.0},
+        "noise": {"attitude_deg": 1.0, "altitude_frac": 0.05, "offset_m": 20.0},
+        "solved": len(ok),
+        "solved_share": len(ok) / n,
+        "camera_position_m": _stats([r["pos_err_m"] for r in ok]),
+        "camera_position_3d_m": _stats([r["pos_err_3d_m"] for r in ok]),
+        "altitude_pct": _stats([r["alt_err_pct"] for r in ok]),
+        "heading_deg": _stats([r["heading_err_deg"] for r in ok]),
+        "pitch_deg": _stats([r["pitch_err_deg"] for r in ok]),
+        "ground_point_m": _stats([r["ground_err_m"] for r in ok if r["ground_err_m"] is not None]),
+        "ground_point_homography_m": _stats(
+            [r["ground_err_homography_m"] for r in rows if "ground_err_homography_m" in r]
+        ),
+        "ground_point_today_m": _stats(
+            [r["ground_err_today_m"] for r in rows if "ground_err_today_m" in r]
+        ),
+        "today_answered": sum("ground_err_today_m" in r for r in rows),
+        "pose_ms_median": float(np.median([r["pose_s"] for r in rows]) * 1000.0),
+        "seconds": time.perf_counter() - t_all,
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "camera.json" if matcher_name == "sift" else f"camera_{matcher_name}.json"
+    (RESULTS / name).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run and print the summary."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=None, help="views (40; 100 with --full)")
+    p.add_argument("--full", action="store_true")
+    p.add_argument("--matcher", default="sift", choices=["sift", "xfeat-lighterglue"])
+    p.add_argument("--map-gsd", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    s = run(a.full, a.n, a.matcher, a.map_gsd, a.seed)
+    for key in (
+        "camera_position_m",
+        "camera_position_3d_m",
+        "altitude_pct",
+        "heading_deg",
+        "pitch_deg",
+        "ground_point_m",
+        "ground_point_homography_m",
+        "ground_point_today_m",
+    ):
+        st = s[key]
+        if st["median"] is None:
+            print(f"{key:28s} -")
+        else:
+            print(
+                f"{key:28s} median {st['median']:7.2f}  p90 {st['p90']:7.2f}  max {st['max']:7.2f}"
+            )
+    print(
+        f"solved {s['solved']}/{s['views']}; today answered {s['today_answered']}/{s['views']}; "
+        f"{s['seconds']:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
