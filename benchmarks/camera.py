@@ -8,8 +8,8 @@ noise) brings it to the map's GSD, a matcher (OpenCV SIFT, or XFeat + LighterGlu
 ``geoloc.localize.verify``, used read-only) matches it against the map region around a point up to
 ``offset_m`` from the truth (what recall would hand over), a MAGSAC homography keeps the inliers,
 and :func:`geoloc.camera.solve_pose` solves the pose from those matches mapped back to the
-original frame pixels. ``today`` is the ground point of the same match without the camera model
-(the un-rectified frame at the nadir scale, centre through the homography), for comparison.
+original frame pixels. ``today`` is what geoloc answers without a camera model, for comparison
+(:func:`today_ground`: the project's verifier on the frame at the nadir scale, turned north-up).
 
 Reported: camera position error (horizontal and 3-D), altitude error (% of the true height),
 heading / pitch error, ground point under the frame centre, share of views solved. Writes
@@ -239,6 +239,54 @@ def real_photos(matcher: Any, ransac_map_px: float = 3.0) -> dict[str, Any] | No
     }
 
 
+def today_ground(
+    view: Any,
+    raster: Path,
+    verifier: Any,
+    rng: np.random.Generator,
+    *,
+    map_gsd: float = 0.25,
+    offset_m: float = 20.0,
+) -> tuple[float, float] | None:
+    """The ground point geoloc answers without a camera model (None when it does not verify).
+
+    As the verification stage does it today: the frame brought to the map's GSD as if it were
+    nadir (altitude / focal length), turned north-up with the true heading, centre-cropped, and
+    verified by the project's verifier against the map region; the frame centre through its
+    homography (or similarity) is the answer.
+    """
+    import cv2
+
+    from geoloc.localize.frame import centre_crop, rotate_to_north
+    from tiling import open_raster
+    from tiling.crs import from_lonlat, to_lonlat
+
+    heading = view.pose.angles()[0]
+    s = view.pose.z / view.camera.focal_px / map_gsd
+    size = (max(1, round(view.rgb.shape[1] * s)), max(1, round(view.rgb.shape[0] * s)))
+    img = cv2.resize(view.rgb, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    msk = cv2.resize(view.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    img, msk = rotate_to_north(img, msk, heading)
+    crop = int(min(max(img.shape[:2]), 2 * 224))
+    img, msk = centre_crop(img, crop), centre_crop(msk, crop)
+    gx, gy = view.centre_ground()
+    ang, off = float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0, offset_m))
+    lon, lat = to_lonlat(view.pose.crs, gx + off * math.cos(ang), gy + off * math.sin(ang))
+    side = int(crop + 2 * offset_m / map_gsd + 64)
+    with open_raster(raster) as r:
+        pix, rmask, rt = r.read_region(float(lon), float(lat), side, map_gsd)
+        rcrs = r.crs_str
+    region = np.ascontiguousarray(pix.transpose(1, 2, 0))
+    res = verifier.verify(img, msk, region, rmask, scale_known=True)
+    if not res.accepted or res.centre_xy is None:
+        return None
+    x, y = rt @ (res.centre_xy[0] + 0.5, res.centre_xy[1] + 0.5)
+    if rcrs != view.pose.crs:
+        lo, la = to_lonlat(rcrs, x, y)
+        x, y = from_lonlat(view.pose.crs, lo, la)
+    return float(x), float(y)
+
+
 def _angle_err(a: float, b: float) -> float:
     return abs((a - b + 180.0) % 360.0 - 180.0)
 
@@ -270,6 +318,9 @@ def run(
     rng = np.random.default_rng(seed)
     cam = camera_from_hfov(60.0, 800, 600)
     matcher = _matcher(matcher_name)
+    from geoloc.localize import verify as verify_mod
+
+    verifier = getattr(verify_mod, matcher_name.replace("-", "_"))()
     rows: list[dict[str, Any]] = []
     t_all = time.perf_counter()
     for i in range(n):
@@ -297,9 +348,9 @@ def run(
         gx, gy = view.centre_ground()
         if m["centre_xy"] is not None:
             row["ground_err_homography_m"] = math.dist(m["centre_xy"], (gx, gy))
-        today = match_view(view, raster, matcher, rng, map_gsd=map_gsd, rectify_frame=False)
-        if today["centre_xy"] is not None and today["matches"] >= 15:
-            row["ground_err_today_m"] = math.dist(today["centre_xy"], (gx, gy))
+        today = today_ground(view, raster, verifier, rng, map_gsd=map_gsd)
+        if today is not None:
+            row["ground_err_today_m"] = math.dist(today, (gx, gy))
         if res is not None and res.ok and res.pose is not None:
             d = res.pose.centre - pose.centre
             row.update(
