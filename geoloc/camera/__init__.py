@@ -8,6 +8,9 @@ A library beside the localizer chain (it imports numpy, OpenCV, pyproj, rasterio
 - :mod:`~geoloc.camera.priors`: :func:`merge_priors` (flags over file values, with sources);
 - :mod:`~geoloc.camera.rectify`: :func:`rectify` an oblique frame to a virtual nadir camera;
 - :mod:`~geoloc.camera.pose`: :func:`solve_pose` from frame <-> map correspondences (+ DEM);
+- :mod:`~geoloc.camera.prepare`: :func:`prepare_frame` (camera, priors, undistort, rectify, GSD,
+  heading) and :func:`pose_from_matches` (verified matches -> pose), joined by a
+  :class:`PixelChain`;
 - :mod:`~geoloc.camera.render`: a pinhole renderer of georeferenced rasters, for tests.
 """
 
@@ -25,6 +28,13 @@ from geoloc.camera.pose import (
     correspondences_from_homography,
     solve_pose,
 )
+from geoloc.camera.prepare import (
+    PixelChain,
+    PreparedFrame,
+    pose_from_matches,
+    prepare_frame,
+    resolve_camera,
+)
 from geoloc.camera.priors import Prior, Priors, merge_priors
 from geoloc.camera.rectify import Rectified, gsd_at_nadir, rectify
 
@@ -35,8 +45,10 @@ __all__ = [
     "Dem",
     "DemFileError",
     "FrameMetadata",
+    "PixelChain",
     "PoseConfig",
     "PoseResult",
+    "PreparedFrame",
     "Prior",
     "Priors",
     "Rectified",
@@ -50,8 +62,11 @@ __all__ = [
     "merge_priors",
     "open_dem",
     "parse_xmp",
+    "pose_from_matches",
+    "prepare_frame",
     "read_metadata",
     "rectify",
+    "resolve_camera",
     "solve_pose",
     "world_to_camera",
 ]
