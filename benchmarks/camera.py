@@ -411,8 +411,11 @@ def run(
         "real_photos": real,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "camera.json" if matcher_name == "sift" else f"camera_{matcher_name}.json"
-    (RESULTS / name).write_text(json.dumps(summary, indent=2) + "\n")
+    name = "camera"
+    name += "" if matcher_name == "sift" else f"_{matcher_name}"
+    name += "" if map_gsd == 0.25 else f"_gsd{map_gsd:g}"
+    name += "" if n == 40 or (full and n == 100) else f"_n{n}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

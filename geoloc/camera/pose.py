@@ -253,6 +253,37 @@ def _ground_hit(
     return p
 
 
+def _best_start(
+    obj: np.ndarray, img: np.ndarray, k: np.ndarray, rvec: np.ndarray, tvec: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best of RANSAC's pose and global solvers on its inliers, each refined (LM).
+
+    RANSAC's final fit on many near-planar inliers can land far from the optimum (seen at near
+    nadir views); SQPnP and, for points on a plane, IPPE give other starts.
+    """
+    import cv2
+
+    starts = [(rvec, tvec)]
+    methods = [cv2.SOLVEPNP_SQPNP]
+    if float(np.ptp(obj[:, 2])) < 1e-6:
+        methods.append(cv2.SOLVEPNP_IPPE)
+    for m in methods:
+        try:
+            ok, rv, tv = cv2.solvePnP(obj[:, None, :], img[:, None, :], k, None, flags=m)
+        except cv2.error:
+            continue
+        if ok:
+            starts.append((rv, tv))
+    best, best_err = (rvec, tvec), math.inf
+    for rv, tv in starts:
+        rv, tv = cv2.solvePnPRefineLM(obj[:, None, :], img[:, None, :], k, None, rv, tv)
+        proj, _ = cv2.projectPoints(obj[:, None, :], rv, tv, k, None)
+        err = float(np.median(np.linalg.norm(proj.reshape(-1, 2) - img, axis=1)))
+        if err < best_err:
+            best, best_err = (rv, tv), err
+    return best
+
+
 def solve_pose(
     pixels: np.ndarray,
     ground_xy: np.ndarray,
@@ -340,6 +371,7 @@ def solve_pose(
         return res
     mask = np.zeros(len(obj), dtype=bool)
     mask[inl.ravel()] = True
+    rvec, tvec = _best_start(obj[mask], und[mask], k, rvec, tvec)
     for _ in range(2):  # refine, re-select the inliers with the refined pose, refine again
         rvec, tvec = cv2.solvePnPRefineLM(
             obj[mask][:, None, :], und[mask][:, None, :], k, None, rvec, tvec
