@@ -9,6 +9,7 @@ horizontal field of view and the image size, or from the EXIF focal length.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from geoloc.camera.errors import CameraFileError
 
 if TYPE_CHECKING:
     from geoloc.camera.metadata import FrameMetadata
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Camera",
@@ -141,13 +144,16 @@ class Camera:
         """This camera for an image of the given size, by scaling; the image may be rotated 90 deg.
 
         A calibration made on the landscape sensor also applies to a portrait image of the same
-        sensor (swapped sides): then fx/fy and cx/cy swap as well.
+        sensor (swapped sides): then fx/fy and cx/cy swap as well. The distortion is dropped for
+        a turned image (its coefficients are not re-derived), with a warning.
         """
         if (width, height) == (self.width, self.height):
             return self
         if abs(width / height - self.height / self.width) < abs(
             width / height - self.width / self.height
         ):
+            if self.dist is not None:
+                log.warning("%s: distortion ignored for a frame turned 90 degrees", self.detail)
             k = np.array([[self.fy, 0.0, self.cy], [0.0, self.fx, self.cx], [0.0, 0.0, 1.0]])
             turned = Camera(k, self.height, self.width, None, self.source, self.detail)
             return turned.scaled(width, height)
@@ -240,13 +246,35 @@ def _number(v: Any, what: str, path: str) -> float:
     return f
 
 
+def _yaml_load(text: str) -> Any:
+    """YAML, also as cv2.FileStorage writes it (a ``%YAML`` line, ``!!opencv-matrix`` values)."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def matrix(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+        m = loader.construct_mapping(node, deep=True)
+        rows, cols, data = m.get("rows"), m.get("cols"), m.get("data")
+        if not (isinstance(rows, int) and isinstance(cols, int) and isinstance(data, list)):
+            raise yaml.YAMLError("opencv-matrix needs rows, cols and data")
+        if len(data) != rows * cols:
+            raise yaml.YAMLError(f"opencv-matrix of {rows}x{cols} has {len(data)} values")
+        return [data[i * cols : (i + 1) * cols] for i in range(rows)] if rows > 1 else data
+
+    _Loader.add_constructor("tag:yaml.org,2002:opencv-matrix", matrix)
+    if text.startswith("%YAML"):
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _parse(text: str, path: str) -> Any:
+    import yaml
+
     suffix = Path(path).suffix.lower()
     if suffix in (".yaml", ".yml"):
-        import yaml
-
         try:
-            return yaml.safe_load(text)
+            return _yaml_load(text)
         except yaml.YAMLError as exc:
             raise CameraFileError(f"not valid YAML: {exc}", path=path) from exc
     try:
@@ -254,10 +282,8 @@ def _parse(text: str, path: str) -> Any:
     except json.JSONDecodeError as exc:
         if suffix == ".json":
             raise CameraFileError(f"not valid JSON: {exc}", path=path) from exc
-    import yaml  # neither suffix says: YAML is a superset of JSON, so it is the last try
-
-    try:
-        return yaml.safe_load(text)
+    try:  # neither suffix says: YAML is a superset of JSON, so it is the last try
+        return _yaml_load(text)
     except yaml.YAMLError as exc:
         raise CameraFileError(f"neither JSON nor YAML: {exc}", path=path) from exc
 

@@ -164,3 +164,18 @@ def test_sensor_table_is_cited() -> None:
     for key, spec in SENSORS.items():
         assert key == key.upper() and spec.source.startswith("https://www.dji.com/")
         assert 5.0 < spec.sensor_width_mm < 20.0
+
+
+def test_opencv_filestorage_yaml(tmp_path: Path) -> None:
+    import cv2
+
+    p = tmp_path / "calib.yaml"
+    fs = cv2.FileStorage(str(p), cv2.FILE_STORAGE_WRITE)
+    fs.write("K", np.array(K))
+    fs.write("dist", np.array([DIST]))
+    fs.write("width", 1280)
+    fs.write("height", 960)
+    fs.release()
+    assert p.read_text().startswith("%YAML")
+    cam = load_camera(p)
+    assert np.allclose(cam.K, K) and cam.dist is not None and np.allclose(cam.dist, DIST)
