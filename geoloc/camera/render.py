@@ -9,9 +9,12 @@ masked.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +41,45 @@ class RenderedView:
             s = (self.ground_z - self.pose.z) / d[:, 2]
         s = np.where(s > 0, s, np.nan)
         return (self.pose.centre[None, :2] + s[:, None] * d[:, :2]).astype(np.float64)
+
+    def truth(self) -> dict[str, Any]:
+        """The true pose and ground point (JSON-able): what a test or benchmark compares with."""
+        from tiling.crs import to_lonlat
+
+        heading, pitch, roll = self.pose.angles()
+        lon, lat = self.pose.lonlat()
+        gx, gy = self.centre_ground()
+        glon, glat = to_lonlat(self.pose.crs, gx, gy)
+        return {
+            "crs": self.pose.crs,
+            "x": self.pose.x,
+            "y": self.pose.y,
+            "z": self.pose.z,
+            "ground_z": self.ground_z,
+            "lon": lon,
+            "lat": lat,
+            "alt_agl_m": self.pose.z - self.ground_z,
+            "heading_deg": heading,
+            "pitch_deg": pitch,
+            "roll_deg": roll,
+            "ground_lon": float(glon),
+            "ground_lat": float(glat),
+        }
+
+    def save(self, directory: str | os.PathLike[str], name: str) -> Path:
+        """Write ``name.png`` (the frame), ``name.json`` (:meth:`truth`) and ``name.camera.json``.
+
+        The camera file is in the ``--camera`` format. Returns the PNG's path.
+        """
+        from PIL import Image
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        png = d / f"{name}.png"
+        Image.fromarray(self.rgb).save(png)
+        (d / f"{name}.json").write_text(json.dumps(self.truth(), indent=2) + "\n")
+        (d / f"{name}.camera.json").write_text(json.dumps(self.camera.as_dict(), indent=2) + "\n")
+        return png
 
     def centre_ground(self) -> tuple[float, float]:
         """Ground (x, y) under the frame centre (pixel-centre convention)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,24 @@ def test_view_outside_the_raster_is_masked(camera: Camera) -> None:
     v2 = render_view(SAMPLE_RASTER, camera, level)
     assert not v2.mask[: camera.height // 2 - 2].any()
     assert math.isnan(v2.ground_points(np.array([[10.0, 10.0]]))[0, 0])
+
+
+def test_saved_view_and_truth(tmp_path: Path, camera: Camera) -> None:
+    import json
+
+    from PIL import Image
+
+    from geoloc.camera import load_camera
+    from tiling.crs import to_lonlat
+
+    x, y, _, crs = _sample_centre()
+    pose = CameraPose.from_angles(x, y, 100.0, 30.0, -70.0, 0.0, crs)
+    view = render_view(SAMPLE_RASTER, camera, pose)
+    png = view.save(tmp_path, "v0")
+    assert np.array_equal(np.asarray(Image.open(png)), view.rgb)
+    truth = json.loads((tmp_path / "v0.json").read_text())
+    assert truth["heading_deg"] == pytest.approx(30.0) and truth["alt_agl_m"] == 100.0
+    assert (truth["ground_lon"], truth["ground_lat"]) == pytest.approx(
+        to_lonlat(crs, *view.centre_ground())
+    )
+    assert np.allclose(load_camera(tmp_path / "v0.camera.json").K, camera.K)
