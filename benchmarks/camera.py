@@ -3,13 +3,15 @@
 Each view is rendered with a pinhole camera from the Turku mosaic (``../shared/data/turku``; the
 bundled sample when it is absent) at a random pose: heading 0-360, tilt 0-45 deg from the nadir,
 60-150 m above the ground, known K. The frame then goes the way the camera-aware localizer takes
-it: the "XMP" pitch/roll (truth + noise) rectify it to nadir, the "RelativeAltitude" (truth +
-noise) brings it to the map's GSD, a matcher (OpenCV SIFT, or XFeat + LighterGlue, both from
+it (:func:`match_view`): the "XMP" pitch/roll (truth + 1 deg noise) rectify it to nadir, the
+"RelativeAltitude" (truth + 5 %) brings it to the map's GSD, the "XMP" heading (truth + 3 deg)
+turns it north-up, a matcher (OpenCV SIFT, or XFeat + LighterGlue, both from
 ``geoloc.localize.verify``, used read-only) matches it against the map region around a point up to
-``offset_m`` from the truth (what recall would hand over), a MAGSAC homography keeps the inliers,
-and :func:`geoloc.camera.solve_pose` solves the pose from those matches mapped back to the
-original frame pixels. ``today`` is what geoloc answers without a camera model, for comparison
-(:func:`today_ground`: the project's verifier on the frame at the nadir scale, turned north-up).
+``offset_m`` from the truth (what recall would hand over), a MAGSAC homography keeps the inliers
+(15 at least, as the verifier asks), and :func:`geoloc.camera.pose_from_matches` solves the pose
+from those matches carried back to the captured frame's pixels. ``today`` is what geoloc answers
+without a camera model, for comparison (:func:`today_ground`: the project's verifier on the frame
+at the nadir scale, turned north-up).
 
 Reported: camera position error (horizontal and 3-D), altitude error (% of the true height),
 heading / pitch error, ground point under the frame centre, share of views solved. Writes
@@ -72,6 +74,24 @@ def _match(
     return p0[keep], p1[keep], h
 
 
+def _north_up(
+    img: np.ndarray, mask: np.ndarray, heading_deg: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Turn an image whose top points to ``heading_deg`` north-up on an expanded canvas (as
+    ``geoloc.localize.frame.rotate`` does); returns the image, its mask and the 2x3 matrix."""
+    import cv2
+
+    h, w = img.shape[:2]
+    rot = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), -heading_deg, 1.0)
+    cos, sin = abs(rot[0, 0]), abs(rot[0, 1])
+    nw, nh = int(math.ceil(h * sin + w * cos)), int(math.ceil(h * cos + w * sin))
+    rot[0, 2] += nw / 2.0 - w / 2.0
+    rot[1, 2] += nh / 2.0 - h / 2.0
+    out = cv2.warpAffine(img, rot, (nw, nh), flags=cv2.INTER_LINEAR)
+    m = cv2.warpAffine(mask.astype(np.uint8), rot, (nw, nh), flags=cv2.INTER_NEAREST) > 0
+    return out, m, rot
+
+
 def match_view(
     view: Any,
     raster: Path,
@@ -80,102 +100,89 @@ def match_view(
     *,
     map_gsd: float = 0.25,
     attitude_noise_deg: float = 1.0,
+    heading_noise_deg: float = 3.0,
     altitude_noise: float = 0.05,
     offset_m: float = 20.0,
-    rectify_frame: bool = True,
+    min_inliers: int = 15,
 ) -> dict[str, Any]:
-    """Correspondences between a rendered view and the map by real matching (see the module doc).
+    """Match a rendered view against the map as the camera-aware chain would, and solve the pose.
 
-    Returns ``pixels`` (frame px), ``ground`` (map CRS x, y), the map ``crs``, the homography's
-    ground point of the frame centre (``centre_xy``) and the prior values used.
+    Priors are the truth with noise (what a DJI file says); :func:`geoloc.camera.prepare_frame`
+    rectifies the frame, the frame goes to the map GSD and north-up with its
+    :class:`~geoloc.camera.PixelChain`, the matcher + a MAGSAC homography give the inliers
+    (at least ``min_inliers``, as the verifier asks), and :func:`geoloc.camera.pose_from_matches`
+    solves the pose. Returns the ``pose`` result (None without enough matches), the number of
+    inlier ``matches`` and the homography's ground point of the frame centre (``centre_xy``).
     """
     import cv2
 
-    from geoloc.camera import rectify
+    from geoloc.camera import Prior, Priors, pose_from_matches, prepare_frame
     from tiling import open_raster
     from tiling.crs import from_lonlat, to_lonlat
 
-    _, pitch, roll = view.pose.angles()
-    pitch_p = pitch + float(rng.normal(0.0, attitude_noise_deg))
-    roll_p = roll + float(rng.normal(0.0, attitude_noise_deg))
-    alt_p = view.pose.z * (1.0 + float(rng.normal(0.0, altitude_noise)))
+    heading, pitch, roll = view.pose.angles()
+    priors = Priors(
+        heading=Prior((heading + float(rng.normal(0.0, heading_noise_deg))) % 360.0, "xmp"),
+        pitch=Prior(pitch + float(rng.normal(0.0, attitude_noise_deg)), "xmp"),
+        roll=Prior(roll + float(rng.normal(0.0, attitude_noise_deg)), "xmp"),
+        altitude=Prior(view.pose.z * (1.0 + float(rng.normal(0.0, altitude_noise))), "xmp"),
+    )
     cam = view.camera
-    if rectify_frame:
-        rect = rectify(view.rgb, view.mask, cam, pitch_p, roll_p, altitude_m=alt_p)
-        img, msk, gsd = rect.rgb, rect.mask, float(rect.gsd_m or 0.0)
-    else:
-        rect = None
-        img, msk, gsd = view.rgb, view.mask, alt_p / cam.focal_px
-    s = gsd / map_gsd
-    size = (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s)))
-    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    small_mask = cv2.resize(msk.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    prep = prepare_frame(view.rgb, view.mask, cam, priors)
+    assert prep.gsd_m is not None and prep.heading_deg is not None
+    f = prep.gsd_m / map_gsd
+    size = (max(1, round(prep.rgb.shape[1] * f)), max(1, round(prep.rgb.shape[0] * f)))
+    img = cv2.resize(prep.rgb, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    msk = cv2.resize(prep.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    prep.chain.then_scale(f)
+    img, msk, rot = _north_up(img, msk, prep.heading_deg)
+    prep.chain.then(rot)
+    nh, nw = img.shape[:2]
+
     gx, gy = view.centre_ground()
     ang = float(rng.uniform(0, 2 * math.pi))
     off = float(rng.uniform(0, offset_m))
-    cx, cy = gx + off * math.cos(ang), gy + off * math.sin(ang)
-    lon, lat = to_lonlat(view.pose.crs, cx, cy)
-    side = int(max(size) + 2 * offset_m / map_gsd + 64)
+    lon, lat = to_lonlat(view.pose.crs, gx + off * math.cos(ang), gy + off * math.sin(ang))
+    side = int(max(nw, nh) + 2 * offset_m / map_gsd + 64)
     with open_raster(raster) as r:
         pix, rmask, rt = r.read_region(float(lon), float(lat), side, map_gsd)
         rcrs = r.crs_str
     region = np.ascontiguousarray(pix.transpose(1, 2, 0))
-    p0, p1, h = _match(matcher, small, small_mask, region, rmask)
-    out: dict[str, Any] = {
-        "crs": rcrs,
-        "priors": {"pitch": pitch_p, "roll": roll_p, "altitude": alt_p},
-        "matches": len(p0),
-        "pixels": np.zeros((0, 2)),
-        "ground": np.zeros((0, 2)),
-        "centre_xy": None,
-    }
-    if h is None or len(p0) == 0:
+    p0, p1, hmg = _match(matcher, img, msk, region, rmask)
+    out: dict[str, Any] = {"matches": len(p0), "pose": None, "centre_xy": None}
+    if hmg is None or len(p0) < min_inliers:
+        out["reason"] = f"{len(p0)} inlier matches < {min_inliers}"
         return out
-    src = (p0 + 0.5) / s - 0.5  # back to rectified (or frame) pixels, centres kept
-    pixels = rect.to_source(src) if rect is not None else src
-    xs, ys = (
-        rt.a * (p1[:, 0] + 0.5) + rt.b * (p1[:, 1] + 0.5) + rt.c,
-        (rt.d * (p1[:, 0] + 0.5) + rt.e * (p1[:, 1] + 0.5) + rt.f),
-    )
+    c = prep.chain.from_source(np.array([[(cam.width - 1) / 2.0, (cam.height - 1) / 2.0]]))[0]
+    q = hmg @ np.array([c[0], c[1], 1.0])
+    cx, cy = rt @ (q[0] / q[2] + 0.5, q[1] / q[2] + 0.5)
     if rcrs != view.pose.crs:
-        lo, la = to_lonlat(rcrs, xs, ys)
-        xs, ys = from_lonlat(view.pose.crs, np.asarray(lo), np.asarray(la))
-    out["pixels"], out["ground"], out["crs"] = pixels, np.column_stack([xs, ys]), view.pose.crs
-    # the ground point of the frame centre through the homography alone
-    if rect is not None:
-        c_src = np.array([[(cam.width - 1) / 2.0, (cam.height - 1) / 2.0]])
-        c_img = rect.from_source(c_src)[0]
-    else:
-        c_img = np.array([(cam.width - 1) / 2.0, (cam.height - 1) / 2.0])
-    c_small = (c_img + 0.5) * s - 0.5
-    q = h @ np.array([c_small[0], c_small[1], 1.0])
-    qx, qy = q[0] / q[2], q[1] / q[2]
-    cxw, cyw = (
-        rt.a * (qx + 0.5) + rt.b * (qy + 0.5) + rt.c,
-        rt.d * (qx + 0.5) + rt.e * (qy + 0.5) + rt.f,
+        lo, la = to_lonlat(rcrs, cx, cy)
+        cx, cy = from_lonlat(view.pose.crs, lo, la)
+    out["centre_xy"] = (float(cx), float(cy))
+    out["pose"] = pose_from_matches(
+        prep.chain, cam, p0, p1, rt, rcrs, frame_size=(cam.width, cam.height)
     )
-    if rcrs != view.pose.crs:
-        lo, la = to_lonlat(rcrs, cxw, cyw)
-        cxw, cyw = from_lonlat(view.pose.crs, lo, la)
-    out["centre_xy"] = (float(cxw), float(cyw))
     return out
 
 
 def real_photos(matcher: Any, ransac_map_px: float = 3.0) -> dict[str, Any] | None:
     """The 8 real nadir DJI photos of ``brighton_beach``: pose from EXIF intrinsics + matches.
 
-    Each photo is brought to the map's 0.10 m/px with its known ``gsd_m`` and matched against the
-    whole map (no prior); the pose is solved at full resolution with the RANSAC threshold of the
-    matching scale. Compared with ``gt.csv``: the ground point under the centre against the
-    registration (``reg_lat/reg_lon``), the camera against the photo's GNSS position (``lat/lon``,
-    ~2 m of GNSS lag), and the height against the altitude implied by the registered scale.
+    Each photo is brought to the map's 0.10 m/px with its known ``gsd_m``, turned north-up with
+    the registered ``heading_deg`` (the shared copies have no XMP yaw; a DJI file's gimbal yaw
+    would serve) and matched against the whole map (no position prior); the pose is solved at
+    full resolution with the RANSAC threshold of the matching scale. Compared with ``gt.csv``:
+    the ground point under the centre against the registration (``reg_lat/reg_lon``), the camera
+    against the photo's GNSS position (``lat/lon``, ~2 m of GNSS lag), the height against the
+    RelativeAltitude (above the take-off point, ~2.5 m below this ground).
     """
     import csv
 
     import cv2
     from PIL import Image
 
-    from geoloc.camera import PoseConfig, camera_from_exif, read_metadata, solve_pose
+    from geoloc.camera import PixelChain, camera_from_exif, pose_from_matches, read_metadata
     from tiling import open_raster
     from tiling.crs import geodesic_distance_m
 
@@ -199,12 +206,13 @@ def real_photos(matcher: Any, ransac_map_px: float = 3.0) -> dict[str, Any] | No
             continue
         s = float(row["gsd_m"]) / map_gsd
         small = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-        p0, p1, _ = _match(matcher, small, np.ones(small.shape[:2], bool), region, mask)
-        px = (p0 + 0.5) / s - 0.5
-        gx = t.a * (p1[:, 0] + 0.5) + t.b * (p1[:, 1] + 0.5) + t.c
-        gy = t.d * (p1[:, 0] + 0.5) + t.e * (p1[:, 1] + 0.5) + t.f
-        res = solve_pose(
-            px, np.column_stack([gx, gy]), crs, cam, config=PoseConfig(ransac_px=ransac_map_px / s)
+        up, up_mask, rot = _north_up(
+            small, np.ones(small.shape[:2], bool), float(row["heading_deg"])
+        )
+        chain = PixelChain().then_scale(s).then(rot)
+        p0, p1, _ = _match(matcher, up, up_mask, region, mask)
+        res = pose_from_matches(
+            chain, cam, p0, p1, t, crs, frame_size=(w, h), match_ransac_px=ransac_map_px
         )
         out: dict[str, Any] = {"name": row["name"], "matches": len(p0), "ok": res.ok}
         if res.ok and res.ground_lon is not None:
@@ -310,7 +318,7 @@ def run(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Render, match and solve ``n`` views; return (and save) the summary."""
-    from geoloc.camera import camera_from_hfov, solve_pose
+    from geoloc.camera import camera_from_hfov
     from geoloc.camera.render import random_pose, render_view
 
     raster = TURKU if TURKU.exists() else SAMPLE
@@ -342,9 +350,8 @@ def run(
         t0 = time.perf_counter()
         m = match_view(view, raster, matcher, rng, map_gsd=map_gsd)
         t1 = time.perf_counter()
-        res = solve_pose(m["pixels"], m["ground"], m["crs"], cam) if m["matches"] else None
-        t2 = time.perf_counter()
-        row.update(matches=m["matches"], match_s=t1 - t0, pose_s=t2 - t1)
+        res = m["pose"]
+        row.update(matches=m["matches"], match_pose_s=t1 - t0)
         gx, gy = view.centre_ground()
         if m["centre_xy"] is not None:
             row["ground_err_homography_m"] = math.dist(m["centre_xy"], (gx, gy))
@@ -365,7 +372,7 @@ def run(
                 ground_err_m=math.dist(res.ground_xy, (gx, gy)) if res.ground_xy else None,
             )
         else:
-            row.update(ok=False, reason=res.reason if res is not None else "no matches")
+            row.update(ok=False, reason=res.reason if res is not None else m["reason"])
         rows.append(row)
         print(
             f"view {i:3d} tilt {row['tilt_deg']:4.1f} alt {pose.z:5.1f} "
@@ -389,7 +396,7 @@ def run(
         "matcher": matcher_name,
         "map_gsd_m": map_gsd,
         "camera": {"width": cam.width, "height": cam.height, "hfov_deg": 60.0},
-        "noise": {"attitude_deg": 1.0, "altitude_frac": 0.05, "offset_m": 20.0},
+        "noise": {"attitude_deg": 1.0, "heading_deg": 3.0, "altitude_frac": 0.05, "offset_m": 20.0},
         "solved": len(ok),
         "solved_share": len(ok) / n,
         "camera_position_m": _stats([r["pos_err_m"] for r in ok]),
@@ -405,7 +412,7 @@ def run(
             [r["ground_err_today_m"] for r in rows if "ground_err_today_m" in r]
         ),
         "today_answered": sum("ground_err_today_m" in r for r in rows),
-        "pose_ms_median": float(np.median([r["pose_s"] for r in rows]) * 1000.0),
+        "match_pose_ms_median": float(np.median([r["match_pose_s"] for r in rows]) * 1000.0),
         "seconds": time.perf_counter() - t_all,
         "rows": rows,
         "real_photos": real,

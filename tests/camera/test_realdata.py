@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geoloc.camera import CameraPose, camera_from_hfov, solve_pose
+from geoloc.camera import CameraPose, camera_from_hfov
 from geoloc.camera.render import ground_crs, render_view
 
 pytestmark = pytest.mark.realdata
@@ -29,8 +29,8 @@ def test_oblique_view_pose_from_sift_matches(turku_dir: Path) -> None:
     assert view.mask.mean() > 0.9
     m = match_view(view, raster, _matcher("sift"), np.random.default_rng(0), map_gsd=0.25)
     assert m["matches"] >= 30
-    res = solve_pose(m["pixels"], m["ground"], m["crs"], cam)
-    assert res.ok, res.reason
+    res = m["pose"]
+    assert res is not None and res.ok, res.reason if res is not None else m["reason"]
     assert res.pose is not None and res.alt_agl_m is not None and res.ground_xy is not None
     assert math.hypot(res.pose.x - truth.x, res.pose.y - truth.y) < 2.0
     assert abs(res.alt_agl_m - alt) / alt < 0.03
