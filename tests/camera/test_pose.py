@@ -119,7 +119,7 @@ def test_web_mercator_is_not_metric() -> None:
 def _write_dem(path: Path) -> None:
     """A hilly DEM in EPSG:4326 (not the points' CRS): 40 m +- 15 m over ~600 m, 1 m cells."""
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     lon0, lat0 = to_lonlat(UTM, X0 - 400.0, Y0 + 400.0)
     dlon, dlat = 1.0 / 55_000.0, 1.0 / 111_300.0
@@ -128,7 +128,7 @@ def _write_dem(path: Path) -> None:
     z = 40.0 + 15.0 * np.sin(cols / 90.0) * np.cos(rows / 70.0) + 0.01 * cols
     with rasterio.open(
         path, "w", driver="GTiff", width=n, height=n, count=1, dtype="float32",
-        crs="EPSG:4326", transform=from_origin(lon0, lat0, dlon, dlat), nodata=-9999.0,
+        crs="EPSG:4326", transform=Affine(dlon, 0.0, lon0, 0.0, -dlat, lat0), nodata=-9999.0,
     ) as ds:  # fmt: skip
         ds.write(z.astype(np.float32), 1)
 
@@ -175,14 +175,14 @@ def test_dem_file_errors(tmp_path: Path) -> None:
 
 def test_dem_heights_bilinear_and_nan_outside(tmp_path: Path) -> None:
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     p = tmp_path / "ramp.tif"
     z = np.add.outer(np.zeros(10), np.arange(10.0)).astype(np.float32)  # z = column index
     z[0, 0] = -9999.0
     with rasterio.open(
         p, "w", driver="GTiff", width=10, height=10, count=1, dtype="float32",
-        crs=UTM, transform=from_origin(1000.0, 2000.0, 2.0, 2.0), nodata=-9999.0,
+        crs=UTM, transform=Affine(2.0, 0.0, 1000.0, 0.0, -2.0, 2000.0), nodata=-9999.0,
     ) as ds:  # fmt: skip
         ds.write(z, 1)
     with open_dem(p) as dem:
