@@ -64,7 +64,6 @@ SENSORS: dict[str, SensorSpec] = {
         SensorSpec("FC6310R Phantom 4 RTK", 13.2, "https://www.dji.com/phantom-4-rtk/info"),
         SensorSpec("FC220 Mavic Pro", 6.17, "https://www.dji.com/mavic/info"),
         SensorSpec("L1D-20C Mavic 2 Pro", 13.2, "https://www.dji.com/mavic-2/info"),
-        SensorSpec("FC2220 Mavic 2 Zoom", 6.17, "https://www.dji.com/mavic-2/info"),
         SensorSpec("L2D-20C Mavic 3", 17.3, "https://www.dji.com/mavic-3/specs"),
         SensorSpec("FC2103 Mavic Air", 6.17, "https://www.dji.com/mavic-air/info"),
         SensorSpec("FC3170 Mavic Air 2", 6.4, "https://www.dji.com/mavic-air-2/specs"),
