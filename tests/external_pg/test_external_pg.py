@@ -151,10 +151,11 @@ def test_server_restart_mid_ingest_fails_clearly_then_resumes(
     url = external_pg.create_database("geoloc_restart")
     home = tmp_path / "home"
     first = crop_sample(tmp_path / "first.tif", 500, 150, 1000, 800)
-    # The whole sample at its native GSD in small batches: many committed batches to cut into.
+    # The whole sample on a finer grid in small batches: ~80 committed batches to cut into, so
+    # the server goes down while batches are still being written.
     second = tmp_path / "second.tif"
     shutil.copyfile(SAMPLE_RASTER, second)
-    ingest_second = ["ingest", str(second), "--gsd", "0.28", "--batch-size", "4", "--no-progress"]
+    ingest_second = ["ingest", str(second), "--gsd", "0.2", "--batch-size", "4", "--no-progress"]
     try:
         assert geoloc(home, url, "db", "upgrade").code == 0
         done = geoloc(home, url, "ingest", str(first), "--no-progress")
