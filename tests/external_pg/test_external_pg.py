@@ -173,7 +173,12 @@ def test_server_restart_mid_ingest_fails_clearly_then_resumes(
         failed = run.finish()
         assert failed.code == 1, (failed.out, failed.err)
         assert "Traceback" not in failed.err and "internal error" not in failed.err, failed.err
-        assert len(failed.errors) >= 1 and "[SQL:" not in failed.err, failed.err
+        assert failed.errors == ["geoloc: error: 1 of 1 inputs failed"], failed.err
+        # The reason: one log line naming the raster and the lost connection, no SQL dump.
+        reasons = [x for x in failed.err.splitlines() if x.startswith("ERROR ")]
+        assert len(reasons) == 1 and str(second) in reasons[0], failed.err
+        assert "connection" in reasons[0] or "server" in reasons[0], reasons[0]
+        assert "[SQL:" not in failed.err, failed.err
         assert external_pg.password not in failed.err
 
         external_pg.start()
