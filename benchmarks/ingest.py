@@ -137,7 +137,7 @@ def run(
     A previous ``gsd_sweep`` result in the JSON file is kept when ``sweep`` is False.
     """
     from geoloc.config import Settings
-    from geoloc.ingest import ingest, resolve_tiling
+    from geoloc.ingest import ingest, policy_for
     from geoloc.models import load_encoder
     from tiling import open_raster
 
@@ -152,7 +152,9 @@ def run(
         for path in rasters:
             # Encoder alone before and after the ingest (the machine's load drifts), averaged.
             with open_raster(path) as r:
-                gsd_m, step = resolve_tiling(r.gsd_m, int(enc.input_size), gsd, stride)
+                policy = policy_for(int(enc.input_size), gsd, stride, 0.5)
+                cfg, _ = policy.resolve(r)
+                gsd_m, step = r.grid(cfg).gsd_m, policy.step
             before = _encoder_only(enc, path, gsd_m, step, batch_size)
             c0 = time.process_time()
             (res,) = ingest(

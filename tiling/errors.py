@@ -38,3 +38,11 @@ class RasterReadError(TilingError):
 
 class TileConfigError(TilingError):
     """Invalid tiling parameters (tile size, stride, GSD, valid fraction, bands)."""
+
+
+class ImageError(TilingError):
+    """A non-georeferenced image (frame, explain image) cannot be read or has no usable pixels."""
+
+
+class NoTilesError(TilingError):
+    """A raster gives no tile for the tiling policy; the message says which option to change."""

@@ -44,12 +44,11 @@ from tiling.errors import (
     TilingError,
 )
 from tiling.grid import Grid, TileConfig, inside_range, scaled_window_transform
+from tiling.image import STRETCH_PERCENTILES, apply_stretch, stretch_limits
 from tiling.tile import Tile
 
-__all__ = ["Raster", "open_raster"]
+__all__ = ["STRETCH_PERCENTILES", "Raster", "open_raster"]
 
-#: Percentiles of the robust contrast stretch applied to non-uint8 rasters.
-STRETCH_PERCENTILES = (2.0, 98.0)
 # Rasters up to this many pixels are sampled whole (decimated) for the stretch / empty check.
 _SMALL_PIXELS = 25_000_000
 _SAMPLE_SIDE = 1024
@@ -248,14 +247,7 @@ class Raster:
                 raise EmptyRasterError("has no valid pixel (all nodata, masked or NaN)", self.path)
             values = [np.array([0.0, 1.0])] * 3
         if needs_stretch:
-            lo_p, hi_p = STRETCH_PERCENTILES
-            st = []
-            for v in values:
-                lo, hi = (float(x) for x in np.percentile(v.astype(np.float64), [lo_p, hi_p]))
-                if not hi > lo:
-                    hi = lo + 1.0
-                st.append((lo, hi))
-            self.stretch = st
+            self.stretch = stretch_limits(values)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -369,10 +361,7 @@ class Raster:
             if self.stretch is None:
                 v = b.astype(np.uint8, copy=False)
             else:
-                lo, hi = self.stretch[i]
-                with np.errstate(invalid="ignore"):
-                    f = (b.astype(np.float32) - lo) * (255.0 / (hi - lo))
-                v = np.clip(np.nan_to_num(f, nan=0.0), 0, 255).round().astype(np.uint8)
+                v = apply_stretch(b, self.stretch[i])
             out[i] = v if all_valid else np.where(mask, v, 0)
         return out
 
@@ -482,17 +471,23 @@ class Raster:
         if self.last_kept == 0 and not unknown and len(grid) > 0:
             raise EmptyRasterError("has no valid pixel (all nodata, masked or NaN)", self.path)
 
-    def count_tiles(self, cfg: TileConfig | None = None) -> tuple[int, int]:
+    def count_tiles(
+        self, cfg: TileConfig | None = None, *, stop_at: int | None = None
+    ) -> tuple[int, int]:
         """(kept, skipped) tile counts for ``cfg`` without building tiles.
 
         Uses the geometric coverage alone when the raster has no mask, nodata or NaN to check;
-        otherwise reads the tile masks.
+        otherwise reads the tile masks. With ``stop_at``, counting stops once that many tiles
+        are kept (then ``skipped`` counts the rest of the grid), so asking "at least N?" of a
+        huge masked raster reads N masks, not all of them.
         """
         cfg = cfg or TileConfig()
         grid = self.grid(cfg)
         kept = 0
         geometric = self.mask_kind == "none" and not self._is_float
         for row, col in grid:
+            if stop_at is not None and kept >= stop_at:
+                break
             vf = grid.coverage(row, col)
             if vf > 0 and vf >= cfg.min_valid and not geometric:
                 w = grid.window(row, col)

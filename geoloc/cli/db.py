@@ -1,4 +1,5 @@
-"""``geoloc db url|status|upgrade|downgrade|start|stop`` and ``geoloc index verify|rebuild|info``.
+"""``geoloc db url|status|upgrade|downgrade|start|stop``, ``geoloc index verify|rebuild|info``
+and ``geoloc sql``.
 
 Schema policy: the embedded default database is upgraded automatically by every command that
 opens it; an external ``GEOLOC_DATABASE_URL`` is only migrated by ``geoloc db upgrade``.
@@ -61,8 +62,14 @@ def register(app: typer.Typer) -> None:
 
     @db_app.command("url")
     def url_cmd(
+        driver: str = typer.Option(
+            "libpq",
+            "--driver",
+            help="libpq: the URL psql understands (default); psycopg2: the SQLAlchemy URL "
+            "(postgresql+psycopg2://).",
+        ),
         sqlalchemy: bool = typer.Option(
-            False, "--sqlalchemy", help="Print the SQLAlchemy URL (postgresql+psycopg2://)."
+            False, "--sqlalchemy", help="Same as --driver psycopg2.", hidden=True
         ),
         show_password: bool = typer.Option(
             False, "--show-password", help="Do not mask the password of an external URL."
@@ -71,22 +78,40 @@ def register(app: typer.Typer) -> None:
         """Print the database URL (starts the embedded server if needed): psql "$(geoloc db url)".
 
         The embedded server listens on a Unix socket only and stops when its last user exits:
-        run `geoloc db start` first to keep it up for psql.
+        run `geoloc db start` first to keep it up for psql. For one query, `geoloc sql` needs
+        neither. How to use the URL is said on stderr.
         """
         from geoloc.store.database import resolve_url
 
-        url, _ = resolve_url(_settings())
+        if driver not in ("libpq", "psycopg2"):
+            raise typer.BadParameter(f"--driver must be libpq or psycopg2, got {driver!r}")
+        settings = _settings()
+        url, embedded = resolve_url(settings)
         shown = _display(url, show_password)
-        typer.echo(shown if sqlalchemy else _libpq(shown))
+        as_sqlalchemy = sqlalchemy or driver == "psycopg2"
+        typer.echo(shown if as_sqlalchemy else _libpq(shown))
+        hints = [
+            'psql: psql "$(geoloc db url)"',
+            "SQLAlchemy: create_engine(URL of `geoloc db url --driver psycopg2`); the plain "
+            "postgresql:// URL makes SQLAlchemy 2 load psycopg 3, which geoloc does not install",
+            'one query, no set-up: geoloc sql "SELECT ..."',
+        ]
+        if embedded:
+            hints.insert(
+                0,
+                "the embedded server stops when its last user exits: run `geoloc db start` "
+                "before a psql or SQLAlchemy session (and `geoloc db stop` after)",
+            )
+        for line in hints:
+            typer.echo(f"geoloc: {line}", err=True)
 
     @db_app.command("status")
     def status_cmd() -> None:
         """Print (JSON) the server state, schema revision and row counts; never starts a server."""
-        from sqlalchemy import text
-
         from geoloc.errors import DatabaseError
         from geoloc.store import embedded
         from geoloc.store.database import current_revision, head_revision, make_engine
+        from geoloc.store.repository import counts
 
         settings = _settings()
         out: dict[str, Any] = {"home": str(settings.home), "embedded": settings.uses_embedded_db}
@@ -109,17 +134,7 @@ def register(app: typer.Typer) -> None:
                 out["revision"] = rev
                 out["at_head"] = rev == out["head_revision"]
                 if rev is not None:
-                    out["encoders"] = conn.execute(text("SELECT count(*) FROM encoders")).scalar()
-                    out["orthomosaics"] = {
-                        r.status: r.n
-                        for r in conn.execute(
-                            text("SELECT status, count(*) AS n FROM orthomosaics GROUP BY status")
-                        )
-                    }
-                    out["tiles"] = conn.execute(text("SELECT count(*) FROM tiles")).scalar()
-                    out["database_bytes"] = conn.execute(
-                        text("SELECT pg_database_size(current_database())")
-                    ).scalar()
+                    out.update(counts(conn))
         except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a status report
             if isinstance(exc, DatabaseError):
                 raise
@@ -188,15 +203,10 @@ def register(app: typer.Typer) -> None:
     @index_app.command("verify")
     def verify_cmd(encoder: str | None = encoder_opt) -> None:
         """Check FAISS holds exactly the database's complete tile ids; exit 1 with a diff if not."""
-        from geoloc.store import open_database
-        from geoloc.store.maintenance import resolve_encoder, verify_index
+        from geoloc.store import TileStore
 
-        settings = _settings()
-        db = open_database(settings)
-        try:
-            report = verify_index(db, settings, resolve_encoder(db, encoder))
-        finally:
-            db.dispose()
+        with TileStore.for_registered(_settings(), encoder) as store:
+            report = store.verify()
         _echo_json(report.as_dict())
         if not report.ok:
             typer.echo(
@@ -215,30 +225,15 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(16, "--batch-size", min=1, help="Tiles per encoder batch."),
     ) -> None:
         """Recreate the FAISS index from the database by re-encoding tiles from their rasters."""
-        from geoloc.store import open_database
-        from geoloc.store import repository as repo
-        from geoloc.store.maintenance import rebuild_index, resolve_encoder, verify_index
+        from geoloc.ingest.rebuild import rebuild_index
+        from geoloc.store import TileStore
 
-        settings = _settings()
-        db = open_database(settings)
-        try:
-            enc = resolve_encoder(db, encoder)
+        def progress(done: int, total: int) -> None:
+            log.info("re-encoded %d / %d tiles", done, total)
 
-            def progress(done: int, total: int) -> None:
-                log.info("re-encoded %d / %d tiles", done, total)
-
-            with repo.ingest_lock(db):
-                rebuild_index(
-                    db,
-                    settings,
-                    enc,
-                    checkpoint=checkpoint,
-                    batch_size=batch_size,
-                    progress=progress,
-                )
-                report = verify_index(db, settings, enc)
-        finally:
-            db.dispose()
+        with TileStore.for_registered(_settings(), encoder) as store, store.locked():
+            rebuild_index(store, checkpoint=checkpoint, batch_size=batch_size, progress=progress)
+            report = store.verify()
         _echo_json(report.as_dict())
         if not report.ok:
             raise typer.Exit(1)
@@ -259,3 +254,35 @@ def register(app: typer.Typer) -> None:
         info = ix.info()
         info["encoder"] = enc.name
         _echo_json(info)
+
+    @app.command("sql")
+    def sql_cmd(
+        statement: str = typer.Argument(..., metavar="SQL", help="One SQL statement."),
+        fmt: str = typer.Option(
+            "json", "--format", "-f", help="json: one JSON object per row (default); csv."
+        ),
+        write: bool = typer.Option(
+            False, "--write", help="Allow changes (default: a READ ONLY transaction)."
+        ),
+    ) -> None:
+        """Run one SQL statement on the tile database; rows to stdout as JSON lines or CSV.
+
+        Works on the embedded server (held for the statement's duration) or GEOLOC_DATABASE_URL.
+        Read-only unless --write. Example: geoloc sql "SELECT status, count(*) FROM orthomosaics
+        GROUP BY status".
+        """
+        from geoloc.errors import DatabaseError
+        from geoloc.store import open_database
+        from geoloc.store.sql import FORMATS, format_rows, run_statement
+
+        if fmt not in FORMATS:
+            raise DatabaseError(f"sql: --format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        db = open_database(_settings())
+        try:
+            result = run_statement(db, statement, write=write)
+        finally:
+            db.dispose()
+        for line in format_rows(result, fmt):
+            typer.echo(line)
+        if not result.columns:
+            log.info("%d row(s) affected", max(result.rowcount, 0))

@@ -23,11 +23,18 @@ def register(app: typer.Typer) -> None:
         gsd: float | None = typer.Option(
             None,
             "--gsd",
-            help="Tile ground sample distance in m/px (default: max(0.5, native)): "
-            "224 px tiles then cover 112 m, like a drone frame from ~100 m.",
+            help="Tile ground sample distance in m/px (default: max(0.5, native), or native "
+            "when that keeps fewer than a few dozen tiles; the same grid as `geoloc tiles`).",
         ),
         stride: int | None = typer.Option(
             None, "--stride", help="Tile step in output pixels (default: half a tile)."
+        ),
+        min_valid: float | None = typer.Option(
+            None,
+            "--min-valid",
+            min=0.0,
+            max=1.0,
+            help="Minimum valid fraction of a kept tile (default: 0.5).",
         ),
         batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Tiles per batch."),
         force: bool = typer.Option(False, "--force", help="Replace rasters already ingested."),
@@ -41,7 +48,7 @@ def register(app: typer.Typer) -> None:
         tiles kept/skipped, seconds) on stdout. Exit 1 when any raster failed; 130 on Ctrl-C
         and 143 on SIGTERM (the interrupted raster is rolled back).
         """
-        from geoloc.ingest import ingest
+        from geoloc.ingest import DEFAULT_MIN_VALID, ingest
 
         results = ingest(
             paths,
@@ -52,6 +59,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             force=force,
             progress=not no_progress,
+            min_valid=DEFAULT_MIN_VALID if min_valid is None else min_valid,
         )
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         failed = sum(r.status == "failed" for r in results)

@@ -1,6 +1,7 @@
 """``geoloc tiles`` (GeoJSON of tile footprints) and ``geoloc info`` (raster description, JSON).
 
-Data goes to stdout, the summary to stderr (as a log line, hidden by ``--quiet``). Bad rasters
+Both lay the grid of :class:`tiling.TilingPolicy`, the one ``geoloc ingest`` lays. Data goes to
+stdout, the summary to stderr (as a log line, hidden by ``--quiet``). Bad rasters
 raise :class:`tiling.errors.TilingError`; the root command prints its one-line message.
 """
 
@@ -16,6 +17,15 @@ from pathlib import Path
 import typer
 
 log = logging.getLogger("geoloc.tiles")
+
+# The defaults live in tiling.policy (imported lazily: it pulls in rasterio); None = default.
+GSD_HELP = (
+    "Resample to this ground sample distance (m/px). Default: max(0.5, native), or native "
+    "when that keeps fewer than a few dozen tiles (the same grid as `geoloc ingest`)."
+)
+TILE_SIZE_HELP = "Tile side in pixels (default: 224)."
+STRIDE_HELP = "Step between tiles in pixels (default: half a tile)."
+MIN_VALID_HELP = "Minimum valid fraction to keep a tile (default: 0.5)."
 
 
 def parse_bands(text: str) -> tuple[int, ...]:
@@ -64,15 +74,11 @@ def register(app: typer.Typer) -> None:
     @app.command("tiles")
     def tiles_cmd(
         raster: Path = typer.Argument(..., metavar="RASTER", help="A georeferenced raster."),
-        tile_size: int = typer.Option(224, "--tile-size", min=1, help="Tile side in pixels."),
-        stride: int | None = typer.Option(
-            None, "--stride", min=1, help="Step between tiles in pixels (default: the tile size)."
-        ),
-        gsd: float | None = typer.Option(
-            None, "--gsd", help="Resample to this ground sample distance (m/px) (default: native)."
-        ),
-        min_valid: float = typer.Option(
-            0.5, "--min-valid", min=0.0, max=1.0, help="Minimum valid fraction to keep a tile."
+        tile_size: int | None = typer.Option(None, "--tile-size", min=1, help=TILE_SIZE_HELP),
+        stride: int | None = typer.Option(None, "--stride", min=1, help=STRIDE_HELP),
+        gsd: float | None = typer.Option(None, "--gsd", help=GSD_HELP),
+        min_valid: float | None = typer.Option(
+            None, "--min-valid", min=0.0, max=1.0, help=MIN_VALID_HELP
         ),
         bands: str = typer.Option("1,2,3", "--bands", help="Bands read as R,G,B (or one band)."),
         indent: int | None = typer.Option(None, "--indent", min=0, help="Pretty-print the JSON."),
@@ -85,14 +91,19 @@ def register(app: typer.Typer) -> None:
         One Feature per kept tile with properties row, col, center_lon, center_lat, gsd_m,
         valid_fraction, window, crs, raster. A summary (kept/skipped, CRS, GSD) goes to stderr.
         """
-        from tiling import TileConfig, open_raster
+        from tiling import TilingPolicy, open_raster
         from tiling.geojson import tile_feature
 
         _quiet_gdal()
         band_tuple = parse_bands(bands)
-        cfg = TileConfig(tile_size=tile_size, stride=stride, gsd=gsd, min_valid=min_valid)
+        policy = TilingPolicy.from_options(
+            tile_size=tile_size, gsd=gsd, stride=stride, min_valid=min_valid
+        )
         with open_raster(raster, bands=band_tuple) as r:
+            cfg, reason = policy.resolve(r)
+            log.info("%s: tiling at %s", raster, reason)
             grid = r.grid(cfg)
+            native_gsd = r.gsd_m
             features = []
             with _progress(len(grid), enabled=progress) as advance:
                 for t in r.tiles(cfg):
@@ -116,25 +127,30 @@ def register(app: typer.Typer) -> None:
             crs if len(crs) < 40 else "custom CRS",
         )
         if kept == 0:
-            log.warning(
-                "%s: no tile kept: the raster is smaller than --min-valid of a tile, or mostly "
-                "invalid",
-                raster,
-            )
+            log.warning("%s: %s", raster, policy.no_tiles_message(cfg, native_gsd))
 
     @app.command("info")
     def info_cmd(
         raster: Path = typer.Argument(..., metavar="RASTER", help="A georeferenced raster."),
         bands: str = typer.Option("1,2,3", "--bands", help="Bands read as R,G,B (or one band)."),
-        tile_size: int = typer.Option(224, "--tile-size", min=1, help="Tile side for the count."),
-        gsd: float | None = typer.Option(None, "--gsd", help="Target GSD (m/px) for the count."),
+        tile_size: int | None = typer.Option(None, "--tile-size", min=1, help=TILE_SIZE_HELP),
+        gsd: float | None = typer.Option(None, "--gsd", help=GSD_HELP),
+        stride: int | None = typer.Option(None, "--stride", min=1, help=STRIDE_HELP),
+        min_valid: float | None = typer.Option(
+            None, "--min-valid", min=0.0, max=1.0, help=MIN_VALID_HELP
+        ),
     ) -> None:
         """Print RASTER's CRS, size, EPSG:4326 bounds, GSD (m), bands, dtype, nodata/mask and
-        tile count as JSON."""
-        from tiling import TileConfig, open_raster
+        the tile grid ``geoloc ingest`` would lay (with the reason for its GSD) as JSON."""
+        from tiling import TilingPolicy, open_raster
 
         _quiet_gdal()
         band_tuple = parse_bands(bands)
+        policy = TilingPolicy.from_options(
+            tile_size=tile_size, gsd=gsd, stride=stride, min_valid=min_valid
+        )
         with open_raster(raster, bands=band_tuple) as r:
-            info = r.info(TileConfig(tile_size=tile_size, gsd=gsd))
+            cfg, reason = policy.resolve(r)
+            info = r.info(cfg)
+            info["tiles"]["reason"] = reason
         sys.stdout.write(json.dumps(info, indent=2) + "\n")

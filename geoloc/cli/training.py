@@ -266,17 +266,15 @@ def _print_frames_table(result: dict[str, Any]) -> None:
 
 def _rasters_from_db() -> list[Path]:
     """Paths of every complete orthomosaic in the database."""
-    from sqlalchemy import text
-
     from geoloc.config import Settings
     from geoloc.store import open_database
+    from geoloc.store.repository import complete_raster_paths
 
     db = open_database(Settings.from_env())
-    with db.engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT DISTINCT path FROM orthomosaics WHERE status = 'complete' ORDER BY path")
-        ).all()
-    paths = [Path(r[0]) for r in rows]
+    try:
+        paths = [Path(p) for p in complete_raster_paths(db)]
+    finally:
+        db.dispose()
     if not paths:
         raise ConfigError("no complete orthomosaic in the database: run geoloc ingest first")
     return paths

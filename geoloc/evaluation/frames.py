@@ -90,20 +90,15 @@ def ablation_configs() -> dict[str, Any]:
 
 def _tile_step_m() -> float | None:
     """One tile step (stride x GSD) of the complete orthomosaics, from the database."""
-    from sqlalchemy import text
-
     from geoloc.config import Settings
     from geoloc.store import open_database
+    from geoloc.store.repository import max_tile_step_m
 
     db = open_database(Settings.from_env())
-    with db.engine.connect() as conn:
-        v = conn.execute(
-            text(
-                "SELECT max(stride * coalesce(target_gsd_m, gsd_m)) FROM orthomosaics "
-                "WHERE status = 'complete'"
-            )
-        ).scalar()
-    return float(v) if v is not None else None
+    try:
+        return max_tile_step_m(db)
+    finally:
+        db.dispose()
 
 
 def evaluate_frames(

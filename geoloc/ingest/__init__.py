@@ -1,11 +1,12 @@
-"""Ingest: tiler -> encoder -> store, pipelined, transactional, resumable.
+"""Ingest: tiler -> encoder -> tile store, pipelined, transactional, resumable.
 
 Public API::
 
-    from geoloc.ingest import ingest, IngestResult
+    from geoloc.ingest import ingest, IngestResult, rebuild_index
     results = ingest(["ortho.tif", "more/"], encoder="sgmnet", gsd=None, stride=None)
 
-See :mod:`geoloc.ingest.core` for the crash-safety protocol and the default GSD/stride choice.
+See :mod:`geoloc.ingest.core` for the protocol, :class:`tiling.TilingPolicy` for the grid and
+:mod:`geoloc.ingest.rebuild` for ``geoloc index rebuild`` (a re-ingest of Ω only).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from geoloc.ingest.core import (
     IngestResult,
     IngestTimings,
     ingest,
-    resolve_tiling,
+    policy_for,
 )
 from geoloc.ingest.paths import RASTER_EXTENSIONS, PathProblem, expand_paths, sha256_file
 
@@ -33,6 +34,6 @@ __all__ = [
     "PathProblem",
     "expand_paths",
     "ingest",
-    "resolve_tiling",
+    "policy_for",
     "sha256_file",
 ]

@@ -1,69 +1,55 @@
-"""``ingest(paths, ...)``: tiler -> encoder -> store, pipelined, transactional and resumable.
+"""``ingest(paths, ...)``: tiles -> encode -> :class:`~geoloc.store.TileStore`, per raster.
 
 Per raster, under the store's advisory ingest lock (so concurrent ingests serialise):
 
-1. **Recover**: orthomosaics of this encoder left ``ingesting``/``failed`` by a killed run are
-   deleted (the lock proves their writer is gone), then the FAISS index is reconciled with the
-   database: every id that is not a tile of a ``complete`` orthomosaic is removed, and the
-   index is saved atomically.
+1. **Recover** (:meth:`TileStore.recover`): what a killed run left (``ingesting``/``failed``
+   orthomosaics, FAISS ids that are not complete tiles) is removed.
 2. **Idempotence**: the raster's SHA-256 is looked up with the encoder; a ``complete`` match is
-   skipped (``--force`` deletes it first: database rows, then FAISS ids, then an atomic save).
-   An orthomosaic of the same path with another SHA-256 (the file changed) is replaced the
-   same way: its tiles would point at pixels that are no longer there.
-3. **Write**: an ``ingesting`` orthomosaic row is committed; batches of tiles are read in a
-   background thread, encoded in the main thread and written (tiles + Φ by binary COPY, one
-   transaction per batch; Ω added to the in-memory FAISS index) in a writer thread.
-4. **Commit**: the FAISS index is saved atomically (temp file + rename), *then* the orthomosaic
-   becomes ``complete``. Only ``complete`` orthomosaics are ever answered by ``locate``.
+   skipped unless ``--force``. :meth:`TileStore.begin` replaces it (and any older content of
+   the same path, whose tiles would point at pixels that are no longer there).
+3. **Write**: batches of tiles are read in a background thread, encoded in the main thread and
+   handed to :meth:`TileStore.add` in a writer thread (:mod:`geoloc.ingest.stream`).
+4. **Commit** (:meth:`TileStore.commit`): the FAISS index is saved atomically, *then* the
+   orthomosaic becomes ``complete``; on any failure :meth:`TileStore.abort`.
 
-A crash (SIGKILL, power loss) at any point therefore leaves either the previous state or an
-``ingesting`` row (invisible to ``locate``) plus possibly FAISS ids of it; step 1 of the next
-run removes both. A failure inside a raster (unreadable pixels, Ctrl-C) deletes that raster's
-rows before returning/raising, and leaves the saved index untouched.
+The grid is the one of :class:`tiling.TilingPolicy` (the same ``geoloc tiles`` lays); the GSD
+it picks, and why, is logged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy.exc import DBAPIError
 
 from geoloc.config import Settings
 from geoloc.errors import DatabaseError, GeolocError
 from geoloc.ingest.paths import expand_paths, sha256_file
-from geoloc.ingest.pipeline import BackgroundWorker, Prefetcher
+from geoloc.ingest.stream import Encoded, batches, encode_stream
+from tiling.policy import DEFAULT_GSD_M, DEFAULT_MIN_VALID, DEFAULT_STRIDE_FRACTION, TilingPolicy
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from tiling import Raster, Tile
+    from geoloc.store import TileStore
 
 log = logging.getLogger("geoloc.ingest")
 
-#: Default ingest ground sample distance (metres per pixel). A 224 px tile then covers
-#: 112 m x 112 m of ground: the size of a drone frame seen from ~100 m (100-200 m across).
-#: At the imagery's native 0.14-0.28 m/px a tile would cover only 30-60 m, mostly one field
-#: (see shared/notes/baseline-retrieval.md: such tiles hold too little structure to retrieve).
-#: Rasters coarser than this are tiled at their native GSD (never upsampled).
-#: Measured (benchmarks/ingest.py gsd_sweep: 24 synthetic 150 m views of the bundled sample,
-#: heading unknown, top-1 tile by Ω): share within 25 m 0.29 at 0.28 m/px (63 m tiles), 0.42 at
-#: 0.5 m/px (112 m), 0.00 at 0.75 m/px (168 m tiles, larger than the frames).
-DEFAULT_GSD_M = 0.5
-
-#: Default stride as a fraction of the tile: half a tile (56 m at the default GSD), so any
-#: frame centre lies within a quarter tile of some tile centre along each axis.
-DEFAULT_STRIDE_FRACTION = 0.5
-
-#: Default minimum fraction of valid pixels for a tile to be kept.
-DEFAULT_MIN_VALID = 0.5
+__all__ = [
+    "DEFAULT_GSD_M",
+    "DEFAULT_MIN_VALID",
+    "DEFAULT_STRIDE_FRACTION",
+    "IngestError",
+    "IngestResult",
+    "IngestTimings",
+    "ingest",
+]
 
 
 class IngestError(GeolocError):
@@ -108,57 +94,16 @@ class IngestResult:
         return d
 
 
-def resolve_tiling(
-    native_gsd_m: float, tile_size: int, gsd: float | None, stride: int | None
-) -> tuple[float, int]:
-    """Return the (target GSD in metres, stride in px) actually used for a raster.
+def policy_for(
+    tile_size: int, gsd: float | None, stride: int | None, min_valid: float
+) -> TilingPolicy:
+    """The tiling policy of these ingest options (IngestError naming the bad option)."""
+    from tiling import TilingError
 
-    ``gsd=None`` gives ``max(DEFAULT_GSD_M, native)``; ``stride=None`` gives half a tile.
-    """
-    if gsd is not None and not (math.isfinite(gsd) and gsd > 0):
-        raise IngestError(f"--gsd must be a positive number of metres, got {gsd!r}")
-    if stride is not None and stride < 1:
-        raise IngestError(f"--stride must be >= 1 pixel, got {stride!r}")
-    target = float(gsd) if gsd is not None else max(DEFAULT_GSD_M, float(native_gsd_m))
-    step = int(stride) if stride is not None else max(1, int(tile_size * DEFAULT_STRIDE_FRACTION))
-    return target, step
-
-
-def _np(x: Any) -> np.ndarray:
-    """Tensor or array -> contiguous float32 numpy array."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-
-
-@dataclass
-class _Batch:
-    tiles: list[Tile]
-    pixels: np.ndarray  # (B, 3, S, S) uint8
-    position: int  # candidate tiles visited so far (row-major grid position + 1)
-
-
-@dataclass
-class _Encoded:
-    tiles: list[Tile]
-    omega: np.ndarray
-    phi: np.ndarray
-    node_areas: np.ndarray
-    node_centroids: np.ndarray
-    position: int
-
-
-def _batches(raster: Raster, cfg: Any, cols: int, batch_size: int) -> Iterator[_Batch]:
-    buf: list[Tile] = []
-    for tile in raster.tiles(cfg):
-        buf.append(tile)
-        if len(buf) >= batch_size:
-            yield _Batch(
-                buf, np.stack([t.pixels for t in buf]), buf[-1].row * cols + buf[-1].col + 1
-            )
-            buf = []
-    if buf:
-        yield _Batch(buf, np.stack([t.pixels for t in buf]), buf[-1].row * cols + buf[-1].col + 1)
+    try:
+        return TilingPolicy(tile_size=int(tile_size), gsd=gsd, stride=stride, min_valid=min_valid)
+    except TilingError as exc:
+        raise IngestError(str(exc)) from exc
 
 
 class _ProgressSink:
@@ -221,96 +166,26 @@ def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
         yield prog
 
 
-def _reconcile(db: Any, encoder_id: int, index: Any | None) -> None:
-    """Delete the encoder's incomplete orthomosaics, then drop FAISS ids not in the database."""
-    from geoloc.store import repository as repo
-
-    for ortho in repo.incomplete_orthomosaics(db, encoder_id):
-        log.warning(
-            "cleaning up an interrupted ingest of %s (orthomosaic %d, status %s)",
-            ortho.path,
-            ortho.id,
-            ortho.status,
-        )
-        repo.delete_orthomosaic(db, int(ortho.id))
-    if index is None:
-        return
-    complete = np.asarray(repo.complete_tile_ids(db, encoder_id), dtype=np.int64)
-    in_index = np.asarray(index.ids(), dtype=np.int64)
-    stale = np.setdiff1d(in_index, complete)
-    if stale.size:
-        log.warning("removing %d stale ids from the FAISS index", stale.size)
-        index.remove(stale)
-        index.save()
-    missing = np.setdiff1d(complete, in_index)
-    if missing.size:
-        log.warning(
-            "FAISS lacks %d tiles of complete orthomosaics; run `geoloc index rebuild`",
-            missing.size,
-        )
-
-
 class _Ingester:
-    """State shared by the rasters of one ``ingest`` call (encoder, database, encoder id)."""
+    """State shared by the rasters of one ``ingest`` call (encoder, store, options)."""
 
     def __init__(
         self,
-        settings: Settings,
         encoder: Any,
-        db: Any,
-        encoder_id: int,
+        store: TileStore,
+        policy: TilingPolicy,
         *,
-        gsd: float | None,
-        stride: int | None,
         batch_size: int,
         force: bool,
-        min_valid: float,
         progress: _ProgressSink,
     ) -> None:
-        self.settings = settings
         self.encoder = encoder
-        self.db = db
-        self.encoder_id = encoder_id
-        self.gsd = gsd
-        self.stride = stride
+        self.store = store
+        self.policy = policy
         self.batch_size = batch_size
         self.force = force
-        self.min_valid = min_valid
         self.progress = progress
 
-    # -- recovery -----------------------------------------------------------------------------
-    def open_index(self) -> Any:
-        from geoloc.store import OmegaIndex
-
-        return OmegaIndex.open(
-            self.settings,
-            self.encoder.weights_sha256,
-            encoder_id=self.encoder_id,
-            omega_dim=int(self.encoder.omega_dim),
-        )
-
-    def recover(self, index: Any) -> None:
-        """Delete orthomosaics a dead run left incomplete; make FAISS hold only complete ids.
-
-        Done for this encoder's ``index``, and for any other encoder that has incomplete
-        orthomosaics (an interrupted ingest with another encoder). Must be called with the
-        ingest lock held (so no live writer owns those rows).
-        """
-        from geoloc.store import OmegaIndex
-        from geoloc.store import repository as repo
-
-        _reconcile(self.db, self.encoder_id, index)
-        for other in repo.list_encoders(self.db):
-            if other.id == self.encoder_id or not repo.incomplete_orthomosaics(self.db, other.id):
-                continue
-            other_index = (
-                OmegaIndex.open(self.settings, other.weights_sha256)
-                if OmegaIndex.exists(self.settings, other.weights_sha256)
-                else None
-            )
-            _reconcile(self.db, other.id, other_index)
-
-    # -- one raster ---------------------------------------------------------------------------
     def run(self, path: Path) -> IngestResult:
         """Ingest one raster; expected failures become a ``failed`` result, Ctrl-C propagates."""
         from tiling import TilingError
@@ -329,28 +204,25 @@ class _Ingester:
         return res
 
     def _run(self, path: Path, res: IngestResult) -> None:
-        from geoloc.store import repository as repo
-        from tiling import TileConfig, open_raster
+        from geoloc.store.records import RasterRecord
+        from tiling import open_raster
 
+        store = self.store
         res.sha256 = sha256_file(path)
         with open_raster(path) as raster:
-            tile_size = int(self.encoder.input_size)
-            target_gsd, step = resolve_tiling(raster.gsd_m, tile_size, self.gsd, self.stride)
-            cfg = TileConfig(
-                tile_size=tile_size, stride=step, gsd=target_gsd, min_valid=self.min_valid
-            )
+            cfg, reason = self.policy.resolve(raster)
             grid = raster.grid(cfg)
-            res.gsd_m, res.stride_px, res.tile_size_px = float(grid.gsd_m), step, tile_size
+            res.gsd_m, res.stride_px = float(grid.gsd_m), self.policy.step
+            res.tile_size_px = int(cfg.tile_size)
 
             t_lock = time.perf_counter()
-            with repo.ingest_lock(self.db):
+            with store.locked():
                 res.timings.lock_wait_s = time.perf_counter() - t_lock
                 t_rec = time.perf_counter()
-                index = self.open_index()  # fresh from disk: another process may have saved it
-                self.recover(index)
+                store.recover()
                 res.timings.recover_s = time.perf_counter() - t_rec
 
-                existing = repo.find_orthomosaic(self.db, res.sha256, self.encoder_id)
+                existing = store.find(res.sha256)
                 if existing is not None and str(existing.status) == "complete" and not self.force:
                     res.status, res.id = "skipped", int(existing.id)
                     res.tiles_kept = int(existing.tiles_kept or 0)
@@ -361,119 +233,72 @@ class _Ingester:
                     )
                     log.info("%s", res.message)
                     return
-                # Replace the same content (--force) and older contents of the same path: their
-                # tiles would point at pixels that are no longer in the file.
-                stale = [existing] if existing is not None else []
-                stale += [
-                    o
-                    for o in repo.list_orthomosaics(self.db, self.encoder_id)
-                    if o.path == str(path) and o.sha256 != res.sha256
-                ]
-                for old in stale:
-                    why = "--force" if old.sha256 == res.sha256 else "the file changed"
-                    log.info("replacing orthomosaic %d of %s (%s)", old.id, old.path, why)
-                    removed = np.asarray(repo.delete_orthomosaic(self.db, int(old.id)))
-                    if removed.size:
-                        index.remove(removed.astype(np.int64))
-                        index.save()
-
-                oid = repo.begin_orthomosaic(
-                    self.db,
+                record = RasterRecord.from_raster(
+                    raster,
                     path=str(path),
                     sha256=res.sha256,
-                    encoder_id=self.encoder_id,
-                    raster=raster,
-                    tile_size=tile_size,
-                    stride=step,
-                    target_gsd=float(grid.gsd_m),
+                    tile_size=int(cfg.tile_size),
+                    stride=self.policy.step,
+                    target_gsd_m=cfg.gsd,  # None: the native pixels, as a rebuild re-reads them
                 )
-                res.id = int(oid)
+                res.id = store.begin(record)
                 log.info(
-                    "ingesting %s: %d candidate tiles of %d px at %.3f m/px, stride %d px",
+                    "ingesting %s: %d candidate tiles of %d px at %.3f m/px, stride %d px (%s)",
                     path,
                     len(grid),
-                    tile_size,
+                    cfg.tile_size,
                     grid.gsd_m,
-                    step,
+                    self.policy.step,
+                    reason,
                 )
                 try:
-                    kept = self._stream(raster, cfg, grid, oid, index, res, path)
-                    skipped = int(len(grid)) - kept
+                    kept = self._stream(raster, cfg, grid, res, path)
                     if kept == 0:
                         raise IngestError(
-                            f"no tile has at least {self.min_valid:.0%} valid pixels",
-                            path=str(path),
+                            self.policy.no_tiles_message(cfg, float(raster.gsd_m)), path=str(path)
                         )
-                    t_save = time.perf_counter()
-                    index.save()
-                    res.timings.faiss_save_s = time.perf_counter() - t_save
-                    log.debug("ingest %s: FAISS saved", path)
-                    repo.finish_orthomosaic(self.db, oid, kept, skipped)
-                    log.debug("ingest %s: orthomosaic %d complete", path, oid)
+                    store.commit(kept, int(len(grid)) - kept)
                 except BaseException:
-                    # Leave nothing half-written: the unsaved FAISS additions die with `index`;
-                    # the rows go now (or, if this fails too, at the next run's recovery).
-                    with contextlib.suppress(Exception):
-                        repo.delete_orthomosaic(self.db, oid)
+                    store.abort()
                     raise
-                res.status, res.tiles_kept, res.tiles_skipped = "ingested", kept, skipped
+                finally:
+                    w = store.write_timings
+                    res.timings.db_s, res.timings.faiss_add_s = w.db_s, w.faiss_add_s
+                    res.timings.faiss_save_s = w.faiss_save_s
+                res.status, res.tiles_kept = "ingested", kept
+                res.tiles_skipped = int(len(grid)) - kept
                 res.message = None
 
-    def _stream(
-        self,
-        raster: Raster,
-        cfg: Any,
-        grid: Any,
-        oid: int,
-        index: Any,
-        res: IngestResult,
-        path: Path,
-    ) -> int:
-        from geoloc.store import repository as repo
+    def _stream(self, raster: Any, cfg: Any, grid: Any, res: IngestResult, path: Path) -> int:
+        from geoloc.store.records import TileRecord
 
-        kept = 0
-        timings = res.timings
-
-        def write(batch: _Encoded) -> None:
-            t0 = time.perf_counter()
-            ids = repo.add_tiles(
-                self.db,
-                oid,
-                self.encoder_id,
-                batch.tiles,
+        def write(batch: Encoded) -> None:
+            assert batch.phi is not None and batch.node_areas is not None
+            assert batch.node_centroids is not None
+            self.store.add(
+                [TileRecord.from_tile(t) for t in batch.tiles],
+                batch.omega,
                 batch.phi,
                 batch.node_areas,
                 batch.node_centroids,
             )
-            t1 = time.perf_counter()
-            index.add(np.asarray(ids, dtype=np.int64), batch.omega)
-            t2 = time.perf_counter()
-            timings.db_s += t1 - t0
-            timings.faiss_add_s += t2 - t1
             log.debug("ingest %s: batch of %d tiles written", path, len(batch.tiles))
 
+        kept = 0
+
+        def advanced(batch: Any) -> None:
+            nonlocal kept
+            kept += len(batch.tiles)
+            self.progress.update(batch.position)
+
         self.progress.start(Path(path).name, int(len(grid)))
-        reader: Prefetcher[_Batch] = Prefetcher(
-            _batches(raster, cfg, int(grid.cols), self.batch_size), maxsize=3
+        t = encode_stream(
+            batches(raster, cfg, int(grid.cols), self.batch_size),
+            self.encoder,
+            write,
+            on_batch=advanced,
         )
-        with reader, BackgroundWorker(write, maxsize=2) as writer:
-            for batch in reader:
-                t0 = time.perf_counter()
-                out = self.encoder.encode(batch.pixels)
-                enc = _Encoded(
-                    batch.tiles,
-                    _np(out.omega),
-                    _np(out.phi),
-                    _np(out.node_areas),
-                    _np(out.node_centroids),
-                    batch.position,
-                )
-                timings.encode_s += time.perf_counter() - t0
-                writer.submit(enc)
-                kept += len(batch.tiles)
-                self.progress.update(batch.position)
-            writer.join()
-        timings.read_s = reader.busy_s
+        res.timings.read_s, res.timings.encode_s = t.read_s, t.encode_s
         self.progress.finish()
         return kept
 
@@ -491,14 +316,15 @@ def ingest(
     progress: bool = True,
     min_valid: float = DEFAULT_MIN_VALID,
 ) -> list[IngestResult]:
-    """Ingest rasters (files, directories walked recursively, globs) into the tile database.
+    """Ingest rasters (files, directories walked recursively, globs) into the tile store.
 
     Args:
         paths: rasters, directories or glob patterns.
         encoder: encoder plugin name (``geoloc encoders list``), or an encoder already loaded
             with :func:`geoloc.models.load_encoder` (reused as is).
         checkpoint: optional checkpoint of that encoder (head weights).
-        gsd: target ground sample distance in m/px; default ``max(0.5, native GSD)``.
+        gsd: target ground sample distance in m/px; default: :class:`tiling.TilingPolicy`'s
+            choice (``max(0.5, native)``, or native on a map too small for that).
         stride: tile step in output pixels; default half a tile (112 px for 224 px tiles).
         batch_size: tiles per encoder batch (and per database transaction).
         force: replace rasters already ingested with this encoder.
@@ -516,7 +342,7 @@ def ingest(
         paths = [paths]
     if batch_size < 1:
         raise IngestError(f"--batch-size must be >= 1, got {batch_size}")
-    resolve_tiling(1.0, 224, gsd, stride)  # validate the parameters before any heavy work
+    policy_for(224, gsd, stride, min_valid)  # validate the options before any heavy work
     settings = settings or Settings.from_env()
     rasters, problems = expand_paths(paths)
     results = [
@@ -529,8 +355,8 @@ def ingest(
         return results
 
     from geoloc.models import load_encoder
-    from geoloc.store import open_database
-    from geoloc.store import repository as repo
+    from geoloc.store import TileStore
+    from geoloc.store.database import open_database
 
     db = open_database(settings)  # first: an unreachable database fails fast
     try:
@@ -540,75 +366,41 @@ def ingest(
                 enc.optimize_for_inference()
         else:
             enc = encoder  # an already loaded encoder (tests, benchmarks, notebooks)
-        encoder_id = repo.get_or_create_encoder(
-            db,
+        policy = policy_for(int(enc.input_size), gsd, stride, min_valid)
+        store = TileStore.for_encoder(
+            settings,
             name=enc.name,
             config=enc.config(),
             weights_sha256=enc.weights_sha256,
             omega_dim=int(enc.omega_dim),
             phi_dim=int(enc.phi_dim),
+            db=db,
         )
-        _run_all(
-            settings,
-            enc,
-            db,
-            int(encoder_id),
-            rasters,
-            results,
-            gsd=gsd,
-            stride=stride,
-            batch_size=batch_size,
-            force=force,
-            min_valid=min_valid,
-            progress=progress,
-        )
+    except BaseException:
+        db.dispose()
+        raise
+    try:
+        with _progress_bar(progress) as prog:
+            ingester = _Ingester(
+                enc, store, policy, batch_size=batch_size, force=force, progress=_ProgressSink(prog)
+            )
+            for path in rasters:
+                res = ingester.run(path)
+                if res.status == "ingested":
+                    log.info(
+                        "%s: %d tiles (%d skipped) in %.1f s",
+                        path,
+                        res.tiles_kept,
+                        res.tiles_skipped,
+                        res.seconds,
+                    )
+                results.append(res)
     except DBAPIError as exc:
         # The database went away mid-run (server killed, network): one clear line; whatever
         # was not committed is cleaned up by the next run's recovery.
         reason = (str(exc.orig or exc).strip().splitlines() or ["connection lost"])[0]
-        raise DatabaseError(f"{db.url}: database error during ingest: {reason}") from exc
+        raise DatabaseError(f"{store.db.url}: database error during ingest: {reason}") from exc
     finally:
         with contextlib.suppress(Exception):
-            db.dispose()
+            store.close()
     return results
-
-
-def _run_all(
-    settings: Settings,
-    enc: Any,
-    db: Any,
-    encoder_id: int,
-    rasters: list[Path],
-    results: list[IngestResult],
-    *,
-    gsd: float | None,
-    stride: int | None,
-    batch_size: int,
-    force: bool,
-    min_valid: float,
-    progress: bool,
-) -> None:
-    with _progress_bar(progress) as prog:
-        ingester = _Ingester(
-            settings,
-            enc,
-            db,
-            int(encoder_id),
-            gsd=gsd,
-            stride=stride,
-            batch_size=batch_size,
-            force=force,
-            min_valid=min_valid,
-            progress=_ProgressSink(prog),
-        )
-        for path in rasters:
-            res = ingester.run(path)
-            if res.status == "ingested":
-                log.info(
-                    "%s: %d tiles (%d skipped) in %.1f s",
-                    path,
-                    res.tiles_kept,
-                    res.tiles_skipped,
-                    res.seconds,
-                )
-            results.append(res)

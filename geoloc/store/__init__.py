@@ -1,6 +1,7 @@
 """The tile store: embedded Postgres + pgvector (Φ, tiles, orthomosaics) and the FAISS Ω index.
 
-``open_database`` and ``OmegaIndex`` are imported lazily so ``import geoloc.store`` stays light.
+:class:`TileStore` owns both as one unit; :class:`Candidate` is the tile record it returns.
+Everything is imported lazily so ``import geoloc.store`` stays light.
 """
 
 from __future__ import annotations
@@ -10,17 +11,34 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from geoloc.store.database import Database, open_database
     from geoloc.store.faiss_store import OmegaIndex
+    from geoloc.store.records import Candidate, RasterRecord, TileRecord
+    from geoloc.store.tile_store import TileStore
 
-__all__ = ["Database", "OmegaIndex", "open_database"]
+__all__ = [
+    "Candidate",
+    "Database",
+    "OmegaIndex",
+    "RasterRecord",
+    "TileRecord",
+    "TileStore",
+    "open_database",
+]
+
+_LAZY = {
+    "Database": "geoloc.store.database",
+    "open_database": "geoloc.store.database",
+    "OmegaIndex": "geoloc.store.faiss_store",
+    "Candidate": "geoloc.store.records",
+    "RasterRecord": "geoloc.store.records",
+    "TileRecord": "geoloc.store.records",
+    "TileStore": "geoloc.store.tile_store",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Database", "open_database"):
-        from geoloc.store import database
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(name)
+    import importlib
 
-        return getattr(database, name)
-    if name == "OmegaIndex":
-        from geoloc.store.faiss_store import OmegaIndex
-
-        return OmegaIndex
-    raise AttributeError(name)
+    return getattr(importlib.import_module(module), name)

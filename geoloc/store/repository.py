@@ -7,11 +7,9 @@ whose status is ``complete`` are returned by the search-side helpers
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
-import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +20,9 @@ import numpy as np
 from sqlalchemy.exc import DBAPIError
 
 from geoloc.errors import DatabaseError
-from geoloc.store.schema import PHI_DIM, STATUSES
+from geoloc.store import codec
+from geoloc.store.records import Candidate, TileRecord, TileRef, crs_text, geodesic_m
+from geoloc.store.schema import PHI_DIM, STATUSES, TileEmbedding, TileRow
 
 if TYPE_CHECKING:
     from geoloc.store.database import Database
@@ -81,44 +81,6 @@ class OrthomosaicRow:
         for k in ("started_at", "finished_at"):
             d[k] = d[k].isoformat() if d[k] is not None else None
         return d
-
-
-@dataclass(frozen=True)
-class CandidateRow:
-    """Everything the re-ranker needs about one tile, fetched in one query."""
-
-    tile_id: int
-    orthomosaic_id: int
-    row: int
-    col: int
-    center_lat: float
-    center_lon: float
-    footprint_wkt: str
-    gsd_m: float
-    valid_fraction: float
-    window: tuple[float, float, float, float]  # col_off, row_off, width, height (source px)
-    transform: tuple[float, float, float, float, float, float]  # a, b, c, d, e, f (output px)
-    tile_size: int
-    raster_path: str
-    crs: str
-    phi: np.ndarray  # (phi_dim,) float32
-    node_areas: np.ndarray  # (K,) float32
-    node_centroids: np.ndarray  # (K, 2) float32, (x, y) in [0, 1]
-
-
-@dataclass(frozen=True)
-class TileRef:
-    """Where a tile's pixels come from (used to re-encode tiles for ``index rebuild``)."""
-
-    tile_id: int
-    orthomosaic_id: int
-    raster_path: str
-    row: int
-    col: int
-    center_lon: float
-    center_lat: float
-    gsd_m: float
-    tile_size: int
 
 
 def _text(sql: str) -> Any:
@@ -271,7 +233,7 @@ def begin_orthomosaic(
 ) -> int:
     """Insert an orthomosaic row (status ``ingesting`` by default) and return its id.
 
-    Geometry comes from ``raster`` (a :class:`tiling.Raster`) unless given explicitly:
+    Geometry comes from ``raster`` (shaped like a ``tiling.Raster``) unless given explicitly:
     ``crs``, ``width``, ``height``, ``gsd_m``, ``bounds_lonlat`` (west, south, east, north),
     ``footprint_wkt``. ``path`` is stored as an absolute path.
     """
@@ -280,9 +242,7 @@ def begin_orthomosaic(
     if status not in STATUSES:
         raise DatabaseError(f"{path}: bad orthomosaic status {status!r}")
     if raster is not None:
-        from tiling.crs import crs_string
-
-        crs = crs if crs is not None else crs_string(raster.crs)
+        crs = crs if crs is not None else crs_text(raster.crs)
         width = width if width is not None else int(raster.width)
         height = height if height is not None else int(raster.height)
         gsd_m = gsd_m if gsd_m is not None else float(raster.gsd_m)
@@ -395,63 +355,6 @@ def incomplete_orthomosaics(db: Database, encoder_id: int) -> list[OrthomosaicRo
 
 # --------------------------------------------------------------------------------------------
 # tiles: binary COPY
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_COPY_TRAILER = struct.pack(">h", -1)
-_OID_FLOAT4, _OID_FLOAT8 = 700, 701
-
-
-def _f_int8(v: int) -> bytes:
-    return b"\x00\x00\x00\x08" + struct.pack(">q", v)
-
-
-def _f_int4(v: int) -> bytes:
-    return b"\x00\x00\x00\x04" + struct.pack(">i", v)
-
-
-def _f_float8(v: float) -> bytes:
-    return b"\x00\x00\x00\x08" + struct.pack(">d", v)
-
-
-def _f_float4(v: float) -> bytes:
-    return b"\x00\x00\x00\x04" + struct.pack(">f", v)
-
-
-def _f_text(v: str) -> bytes:
-    b = v.encode("utf-8")
-    return struct.pack(">i", len(b)) + b
-
-
-def _f_array(values: np.ndarray, oid: int) -> bytes:
-    size = 4 if oid == _OID_FLOAT4 else 8
-    vals = np.ascontiguousarray(values, dtype=">f4" if size == 4 else ">f8").ravel()
-    n = vals.size
-    lens = np.full(n, size, dtype=">i4")
-    body = np.empty(n * (4 + size), dtype=np.uint8)
-    body_view = body.reshape(n, 4 + size)
-    body_view[:, :4] = lens.view(np.uint8).reshape(n, 4)
-    body_view[:, 4:] = vals.view(np.uint8).reshape(n, size)
-    payload = struct.pack(">iiiii", 1, 0, oid, n, 1) + body.tobytes()
-    return struct.pack(">i", len(payload)) + payload
-
-
-def _f_halfvec(v: np.ndarray) -> bytes:
-    payload = struct.pack(">HH", v.size, 0) + np.asarray(v, dtype=">f2").tobytes()
-    return struct.pack(">i", len(payload)) + payload
-
-
-def _window_tuple(window: Any) -> tuple[float, float, float, float]:
-    return (
-        float(window.col_off),
-        float(window.row_off),
-        float(window.width),
-        float(window.height),
-    )
-
-
-def _transform_tuple(transform: Any) -> tuple[float, ...]:
-    return tuple(float(v) for v in tuple(transform)[:6])
-
-
 def pad_phi(phi: np.ndarray) -> np.ndarray:
     """Φ as float32 ``(n, PHI_DIM)``: zero-padded on the right (cosine is unchanged)."""
     phi = np.asarray(phi, dtype=np.float32)
@@ -468,20 +371,22 @@ def add_tiles(
     db: Database,
     orthomosaic_id: int,
     encoder_id: int,
-    tiles: Sequence[Any],
+    tiles: Sequence[TileRecord | Any],
     phi: np.ndarray,
     node_areas: np.ndarray,
     node_centroids: np.ndarray,
 ) -> list[int]:
     """Insert tiles and their embeddings in one transaction (binary COPY); return tile ids.
 
-    ``tiles`` are :class:`tiling.Tile` (pixels unused); ``phi`` is ``(n, phi_dim)``;
-    ``node_areas`` ``(n, K)``; ``node_centroids`` ``(n, K, 2)``. The FAISS id of each tile's Ω
-    is its tile id. A duplicate ``(orthomosaic, row, col)`` raises :class:`DatabaseError`.
+    ``tiles`` are :class:`TileRecord` (or tiles they are made from, see
+    :meth:`TileRecord.from_tile`); ``phi`` is ``(n, phi_dim)``; ``node_areas`` ``(n, K)``;
+    ``node_centroids`` ``(n, K, 2)``. The FAISS id of each tile's Ω is its tile id. A duplicate
+    ``(orthomosaic, row, col)`` raises :class:`DatabaseError`.
     """
     n = len(tiles)
     if n == 0:
         return []
+    records = [TileRecord.from_tile(t) for t in tiles]
     phi_p = pad_phi(phi)
     areas = np.asarray(node_areas, dtype=np.float32).reshape(n, -1)
     cents = np.asarray(node_centroids, dtype=np.float32).reshape(n, -1)
@@ -498,50 +403,30 @@ def add_tiles(
                     _text("SELECT nextval('tiles_id_seq') FROM generate_series(1, :n)"), {"n": n}
                 ).scalars()
             ]
-            tbuf = io.BytesIO()
-            ebuf = io.BytesIO()
-            tbuf.write(_COPY_HEADER)
-            ebuf.write(_COPY_HEADER)
-            n_tile_fields = struct.pack(">h", 12)
-            n_emb_fields = struct.pack(">h", 6)
-            for i, (tid, t) in enumerate(zip(ids, tiles, strict=True)):
-                tbuf.write(n_tile_fields)
-                tbuf.write(_f_int8(tid))
-                tbuf.write(_f_int4(orthomosaic_id))
-                tbuf.write(_f_int4(int(t.row)))
-                tbuf.write(_f_int4(int(t.col)))
-                tbuf.write(_f_float8(float(t.center_lat)))
-                tbuf.write(_f_float8(float(t.center_lon)))
-                tbuf.write(_f_text(t.footprint.wkt))
-                tbuf.write(_f_float8(float(t.gsd_m)))
-                tbuf.write(_f_float4(float(t.valid_fraction)))
-                tbuf.write(_f_array(np.asarray(_window_tuple(t.window)), _OID_FLOAT8))
-                tbuf.write(_f_array(np.asarray(_transform_tuple(t.transform)), _OID_FLOAT8))
-                tbuf.write(_f_int4(int(t.tile_size)))
-                ebuf.write(n_emb_fields)
-                ebuf.write(_f_int8(tid))
-                ebuf.write(_f_int4(encoder_id))
-                ebuf.write(_f_halfvec(phi_p[i]))
-                ebuf.write(_f_array(areas[i], _OID_FLOAT4))
-                ebuf.write(_f_array(cents[i], _OID_FLOAT4))
-                ebuf.write(_f_int8(tid))
-            tbuf.write(_COPY_TRAILER)
-            ebuf.write(_COPY_TRAILER)
-            tbuf.seek(0)
-            ebuf.seek(0)
+            fields = TileRecord.__dataclass_fields__
+            tile_rows = [
+                {
+                    **{f: getattr(rec, f) for f in fields},
+                    "id": tid,
+                    "orthomosaic_id": orthomosaic_id,
+                    "transform": tuple(rec.transform)[:6],  # stored: the six affine terms
+                }
+                for tid, rec in zip(ids, records, strict=True)
+            ]
+            emb_rows = [
+                {
+                    "tile_id": tid,
+                    "encoder_id": encoder_id,
+                    "phi": phi_p[i],
+                    "node_areas": areas[i],
+                    "node_centroids": cents[i],
+                }
+                for i, tid in enumerate(ids)
+            ]
             cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             try:
-                cur.copy_expert(
-                    "COPY tiles (id, orthomosaic_id, row, col, center_lat, center_lon,"
-                    ' footprint_wkt, gsd_m, valid_fraction, "window", transform, tile_size)'
-                    " FROM STDIN WITH (FORMAT binary)",
-                    tbuf,
-                )
-                cur.copy_expert(
-                    "COPY tile_embeddings (tile_id, encoder_id, phi, node_areas, node_centroids,"
-                    " faiss_id) FROM STDIN WITH (FORMAT binary)",
-                    ebuf,
-                )
+                codec.copy_rows(cur, TileRow.__table__, tile_rows)  # type: ignore[arg-type]
+                codec.copy_rows(cur, TileEmbedding.__table__, emb_rows)  # type: ignore[arg-type]
             finally:
                 cur.close()
     except (DBAPIError, psycopg2.Error) as exc:
@@ -555,32 +440,26 @@ def add_tiles(
 # --------------------------------------------------------------------------------------------
 # reads
 def complete_tile_ids(db: Database, encoder_id: int) -> np.ndarray:
-    """Sorted int64 FAISS ids (= tile ids) of every tile of the encoder's complete orthomosaics."""
+    """Sorted int64 ids (= FAISS ids) of every tile of the encoder's complete orthomosaics."""
     with db.engine.connect() as conn:
         ids = conn.execute(
             _text(
-                "SELECT e.faiss_id FROM tile_embeddings e JOIN tiles t ON t.id = e.tile_id "
+                "SELECT e.tile_id FROM tile_embeddings e JOIN tiles t ON t.id = e.tile_id "
                 "JOIN orthomosaics o ON o.id = t.orthomosaic_id "
-                "WHERE e.encoder_id = :e AND o.status = 'complete' ORDER BY e.faiss_id"
+                "WHERE e.encoder_id = :e AND o.status = 'complete' ORDER BY e.tile_id"
             ),
             {"e": encoder_id},
         ).scalars()
         return np.fromiter((int(i) for i in ids), dtype=np.int64)
 
 
-def _halfvec_to_np(v: Any, dim: int) -> np.ndarray:
-    if isinstance(v, str):
-        arr = np.array(json.loads(v), dtype=np.float32)
-    elif hasattr(v, "to_numpy"):
-        arr = np.asarray(v.to_numpy(), dtype=np.float32)
-    else:
-        arr = np.asarray(v, dtype=np.float32)
-    return arr[:dim]
+#: ``t."col", ...``: every ``tiles`` column, from the schema.
+_TILE_SELECT = ", ".join(f't."{c}"' for c in codec.columns(TileRow.__table__))  # type: ignore[arg-type]
 
 
 def fetch_candidates(
     db: Database, encoder_id: int, tile_ids: Sequence[int] | np.ndarray
-) -> list[CandidateRow]:
+) -> list[Candidate]:
     """Geometry, raster, Φ and nodes of these tiles (complete orthomosaics only), in input order.
 
     Ids that are unknown, of another encoder, or of an incomplete orthomosaic are left out.
@@ -588,52 +467,49 @@ def fetch_candidates(
     ids = [int(i) for i in np.asarray(tile_ids, dtype=np.int64).ravel()]
     if not ids:
         return []
+    from affine import Affine
+    from pgvector.sqlalchemy import HALFVEC
     from sqlalchemy import bindparam
     from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 
-    stmt = _text(
-        "SELECT t.id, t.orthomosaic_id, t.row, t.col, t.center_lat, t.center_lon,"
-        " t.footprint_wkt, t.gsd_m, t.valid_fraction, t.window, t.transform, t.tile_size,"
-        " o.path, o.crs, en.phi_dim, e.phi::vector::real[] AS phi, e.node_areas, e.node_centroids"
-        " FROM tiles t JOIN orthomosaics o ON o.id = t.orthomosaic_id"
-        " JOIN tile_embeddings e ON e.tile_id = t.id AND e.encoder_id = :e"
-        " JOIN encoders en ON en.id = e.encoder_id"
-        " WHERE t.id = ANY(:ids) AND o.status = 'complete'"
-    ).bindparams(bindparam("ids", type_=ARRAY(BIGINT)))
+    stmt = (
+        _text(
+            f"SELECT {_TILE_SELECT}, o.path AS raster_path, o.crs, en.phi_dim, e.phi,"  # noqa: S608 - column names from the schema
+            " e.node_areas, e.node_centroids"
+            " FROM tiles t JOIN orthomosaics o ON o.id = t.orthomosaic_id"
+            " JOIN tile_embeddings e ON e.tile_id = t.id AND e.encoder_id = :e"
+            " JOIN encoders en ON en.id = e.encoder_id"
+            " WHERE t.id = ANY(:ids) AND o.status = 'complete'"
+        )
+        .bindparams(bindparam("ids", type_=ARRAY(BIGINT)))
+        .columns(phi=HALFVEC(PHI_DIM))  # decoded by pgvector's codec
+    )
     with db.engine.connect() as conn:
         rows = conn.execute(stmt, {"e": encoder_id, "ids": ids}).all()
-    by_id: dict[int, CandidateRow] = {}
+    by_id: dict[int, Candidate] = {}
     for r in rows:
-        k = len(r.node_areas)
-        by_id[int(r.id)] = CandidateRow(
-            tile_id=int(r.id),
-            orthomosaic_id=int(r.orthomosaic_id),
-            row=int(r.row),
-            col=int(r.col),
-            center_lat=float(r.center_lat),
-            center_lon=float(r.center_lon),
-            footprint_wkt=r.footprint_wkt,
-            gsd_m=float(r.gsd_m),
-            valid_fraction=float(r.valid_fraction),
-            window=tuple(float(v) for v in r.window),  # type: ignore[arg-type]
-            transform=tuple(float(v) for v in r.transform),  # type: ignore[arg-type]
-            tile_size=int(r.tile_size),
-            raster_path=r.path,
-            crs=r.crs,
-            phi=_halfvec_to_np(r.phi, int(r.phi_dim)),
-            node_areas=np.asarray(r.node_areas, dtype=np.float32),
-            node_centroids=np.asarray(r.node_centroids, dtype=np.float32).reshape(k, 2),
+        m = r._mapping
+        k = len(m["node_areas"])
+        by_id[int(m["id"])] = Candidate(
+            tile_id=int(m["id"]),
+            orthomosaic_id=int(m["orthomosaic_id"]),
+            row=int(m["row"]),
+            col=int(m["col"]),
+            center_lat=float(m["center_lat"]),
+            center_lon=float(m["center_lon"]),
+            gsd_m=float(m["gsd_m"]),
+            valid_fraction=float(m["valid_fraction"]),
+            tile_size=int(m["tile_size"]),
+            raster_path=str(m["raster_path"]),
+            crs=str(m["crs"]),
+            transform=Affine(*(float(v) for v in m["transform"][:6])),
+            window=tuple(float(v) for v in m["window"]),  # type: ignore[arg-type]
+            footprint_wkt=str(m["footprint_wkt"]),
+            phi=np.asarray(m["phi"], dtype=np.float32)[: int(m["phi_dim"])],
+            node_areas=np.asarray(m["node_areas"], dtype=np.float32),
+            node_centroids=np.asarray(m["node_centroids"], dtype=np.float32).reshape(k, 2),
         )
     return [by_id[i] for i in ids if i in by_id]
-
-
-def _geodesic_m(lon1: np.ndarray, lat1: np.ndarray, lon2: float, lat2: float) -> np.ndarray:
-    from tiling.crs import geodesic_distance_m
-
-    return np.asarray(
-        geodesic_distance_m(lon1, lat1, np.full_like(lon1, lon2), np.full_like(lat1, lat2)),
-        dtype=np.float64,
-    )
 
 
 def tile_ids_within(
@@ -670,7 +546,7 @@ def tile_ids_within(
     if not rows:
         return np.zeros(0, dtype=np.int64)
     arr = np.asarray([(r.id, r.center_lon, r.center_lat) for r in rows], dtype=np.float64)
-    d = _geodesic_m(arr[:, 1], arr[:, 2], lon, lat)
+    d = geodesic_m(arr[:, 1], arr[:, 2], lon, lat)
     return np.sort(arr[d <= radius_m, 0].astype(np.int64))
 
 
@@ -700,30 +576,56 @@ def knn_phi(
 
 
 def tile_refs(db: Database, encoder_id: int, complete_only: bool = True) -> list[TileRef]:
-    """Where every tile of the encoder comes from (raster path, grid cell, centre, GSD)."""
+    """The grid cell of every tile of the encoder (ordered by orthomosaic, then id)."""
     sql = (
-        "SELECT t.id, t.orthomosaic_id, o.path, t.row, t.col, t.center_lon, t.center_lat,"
-        " t.gsd_m, t.tile_size FROM tiles t JOIN orthomosaics o ON o.id = t.orthomosaic_id"
-        " WHERE o.encoder_id = :e"
+        "SELECT t.id, t.orthomosaic_id, t.row, t.col FROM tiles t"
+        " JOIN orthomosaics o ON o.id = t.orthomosaic_id WHERE o.encoder_id = :e"
     )
     if complete_only:
         sql += " AND o.status = 'complete'"
     with db.engine.connect() as conn:
         rows = conn.execute(_text(sql + " ORDER BY t.orthomosaic_id, t.id"), {"e": encoder_id})
-        return [
-            TileRef(
-                tile_id=int(r.id),
-                orthomosaic_id=int(r.orthomosaic_id),
-                raster_path=r.path,
-                row=int(r.row),
-                col=int(r.col),
-                center_lon=float(r.center_lon),
-                center_lat=float(r.center_lat),
-                gsd_m=float(r.gsd_m),
-                tile_size=int(r.tile_size),
+        return [TileRef(int(r.id), int(r.orthomosaic_id), int(r.row), int(r.col)) for r in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# summaries
+def counts(conn: Any) -> dict[str, Any]:
+    """Row counts and size of the database on an open connection (``geoloc db status``)."""
+    return {
+        "encoders": conn.execute(_text("SELECT count(*) FROM encoders")).scalar(),
+        "orthomosaics": {
+            r.status: r.n
+            for r in conn.execute(
+                _text("SELECT status, count(*) AS n FROM orthomosaics GROUP BY status")
             )
-            for r in rows
-        ]
+        },
+        "tiles": conn.execute(_text("SELECT count(*) FROM tiles")).scalar(),
+        "database_bytes": conn.execute(
+            _text("SELECT pg_database_size(current_database())")
+        ).scalar(),
+    }
+
+
+def complete_raster_paths(db: Database) -> list[str]:
+    """Distinct raster paths of the complete orthomosaics (any encoder), sorted."""
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            _text("SELECT DISTINCT path FROM orthomosaics WHERE status = 'complete' ORDER BY path")
+        ).all()
+    return [str(r[0]) for r in rows]
+
+
+def max_tile_step_m(db: Database) -> float | None:
+    """The largest tile step on the ground (stride x GSD, m) of the complete orthomosaics."""
+    with db.engine.connect() as conn:
+        v = conn.execute(
+            _text(
+                "SELECT max(stride * coalesce(target_gsd_m, gsd_m)) FROM orthomosaics "
+                "WHERE status = 'complete'"
+            )
+        ).scalar()
+    return float(v) if v is not None else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -152,4 +152,3 @@ class TileEmbedding(Base):
     phi: Mapped[Any] = mapped_column(HALFVEC(PHI_DIM))
     node_areas: Mapped[list[float]] = mapped_column(ARRAY(REAL))
     node_centroids: Mapped[list[float]] = mapped_column(ARRAY(REAL))  # K x 2 flattened (x, y)
-    faiss_id: Mapped[int] = mapped_column(BigInteger)

@@ -32,12 +32,11 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, settings: Settings, *args: str) -> 
 
 def expected_tiles(path: Path, enc: Any) -> int:
     """What the tiler keeps for ``path`` at the ingest defaults (independent of ingest)."""
-    from geoloc.ingest import resolve_tiling
-    from tiling import TileConfig, open_raster
+    from tiling import TilingPolicy, open_raster
 
     with open_raster(path) as r:
-        gsd, stride = resolve_tiling(r.gsd_m, int(enc.input_size), None, None)
-        kept, _ = r.count_tiles(TileConfig(int(enc.input_size), stride, gsd, 0.5))
+        cfg, _ = TilingPolicy(tile_size=int(enc.input_size)).resolve(r)
+        kept, _ = r.count_tiles(cfg)
     return int(kept)
 
 
@@ -75,18 +74,58 @@ def test_ingest_counts_and_consistency(
     encoder: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from tiling import TilingPolicy, open_raster
+
     (res,) = ingest([crops["a"]], encoder=encoder, settings=pg_settings, progress=False)
     assert res.status == "ingested", res.message
     n = expected_tiles(crops["a"], encoder)
     assert res.tiles_kept == n > 0
-    assert res.gsd_m == pytest.approx(0.5) and res.stride_px == 112
+    with open_raster(crops["a"]) as r:
+        cfg, _ = TilingPolicy(tile_size=224).resolve(r)
+        grid_gsd = r.grid(cfg).gsd_m
+    # the policy's grid: this 280 m x 196 m crop is too small for 0.5 m/px, so native pixels
+    assert cfg.gsd is None and res.gsd_m == pytest.approx(grid_gsd) and res.stride_px == 112
     st = db_state(database, pg_settings, encoder)
     (ortho,) = st["orthos"]
     assert ortho.status == "complete" and ortho.id == res.id
     assert (ortho.tiles_kept, ortho.tiles_skipped) == (res.tiles_kept, res.tiles_skipped)
-    assert ortho.target_gsd_m == pytest.approx(0.5) and ortho.stride == 112
+    assert ortho.target_gsd_m is None and ortho.stride == 112  # None: native, as rebuild reads
     assert len(st["complete_ids"]) == n
     assert_consistent(st, monkeypatch, pg_settings)
+
+
+def test_tiles_and_ingest_lay_the_same_grid(
+    pg_settings: Settings,
+    database: Any,
+    crops: dict[str, Path],
+    encoder: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``geoloc tiles RASTER`` and ``geoloc ingest RASTER`` (defaults) give the same tiles."""
+    from geoloc.store import repository as repo
+
+    capsys.readouterr()
+    assert run_cli(monkeypatch, pg_settings, "tiles", str(crops["b"]), "--no-progress") == 0
+    features = json.loads(capsys.readouterr().out)["features"]
+    listed = {
+        (f["properties"]["row"], f["properties"]["col"]): (
+            f["properties"]["center_lon"],
+            f["properties"]["center_lat"],
+        )
+        for f in features
+    }
+    (res,) = ingest([crops["b"]], encoder=encoder, settings=pg_settings, progress=False)
+    assert res.status == "ingested" and res.tiles_kept == len(listed) > 0
+    enc_id = db_state(database, pg_settings, encoder)["encoder_id"]
+    stored = repo.fetch_candidates(database, enc_id, repo.complete_tile_ids(database, enc_id))
+    assert {(c.row, c.col) for c in stored} == set(listed)
+    for c in stored:
+        lon, lat = listed[(c.row, c.col)]
+        assert (c.center_lon, c.center_lat) == (
+            pytest.approx(lon, abs=1e-9),
+            pytest.approx(lat, abs=1e-9),
+        )
 
 
 @pytest.mark.slow
@@ -174,7 +213,7 @@ def test_recovers_a_run_killed_after_the_faiss_save(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The worst crash point: tiles written and Ω saved in FAISS, status still ``ingesting``."""
-    from geoloc.ingest.core import _batches  # the same batching as ingest
+    from geoloc.ingest.stream import batches  # the same batching as ingest
     from geoloc.store import OmegaIndex
     from geoloc.store import repository as repo
     from tiling import TileConfig, open_raster
@@ -203,7 +242,7 @@ def test_recovers_a_run_killed_after_the_faiss_save(
             target_gsd=0.5,
         )
         index = OmegaIndex.open(pg_settings, encoder.weights_sha256)
-        batch = next(iter(_batches(r, cfg, r.grid(cfg).cols, 4)))
+        batch = next(iter(batches(r, cfg, r.grid(cfg).cols, 4)))
         out = encoder.encode(batch.pixels)
         ids = repo.add_tiles(
             database,

@@ -13,7 +13,7 @@ from geoloc.ingest import (
     DEFAULT_GSD_M,
     IngestError,
     expand_paths,
-    resolve_tiling,
+    policy_for,
     sha256_file,
 )
 from geoloc.ingest.pipeline import BackgroundWorker, Prefetcher
@@ -63,15 +63,19 @@ def test_sha256_streams_large_files(tmp_path: Path) -> None:
     assert sha256_file(_touch(tmp_path / "empty.tif", b"")) == hashlib.sha256(b"").hexdigest()
 
 
-def test_resolve_tiling_defaults() -> None:
-    # Fine imagery is brought to the default GSD, coarse imagery keeps its own; half-tile stride.
-    assert resolve_tiling(0.28, 224, None, None) == (DEFAULT_GSD_M, 112)
-    assert resolve_tiling(1.2, 224, None, None) == (1.2, 112)
-    assert resolve_tiling(0.28, 224, 0.3, 50) == (0.3, 50)
+def test_ingest_options_make_the_tiling_policy() -> None:
+    # Half-tile stride by default; the GSD is the policy's choice unless given (see
+    # tests/tiling/test_policy.py for the choice itself); bad options name themselves.
+    p = policy_for(224, None, None, 0.5)
+    assert (p.gsd, p.step, p.default_gsd_m, p.min_valid) == (None, 112, DEFAULT_GSD_M, 0.5)
+    p = policy_for(224, 0.3, 50, 0.25)
+    assert (p.gsd, p.step, p.min_valid) == (0.3, 50, 0.25)
     with pytest.raises(IngestError, match="--gsd"):
-        resolve_tiling(0.28, 224, -1.0, None)
+        policy_for(224, -1.0, None, 0.5)
     with pytest.raises(IngestError, match="--stride"):
-        resolve_tiling(0.28, 224, None, 0)
+        policy_for(224, None, 0, 0.5)
+    with pytest.raises(IngestError, match="--min-valid"):
+        policy_for(224, None, None, 1.5)
 
 
 def test_prefetcher_yields_in_order_and_runs_ahead() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,10 +13,12 @@ from typer.testing import CliRunner
 
 from geoloc.config import Settings
 from geoloc.errors import EncoderMismatchError
+from geoloc.ingest.rebuild import rebuild_index
+from geoloc.store import TileStore
 from geoloc.store import repository as repo
 from geoloc.store.database import Database
 from geoloc.store.faiss_store import OmegaIndex
-from geoloc.store.maintenance import rebuild_index, resolve_encoder, verify_index
+from geoloc.store.maintenance import resolve_encoder, verify_index
 from tiling import TileConfig, open_raster
 
 SHA = "c0ffee00" * 8
@@ -75,6 +78,12 @@ def ingest_real(
     return enc, ids, omega
 
 
+def _rebuild(settings: Settings, spec: str | None, **kwargs: Any) -> OmegaIndex:
+    """``geoloc index rebuild`` in-process: a re-ingest of Ω through the ingest stream."""
+    with TileStore.for_registered(settings, spec) as store:
+        return rebuild_index(store, **kwargs)
+
+
 def _sha(path: Path) -> str:
     import hashlib
 
@@ -98,7 +107,7 @@ def test_verify_detects_an_injected_mismatch_and_rebuild_repairs_it(
     assert not report.ok
     assert report.missing_in_index == [ids[3]] and report.extra_in_index == [10**9]
     # rebuild re-encodes every tile from the raster: same ids, same vectors
-    rebuilt = rebuild_index(database, pg_settings, enc, model=model, batch_size=7)
+    rebuilt = _rebuild(pg_settings, None, model=model, batch_size=7)
     assert verify_index(database, pg_settings, enc).ok
     assert rebuilt.ids().tolist() == sorted(ids)
     _, found = OmegaIndex.open(pg_settings, SHA).search(omega[:5], 1)
@@ -123,7 +132,7 @@ def test_rebuild_refits_the_refine_codes_of_an_index_without_them(
     old.save()
     assert not OmegaIndex.open(pg_settings, SHA).has_refine
     enc = resolve_encoder(database, None)
-    rebuilt = rebuild_index(database, pg_settings, enc, model=model, batch_size=16, **small)
+    rebuilt = _rebuild(pg_settings, None, model=model, batch_size=16, **small)
     assert rebuilt.has_refine and not rebuilt.is_exact
     again = OmegaIndex.open(pg_settings, SHA)
     info = again.info()
@@ -141,7 +150,7 @@ def test_rebuild_refuses_other_weights(
     other = FakeEncoder()
     other.weights_sha256 = "d" * 64
     with pytest.raises(EncoderMismatchError, match="--checkpoint"):
-        rebuild_index(database, pg_settings, resolve_encoder(database, "fake"), model=other)
+        _rebuild(pg_settings, "fake", model=other)
 
 
 def test_cli_verify_exit_codes_and_info(

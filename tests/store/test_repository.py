@@ -49,7 +49,7 @@ def test_add_and_fetch_candidates_round_trip(database: Database) -> None:
     )
     assert r.raster_path == "/data/fake.tif" and r.crs == "EPSG:32634" and r.gsd_m == 0.5
     assert r.window == (t.window.col_off, t.window.row_off, 224.0, 224.0)
-    assert r.transform == tuple(t.transform)[:6]
+    assert r.transform == t.transform
     assert r.phi.dtype == np.float32 and r.phi.shape == (700,)
     np.testing.assert_allclose(r.phi, phi[5], atol=1e-3)  # halfvec precision
     assert r.node_areas.shape == (K,) and r.node_centroids.shape == (K, 2)

@@ -212,3 +212,68 @@ def test_cli_upgrade_and_downgrade_external_database(pg_server, monkeypatch) -> 
         assert res.exit_code != 0 and "GEOLOC_DATABASE_URL" in str(res.exception)
     finally:
         pg_server.drop_database(name)
+
+
+def test_tile_record_is_the_tiles_table() -> None:
+    """One tile record: the COPY/SELECT columns come from the schema, the record matches it."""
+    from dataclasses import fields
+
+    from geoloc.store import codec
+    from geoloc.store.records import TileRecord
+    from geoloc.store.schema import TileEmbedding, TileRow
+
+    cols = codec.columns(TileRow.__table__)  # type: ignore[arg-type]
+    assert [c for c in cols if c not in ("id", "orthomosaic_id")] == [
+        f.name for f in fields(TileRecord)
+    ]
+    assert "faiss_id" not in codec.columns(TileEmbedding.__table__)  # type: ignore[arg-type]
+
+
+def test_migration_0002_drops_faiss_id_and_downgrade_restores_it(pg_server) -> None:  # type: ignore[no-untyped-def]
+    name = pg_server.create_database(migrated=False)
+    url = pg_server.url_for(name)
+    engine = make_engine(url)
+    try:
+        upgrade(url, "0001")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO encoders (id, name, config, weights_sha256, omega_dim, phi_dim)"
+                    " VALUES (1, 'e', '{}', :s, 4, 4)"
+                ),
+                {"s": "a" * 64},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO orthomosaics (id, encoder_id, path, sha256, crs, width, height,"
+                    " gsd_m, min_lon, min_lat, max_lon, max_lat, footprint_wkt, tile_size, stride)"
+                    " VALUES (1, 1, '/r.tif', :s, 'EPSG:4326', 1, 1, 1, 0, 0, 1, 1, 'P', 1, 1)"
+                ),
+                {"s": "b" * 64},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO tiles (id, orthomosaic_id, row, col, center_lat, center_lon,"
+                    ' footprint_wkt, gsd_m, valid_fraction, "window", transform, tile_size)'
+                    " VALUES (7, 1, 0, 0, 0, 0, 'P', 1, 1, '{0,0,1,1}', '{1,0,0,0,-1,0}', 1)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO tile_embeddings (tile_id, encoder_id, phi, node_areas,"
+                    " node_centroids, faiss_id)"
+                    " VALUES (7, 1, CAST(:p AS halfvec), '{1}', '{0,0}', 7)"
+                ),
+                {"p": "[" + ",".join(["0.5"] * 1024) + "]"},
+            )
+        upgrade(url)
+        cols = {c["name"] for c in inspect(engine).get_columns("tile_embeddings")}
+        assert "faiss_id" not in cols and "tile_id" in cols
+        downgrade(url, "0001")
+        with engine.connect() as conn:
+            got = conn.execute(text("SELECT tile_id, faiss_id FROM tile_embeddings")).all()
+        assert [tuple(r) for r in got] == [(7, 7)]
+        upgrade(url)
+    finally:
+        engine.dispose()
+        pg_server.drop_database(name)

@@ -38,7 +38,8 @@ def test_tiles_prints_geojson(sample_raster: Path, capsys: pytest.CaptureFixture
     code, out, _ = run(["tiles", str(sample_raster)], capsys)
     assert code == 0
     fc = json.loads(out)
-    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 45  # 10 x 6 grid, 15 edges
+    # the ingest grid: 0.5 m/px, stride 112 px over 2106 x 1186 px at 0.28 m: 10 x 5, all kept
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 50
     for f in fc["features"]:
         p = f["properties"]
         assert {"row", "col", "center_lat", "center_lon", "gsd_m", "valid_fraction"} <= set(p)
@@ -52,7 +53,7 @@ def test_tiles_prints_geojson(sample_raster: Path, capsys: pytest.CaptureFixture
         # RFC 7946: exterior ring counter-clockwise (positive shoelace area)
         area2 = sum(a[0] * b[1] - b[0] * a[1] for a, b in zip(ring, ring[1:], strict=False))
         assert area2 > 0
-        assert p["crs"] == "EPSG:32634" and p["gsd_m"] == pytest.approx(0.28, rel=1e-3)
+        assert p["crs"] == "EPSG:32634" and p["gsd_m"] == 0.5
 
 
 def test_tiles_options(fake: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,17 +78,23 @@ def test_info_prints_json(sample_raster: Path, capsys: pytest.CaptureFixture[str
     w, s, e, n = info["bounds_lonlat"]
     assert w == pytest.approx(22.46045, abs=1e-4) and n == pytest.approx(60.40396, abs=1e-4)
     assert info["gsd_m"] == pytest.approx(0.2801, abs=1e-3)
+    reason = info["tiles"].pop("reason")
+    assert reason.startswith("default GSD 0.5 m/px")
     assert info["tiles"] == {
         "tile_size": 224,
-        "stride": 224,
-        "gsd_m": info["gsd_m"],
+        "stride": 112,
+        "gsd_m": 0.5,
         "min_valid": 0.5,
-        "rows": 6,
+        "rows": 5,
         "cols": 10,
-        "candidates": 60,
-        "kept": 45,
-        "skipped": 15,
+        "candidates": 50,
+        "kept": 50,
+        "skipped": 0,
     }
+    # the old `geoloc tiles` grid is still one option away
+    code, out, _ = run(["info", str(sample_raster), "--gsd", "0.2801", "--stride", "224"], capsys)
+    tiles = json.loads(out)["tiles"]
+    assert code == 0 and (tiles["rows"], tiles["cols"], tiles["kept"]) == (6, 10, 45)
 
 
 @pytest.mark.parametrize("command", ["tiles", "info"])
@@ -146,5 +153,7 @@ def test_subprocess_summary_on_stderr(fake: dict[str, Path]) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert len(json.loads(proc.stdout)["features"]) == 4
-    assert "4 tiles kept, 2 skipped" in proc.stderr and "EPSG:32634" in proc.stderr
+    # 501 x 377 px at its native 0.5 m, half-tile stride: 4 x 3 tiles, all kept
+    assert len(json.loads(proc.stdout)["features"]) == 12
+    assert "12 tiles kept, 0 skipped" in proc.stderr and "EPSG:32634" in proc.stderr
+    assert "tiling at native GSD 0.5 m/px" in proc.stderr

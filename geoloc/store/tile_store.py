@@ -1,0 +1,562 @@
+"""``TileStore``: Postgres (tiles, Φ, orthomosaics) and the encoder's Ω FAISS index as one unit.
+
+Read side (the localizer)::
+
+    with TileStore.open(settings, encoder_sha256=sha, encoder_name=name) as store:
+        scores, ids = store.search(omega, k=50, allowed_ids=store.within(lat, lon, 300.0))
+        cands = store.candidates(ids[0])
+
+Write side (ingest), one raster at a time under the database-wide ingest lock::
+
+    with TileStore.for_encoder(settings, name=..., config=..., weights_sha256=...,
+                               omega_dim=..., phi_dim=...) as store, store.locked():
+        store.recover()
+        oid = store.begin(raster_record)       # an ``ingesting`` row: invisible to searches
+        store.add(tiles, omega, phi, areas, centroids)   # per batch
+        store.commit(kept, skipped)            # FAISS saved, *then* the row becomes complete
+        # or store.abort() on any failure
+
+Why the two stores never disagree for a searcher: Ω of tiles that are not yet ``complete`` are
+only in the in-memory index until :meth:`commit` saves it (atomically: new files + rename), and
+the row becomes ``complete`` only after that save. A crash in between leaves an ``ingesting`` row
+and possibly saved Ω ids of it; :meth:`recover` (under the lock, so no live writer owns them)
+deletes such rows and removes every FAISS id that is not a tile of a complete orthomosaic.
+
+Only tiles of ``complete`` orthomosaics are ever returned. The store imports neither
+``geoloc.models`` nor ``tiling``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geoloc.config import Settings
+from geoloc.errors import (
+    DatabaseError,
+    EmptyDatabaseError,
+    EncoderMismatchError,
+    GeolocError,
+    IndexError_,
+)
+from geoloc.store import repository as repo
+from geoloc.store.records import Candidate, RasterRecord, TileRecord, TileRef
+
+if TYPE_CHECKING:
+    from geoloc.store.database import Database
+    from geoloc.store.faiss_store import OmegaIndex
+    from geoloc.store.maintenance import VerifyReport
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Candidate", "RasterRecord", "TileRecord", "TileStore", "WriteTimings"]
+
+
+@dataclass
+class WriteTimings:
+    """Seconds the store spent writing the current raster (reset by :meth:`TileStore.begin`)."""
+
+    db_s: float = 0.0
+    faiss_add_s: float = 0.0
+    faiss_save_s: float = 0.0
+
+
+class TileStore:
+    """The tile database and the Ω index of one encoder, opened together."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        encoder_id: int,
+        encoder_sha256: str,
+        index: OmegaIndex | None,
+        map_gsd_m: float,
+        tile_px: int,
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self.encoder_id = int(encoder_id)
+        self.encoder_sha256 = encoder_sha256
+        self._index = index
+        self.map_gsd_m = float(map_gsd_m)
+        self.tile_px = int(tile_px)
+        self._reopen_failed = False  # warned once that a re-saved index did not open
+        self._omega_dim: int | None = None  # set by for_encoder: the write side's Ω width
+        self._lock: contextlib.ExitStack | None = None
+        self._writing: int | None = None  # orthomosaic id between begin and commit/abort
+        self.write_timings = WriteTimings()
+
+    # ------------------------------------------------------------------------------- opening
+    @classmethod
+    def open(
+        cls,
+        settings: Settings | None = None,
+        *,
+        encoder_sha256: str,
+        encoder_name: str | None = None,
+        omega: bool = True,
+    ) -> TileStore:
+        """Open the database and (``omega=True``) the encoder's Ω index for searching.
+
+        Raises EncoderMismatchError when the database holds tiles of other encoder weights only,
+        EmptyDatabaseError when nothing is ingested for this encoder, IndexError_ when ``omega``
+        and the index is missing or corrupt, DatabaseError when the database is unreachable.
+        """
+        from geoloc.store.database import open_database
+
+        settings = settings or Settings.from_env()
+        db = open_database(settings)
+        try:
+            return cls._open_on(db, settings, encoder_sha256, encoder_name, omega)
+        except BaseException:
+            db.dispose()
+            raise
+
+    @classmethod
+    def _open_on(
+        cls,
+        db: Database,
+        settings: Settings,
+        sha: str,
+        name: str | None,
+        omega: bool,
+    ) -> TileStore:
+        row = repo.find_encoder(db, sha, name=name)
+        label = f"{name or 'encoder'} ({sha[:12]})"
+        if row is None or repo.complete_tile_ids(db, row.id).size == 0:
+            others = [
+                f"{e.name} ({e.weights_sha256[:12]})"
+                for e in repo.list_encoders(db)
+                if e.weights_sha256 != sha and repo.complete_tile_ids(db, e.id).size
+            ]
+            if others:
+                raise EncoderMismatchError(
+                    f"the database was built with encoder {', '.join(others)}, not "
+                    f"{label}: pass the same --encoder/--checkpoint, or ingest again with this one"
+                )
+            raise EmptyDatabaseError(
+                f"{db.url}: no complete orthomosaic for encoder {label}: "
+                "run `geoloc ingest RASTER` first"
+            )
+        map_gsd, tile_px = _map_grid(db, row.id, warn=True)
+        index = None
+        if omega:
+            from geoloc.store.faiss_store import OmegaIndex
+
+            index = OmegaIndex.open(settings, row.weights_sha256, create=False)
+        return cls(
+            db,
+            settings,
+            encoder_id=row.id,
+            encoder_sha256=row.weights_sha256,
+            index=index,
+            map_gsd_m=map_gsd,
+            tile_px=tile_px,
+        )
+
+    @classmethod
+    def for_encoder(
+        cls,
+        settings: Settings | None = None,
+        *,
+        name: str,
+        config: dict[str, Any],
+        weights_sha256: str,
+        omega_dim: int,
+        phi_dim: int,
+        db: Database | None = None,
+    ) -> TileStore:
+        """Open the store to write tiles of this encoder (registered on first use).
+
+        The database may be empty; ``map_gsd_m``/``tile_px`` are those of what is already
+        complete (0 when nothing is). ``db`` is an already open database to take over (closed
+        with the store). DatabaseError when it is unreachable or the encoder is registered with
+        other dimensions.
+        """
+        from geoloc.store.database import open_database
+
+        settings = settings or Settings.from_env()
+        db = db if db is not None else open_database(settings)
+        try:
+            encoder_id = repo.get_or_create_encoder(
+                db,
+                name=name,
+                config=config,
+                weights_sha256=weights_sha256,
+                omega_dim=int(omega_dim),
+                phi_dim=int(phi_dim),
+            )
+            gsd, px = _map_grid(db, encoder_id, warn=False)
+        except BaseException:
+            db.dispose()
+            raise
+        store = cls(
+            db,
+            settings,
+            encoder_id=encoder_id,
+            encoder_sha256=weights_sha256.lower(),
+            index=None,
+            map_gsd_m=gsd,
+            tile_px=px,
+        )
+        store._omega_dim = int(omega_dim)
+        return store
+
+    @classmethod
+    def for_registered(cls, settings: Settings | None = None, spec: str | None = None) -> TileStore:
+        """Open the store of a registered encoder for maintenance (verify, rebuild).
+
+        ``spec`` is an encoder id, name or weights SHA-256 prefix; None when the database holds
+        exactly one encoder. EmptyDatabaseError / ConfigError when none or several match.
+        """
+        from geoloc.store.database import open_database
+        from geoloc.store.maintenance import resolve_encoder
+
+        settings = settings or Settings.from_env()
+        db = open_database(settings)
+        try:
+            enc = resolve_encoder(db, spec)
+            return cls.for_encoder(
+                settings,
+                name=enc.name,
+                config=enc.config,
+                weights_sha256=enc.weights_sha256,
+                omega_dim=enc.omega_dim,
+                phi_dim=enc.phi_dim,
+                db=db,
+            )
+        except BaseException:
+            db.dispose()
+            raise
+
+    def close(self) -> None:
+        """Release the ingest lock if held and dispose of the database connections."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        self._db.dispose()
+
+    def __enter__(self) -> TileStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def db(self) -> Database:
+        """The open database (for maintenance commands; the localizer needs only the methods)."""
+        return self._db
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the store was opened with."""
+        return self._settings
+
+    @property
+    def index(self) -> OmegaIndex | None:
+        """The Ω index (None when opened with ``omega=False``)."""
+        return self._index
+
+    # ------------------------------------------------------------------------------- reading
+    def search(
+        self, omega: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` tiles most similar by Ω to each query row: (scores (H, k), ids (H, k)).
+
+        Best first; missing results are ``-inf`` / ``-1``. ``allowed_ids`` restricts the search.
+        """
+        if self._index is None:
+            raise IndexError_("the tile store was opened without its Ω index (omega=False)")
+        scores, ids = self._index.search(
+            np.ascontiguousarray(omega, dtype=np.float32), k, allowed_ids=allowed_ids
+        )
+        return np.asarray(scores), np.asarray(ids)
+
+    def knn_phi(self, phi: np.ndarray, k: int, ef_search: int = 100) -> list[tuple[int, float]]:
+        """The ``k`` tiles nearest by Φ cosine distance (pgvector HNSW): ``(id, distance)``."""
+        return repo.knn_phi(self._db, self.encoder_id, phi, k=k, ef_search=ef_search)
+
+    def candidates(self, tile_ids: Sequence[int] | np.ndarray) -> list[Candidate]:
+        """The tiles with these ids, in input order; unknown or incomplete ones are left out."""
+        return repo.fetch_candidates(self._db, self.encoder_id, tile_ids)
+
+    def within(self, lat: float, lon: float, radius_m: float) -> np.ndarray:
+        """Sorted int64 ids of the tiles whose centre is within ``radius_m`` (geodesic)."""
+        return repo.tile_ids_within(self._db, self.encoder_id, lat, lon, radius_m)
+
+    def reopen_if_changed(self) -> bool:
+        """Re-open the Ω index when another process saved it (an ingest while this is warm).
+
+        Returns True when a fresh index was loaded. When the saved index cannot be opened the
+        one already open keeps answering (warned once until a re-open succeeds).
+        """
+        index = self._index
+        if index is None or not index.changed_on_disk():
+            return False
+        from geoloc.store.faiss_store import OmegaIndex
+
+        try:
+            fresh = OmegaIndex.open(self._settings, index.encoder_sha256, create=False)
+        except GeolocError as exc:
+            if not self._reopen_failed:
+                log.warning("Ω index changed on disk but cannot be re-opened, kept: %s", exc)
+            self._reopen_failed = True
+            return False
+        self._index, self._reopen_failed = fresh, False
+        log.info("Ω index changed on disk: re-opened (%d tiles)", len(fresh))
+        return True
+
+    # ------------------------------------------------------------------------------- writing
+    @contextlib.contextmanager
+    def locked(self, *, wait: bool = True) -> Iterator[None]:
+        """Hold the database-wide ingest lock (a Postgres session advisory lock).
+
+        Every writer of any encoder takes it, so writes serialise; the lock dies with the
+        connection, so a killed process never leaves it held. ``wait=False`` raises
+        DatabaseError instead of waiting for another ingest.
+        """
+        if self._lock is not None:  # re-entrant: recover() inside an explicit locked()
+            yield
+            return
+        stack = contextlib.ExitStack()
+        stack.enter_context(repo.ingest_lock(self._db, wait=wait))
+        self._lock = stack
+        try:
+            yield
+        finally:
+            self._lock = None
+            stack.close()
+
+    def _write_index(self) -> OmegaIndex:
+        """This encoder's index to write into, loaded fresh from disk on first use after
+        :meth:`recover`/:meth:`abort` (another process may have saved it meanwhile)."""
+        if self._index is None:
+            from geoloc.store.faiss_store import OmegaIndex
+
+            kwargs: dict[str, Any] = {"encoder_id": self.encoder_id}
+            if self._omega_dim is not None:
+                kwargs["omega_dim"] = self._omega_dim
+            self._index = OmegaIndex.open(self._settings, self.encoder_sha256, **kwargs)
+        return self._index
+
+    def recover(self) -> None:
+        """Undo what dead writers left: delete incomplete orthomosaics, then make every FAISS
+        index hold exactly the complete tiles (this encoder's, and any other encoder's that has
+        incomplete orthomosaics). Takes the ingest lock unless it is held."""
+        from geoloc.store.faiss_store import OmegaIndex
+
+        with self.locked():
+            self._index = None
+            _reconcile(self._db, self.encoder_id, self._write_index())
+            for other in repo.list_encoders(self._db):
+                if other.id == self.encoder_id:
+                    continue
+                if not repo.incomplete_orthomosaics(self._db, other.id):
+                    continue
+                sha = other.weights_sha256
+                exists = OmegaIndex.exists(self._settings, sha)
+                _reconcile(
+                    self._db, other.id, OmegaIndex.open(self._settings, sha) if exists else None
+                )
+
+    def find(self, sha256: str) -> repo.OrthomosaicRow | None:
+        """The orthomosaic of this encoder with this file SHA-256 (any status), or None."""
+        return repo.find_orthomosaic(self._db, sha256, self.encoder_id)
+
+    def _need_lock(self, what: str) -> None:
+        if self._lock is None:
+            raise DatabaseError(
+                f"{self._db.url}: TileStore.{what} needs the ingest lock (locked())"
+            )
+
+    def delete(self, orthomosaic_id: int) -> int:
+        """Delete one orthomosaic (rows, then its Ω ids, saved atomically); return tile count."""
+        self._need_lock("delete")
+        removed = np.asarray(repo.delete_orthomosaic(self._db, int(orthomosaic_id)), np.int64)
+        if removed.size:
+            index = self._write_index()
+            index.remove(removed)
+            index.save()
+        return int(removed.size)
+
+    def begin(self, raster: RasterRecord) -> int:
+        """Start writing ``raster``: an ``ingesting`` orthomosaic row; return its id.
+
+        Orthomosaics of this encoder with the same SHA-256 (a forced re-ingest) or at the same
+        path with another SHA-256 (the file changed: their tiles would point at pixels no longer
+        there) are deleted first.
+        """
+        self._need_lock("begin")
+        if self._writing is not None:
+            raise DatabaseError(f"orthomosaic {self._writing}: begin() before commit()/abort()")
+        from os.path import abspath
+
+        path = abspath(raster.path)
+        for old in repo.list_orthomosaics(self._db, self.encoder_id):
+            if old.sha256 == raster.sha256 or (old.path == path and old.sha256 != raster.sha256):
+                why = "--force" if old.sha256 == raster.sha256 else "the file changed"
+                log.info("replacing orthomosaic %d of %s (%s)", old.id, old.path, why)
+                self.delete(int(old.id))
+        self._write_index()
+        oid = repo.begin_orthomosaic(
+            self._db,
+            path=path,
+            sha256=raster.sha256,
+            encoder_id=self.encoder_id,
+            crs=raster.crs,
+            width=raster.width,
+            height=raster.height,
+            gsd_m=raster.gsd_m,
+            bounds_lonlat=raster.bounds_lonlat,
+            footprint_wkt=raster.footprint_wkt,
+            tile_size=raster.tile_size,
+            stride=raster.stride,
+            target_gsd=raster.target_gsd_m,
+        )
+        self._writing = int(oid)
+        self.write_timings = WriteTimings()
+        return int(oid)
+
+    def _current(self, what: str) -> int:
+        if self._writing is None:
+            raise DatabaseError(f"{self._db.url}: TileStore.{what} outside begin()/commit()")
+        return self._writing
+
+    def add(
+        self,
+        tiles: Sequence[TileRecord | Any],
+        omega: np.ndarray,
+        phi: np.ndarray,
+        node_areas: np.ndarray,
+        node_centroids: np.ndarray,
+    ) -> list[int]:
+        """Add a batch of tiles of the raster being written: rows + Φ by one binary COPY, Ω to
+        the in-memory index (saved by :meth:`commit`). Returns the new tile ids."""
+        oid = self._current("add")
+        t0 = time.perf_counter()
+        ids = repo.add_tiles(self._db, oid, self.encoder_id, tiles, phi, node_areas, node_centroids)
+        t1 = time.perf_counter()
+        self._write_index().add(np.asarray(ids, dtype=np.int64), omega)
+        self.write_timings.db_s += t1 - t0
+        self.write_timings.faiss_add_s += time.perf_counter() - t1
+        return ids
+
+    def commit(self, kept: int, skipped: int) -> None:
+        """Save the index atomically, *then* mark the orthomosaic complete (searchable)."""
+        oid = self._current("commit")
+        t0 = time.perf_counter()
+        self._write_index().save()
+        self.write_timings.faiss_save_s = time.perf_counter() - t0
+        log.debug("orthomosaic %d: FAISS saved", oid)
+        repo.finish_orthomosaic(self._db, oid, kept, skipped)
+        self._writing = None
+        log.debug("orthomosaic %d complete", oid)
+
+    def abort(self) -> None:
+        """Drop the raster being written: its rows now (or, if that fails too, at the next
+        :meth:`recover`); its unsaved Ω additions die with the in-memory index."""
+        oid, self._writing = self._writing, None
+        self._index = None
+        if oid is not None:
+            with contextlib.suppress(Exception):
+                repo.delete_orthomosaic(self._db, oid)
+
+    # --------------------------------------------------------------------------- maintenance
+    def verify(self) -> VerifyReport:
+        """Compare the saved FAISS ids with the complete tiles in the database."""
+        from geoloc.store.maintenance import verify_index
+
+        return verify_index(self._db, self._settings, repo.get_encoder(self._db, self.encoder_id))
+
+    def tiles_to_readd(self) -> list[tuple[repo.OrthomosaicRow, dict[tuple[int, int], int]]]:
+        """Complete orthomosaics with tiles, each with its ``(row, col) -> tile id`` cells: what
+        a rebuild must re-encode (the rasters at their paths, unchanged)."""
+        by_ortho: dict[int, dict[tuple[int, int], int]] = {}
+        ref: TileRef
+        for ref in repo.tile_refs(self._db, self.encoder_id):
+            by_ortho.setdefault(ref.orthomosaic_id, {})[(ref.row, ref.col)] = ref.tile_id
+        return [
+            (o, by_ortho[o.id])
+            for o in repo.list_orthomosaics(self._db, self.encoder_id)
+            if o.status == "complete" and o.id in by_ortho
+        ]
+
+    def reset_index(self, **index_kwargs: Any) -> None:
+        """Start an empty index for this encoder (replaces the saved one at :meth:`save_index`);
+        ``index_kwargs`` are :class:`OmegaIndex` parameters."""
+        self._need_lock("reset_index")
+        from geoloc.store.faiss_store import OmegaIndex
+
+        enc = repo.get_encoder(self._db, self.encoder_id)
+        self._index = OmegaIndex.create(
+            self._settings,
+            self.encoder_sha256,
+            omega_dim=int(enc.omega_dim),
+            encoder_id=self.encoder_id,
+            **index_kwargs,
+        )
+
+    def readd(self, tile_ids: Sequence[int] | np.ndarray, omega: np.ndarray) -> None:
+        """Add Ω of tiles already in the database (after :meth:`reset_index`)."""
+        self._need_lock("readd")
+        self._write_index().add(np.asarray(tile_ids, dtype=np.int64), omega)
+
+    def save_index(self) -> OmegaIndex:
+        """Save the index atomically (a rebuild's last step); return it."""
+        self._need_lock("save_index")
+        index = self._write_index()
+        index.save()
+        return index
+
+
+def _map_grid(db: Database, encoder_id: int, *, warn: bool) -> tuple[float, int]:
+    """Most common (GSD, tile size) over the encoder's complete orthomosaics; (0, 0) if none."""
+    orthos = [o for o in repo.list_orthomosaics(db, encoder_id) if o.status == "complete"]
+    if not orthos:
+        return 0.0, 0
+    gsds = Counter(round(float(o.target_gsd_m or o.gsd_m), 6) for o in orthos)
+    sizes = Counter(int(o.tile_size) for o in orthos)
+    map_gsd = gsds.most_common(1)[0][0]
+    if warn and len(gsds) > 1:
+        log.warning(
+            "orthomosaics ingested at %d different GSDs; frames are scaled to %.3f m/px",
+            len(gsds),
+            map_gsd,
+        )
+    return map_gsd, sizes.most_common(1)[0][0]
+
+
+def _reconcile(db: Database, encoder_id: int, index: OmegaIndex | None) -> None:
+    """Delete the encoder's incomplete orthomosaics, then drop FAISS ids not in the database."""
+    for ortho in repo.incomplete_orthomosaics(db, encoder_id):
+        log.warning(
+            "cleaning up an interrupted ingest of %s (orthomosaic %d, status %s)",
+            ortho.path,
+            ortho.id,
+            ortho.status,
+        )
+        repo.delete_orthomosaic(db, int(ortho.id))
+    if index is None:
+        return
+    complete = np.asarray(repo.complete_tile_ids(db, encoder_id), dtype=np.int64)
+    in_index = np.asarray(index.ids(), dtype=np.int64)
+    stale = np.setdiff1d(in_index, complete)
+    if stale.size:
+        log.warning("removing %d stale ids from the FAISS index", stale.size)
+        index.remove(stale)
+        index.save()
+    missing = np.setdiff1d(complete, in_index)
+    if missing.size:
+        log.warning(
+            "FAISS lacks %d tiles of complete orthomosaics; run `geoloc index rebuild`",
+            missing.size,
+        )
