@@ -2,8 +2,8 @@
 TCP port with scram-sha-256 passwords, driven through the real CLI in separate processes.
 
 Covers what the embedded default never exercises: an explicit ``geoloc db upgrade``, TCP
-connections with a password, a wrong password, and the server going away under a running ingest
-(an operator's restart) followed by a resumed ingest.
+connections with a password, ``geoloc sql`` over them, a wrong password, and the server going
+away under a running ingest (an operator's restart) followed by a resumed ingest.
 """
 
 from __future__ import annotations
@@ -117,6 +117,32 @@ def test_locate_answers_through_the_external_database(ingested: Ingested) -> Non
     assert fix["status"] == "ok", fix
     err_m = _metres(fix["lat"], fix["lon"], truth["lat"], truth["lon"])
     assert err_m < LOCATE_TOLERANCE_M, (err_m, fix)
+
+
+def test_sql_reads_the_external_database_and_is_read_only_by_default(ingested: Ingested) -> None:
+    assert ingested.ingest.code == 0, ingested.ingest.err
+    (res,) = json.loads(ingested.ingest.out)
+    rows = geoloc(
+        ingested.home,
+        ingested.url,
+        "sql",
+        "SELECT status, tiles_kept AS n FROM orthomosaics ORDER BY id",
+    )
+    assert rows.code == 0, rows.err
+    assert [json.loads(x) for x in rows.out.splitlines()] == [
+        {"status": "complete", "n": res["tiles_kept"]}
+    ]
+    counted = geoloc(
+        ingested.home, ingested.url, "sql", "--format", "csv", "SELECT count(*) AS n FROM tiles"
+    )
+    assert counted.code == 0, counted.err
+    assert counted.out.split() == ["n", str(res["tiles_kept"])]
+
+    refused = geoloc(ingested.home, ingested.url, "sql", "DELETE FROM tiles")
+    assert refused.code == 1, (refused.out, refused.err)
+    assert len(refused.errors) == 1 and "Traceback" not in refused.err, refused.err
+    assert ingested.url.split("@")[0].split(":")[-1] not in refused.err  # the password
+    assert _scalar(ingested.url, "SELECT count(*) FROM tiles") == res["tiles_kept"]
 
 
 @pytest.mark.parametrize("command", ["db upgrade", "ingest", "locate"])
