@@ -6,6 +6,7 @@
 #                                 still satisfy pyproject.toml are kept, new ones are added
 #   scripts/lock.sh --upgrade     move every pin to the newest release pyproject.toml allows
 #   scripts/lock.sh --check       exit 1 if the lock is not what pyproject.toml resolves to now
+#                                 (a warning only when the index cannot be reached)
 #
 # The lock is resolved for CPython 3.11 on Linux x86_64 (the project's machines). There, torch
 # comes from PyPI as its CUDA build with the nvidia-* runtime wheels; pip takes the same files
@@ -38,7 +39,13 @@ case "${1:-}" in
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     cp "$LOCK" "$tmp/lock.txt"
-    compile "$tmp/lock.txt"
+    if ! compile "$tmp/lock.txt" 2>"$tmp/err"; then
+      # No resolution (index unreachable, say): `make install` still refuses a stale lock
+      # (pip check) and an incomplete one (--require-hashes), so this check only warns.
+      cat "$tmp/err" >&2
+      echo "warning: could not re-resolve $LOCK; not checked against pyproject.toml" >&2
+      exit 0
+    fi
     if ! diff -u "$LOCK" "$tmp/lock.txt" >"$tmp/diff"; then
       head -40 "$tmp/diff" >&2
       echo "$LOCK is out of date with pyproject.toml: run \`make lock\` and commit it" >&2
