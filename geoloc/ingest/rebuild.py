@@ -78,6 +78,9 @@ def rebuild_index(
             )
             seen = 0
 
+            def stored(tile: Any, cells: dict[tuple[int, int], int] = cells) -> bool:
+                return (tile.row, tile.col) in cells
+
             def readd(batch: Encoded, cells: dict[tuple[int, int], int] = cells) -> None:
                 store.readd([cells[(t.row, t.col)] for t in batch.tiles], batch.omega)
 
@@ -91,13 +94,7 @@ def rebuild_index(
             with open_raster(ortho.path) as raster:
                 grid = raster.grid(cfg)
                 encode_stream(
-                    batches(
-                        raster,
-                        cfg,
-                        int(grid.cols),
-                        batch_size,
-                        keep=lambda t, cells=cells: (t.row, t.col) in cells,  # type: ignore[misc]
-                    ),
+                    batches(raster, cfg, int(grid.cols), batch_size, keep=stored),
                     model,
                     readd,
                     omega_only=True,

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from geoloc.errors import DatabaseError
 from geoloc.store import codec
 from geoloc.store.records import Candidate, TileRecord, TileRef, crs_text, geodesic_m
-from geoloc.store.schema import PHI_DIM, STATUSES, TileEmbedding, TileRow
+from geoloc.store.schema import PHI_DIM, STATUSES, Encoder, Orthomosaic, TileEmbedding, TileRow
 
 if TYPE_CHECKING:
     from geoloc.store.database import Database
@@ -453,10 +453,6 @@ def complete_tile_ids(db: Database, encoder_id: int) -> np.ndarray:
         return np.fromiter((int(i) for i in ids), dtype=np.int64)
 
 
-#: ``t."col", ...``: every ``tiles`` column, from the schema.
-_TILE_SELECT = ", ".join(f't."{c}"' for c in codec.columns(TileRow.__table__))  # type: ignore[arg-type]
-
-
 def fetch_candidates(
     db: Database, encoder_id: int, tile_ids: Sequence[int] | np.ndarray
 ) -> list[Candidate]:
@@ -468,21 +464,27 @@ def fetch_candidates(
     if not ids:
         return []
     from affine import Affine
-    from pgvector.sqlalchemy import HALFVEC
-    from sqlalchemy import bindparam
+    from sqlalchemy import any_, bindparam, select
     from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 
+    t, o = TileRow.__table__, Orthomosaic.__table__
+    e, en = TileEmbedding.__table__, Encoder.__table__
+    # every tiles column (the schema's list) + what a candidate needs from the other tables;
+    # phi is decoded by pgvector's HALFVEC type
     stmt = (
-        _text(
-            f"SELECT {_TILE_SELECT}, o.path AS raster_path, o.crs, en.phi_dim, e.phi,"  # noqa: S608 - column names from the schema
-            " e.node_areas, e.node_centroids"
-            " FROM tiles t JOIN orthomosaics o ON o.id = t.orthomosaic_id"
-            " JOIN tile_embeddings e ON e.tile_id = t.id AND e.encoder_id = :e"
-            " JOIN encoders en ON en.id = e.encoder_id"
-            " WHERE t.id = ANY(:ids) AND o.status = 'complete'"
+        select(
+            *t.columns,
+            o.c.path.label("raster_path"),
+            o.c.crs,
+            en.c.phi_dim,
+            e.c.phi,
+            e.c.node_areas,
+            e.c.node_centroids,
         )
-        .bindparams(bindparam("ids", type_=ARRAY(BIGINT)))
-        .columns(phi=HALFVEC(PHI_DIM))  # decoded by pgvector's codec
+        .join_from(t, o, o.c.id == t.c.orthomosaic_id)
+        .join(e, (e.c.tile_id == t.c.id) & (e.c.encoder_id == bindparam("e")))
+        .join(en, en.c.id == e.c.encoder_id)
+        .where(t.c.id == any_(bindparam("ids", type_=ARRAY(BIGINT))), o.c.status == "complete")
     )
     with db.engine.connect() as conn:
         rows = conn.execute(stmt, {"e": encoder_id, "ids": ids}).all()

@@ -4,9 +4,10 @@ Tables: ``encoders``, ``orthomosaics`` (one row per raster *and* encoder, with i
 ``tiles`` (one row per kept tile, with what is needed to re-read its pixels) and
 ``tile_embeddings`` (Φ as ``halfvec(1024)`` with an HNSW cosine index, node areas and centroids).
 
-Φ is stored as ``halfvec`` rather than ``vector``: the HNSW index is ~3x smaller and builds ~2.5x
-faster, and recall@10 of cosine k-NN is unchanged at float16 precision (measured in
-``benchmarks/store.py``). Φ narrower than :data:`PHI_DIM` is zero-padded (cosine unchanged).
+Φ is stored as ``halfvec`` rather than ``vector``: the HNSW index is smaller and builds faster,
+and cosine k-NN recall is unchanged at float16 precision (``benchmarks/store.py`` measures both).
+Φ narrower than :data:`PHI_DIM` is zero-padded (cosine unchanged). The FAISS id of a tile's Ω is
+its tile id, so no column maps one to the other.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class Orthomosaic(Base):
     footprint_wkt: Mapped[str] = mapped_column(Text)
     tile_size: Mapped[int] = mapped_column(Integer)
     stride: Mapped[int] = mapped_column(Integer)
+    # the GSD the tiles were resampled to; NULL: the native pixels were tiled as they are
     target_gsd_m: Mapped[float | None] = mapped_column(Double, nullable=True)
     status: Mapped[str] = mapped_column(String(16), server_default="ingesting")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
