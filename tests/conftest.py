@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE_RASTER = REPO / "data" / "sample" / "turku_utm34n_0.28m.tif"
 
-pytest_plugins = ["tests.fixtures_db"]
+pytest_plugins = ["tests.fixtures_db", "tests.fixtures_extpg"]
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
