@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ("roofline", "encoders", "tiler", "store", "ingest", "locate")
+ORDER = ("roofline", "encoders", "tiler", "store", "ingest", "locate", "camera")
 
 
 def _commit() -> str:

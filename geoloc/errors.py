@@ -80,3 +80,18 @@ class SyntheticError(GeolocError):
 
 class TrainError(GeolocError):
     """Training cannot start or resume (bad checkpoint directory, mismatched config)."""
+
+
+class CameraFileError(ConfigError):
+    """A ``--camera`` file that cannot be used: unreadable, bad shape, non-numeric, missing keys.
+
+    A bad file named on the command line is a usage error, so the CLI exits 2.
+    """
+
+    exit_code = 2
+
+
+class DemFileError(ConfigError):
+    """A ``--dem`` raster that cannot be used: unreadable, no CRS, not one band of heights."""
+
+    exit_code = 2

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from geoloc.camera.attitude import angles_from_rotation, camera_to_world, world_to_camera
 from geoloc.camera.dem import Dem, open_dem
-from geoloc.camera.errors import CameraFileError, DemFileError
 from geoloc.camera.intrinsics import Camera, camera_from_exif, camera_from_hfov, load_camera
 from geoloc.camera.metadata import FrameMetadata, parse_xmp, read_metadata
 from geoloc.camera.pose import (
@@ -37,6 +36,7 @@ from geoloc.camera.prepare import (
 )
 from geoloc.camera.priors import Prior, Priors, merge_priors
 from geoloc.camera.rectify import Rectified, gsd_at_nadir, rectify
+from geoloc.errors import CameraFileError, DemFileError
 
 __all__ = [
     "Camera",

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from geoloc.camera.errors import DemFileError
+from geoloc.errors import DemFileError
 
 __all__ = ["Dem", "open_dem"]
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geoloc.camera.errors import CameraFileError
+from geoloc.errors import CameraFileError
 
 if TYPE_CHECKING:
     from geoloc.camera.metadata import FrameMetadata

@@ -46,11 +46,6 @@ def encoder() -> Any:
     return enc
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="ingest lays the TilingPolicy grid once helper STORE's branch (ingest on the policy) "
-    "is merged; until then ingest keeps its own 0.5 m/px default",
-)
 def test_ingest_with_default_options(
     brighton_dir: Path, pg_settings: Settings, database: Any, encoder: Any
 ) -> None:

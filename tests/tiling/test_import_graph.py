@@ -7,8 +7,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("geoloc", "tiling")
 
@@ -126,11 +124,6 @@ def test_tiling_imports_nothing_of_geoloc() -> None:
     assert {m: d for m, d in bad.items() if m.startswith("tiling") and d} == {}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the store still re-tiles and re-encodes in `index rebuild` until the TileStore "
-    "redesign (helper STORE's branch) lands",
-)
 def test_store_imports_neither_models_nor_tiling() -> None:
     bad = {
         m: sorted(d for d in deps if d.startswith(("geoloc.models", "tiling")))
