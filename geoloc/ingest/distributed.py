@@ -172,15 +172,16 @@ class EncodeWorker:
         for i in range(0, len(tiles), batch_size):
             chunk = tiles[i : i + batch_size]
             o = self.encoder.encode(np.stack([t.pixels for t in chunk]))
-            outs.append(tuple(as_array(x) for x in (o.omega, o.phi, o.node_areas, o.node_centroids)))
+            outs.append(
+                tuple(as_array(x) for x in (o.omega, o.phi, o.node_areas, o.node_centroids))
+            )
         enc = self.encoder
         if not outs:
             empty = np.zeros((0, int(enc.omega_dim)), np.float32)
             return BandResult([], empty, empty, empty, empty, str(enc.weights_sha256))
-        cols = [np.concatenate([o[k] for o in outs]) for k in range(4)]
-        return BandResult(
-            [TileRecord.from_tile(t) for t in tiles], *cols, weights_sha256=str(enc.weights_sha256)
-        )
+        om, phi, areas, cents = (np.concatenate([o[k] for o in outs]) for k in range(4))
+        records = [TileRecord.from_tile(t) for t in tiles]
+        return BandResult(records, om, phi, areas, cents, str(enc.weights_sha256))
 
 
 class DistributedEncoder:
@@ -209,7 +210,7 @@ class DistributedEncoder:
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         actor = ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)(EncodeWorker)
         self.weights_sha256 = weights_sha256
-        self.actors = [
+        self.actors: list[Any] = [
             actor.options(name=ACTOR_NAME.format(i), namespace=NAMESPACE).remote(
                 encoder, None if checkpoint is None else str(checkpoint), threads
             )
@@ -295,7 +296,8 @@ def write_bands(
             log.debug("ingest: batch of %d tiles written", e - s)
         written += cut
         rest = tiles[cut:]
-        buf = [BandResult(rest, *(a[cut:] for a in arrays), weights_sha256="")] if rest else []
+        om, phi, areas, cents = (a[cut:] for a in arrays)
+        buf = [BandResult(rest, om, phi, areas, cents, "")] if rest else []
         n_buf = len(rest)
 
     for band, position in source:

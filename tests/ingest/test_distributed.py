@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,7 +178,12 @@ def _cli(settings: Settings, *args: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "geoloc.cli.main", "--debug", "ingest", *args, "--no-progress"]
     # Its own session: the Ray processes it starts are then ended with it, by group id.
     return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
 
