@@ -108,8 +108,10 @@ class BandResult:
     weights_sha256: str
 
 
-def band_rows(grid: Grid, band_tiles: int = BAND_TILES) -> list[tuple[int, int]]:
-    """The grid's tile rows cut into ``[r0, r1)`` bands of about ``band_tiles`` tiles."""
+def band_rows(grid: Grid, band_tiles: int | None = None) -> list[tuple[int, int]]:
+    """The grid's tile rows cut into ``[r0, r1)`` bands of about ``band_tiles`` tiles (default
+    :data:`BAND_TILES`, read at call time)."""
+    band_tiles = BAND_TILES if band_tiles is None else band_tiles
     step = max(1, math.ceil(band_tiles / max(1, int(grid.cols))))
     return [(r, min(int(grid.rows), r + step)) for r in range(0, int(grid.rows), step)]
 

@@ -234,3 +234,23 @@ def test_killed_driver_leaves_nothing_half_visible_and_the_next_run_completes(
     assert [o.status for o in st["orthos"]] == ["complete"]
     assert st["complete_ids"].size == st["orthos"][0].tiles_kept > 0
     assert_consistent(st, monkeypatch, pg_settings)
+
+
+@pytest.mark.parametrize("bad", ["local", "ray://nohost", "ray://:1", "http://h:1"])
+def test_bad_cluster_is_one_clear_error(bad: str, pg_settings: Settings) -> None:
+    from geoloc.errors import IngestError
+
+    with pytest.raises(IngestError, match="--cluster must be 'auto' or 'ray://HOST:PORT'"):
+        ingest([SAMPLE_RASTER], settings=pg_settings, progress=False, cluster=bad)
+
+
+def test_bands_cover_the_grid_in_order() -> None:
+    from geoloc.ingest.distributed import band_rows
+    from tiling import TilingPolicy, open_raster
+
+    with open_raster(SAMPLE_RASTER) as r:
+        cfg, _ = TilingPolicy(tile_size=224).resolve(r)
+        grid = r.grid(cfg)
+    bands = band_rows(grid, band_tiles=3 * int(grid.cols) - 1)
+    assert [r for b in bands for r in range(*b)] == list(range(int(grid.rows)))
+    assert all(b[1] - b[0] == 3 for b in bands[:-1])
