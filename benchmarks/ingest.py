@@ -129,8 +129,14 @@ def run(
     sweep: bool = False,
     gsd: float | None = None,
     stride: int | None = None,
+    cluster: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Measure ingest throughput (and, with ``sweep``, the GSD sweep); save and return them.
+
+    ``cluster`` (``auto`` or ``ray://HOST:PORT``) also re-ingests each raster (``force``) on Ray
+    with ``workers`` encoder actors and reports its tiles/s and its ratio to the single-process
+    run (the actors are started, and their encoder loaded, before the timed raster).
 
     ``gsd`` / ``stride`` override the ingest defaults for every raster (e.g. the mosaic at its
     native 0.136 m/px gives hundreds of tiles, where fixed costs no longer dominate).
@@ -198,6 +204,31 @@ def run(
                 },
                 "seconds": {k: round(v, 3) for k, v in vars(tm).items()},
             }
+            if cluster is not None:
+                (rr,) = ingest(
+                    [path],
+                    encoder=enc,
+                    batch_size=batch_size,
+                    settings=settings,
+                    progress=False,
+                    gsd=gsd,
+                    stride=stride,
+                    force=True,
+                    cluster=cluster,
+                    workers=workers,
+                )
+                if rr.status != "ingested" or rr.tiles_kept != res.tiles_kept:
+                    raise RuntimeError(f"{path}: Ray ingest {rr.status}: {rr.message}")
+                ray_tps = rr.tiles_kept / rr.seconds
+                row["ray"] = {
+                    "cluster": cluster,
+                    "workers": workers,
+                    "wall_s": round(rr.seconds, 3),
+                    "tiles_per_s": round(ray_tps, 2),
+                    "ratio_to_single_process": round(ray_tps / e2e, 3),
+                    "ratio_to_encoder": round(ray_tps / enc_tps, 3),
+                }
+                print(f"{path.name}: Ray {row['ray']}", file=sys.stderr)
             out["rasters"].append(row)
             print(
                 f"{path.name}: {res.tiles_kept} tiles in {wall:.1f} s = {e2e:.1f} tiles/s; "
@@ -216,6 +247,8 @@ def run(
     RESULTS.mkdir(parents=True, exist_ok=True)
     out["gsd_override_m"], out["stride_override_px"] = gsd, stride
     name = "ingest.json" if gsd is None and stride is None else f"ingest_gsd{gsd}_s{stride}.json"
+    if cluster is not None:
+        name = name.replace(".json", "_ray.json")
     prev = RESULTS / name
     if not sweep and prev.is_file():
         with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -238,6 +271,15 @@ if __name__ == "__main__":
     ap.add_argument("--gsd-sweep", action="store_true", help="also the retrieval-vs-GSD sweep")
     ap.add_argument("--gsd", type=float, default=None, help="ingest GSD (m/px) for every raster")
     ap.add_argument("--stride", type=int, default=None, help="tile step (px) for every raster")
+    ap.add_argument("--cluster", default=None, help="also ingest on Ray: auto | ray://HOST:PORT")
+    ap.add_argument("--workers", type=int, default=None, help="Ray encoder actors")
     a = ap.parse_args()
-    res = run(full=a.full, sweep=a.gsd_sweep, gsd=a.gsd, stride=a.stride)
+    res = run(
+        full=a.full,
+        sweep=a.gsd_sweep,
+        gsd=a.gsd,
+        stride=a.stride,
+        cluster=a.cluster,
+        workers=a.workers,
+    )
     print(json.dumps(res, indent=2))

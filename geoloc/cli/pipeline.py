@@ -38,6 +38,15 @@ def register(app: typer.Typer) -> None:
         ),
         batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Tiles per batch."),
         force: bool = typer.Option(False, "--force", help="Replace rasters already ingested."),
+        cluster: str | None = typer.Option(
+            None,
+            "--cluster",
+            help="Encode on Ray: 'auto' (a local cluster on 127.0.0.1) or 'ray://HOST:PORT'; "
+            "this process stays the one writer. Default: encode in this process.",
+        ),
+        workers: int | None = typer.Option(
+            None, "--workers", min=1, help="Encoder actors on the Ray cluster (default: its CPUs)."
+        ),
         no_progress: bool = typer.Option(
             False, "--no-progress", help="Do not draw the progress bar on stderr."
         ),
@@ -60,6 +69,8 @@ def register(app: typer.Typer) -> None:
             force=force,
             progress=not no_progress,
             min_valid=DEFAULT_MIN_VALID if min_valid is None else min_valid,
+            cluster=cluster,
+            workers=workers,
         )
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         failed = sum(r.status == "failed" for r in results)

@@ -174,7 +174,9 @@ class _Ingester:
         batch_size: int,
         force: bool,
         progress: _ProgressSink,
+        distributed: Any = None,
     ) -> None:
+        self.distributed = distributed  # a DistributedEncoder (--cluster), or None: local
         self.encoder = encoder
         self.store = store
         self.policy = policy
@@ -288,6 +290,17 @@ class _Ingester:
             self.progress.update(batch.position)
 
         self.progress.start(Path(path).name, int(len(grid)))
+        if self.distributed is not None:
+            from geoloc.ingest.distributed import write_bands
+
+            kept = write_bands(
+                self.distributed.bands(str(path), cfg, grid, self.batch_size),
+                self.store.add,
+                self.batch_size,
+                on_position=self.progress.update,
+            )
+            self.progress.finish()
+            return kept
         t = encode_stream(
             batches(raster, cfg, int(grid.cols), self.batch_size),
             self.encoder,
@@ -297,6 +310,20 @@ class _Ingester:
         res.timings.read_s, res.timings.encode_s = t.read_s, t.encode_s
         self.progress.finish()
         return kept
+
+
+@contextlib.contextmanager
+def _distributed(
+    cluster: str, workers: int | None, enc: Any, spec: str | Any, checkpoint: str | Path | None
+) -> Iterator[Any]:
+    from geoloc.ingest.distributed import DistributedEncoder, ray_cluster
+
+    name = spec if isinstance(spec, str) else str(enc.name)
+    with (
+        ray_cluster(cluster, workers),
+        DistributedEncoder(name, checkpoint, str(enc.weights_sha256), workers=workers) as dist,
+    ):
+        yield dist
 
 
 def ingest(
@@ -311,6 +338,8 @@ def ingest(
     settings: Settings | None = None,
     progress: bool = True,
     min_valid: float = DEFAULT_MIN_VALID,
+    cluster: str | None = None,
+    workers: int | None = None,
 ) -> list[IngestResult]:
     """Ingest rasters (files, directories walked recursively, globs) into the tile store.
 
@@ -327,6 +356,10 @@ def ingest(
         settings: where the database and the index live (default: from the environment).
         progress: show a rich progress bar on stderr.
         min_valid: minimum valid-pixel fraction of a kept tile.
+        cluster: ``None`` (default): this process encodes. ``"auto"`` (a local Ray cluster on
+            127.0.0.1, or the one already connected) or ``"ray://HOST:PORT"``: encoder actors
+            on Ray do, this process writes (:mod:`geoloc.ingest.distributed`).
+        workers: encoder actors on the cluster (default: its CPUs).
 
     Returns:
         One ``failed`` :class:`IngestResult` per input path that yielded no raster, then one
@@ -336,6 +369,12 @@ def ingest(
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    if cluster is not None:
+        from geoloc.ingest.distributed import check_cluster
+
+        check_cluster(cluster)
+    if workers is not None and workers < 1:
+        raise IngestError(f"--workers must be >= 1, got {workers}")
     if batch_size < 1:
         raise IngestError(f"--batch-size must be >= 1, got {batch_size}")
     policy_for(224, gsd, stride, min_valid)  # validate the options before any heavy work
@@ -376,9 +415,19 @@ def ingest(
         db.dispose()
         raise
     try:
-        with _progress_bar(progress) as prog:
+        with contextlib.ExitStack() as stack:
+            dist = None
+            if cluster is not None:
+                dist = stack.enter_context(_distributed(cluster, workers, enc, encoder, checkpoint))
+            prog = stack.enter_context(_progress_bar(progress))
             ingester = _Ingester(
-                enc, store, policy, batch_size=batch_size, force=force, progress=_ProgressSink(prog)
+                enc,
+                store,
+                policy,
+                batch_size=batch_size,
+                force=force,
+                progress=_ProgressSink(prog),
+                distributed=dist,
             )
             for path in rasters:
                 res = ingester.run(path)
