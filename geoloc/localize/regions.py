@@ -4,6 +4,8 @@ A raster that is missing or unreadable does not fail the frame: its candidates g
 region (zero pixels, all masked: the same thing verification sees for a region entirely beyond a
 raster's edge), so the scheduler counts them as failed attempts and answers from the others.
 Each such raster is warned about once per :class:`MapRegions`, naming it and the fix.
+An orthomosaic imported from a bundle points at the bundle's region folder instead of a raster:
+its regions are read from there (:class:`geoloc.store.bundle.BundleRegions`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class MapRegions:
         self._regions: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, Any]] = {}
         #: rasters that could not be opened or read, with why (each warned about once)
         self.unavailable: dict[str, str] = {}
+        self._bundles: dict[str, Any] = {}  # path -> BundleRegions, or None for a raster
 
     def raster(self, path: str) -> Any:
         """The opened raster of ``path`` (opened once)."""
@@ -72,6 +75,7 @@ class MapRegions:
         """
         from rasterio.errors import RasterioError
 
+        from geoloc.errors import GeolocError
         from tiling import TilingError
 
         key = (int(tile.tile_id), int(size_px))
@@ -82,17 +86,33 @@ class MapRegions:
         if path in self.unavailable:
             return _unavailable_region(size_px)
         try:
+            stored = self._bundle(path)
+            if stored is not None:
+                out = stored.around(int(tile.tile_id), int(size_px), self.gsd_m)
+                self._remember(key, out)
+                return out  # type: ignore[no-any-return]
             px, mask, t = self.raster(path).read_region(
                 tile.center_lon, tile.center_lat, size_px, self.gsd_m
             )
-        except (OSError, TilingError, RasterioError) as exc:
+        except (OSError, TilingError, RasterioError, GeolocError) as exc:
             self._mark_unavailable(path, exc)
             return _unavailable_region(size_px)
         out = (np.ascontiguousarray(np.transpose(px, (1, 2, 0))), mask, t)
+        self._remember(key, out)
+        return out
+
+    def _remember(self, key: tuple[int, int], out: tuple[np.ndarray, np.ndarray, Any]) -> None:
         self._regions[key] = out
         while len(self._regions) > self.cache_size:
             self._regions.pop(next(iter(self._regions)))
-        return out
+
+    def _bundle(self, path: str) -> Any:
+        """The stored regions when ``path`` is a bundle's region folder, else None."""
+        if path not in self._bundles:
+            from geoloc.store.bundle import BundleRegions, is_region_folder
+
+            self._bundles[path] = BundleRegions(path) if is_region_folder(path) else None
+        return self._bundles[path]
 
     def close(self) -> None:
         """Close the rasters (best effort) and forget the cached regions."""
@@ -103,3 +123,4 @@ class MapRegions:
                 pass
         self._rasters.clear()
         self._regions.clear()
+        self._bundles.clear()
