@@ -110,6 +110,7 @@ def export_bundle(
     from geoloc.store import TileStore
     from geoloc.store import repository as repo
     from geoloc.store.database import current_revision
+    from geoloc.store.omega_index import OmegaIndex
 
     dst = Path(out)
     if dst.exists() and any(dst.iterdir()):
@@ -128,10 +129,10 @@ def export_bundle(
             with db.engine.connect() as conn:
                 revision = current_revision(conn)
             _copy_out(db, tmp / "tables", store.encoder_id, [o.id for o in orthos])
-            index = store.index
-            if index is None:
-                raise ConfigError(f"no Ω index for encoder {enc.name}", path=str(db.url))
-            shutil.copytree(index.directory, tmp / "index")
+            index_dir = OmegaIndex.path_for(settings, enc.weights_sha256)
+            if not (index_dir / "meta.json").is_file():
+                raise ConfigError(f"no Ω index for encoder {enc.name}", path=str(index_dir))
+            shutil.copytree(index_dir, tmp / "index")
             size = region_size_px(store.tile_px)
             regions = MapRegions(store.map_gsd_m, cache_size=1)
             by_ortho = {o.id: o for o in orthos}
@@ -140,7 +141,7 @@ def export_bundle(
                 for start in range(0, len(ids), 256):
                     for cand in store.candidates(ids[start : start + 256]):
                         o = by_ortho[cand.orthomosaic_id]
-                        px, mask, t = regions.around(cand.tile, size)
+                        px, mask, t = regions.around(cand, size)
                         if o.path in regions.unavailable:
                             raise ConfigError(
                                 f"raster unavailable ({regions.unavailable[o.path]}); "
