@@ -1,5 +1,5 @@
-"""``geoloc db url|status|upgrade|downgrade|start|stop|relink|check``, ``geoloc index verify|rebuild|info``
-and ``geoloc sql``.
+"""``geoloc db url|status|upgrade|downgrade|start|stop|relink|check``,
+``geoloc index verify|rebuild|info`` and ``geoloc sql``.
 
 Schema policy: the embedded default database is upgraded automatically by every command that
 opens it; an external ``GEOLOC_DATABASE_URL`` is only migrated by ``geoloc db upgrade``.

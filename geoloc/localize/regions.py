@@ -90,7 +90,7 @@ class MapRegions:
             if stored is not None:
                 out = stored.around(int(tile.tile_id), int(size_px), self.gsd_m)
                 self._remember(key, out)
-                return out  # type: ignore[no-any-return]
+                return out
             px, mask, t = self.raster(path).read_region(
                 tile.center_lon, tile.center_lat, size_px, self.gsd_m
             )

@@ -118,13 +118,12 @@ def export_bundle(
     with TileStore.for_registered(settings, encoder) as store:
         db = store.db
         enc = repo.get_encoder(db, store.encoder_id)
-        orthos = [
-            o for o in repo.list_orthomosaics(db, store.encoder_id) if o.status == "complete"
-        ]
+        orthos = [o for o in repo.list_orthomosaics(db, store.encoder_id) if o.status == "complete"]
         if not orthos:
             raise ConfigError(f"no complete orthomosaic for encoder {enc.name}", path=str(db.url))
         ids = np.sort(repo.complete_tile_ids(db, store.encoder_id)).astype(np.int64)
-        tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=dst.parent if dst.parent else None))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=dst.parent))
         try:
             with db.engine.connect() as conn:
                 revision = current_revision(conn)
@@ -163,7 +162,7 @@ def export_bundle(
             for entry in meta.values():
                 entry["gsd_m"] = store.map_gsd_m
                 (tmp / "regions" / entry["sha256"] / REGIONS_FILE).write_text(json.dumps(entry))
-            files = {
+            files: dict[str, dict[str, Any]] = {
                 p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
                 for p in sorted(tmp.rglob("*"))
                 if p.is_file()
@@ -189,6 +188,8 @@ def export_bundle(
 
 
 def _copy_out(db: Database, folder: Path, encoder_id: int, ortho_ids: list[int]) -> None:
+    # Table and column names come from the ORM schema and ids are ints: nothing user-supplied
+    # is formatted into the COPY statements (COPY (query) takes no bind parameters).
     folder.mkdir(parents=True)
     # ids are integers from the database, inlined because COPY (query) takes no parameters
     oids = ",".join(str(int(i)) for i in ortho_ids)
@@ -197,7 +198,7 @@ def _copy_out(db: Database, folder: Path, encoder_id: int, ortho_ids: list[int])
         "orthomosaics": f"id IN ({oids})",
         "tiles": f"orthomosaic_id IN ({oids})",
         "tile_embeddings": (
-            f"encoder_id = {int(encoder_id)} AND tile_id IN "
+            f"encoder_id = {int(encoder_id)} AND tile_id IN "  # noqa: S608
             f"(SELECT id FROM tiles WHERE orthomosaic_id IN ({oids}))"
         ),
     }
@@ -208,7 +209,7 @@ def _copy_out(db: Database, folder: Path, encoder_id: int, ortho_ids: list[int])
             cols = ", ".join(_columns(table))
             with (folder / f"{table}.copy").open("wb") as f:
                 cur.copy_expert(
-                    f"COPY (SELECT {cols} FROM {table} WHERE {where[table]} ORDER BY 1) "
+                    f"COPY (SELECT {cols} FROM {table} WHERE {where[table]} ORDER BY 1) "  # noqa: S608
                     "TO STDOUT WITH (FORMAT binary)",
                     f,
                 )
@@ -230,11 +231,15 @@ def verify_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         manifest = json.loads(mpath.read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"not a geoloc bundle (manifest unreadable: {exc})", path=str(root))
+        raise ConfigError(
+            f"not a geoloc bundle (manifest unreadable: {exc})", path=str(root)
+        ) from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ConfigError("not a geoloc bundle (bad manifest format)", path=str(mpath))
     if manifest.get("version") != VERSION:
-        raise ConfigError(f"bundle version {manifest.get('version')!r} unsupported", path=str(mpath))
+        raise ConfigError(
+            f"bundle version {manifest.get('version')!r} unsupported", path=str(mpath)
+        )
     files: dict[str, dict[str, Any]] = manifest.get("files") or {}
     present = {
         p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p != mpath
@@ -278,7 +283,8 @@ def import_bundle(settings: Settings, path: str | os.PathLike[str]) -> BundleSum
                 f"{root}: bundle schema {manifest.get('schema_revision')} differs from the "
                 f"database's {revision}; upgrade the older side (`geoloc db upgrade`)"
             )
-        staged = Path(tempfile.mkdtemp(prefix=".import-", dir=settings.index_dir.parent))
+        settings.index_dir.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=".import-", dir=settings.index_dir))
         try:
             shutil.copytree(root / "index", staged / "index")
             _copy_in(db, root)
@@ -305,8 +311,8 @@ def _copy_in(db: Database, root: Path) -> None:
     try:
         cur = raw.cursor()
         cur.execute("SELECT (SELECT count(*) FROM orthomosaics) + (SELECT count(*) FROM tiles)")
-        (n,) = cur.fetchone()
-        if int(n):
+        row = cur.fetchone()
+        if row is not None and int(row[0]):
             raise DatabaseError(
                 f"{root}: bundle import needs a database without orthomosaics or tiles"
             )
@@ -324,13 +330,13 @@ def _copy_in(db: Database, root: Path) -> None:
                     "SELECT count(*) FROM _bundle_enc b JOIN encoders e ON e.id = b.id "
                     "AND (e.name <> b.name OR e.weights_sha256 <> b.weights_sha256)"
                 )
-                (clash,) = cur.fetchone()
-                if int(clash):
+                row = cur.fetchone()
+                if row is not None and int(row[0]):
                     raise DatabaseError(
                         f"{root}: the database has another encoder under the bundle's encoder id"
                     )
                 cur.execute(
-                    f"INSERT INTO encoders ({', '.join(cols)}) SELECT {', '.join(cols)} "
+                    f"INSERT INTO encoders ({', '.join(cols)}) SELECT {', '.join(cols)} "  # noqa: S608
                     "FROM _bundle_enc ON CONFLICT DO NOTHING"
                 )
                 continue
@@ -346,8 +352,8 @@ def _copy_in(db: Database, root: Path) -> None:
             )
         for table in ("encoders", "orthomosaics", "tiles"):
             cur.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                f"(SELECT COALESCE(max(id), 0) + 1 FROM {table}), false)"
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608
+                f"(SELECT COALESCE(max(id), 0) + 1 FROM {table}), false)"  # noqa: S608
             )
         cur.close()
         raw.commit()
@@ -372,12 +378,14 @@ class BundleRegions:
         try:
             meta = json.loads((self.folder / REGIONS_FILE).read_text())
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"bundle regions unreadable: {exc}", path=str(self.folder))
+            raise ConfigError(f"bundle regions unreadable: {exc}", path=str(self.folder)) from exc
         self.size_px = int(meta["size_px"])
         self.gsd_m = float(meta["gsd_m"])
         self._transforms: dict[str, list[float]] = meta["tiles"]
 
-    def around(self, tile_id: int, size_px: int, gsd_m: float) -> tuple[np.ndarray, np.ndarray, Any]:
+    def around(
+        self, tile_id: int, size_px: int, gsd_m: float
+    ) -> tuple[np.ndarray, np.ndarray, Any]:
         """Pixels (H, W, 3), mask and transform of the ``size_px`` region centred on the tile."""
         import cv2
         from affine import Affine
@@ -402,7 +410,7 @@ class BundleRegions:
             rgb, mask = px[..., :3], px[..., 3] > 127
         else:
             # an odd size difference: the smaller region's grid sits half a pixel off this one's
-            m = np.float32([[1, 0, -off], [0, 1, -off]])
+            m = np.array([[1, 0, -off], [0, 1, -off]], np.float32)
             rgb = cv2.warpAffine(
                 np.ascontiguousarray(rgba[..., :3]), m, (size_px, size_px), flags=cv2.INTER_LINEAR
             )
@@ -410,4 +418,8 @@ class BundleRegions:
                 np.ascontiguousarray(rgba[..., 3]), m, (size_px, size_px), flags=cv2.INTER_NEAREST
             )
             mask = alpha > 127
-        return np.ascontiguousarray(rgb), np.ascontiguousarray(mask), t * Affine.translation(off, off)
+        return (
+            np.ascontiguousarray(rgb),
+            np.ascontiguousarray(mask),
+            t * Affine.translation(off, off),
+        )
