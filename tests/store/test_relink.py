@@ -160,6 +160,7 @@ def test_missing_raster_among_several_answers_from_the_others(
         again = lz.locate(frame, gsd=0.28)
     assert fix.status == "ok", fix.message
     assert fix.orthomosaic == str(other)
+    assert fix.lon is not None and fix.lat is not None
     assert geodesic_distance_m(fix.lon, fix.lat, lon, lat) < 5.0
     assert again.status == "ok" and again.orthomosaic == str(other)
     warned = [r.getMessage() for r in caplog.records if str(answered) in r.getMessage()]
