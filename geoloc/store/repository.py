@@ -740,7 +740,8 @@ def relink_prefix(
 
 @dataclass(frozen=True)
 class RasterCheck:
-    """State of one stored raster file: ``ok``, ``missing``, ``unreadable`` or ``changed``."""
+    """State of one stored raster: ``ok``, ``missing``, ``unreadable``, ``changed``, or
+    ``bundle`` (an imported bundle's region folder stands in for it)."""
 
     path: str
     sha256: str
@@ -765,6 +766,7 @@ def check_rasters(db: Database, *, hash_content: bool = True) -> list[RasterChec
     ``hash_content=False`` only checks that the files exist and can be opened for reading.
     """
     from geoloc.ingest.paths import sha256_file
+    from geoloc.store.bundle import is_region_folder
 
     with db.engine.connect() as conn:
         rows = conn.execute(
@@ -776,6 +778,10 @@ def check_rasters(db: Database, *, hash_content: bool = True) -> list[RasterChec
     out: list[RasterCheck] = []
     for r in rows:
         path, sha, ids = str(r.path), str(r.sha256), tuple(int(i) for i in r.ids)
+        if is_region_folder(path):
+            # imported from a bundle: the verification regions stand in for the raster
+            out.append(RasterCheck(path, sha, "bundle", ids, f"{path}: bundle regions"))
+            continue
         if not os.path.exists(path):
             out.append(RasterCheck(path, sha, "missing", ids, f"{path}: no such file"))
             continue

@@ -120,6 +120,21 @@ def test_bundle_locates_without_rasters_and_refuses_tampering(
         lon, lat = truth_lonlat(cx, cy)
         assert geodesic_distance_m(b.lon, b.lat, lon, lat) < 5.0
 
+    db_t = open_database(target)
+    try:
+        assert {c.status for c in repo.check_rasters(db_t)} == {"bundle"}
+    finally:
+        db_t.dispose()
+    # the figures the report quotes (size per tile; latency and error, rasters vs bundle)
+    for label, fixes in (("rasters", from_rasters), ("bundle", from_bundle)):
+        errs = [
+            geodesic_distance_m(f.lon, f.lat, *truth_lonlat(cx, cy))
+            for (cx, cy, _h), f in zip(FRAMES, fixes, strict=True)
+        ]
+        ms = [f.timings_ms.get("total", 0.0) for f in fixes]
+        print(f"{label}: errors_m {[round(e, 2) for e in errs]} total_ms {[round(t) for t in ms]}")
+    print("bundle", summary.as_dict())
+
     # a second import into the now populated database is refused
     with pytest.raises(GeolocError):
         import_bundle(target, out)
