@@ -1,5 +1,5 @@
-"""``geoloc db url|status|upgrade|downgrade|start|stop``, ``geoloc index verify|rebuild|info``
-and ``geoloc sql``.
+"""``geoloc db url|status|upgrade|downgrade|start|stop|relink|check``,
+``geoloc index verify|rebuild|info`` and ``geoloc sql``.
 
 Schema policy: the embedded default database is upgraded automatically by every command that
 opens it; an external ``GEOLOC_DATABASE_URL`` is only migrated by ``geoloc db upgrade``.
@@ -195,6 +195,57 @@ def register(app: typer.Typer) -> None:
             raise DatabaseError("GEOLOC_DATABASE_URL is set: there is no embedded server to stop")
         stopped = embedded.stop(settings)
         log.info("embedded server %s", "stopped" if stopped else "was not running")
+
+    @db_app.command("relink")
+    def relink_cmd(
+        old_prefix: str = typer.Argument(..., help="Stored path prefix the rasters were under."),
+        new_prefix: str = typer.Argument(..., help="Prefix they are under now."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change only."),
+    ) -> None:
+        """Rewrite stored raster paths OLD_PREFIX/... to NEW_PREFIX/... (one transaction; JSON)."""
+        from geoloc.store import open_database
+        from geoloc.store.repository import ingest_lock, relink_prefix
+
+        db = open_database(_settings())
+        try:
+            with ingest_lock(db):
+                changed = relink_prefix(db, old_prefix, new_prefix, dry_run=dry_run)
+        finally:
+            db.dispose()
+        _echo_json({"dry_run": dry_run, "relinked": [c.as_dict() for c in changed]})
+        log.info("%s %d raster paths", "would relink" if dry_run else "relinked", len(changed))
+
+    @db_app.command("check")
+    def check_cmd(
+        quick: bool = typer.Option(
+            False, "--quick", help="Only check the files exist and open; skip the SHA-256."
+        ),
+    ) -> None:
+        """List stored rasters that are missing or whose content no longer matches (JSON);
+        exit 1 when any is."""
+        from geoloc.store import open_database
+        from geoloc.store.repository import check_rasters
+
+        db = open_database(_settings())
+        try:
+            checks = check_rasters(db, hash_content=not quick)
+        finally:
+            db.dispose()
+        problems = [c for c in checks if c.status not in ("ok", "bundle")]
+        _echo_json(
+            {
+                "ok": not problems,
+                "rasters": len(checks),
+                "problems": [c.as_dict() for c in problems],
+            }
+        )
+        if problems:
+            typer.echo(
+                f"geoloc: {len(problems)} of {len(checks)} rasters missing or changed; "
+                "move them back, `geoloc db relink OLD NEW`, or re-ingest them",
+                err=True,
+            )
+            raise typer.Exit(1)
 
     encoder_opt = typer.Option(
         None, "--encoder", "-e", help="Encoder id, name or weights SHA-256 prefix."

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from geoloc.config import DEFAULT_ENCODER
-from geoloc.errors import ConfigError
+from geoloc.errors import ConfigError, GeolocError
 from geoloc.metrics import (
     error_summary,
     errors_m,
@@ -114,6 +114,8 @@ def evaluate_frames(
 ) -> dict[str, Any]:
     """Locate every frame of ``truth`` under each pipeline config; metrics per config."""
     from geoloc.localize.localizer import Localizer
+    from geoloc.localize.state import Fix
+    from tiling import TilingError
 
     say = log or (lambda _m: None)
     rows = read_truth(truth)
@@ -130,7 +132,13 @@ def evaluate_frames(
         loc = Localizer.open(encoder=encoder, checkpoint=checkpoint, pipeline=cfg)
         fixes = []
         for r in rows:
-            fix = loc.locate(qdir / r.name, gsd=r.gsd_m if use_gsd else None, name=r.name)
+            try:
+                fix = loc.locate(qdir / r.name, gsd=r.gsd_m if use_gsd else None, name=r.name)
+            except (GeolocError, TilingError, OSError) as exc:
+                # one frame's failure is a result of the evaluation, not the end of it
+                msg = str(exc)
+                say(f"{cname}: {r.name}: error: {msg}")
+                fix = Fix(frame=r.name, status="error", message=msg)
             fixes.append(fix)
         pos = [i for i, r in enumerate(rows) if r.lat is not None and r.lon is not None]
         pred_lon = [fixes[i].lon if fixes[i].status == "ok" else None for i in pos]
@@ -160,6 +168,7 @@ def evaluate_frames(
             [r.lat is None for r in rows], [f.status != "ok" for f in fixes]
         )
         res["latency"] = latency_summary([sum(f.timings_ms.values()) for f in fixes])
+        res["frame_errors"] = sum(f.status == "error" for f in fixes)
         results[cname] = res
         answers[cname] = [
             {
@@ -170,6 +179,7 @@ def evaluate_frames(
                 "truth_lat": r.lat,
                 "truth_lon": r.lon,
                 "orthomosaic": f.orthomosaic,
+                **({"message": f.message} if f.status == "error" else {}),
             }
             for r, f in zip(rows, fixes, strict=True)
         ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -70,7 +71,7 @@ class IngestResult:
     """Outcome of ingesting one raster (one entry of the JSON summary)."""
 
     path: str
-    status: str  # "ingested" | "skipped" | "failed"
+    status: str  # "ingested" | "skipped" | "relinked" | "failed"
     id: int | None = None
     sha256: str | None = None
     tiles_kept: int = 0
@@ -221,6 +222,22 @@ class _Ingester:
                 res.timings.recover_s = time.perf_counter() - t_rec
 
                 existing = store.find(res.sha256)
+                if (
+                    existing is not None
+                    and str(existing.status) == "complete"
+                    and not self.force
+                    and existing.path != os.path.abspath(path)
+                    and not os.path.exists(existing.path)
+                ):
+                    # the same bytes at a new path and none at the old one: the raster moved and
+                    # its tiles are intact (a copy beside a present original stays "skipped")
+                    moved = store.relink(res.sha256, str(path))
+                    res.status, res.id = "relinked", int(existing.id)
+                    res.tiles_kept = int(existing.tiles_kept or 0)
+                    res.tiles_skipped = int(existing.tiles_skipped or 0)
+                    res.message = f"{path}: relinked from {existing.path} ({len(moved)} rows)"
+                    log.info("%s", res.message)
+                    return
                 if existing is not None and str(existing.status) == "complete" and not self.force:
                     res.status, res.id = "skipped", int(existing.id)
                     res.tiles_kept = int(existing.tiles_kept or 0)

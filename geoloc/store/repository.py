@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -667,3 +668,136 @@ def ingest_lock(db: Database, *, wait: bool = True) -> Iterator[None]:
             conn.close()
         except DBAPIError:
             log.debug("ingest lock: closing a dead connection", exc_info=True)
+
+
+# --------------------------------------------------------------------------------------------
+# rasters that move
+@dataclass(frozen=True)
+class Relinked:
+    """One orthomosaic row whose stored raster path was rewritten."""
+
+    orthomosaic_id: int
+    old_path: str
+    new_path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"id": self.orthomosaic_id, "old_path": self.old_path, "new_path": self.new_path}
+
+
+def relink_sha256(db: Database, sha256: str, new_path: str) -> list[Relinked]:
+    """Point every orthomosaic (any encoder) of the file with ``sha256`` at ``new_path``.
+
+    The file's content is what the tiles were cut from, so every encoder's rows move together.
+    """
+    new = os.path.abspath(new_path)
+    with db.engine.begin() as conn:
+        rows = conn.execute(
+            _text("SELECT id, path FROM orthomosaics WHERE sha256 = :s AND path <> :p ORDER BY id"),
+            {"s": sha256, "p": new},
+        ).all()
+        for r in rows:
+            conn.execute(
+                _text("UPDATE orthomosaics SET path = :p WHERE id = :i"), {"p": new, "i": r.id}
+            )
+    return [Relinked(int(r.id), str(r.path), new) for r in rows]
+
+
+def _under(path: str, prefix: str) -> bool:
+    """``path`` equals ``prefix`` or lies below it (whole path components only)."""
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def relink_prefix(
+    db: Database, old_prefix: str, new_prefix: str, *, dry_run: bool = False
+) -> list[Relinked]:
+    """Rewrite stored raster paths under ``old_prefix`` to lie under ``new_prefix``, in one
+    transaction; return what changed (or would change, with ``dry_run``).
+
+    Prefixes match whole path components: ``/data/a`` moves ``/data/a/x.tif``, not ``/data/ab``.
+    """
+    old = os.path.abspath(old_prefix)
+    new = os.path.abspath(new_prefix)
+    changed: list[Relinked] = []
+    with db.engine.begin() as conn:
+        rows = conn.execute(
+            _text("SELECT id, path FROM orthomosaics WHERE left(path, :n) = :p ORDER BY id"),
+            {"n": len(old), "p": old},
+        ).all()
+        for r in rows:
+            path = str(r.path)
+            if not _under(path, old):
+                continue
+            target = new + path[len(old) :]
+            changed.append(Relinked(int(r.id), path, target))
+            if not dry_run:
+                conn.execute(
+                    _text("UPDATE orthomosaics SET path = :p WHERE id = :i"),
+                    {"p": target, "i": r.id},
+                )
+    return changed
+
+
+@dataclass(frozen=True)
+class RasterCheck:
+    """State of one stored raster: ``ok``, ``missing``, ``unreadable``, ``changed``, or
+    ``bundle`` (an imported bundle's region folder stands in for it)."""
+
+    path: str
+    sha256: str
+    status: str
+    orthomosaic_ids: tuple[int, ...]
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "status": self.status,
+            "orthomosaic_ids": list(self.orthomosaic_ids),
+            "message": self.message,
+        }
+
+
+def check_rasters(db: Database, *, hash_content: bool = True) -> list[RasterCheck]:
+    """Every stored raster path, with whether the file is there and still has its SHA-256.
+
+    ``hash_content=False`` only checks that the files exist and can be opened for reading.
+    """
+    from geoloc.ingest.paths import sha256_file
+    from geoloc.store.bundle import is_region_folder
+
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            _text(
+                "SELECT path, sha256, array_agg(id ORDER BY id) AS ids FROM orthomosaics "
+                "GROUP BY path, sha256 ORDER BY path"
+            )
+        ).all()
+    out: list[RasterCheck] = []
+    for r in rows:
+        path, sha, ids = str(r.path), str(r.sha256), tuple(int(i) for i in r.ids)
+        if is_region_folder(path):
+            # imported from a bundle: the verification regions stand in for the raster
+            out.append(RasterCheck(path, sha, "bundle", ids, f"{path}: bundle regions"))
+            continue
+        if not os.path.exists(path):
+            out.append(RasterCheck(path, sha, "missing", ids, f"{path}: no such file"))
+            continue
+        try:
+            if hash_content:
+                actual = sha256_file(path)
+            else:
+                with open(path, "rb") as f:
+                    f.read(1)
+                actual = sha
+        except OSError as exc:
+            out.append(RasterCheck(path, sha, "unreadable", ids, f"{path}: {exc.strerror or exc}"))
+            continue
+        if actual != sha:
+            msg = f"{path}: content changed (sha256 {actual[:12]}, stored {sha[:12]})"
+            out.append(RasterCheck(path, sha, "changed", ids, msg))
+        else:
+            out.append(RasterCheck(path, sha, "ok", ids))
+    return out

@@ -372,6 +372,24 @@ class TileStore:
         """The orthomosaic of this encoder with this file SHA-256 (any status), or None."""
         return repo.find_orthomosaic(self._db, sha256, self.encoder_id)
 
+    def relink(self, sha256: str, path: str) -> list[repo.Relinked]:
+        """Point the stored rows of the file with ``sha256`` (every encoder) at ``path``.
+
+        Nothing is re-encoded: the tiles, Φ and Ω stay as they are. Needs :meth:`locked`.
+        """
+        self._need_lock("relink")
+        return repo.relink_sha256(self._db, sha256, path)
+
+    def relink_prefix(
+        self, old_prefix: str, new_prefix: str, *, dry_run: bool = False
+    ) -> list[repo.Relinked]:
+        """Rewrite raster paths under ``old_prefix`` to ``new_prefix`` in one transaction."""
+        return repo.relink_prefix(self._db, old_prefix, new_prefix, dry_run=dry_run)
+
+    def check_rasters(self, *, hash_content: bool = True) -> list[repo.RasterCheck]:
+        """Stored rasters that are missing, unreadable or changed (and the ``ok`` ones)."""
+        return repo.check_rasters(self._db, hash_content=hash_content)
+
     def _need_lock(self, what: str) -> None:
         if self._lock is None:
             raise DatabaseError(
