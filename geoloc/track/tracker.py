@@ -62,13 +62,16 @@ class Tracker:
         "map_fix_every": 5,  # frames between map fixes while the track is healthy
         "fps": 10.0,  # frame rate assumed when update() gets no t
         "start_radius_m": 300.0,
-        "min_radius_m": 30.0,  # search radius around the prediction: max(this, 3 sigma)
+        "min_radius_m": 80.0,  # radius searched: max(this, 3 sigma); > a tile stride
         "max_radius_m": 2000.0,
         "uncertain_m": 10.0,  # 1-sigma above which a map fix is tried every frame
         "lost_m": 150.0,  # 1-sigma above which the track is lost (global relocalization)
         "keyframe_shift": 0.25,  # new keyframe when the centre moved this share of the frame
         "keyframe_min_inliers": 60,
         "top_n": 9,  # tiles recalled around the prediction
+        # pass the predicted heading to the map fix (one rotation instead of the sweep); off:
+        # the chain's single-heading path verified fewer of the synthetic frames than the sweep
+        "fix_with_heading": False,
     }
 
     def __init__(
@@ -138,7 +141,9 @@ class Tracker:
             recall=NearPositionRecall(),
         )  # fmt: skip
         try:
-            if prior is not None and not near.store.within(prior.lat, prior.lon, prior.radius_m):
+            if prior is not None and not len(
+                near.store.within(prior.lat, prior.lon, prior.radius_m)
+            ):
                 raise ConfigError(
                     f"no tiles within {prior.radius_m:g} m of --start {prior.lat},{prior.lon}"
                 )
@@ -278,7 +283,8 @@ class Tracker:
         known_gsd = (
             None if self.gsd is None and "gsd" not in priors and self.altitude_m is None else gsd
         )
-        heading = f.heading_deg if f.heading_var < 15.0**2 else None
+        confident = f.heading_var < 15.0**2 and bool(self.conf["fix_with_heading"])
+        heading = f.heading_deg if confident else None
         self._since_fix = 0
         fix = self.map_fixer(rgb, prior, heading, known_gsd, name)
         if fix.status != "ok" or fix.lat is None or fix.lon is None:
