@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "geoloc.cli.locate",
     "geoloc.cli.training",
     "geoloc.cli.plugins",
+    "geoloc.cli.track",
     "geoloc.cli.serve",
 )
 
