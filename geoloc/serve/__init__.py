@@ -8,6 +8,6 @@ latest fixes; :func:`~geoloc.serve.app.create_app` puts the HTTP API and the pag
 from __future__ import annotations
 
 from geoloc.serve.app import create_app
-from geoloc.serve.service import Service, ServeConfig
+from geoloc.serve.service import ServeConfig, Service
 
 __all__ = ["ServeConfig", "Service", "create_app"]

@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 from importlib import resources
 from typing import Any
 
@@ -20,10 +21,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.concurrency import run_in_threadpool
 
 from geoloc.serve.decode import decode_image
-from geoloc.serve.service import Service, ServeConfig
+from geoloc.serve.service import ServeConfig, Service
 
 log = logging.getLogger("geoloc.serve")
 
+_SESSION_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: How often a WebSocket client is sent news (s); fixes in between are merged.
 WS_POLL_S = 0.2
 
@@ -112,7 +114,13 @@ async def _image_bytes(request: Request, limit: int) -> bytes:
 
 def create_app(service: Service, config: ServeConfig | None = None) -> FastAPI:
     """The FastAPI application serving ``service`` (see the module docstring)."""
-    from geoloc.errors import DatabaseError, EmptyDatabaseError, FrameError, GeolocError
+    from geoloc.errors import (
+        ConfigError,
+        DatabaseError,
+        EmptyDatabaseError,
+        FrameError,
+        GeolocError,
+    )
 
     cfg = config or ServeConfig()
     app = FastAPI(title="geoloc serve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -163,6 +171,49 @@ def create_app(service: Service, config: ServeConfig | None = None) -> FastAPI:
                 {"error": f"service unavailable ({type(exc).__name__})"}, status_code=503
             )
         return JSONResponse(d)
+
+    @app.post("/v1/track/{session}/frames")
+    async def track_frame(session: str, request: Request) -> JSONResponse:
+        """One frame of a flight (in order) -> its ``TrackFix`` (the session starts on its first
+        frame; ``prior`` there is the start; ``t`` the frame time in seconds)."""
+        if not _SESSION_RE.fullmatch(session):
+            raise HTTPException(400, "session: 1-64 characters of A-Z a-z 0-9 _ -")
+        kwargs = locate_kwargs(request.query_params)
+        t = _float(request.query_params, "t", 0.0, 1e9)
+        data = await _image_bytes(request, cfg.max_body_bytes)
+        try:
+            rgb = await run_in_threadpool(decode_image, data)
+        except FrameError as exc:
+            raise HTTPException(415 if data else 400, _one_line(exc)) from None
+        priors = {
+            "gsd": kwargs["gsd"],
+            "altitude_m": kwargs["altitude_m"],
+            "hfov_deg": kwargs["hfov_deg"],
+            "heading_deg": kwargs["heading"],
+            "start": kwargs["prior"],
+        }
+        try:
+            d = await run_in_threadpool(service.track_frame, session, rgb, t=t, priors=priors)
+        except ConfigError as exc:
+            raise HTTPException(429, _one_line(exc)) from None
+        except FrameError as exc:
+            raise HTTPException(422, _one_line(exc)) from None
+        except (DatabaseError, EmptyDatabaseError) as exc:
+            return JSONResponse({"error": _one_line(exc)}, status_code=503)
+        except Exception as exc:  # noqa: BLE001 - e.g. the database went away under a query
+            log.warning("track failed: %s: %s", type(exc).__name__, _one_line(exc))
+            return JSONResponse(
+                {"error": f"service unavailable ({type(exc).__name__})"}, status_code=503
+            )
+        return JSONResponse(d)
+
+    @app.delete("/v1/track/{session}")
+    async def track_end(session: str) -> JSONResponse:
+        """End a tracking session (404 when there is none)."""
+        out = await run_in_threadpool(service.end_session, session)
+        if out is None:
+            raise HTTPException(404, f"session {session[:64]!r}: no such session")
+        return JSONResponse(out)
 
     @app.get("/health")
     async def health() -> JSONResponse:

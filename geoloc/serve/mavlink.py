@@ -19,6 +19,8 @@ from typing import Any
 
 os.environ.setdefault("MAVLINK20", "1")  # GPS_INPUT.yaw and the covariance fields are MAVLink 2
 
+from geoloc.serve.service import POSITION_STATUSES
+
 log = logging.getLogger("geoloc.serve.mavlink")
 
 OUTPUTS = ("gps_input", "vision_position_estimate", "odometry")
@@ -163,7 +165,7 @@ class MavlinkBridge:
     # ------------------------------------------------------------------------------ output
     def send_fix(self, fix: dict[str, Any]) -> bool:
         """Send one ``ok`` fix (a ``locate`` or ``TrackFix`` dict); False when skipped."""
-        if fix.get("status") not in ("ok", "tracking", "relocalized") or fix.get("lat") is None:
+        if fix.get("status") not in POSITION_STATUSES or fix.get("lat") is None:
             return False
         now = time.monotonic()
         with self._lock:

@@ -8,6 +8,7 @@ from typing import Any
 
 from geoloc.errors import ConfigError
 from geoloc.serve.mavlink import HDOP_UERE_M, SATELLITES_VISIBLE
+from geoloc.serve.service import POSITION_STATUSES
 
 
 def _checksum(body: str) -> str:
@@ -70,7 +71,7 @@ class NmeaUdp:
 
     def send_fix(self, fix: dict[str, Any]) -> None:
         """Send the sentences of an ``ok`` fix (nothing otherwise)."""
-        if fix.get("lat") is None or fix.get("status") not in ("ok", "tracking", "relocalized"):
+        if fix.get("lat") is None or fix.get("status") not in POSITION_STATUSES:
             return
         self.sock.sendto(sentences(fix, altitude_m=self.altitude_m).encode("ascii"), self.addr)
 

@@ -23,7 +23,13 @@ TRACK_LEN = 500
 #: Window over which frames/s is measured (s).
 FPS_WINDOW_S = 10.0
 
-FixSink = Callable[[dict[str, Any]], None]
+#: Live tracking sessions at once (each holds odometry state and a filter).
+MAX_SESSIONS = 8
+#: Statuses whose lat/lon is a position worth sending (locate ``ok``; tracker map_fix / vo).
+POSITION_STATUSES = ("ok", "map_fix", "vo")
+
+FixSink = Callable[[dict[str, Any]], object]
+TelemetrySource = Callable[[], dict[str, Any]]
 
 
 @dataclass
@@ -79,6 +85,9 @@ class Service:
         self._frame_times: deque[float] = deque(maxlen=10_000)
         self._sinks: list[FixSink] = []
         self._overview: tuple[bytes, dict[str, float]] | None = None
+        self.sessions: dict[str, Any] = {}
+        #: telemetry priors for tracked frames (MAVLink): heading_deg, altitude_m, start
+        self.telemetry: TelemetrySource | None = None
 
     @classmethod
     def open(
@@ -94,9 +103,68 @@ class Service:
         return cls(Localizer.open(settings, encoder=encoder, checkpoint=checkpoint, preset=preset))
 
     def close(self) -> None:
-        """Close the localizer (waits for a running locate)."""
+        """End the sessions and close the localizer (waits for a running call)."""
         with self._lock:
+            for tr in self.sessions.values():
+                tr.near.regions.close()
+            self.sessions.clear()
             self.localizer.close()
+
+    # ------------------------------------------------------------------------------ track
+    def track_frame(
+        self, session: str, rgb: np.ndarray, *, t: float | None, priors: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``Tracker.update`` of ``session`` (created on its first frame), as a dict.
+
+        The session's tracker shares this service's encoder and tile store; its global
+        relocalization uses the service's localizer, so every call holds the one lock.
+        ``priors`` may carry ``start`` (a Prior for a new session) and the tracker's per-frame
+        priors. Telemetry fills what the client did not give. ConfigError when too many sessions.
+        """
+        from geoloc.errors import ConfigError, GeolocError
+        from geoloc.localize import Localizer
+        from geoloc.localize.recall import NearPositionRecall
+        from geoloc.track import Tracker
+
+        tele = self.telemetry() if self.telemetry is not None else {}
+        start = priors.pop("start", None) or tele.get("start")
+        for key in ("heading_deg", "altitude_m"):
+            if priors.get(key) is None and tele.get(key) is not None:
+                priors[key] = tele[key]
+        priors = {k: v for k, v in priors.items() if v is not None}
+        t0 = time.perf_counter()
+        try:
+            with self._lock:
+                tr = self.sessions.get(session)
+                if tr is None:
+                    if len(self.sessions) >= MAX_SESSIONS:
+                        raise ConfigError(
+                            f"session {session}: {MAX_SESSIONS} sessions already open"
+                        )
+                    loc = self.localizer
+                    near = Localizer(
+                        loc.encoder, loc.store, loc.config, recall=NearPositionRecall()
+                    )
+                    tr = Tracker(near, start=start, global_localizer=lambda: self.localizer)
+                    # the service's localizer is shared: the tracker must never close it
+                    tr._global = self.localizer
+                    self.sessions[session] = tr
+                fix = tr.update(rgb, t=t, priors=priors)
+        except GeolocError:
+            self._record_error(time.perf_counter() - t0)
+            raise
+        d = {**fix.as_dict(), "session": session}
+        self.record(d, time.perf_counter() - t0)
+        return d
+
+    def end_session(self, session: str) -> dict[str, Any] | None:
+        """Forget ``session``; its frame counts by status, or None when it did not exist."""
+        with self._lock:
+            tr = self.sessions.pop(session, None)
+            if tr is None:
+                return None
+            tr.near.regions.close()
+            return {"session": session, "frames": dict(tr.counts)}
 
     def add_sink(self, sink: FixSink) -> None:
         """Call ``sink(fix_dict)`` with every ``ok`` fix, in the thread that produced it."""
@@ -136,12 +204,12 @@ class Service:
             self._frame_times.append(now)
             self.seq += 1
             self.last = {**d, "t": now, "seq": self.seq}
-            if status == "ok":
+            if status in POSITION_STATUSES and d.get("lat") is not None:
                 self.last_ok_time = now
                 self.track.append(
                     {"lat": d["lat"], "lon": d["lon"], "error_m_est": d.get("error_m_est")}
                 )
-        if status == "ok":
+        if status in POSITION_STATUSES and d.get("lat") is not None:
             for sink in self._sinks:
                 try:
                     sink(d)
@@ -277,5 +345,15 @@ class Service:
 
 
 def _page_fix(d: dict[str, Any]) -> dict[str, Any]:
-    keys = ("status", "lat", "lon", "confidence", "error_m_est", "heading_deg", "method", "t")
+    keys = (
+        "status",
+        "session",
+        "lat",
+        "lon",
+        "confidence",
+        "error_m_est",
+        "heading_deg",
+        "method",
+        "t",
+    )
     return {k: d.get(k) for k in keys}

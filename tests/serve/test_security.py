@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO
-from tests.serve.conftest import free_port, frame_bytes, run_app, stop_app
+from tests.serve.conftest import frame_bytes, free_port, run_app, stop_app
 
 TOKEN = "s3cret-token-for-tests"
 
