@@ -87,6 +87,7 @@ def register(app: typer.Typer) -> None:
         try:
             if bridge is not None:
                 service.add_sink(bridge.send_fix)
+                service.telemetry = bridge.priors
                 bridge.start()
             if nmea_out is not None:
                 service.add_sink(nmea_out.send_fix)

@@ -162,6 +162,17 @@ class MavlinkBridge:
             t.gps_lat, t.gps_lon = msg.lat / 1e7, msg.lon / 1e7
             t.gps_eph_m = msg.eph / 100.0 if msg.eph != 65535 else None
 
+    def priors(self) -> dict[str, Any]:
+        """Telemetry as tracker priors: ``heading_deg`` (vehicle yaw: a camera fixed to the
+        body, top forward), ``altitude_m`` and ``start`` (the last good GPS fix) when known."""
+        from geoloc.localize import Prior
+
+        t = self.telemetry
+        out: dict[str, Any] = {"heading_deg": t.heading_deg, "altitude_m": t.altitude_m}
+        if t.gps_lat is not None and t.gps_lon is not None:
+            out["start"] = Prior(t.gps_lat, t.gps_lon, max(100.0, 3.0 * (t.gps_eph_m or 0.0)))
+        return out
+
     # ------------------------------------------------------------------------------ output
     def send_fix(self, fix: dict[str, Any]) -> bool:
         """Send one ``ok`` fix (a ``locate`` or ``TrackFix`` dict); False when skipped."""

@@ -80,6 +80,8 @@ def test_fix_reaches_the_autopilot(link: Any, located: dict[str, Any], out: str)
             time.sleep(0.1)
         assert bridge.telemetry.altitude_m == pytest.approx(120.0)
         assert bridge.telemetry.heading_deg == pytest.approx(90.0, abs=0.01)
+        pri = bridge.priors()
+        assert pri["altitude_m"] == pytest.approx(120.0) and "start" not in pri
 
         assert not bridge.send_fix({"status": "no_match", "lat": None, "lon": None})
         assert _wait(peer, out.upper(), 1.0) is None  # nothing without a fix
