@@ -32,6 +32,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "geoloc.cli.training",
     "geoloc.cli.plugins",
     "geoloc.cli.bundle",
+    "geoloc.cli.track",
+    "geoloc.cli.serve",
 )
 
 app = typer.Typer(

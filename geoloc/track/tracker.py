@@ -1,0 +1,324 @@
+"""The tracker: a frame sequence in, one :class:`TrackFix` per frame out.
+
+Every frame runs visual odometry against the current keyframe (:mod:`.vo`) and moves the
+filter (:mod:`.filter`); every ``map_fix_every`` frames (and every frame while the track is
+uncertain) a map fix is asked of a :class:`~geoloc.localize.Localizer` whose recall is
+``near-position`` around the predicted position, with the predicted heading and GSD, so no
+global search runs once the track is established. Without ``start`` the first fix, and any
+relocalization with no usable prediction, is a global search (the preset's recall).
+
+>>> with Tracker.open(start=(60.45, 22.26, 200.0), gsd=0.3) as tr:
+...     for i, frame in enumerate(frames):
+...         fix = tr.update(frame, t=i / 10)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from geoloc.config import DEFAULT_ENCODER, Settings
+from geoloc.errors import ConfigError
+from geoloc.localize import Fix, Localizer, NearPositionRecall, Prior, load_frame
+from geoloc.track.filter import LocalPlane, TrackFilter
+from geoloc.track.fix import TrackFix
+from geoloc.track.vo import VisualOdometry, ground_offset
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MapFixer", "Tracker"]
+
+# (frame at its resolution, prior, heading, gsd, name) -> the localizer's fix
+MapFixer = Callable[[np.ndarray, Prior | None, float | None, float | None, str], Fix]
+
+
+def _parse_start(start: Any) -> Prior | None:
+    if start is None or isinstance(start, Prior):
+        return start
+    if isinstance(start, str):
+        parts = [p.strip() for p in start.split(",")]
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError as exc:
+            raise ConfigError(f"--start must be LAT,LON[,RADIUS_M], got {start!r}") from exc
+    else:
+        vals = [float(v) for v in start]
+    if len(vals) not in (2, 3):
+        raise ConfigError(f"--start must be LAT,LON[,RADIUS_M], got {start!r}")
+    rad = vals[2] if len(vals) == 3 else Tracker.default_conf["start_radius_m"]
+    if not (-90 <= vals[0] <= 90 and -180 <= vals[1] <= 180 and rad > 0):
+        raise ConfigError(f"--start out of range (lat, lon, radius > 0): {start!r}")
+    return Prior(vals[0], vals[1], float(rad))
+
+
+class Tracker:
+    """Visual odometry + map fixes near the prediction + a gated filter; ``update`` per frame."""
+
+    default_conf: ClassVar[dict[str, Any]] = {
+        "map_fix_every": 5,  # frames between map fixes while the track is healthy
+        "fps": 10.0,  # frame rate assumed when update() gets no t
+        "start_radius_m": 300.0,
+        "min_radius_m": 80.0,  # radius searched: max(this, 3 sigma); > a tile stride
+        "max_radius_m": 2000.0,
+        "uncertain_m": 10.0,  # 1-sigma above which a map fix is tried every frame
+        "lost_m": 150.0,  # 1-sigma above which the track is lost (global relocalization)
+        "keyframe_shift": 0.25,  # new keyframe when the centre moved this share of the frame
+        "keyframe_min_inliers": 60,
+        "top_n": 9,  # tiles recalled around the prediction
+        # pass the predicted heading to the map fix (one rotation instead of the sweep); off:
+        # the chain's single-heading path verified fewer of the synthetic frames than the sweep
+        "fix_with_heading": False,
+    }
+
+    def __init__(
+        self,
+        near: Localizer,
+        *,
+        start: Prior | None = None,
+        gsd: float | None = None,
+        altitude_m: float | None = None,
+        hfov_deg: float | None = None,
+        heading: float | None = None,
+        conf: dict[str, Any] | None = None,
+        global_localizer: Callable[[], Localizer] | None = None,
+    ) -> None:
+        self.conf = {**self.default_conf, **(conf or {})}
+        self.near = near
+        self._global_factory = global_localizer
+        self._global: Localizer | None = None
+        self.start = start
+        self.gsd, self.altitude_m, self.hfov_deg = gsd, altitude_m, hfov_deg
+        self.vo = VisualOdometry()
+        self.filter = TrackFilter()
+        if heading is not None:
+            self.filter.heading_fix(float(heading), 10.0)
+        self.plane: LocalPlane | None = None
+        self.index = -1
+        self._t_prev: float | None = None
+        self._since_fix = 0
+        self._frame_gsd: float | None = None  # metres per pixel of the current frame
+        self._kf_heading = 0.0  # heading and GSD of the keyframe (odometry reference)
+        self._kf_gsd = 0.0
+        self._kf_offset = np.zeros(2)  # ground offset of the last frame from the keyframe
+        self.map_fixer: MapFixer = self._locate
+        self.counts = {"map_fix": 0, "refused": 0, "vo": 0, "coasting": 0, "lost": 0}
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def open(
+        cls,
+        settings: Settings | None = None,
+        *,
+        preset: str = "accurate",
+        encoder: str | Any = DEFAULT_ENCODER,
+        checkpoint: str | Path | None = None,
+        start: Prior | str | tuple[float, ...] | None = None,
+        gsd: float | None = None,
+        altitude_m: float | None = None,
+        hfov_deg: float | None = None,
+        heading: float | None = None,
+        conf: dict[str, Any] | None = None,
+    ) -> Tracker:
+        """Load the encoder and the tile store and build a tracker (a context manager).
+
+        ``start`` (``Prior``, ``"LAT,LON[,RADIUS_M]"`` or a tuple) is where the first fix is
+        searched; without it the first fix is a global search. ``gsd`` (or ``altitude_m`` with
+        ``hfov_deg``) and ``heading`` are what is known of the frames, as for ``locate``.
+        Raises ConfigError (bad option, no tiles near ``start``) and the Localizer's errors.
+        """
+        if gsd is not None and (altitude_m is not None or hfov_deg is not None):
+            raise ConfigError("give either gsd or altitude_m with hfov_deg, not both")
+        if (altitude_m is None) != (hfov_deg is None):
+            raise ConfigError("altitude_m and hfov_deg go together")
+        prior = _parse_start(start)
+        settings = settings or Settings.from_env()
+        near = Localizer.open(
+            settings, encoder=encoder, checkpoint=checkpoint, preset=preset,
+            recall=NearPositionRecall(),
+        )  # fmt: skip
+        try:
+            if prior is not None and not len(
+                near.store.within(prior.lat, prior.lon, prior.radius_m)
+            ):
+                raise ConfigError(
+                    f"no tiles within {prior.radius_m:g} m of --start {prior.lat},{prior.lon}"
+                )
+
+            def _global() -> Localizer:
+                return Localizer.open(settings, encoder=near.encoder, preset=preset)
+
+            return cls(
+                near, start=prior, gsd=gsd, altitude_m=altitude_m, hfov_deg=hfov_deg,
+                heading=heading, conf=conf, global_localizer=_global,
+            )  # fmt: skip
+        except BaseException:
+            near.close()
+            raise
+
+    def close(self) -> None:
+        """Close the localizers."""
+        self.near.close()
+        if self._global is not None:
+            self._global.close()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ map fixes
+    def _locate(
+        self, rgb: np.ndarray, prior: Prior | None, heading: float | None, gsd: float | None,
+        name: str,
+    ) -> Fix:  # fmt: skip
+        kw: dict[str, Any] = {"gsd": gsd, "heading": heading, "name": name}
+        if gsd is None and self.altitude_m is not None:
+            kw.update(gsd=None, altitude_m=self.altitude_m, hfov_deg=self.hfov_deg)
+        if prior is not None:
+            return self.near.locate(rgb, prior=prior, top_n=int(self.conf["top_n"]), **kw)
+        if self._global is None:
+            if self._global_factory is None:
+                return Fix(frame=name, status="no_match", message="no global localizer")
+            self._global = self._global_factory()
+        return self._global.locate(rgb, **kw)
+
+    def _search_prior(self) -> Prior | None:
+        f, c = self.filter, self.conf
+        if not f.initialised or self.plane is None:
+            return self.start
+        if f.sigma_m > float(c["lost_m"]):
+            return None  # global relocalization
+        lat, lon = self.plane.to_latlon(f.position)
+        r = min(max(float(c["min_radius_m"]), 3.0 * f.sigma_m), float(c["max_radius_m"]))
+        return Prior(lat, lon, r)
+
+    # ------------------------------------------------------------------ per frame
+    def _frame_gsd_m(self, rgb: np.ndarray, priors: dict[str, Any]) -> float:
+        gsd = priors.get("gsd", self.gsd)
+        if gsd is not None:
+            return float(gsd)
+        alt = priors.get("altitude_m", self.altitude_m)
+        hfov = priors.get("hfov_deg", self.hfov_deg)
+        if alt is not None and hfov is not None:
+            return float(2.0 * alt * np.tan(np.radians(hfov) / 2.0) / rgb.shape[1])
+        # as the localizer assumes: the frame's shorter side spans one tile
+        return float(self.near.tile_ground_m / min(rgb.shape[:2]))
+
+    def update(
+        self,
+        frame: np.ndarray | str | Path,
+        t: float | None = None,
+        priors: dict[str, Any] | None = None,
+    ) -> TrackFix:
+        """Track one frame (an RGB array or an image path) taken at ``t`` seconds.
+
+        ``priors`` may carry what is known of this frame: ``gsd``, ``altitude_m``, ``hfov_deg``,
+        ``heading_deg``, and a position ``lat``, ``lon``, ``radius_m``. FrameError when the frame
+        cannot be read (the track itself is unchanged).
+        """
+        priors = dict(priors or {})
+        name = None if isinstance(frame, np.ndarray) else Path(frame).name
+        rgb = load_frame(frame).rgb if not isinstance(frame, np.ndarray) else frame
+        if rgb.ndim == 2:
+            rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+        self.index += 1
+        if t is None:
+            t = self.index / float(self.conf["fps"])
+        dt = 0.0 if self._t_prev is None else max(float(t) - self._t_prev, 0.0)
+        self._t_prev = float(t)
+        if priors.get("heading_deg") is not None:
+            self.filter.heading_fix(float(priors["heading_deg"]), 5.0)
+        gsd = self._frame_gsd_m(rgb, priors)
+        feats = self.vo.features(rgb)
+        f = self.filter
+        moved = False
+        if f.initialised:
+            motion = self.vo.motion(feats)
+            if motion is not None and f.heading_deg is not None:
+                off = ground_offset(motion.shift_px, self._kf_heading, self._kf_gsd)
+                heading_now = (self._kf_heading + motion.rotation_deg) % 360.0
+                f.turn(((heading_now - f.heading_deg + 180.0) % 360.0) - 180.0)
+                f.odometry(off - self._kf_offset, dt)
+                self._kf_offset = off
+                moved = True
+                h, w = rgb.shape[:2]
+                shift = float(np.hypot(*motion.shift_px)) / float(min(h, w))
+                if shift > float(self.conf["keyframe_shift"]) or motion.inliers < int(
+                    self.conf["keyframe_min_inliers"]
+                ):
+                    self._new_keyframe(feats, gsd)
+            else:
+                f.coast(dt)
+        status = "vo" if moved else ("coasting" if f.initialised else "lost")
+        self._since_fix += 1
+        if self._want_fix():
+            if self._try_fix(rgb, priors, gsd, name or f"frame{self.index}"):
+                status = "map_fix"
+                self._new_keyframe(feats, gsd)
+        if f.initialised and f.sigma_m > float(self.conf["lost_m"]):
+            status = "lost"
+        if not f.initialised:
+            status = "lost"
+        self.counts[status] += 1
+        return self._answer(float(t), name, status)
+
+    def _want_fix(self) -> bool:
+        f = self.filter
+        if not f.initialised or f.sigma_m > float(self.conf["uncertain_m"]):
+            return True
+        return self._since_fix >= int(self.conf["map_fix_every"])
+
+    def _try_fix(self, rgb: np.ndarray, priors: dict[str, Any], gsd: float, name: str) -> bool:
+        f = self.filter
+        prior = self._search_prior()
+        if "lat" in priors and "lon" in priors:
+            prior = Prior(
+                float(priors["lat"]), float(priors["lon"]), float(priors.get("radius_m", 100.0))
+            )
+        known_gsd = (
+            None if self.gsd is None and "gsd" not in priors and self.altitude_m is None else gsd
+        )
+        confident = f.heading_var < 15.0**2 and bool(self.conf["fix_with_heading"])
+        heading = f.heading_deg if confident else None
+        self._since_fix = 0
+        fix = self.map_fixer(rgb, prior, heading, known_gsd, name)
+        if fix.status != "ok" or fix.lat is None or fix.lon is None:
+            return False
+        if self.plane is None:
+            self.plane = LocalPlane(float(fix.lat), float(fix.lon))
+        en = self.plane.to_en(float(fix.lat), float(fix.lon))
+        sigma = float(fix.error_m_est) if fix.error_m_est is not None else 3.0
+        if fix.method != "verified":
+            return False  # an unverified tile centre is too coarse to steer the track
+        if not f.map_fix(en, sigma):
+            self.counts["refused"] += 1
+            log.debug("frame %d: map fix refused by the gate", self.index)
+            return False
+        if fix.heading_deg is not None:
+            f.heading_fix(float(fix.heading_deg))
+        return True
+
+    def _new_keyframe(self, feats: Any, gsd: float) -> None:
+        self.vo.set_keyframe(feats)
+        self._kf_heading = self.filter.heading_deg or 0.0
+        self._kf_gsd = gsd
+        self._kf_offset = np.zeros(2)
+
+    def _answer(self, t: float, name: str | None, status: str) -> TrackFix:
+        f = self.filter
+        out = TrackFix(index=self.index, t=t, frame=name, status=status)
+        if status == "lost" or self.plane is None:
+            return out
+        out.lat, out.lon = self.plane.to_latlon(f.position)
+        out.heading_deg = None if f.heading_deg is None else round(float(f.heading_deg), 3)
+        out.vel_east_mps, out.vel_north_mps = float(f.x[2]), float(f.x[3])
+        out.speed_mps = float(np.hypot(f.x[2], f.x[3]))
+        out.error_m_est = f.sigma_m
+        if self.altitude_m is not None:
+            out.camera = {"lat": out.lat, "lon": out.lon, "altitude_m": self.altitude_m}
+        return out
