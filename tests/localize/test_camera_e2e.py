@@ -27,7 +27,28 @@ def _cli(argv: list[str], settings: Any, monkeypatch: pytest.MonkeyPatch) -> int
     return int(ei.value.code or 0)
 
 
-def _oblique(tmp_path: Path, heading: float, tilt: float, alt: float) -> tuple[Path, Path, Any]:
+def _flat_dem(path: Path, height_m: float) -> Path:
+    """A flat DEM at ``height_m`` in EPSG:4326 (not the map's CRS) over the whole sample."""
+    import rasterio
+    from affine import Affine
+
+    from tiling import open_raster
+    from tiling.crs import to_lonlat
+
+    with open_raster(SAMPLE_RASTER) as r:
+        lon0, lat0 = to_lonlat(r.crs_str, *(r.transform @ (-50.0, -50.0)))
+    n = 1200
+    with rasterio.open(
+        path, "w", driver="GTiff", width=n, height=n, count=1, dtype="float32",
+        crs="EPSG:4326", transform=Affine(1e-5, 0.0, float(lon0), 0.0, -1e-5, float(lat0)),
+    ) as ds:  # fmt: skip
+        ds.write(np.full((n, n), height_m, np.float32), 1)
+    return path
+
+
+def _oblique(
+    tmp_path: Path, heading: float, tilt: float, alt: float, ground_z: float = 0.0
+) -> tuple[Path, Path, Any]:
     """A rendered view of the sample's centre, its camera file and the rendered view (truth)."""
     from geoloc.camera import CameraPose, camera_from_hfov
     from geoloc.camera.render import render_view
@@ -41,8 +62,8 @@ def _oblique(tmp_path: Path, heading: float, tilt: float, alt: float) -> tuple[P
     # UTM grid north is within a degree of true north here; the pose's heading is from true north
     cx = gx - back * math.sin(math.radians(heading))
     cy = gy - back * math.cos(math.radians(heading))
-    truth = CameraPose.from_angles(cx, cy, alt, heading, tilt - 90.0, 0.0, crs)
-    rendered = render_view(SAMPLE_RASTER, cam, truth)
+    truth = CameraPose.from_angles(cx, cy, ground_z + alt, heading, tilt - 90.0, 0.0, crs)
+    rendered = render_view(SAMPLE_RASTER, cam, truth, ground_z=ground_z)
     assert rendered.mask.mean() > 0.99  # the whole view lies on the map
     frame = write_jpeg(tmp_path / f"oblique_{heading:.0f}.jpg", rendered.rgb)
     cam_file = tmp_path / "camera.json"
@@ -58,14 +79,17 @@ def test_oblique_view_recovers_the_camera_pose(
     capsys: pytest.CaptureFixture[str],
     heading_known: bool,
 ) -> None:
+    """The known-heading run also has a DEM (flat, 25 m, another CRS): heights in its datum."""
     from tiling.crs import geodesic_distance_m, to_lonlat
 
     heading, tilt, alt = 35.0, 30.0, 90.0
-    frame, cam_file, rendered = _oblique(tmp_path, heading, tilt, alt)
+    ground_z = 25.0 if heading_known else 0.0
+    frame, cam_file, rendered = _oblique(tmp_path, heading, tilt, alt, ground_z)
     argv = ["locate", str(frame), "--camera", str(cam_file), "--pitch", str(tilt - 90.0)]
     argv += ["--altitude", str(alt)]
     if heading_known:
-        argv += ["--heading", str(heading)]
+        dem = _flat_dem(tmp_path / "dem.tif", ground_z)
+        argv += ["--heading", str(heading), "--dem", str(dem)]
     code = _cli(argv, ingested, monkeypatch)
     out, err = capsys.readouterr()
     assert out.strip(), err
@@ -78,6 +102,10 @@ def test_oblique_view_recovers_the_camera_pose(
     # (benchmarks/camera.py); a single view gets the slack of a few map pixels
     assert geodesic_distance_m(cam["lon"], cam["lat"], float(lon), float(lat)) < 4.0
     assert abs(cam["alt_agl_m"] - alt) < 0.03 * alt
+    if heading_known:
+        assert abs(cam["alt_msl_m"] - (ground_z + alt)) < 0.03 * alt
+    else:
+        assert cam["alt_msl_m"] is None
     assert abs((cam["heading_deg"] - heading + 180.0) % 360.0 - 180.0) < 2.0
     assert abs(cam["pitch_deg"] - (tilt - 90.0)) < 2.0
     glon, glat = to_lonlat(rendered.pose.crs, *rendered.centre_ground())
