@@ -18,6 +18,12 @@ heading / pitch error, ground point under the frame centre, share of views solve
 ``benchmarks/results/camera.json``.
 
 Usage: ``python -m benchmarks.camera [--n 40] [--matcher sift|xfeat-lighterglue] [--map-gsd 0.25]``
+
+``--e2e`` instead runs the full chain (:func:`run_e2e`): the bundled sample is ingested into an
+embedded database, each rendered view is written as a JPEG with its camera file and located by
+:meth:`geoloc.localize.Localizer.locate` with the camera, pitch and altitude known, once with the
+heading known and once with the 8-heading sweep (same process, same views: the latency of both).
+Writes ``benchmarks/results/camera_e2e.json``.
 """
 
 from __future__ import annotations
@@ -426,6 +432,110 @@ def run(
     return summary
 
 
+def _e2e_views(n: int, seed: int) -> list[tuple[Any, Any]]:
+    """``n`` rendered views (camera, view) that lie wholly on the bundled sample."""
+    from geoloc.camera import camera_from_hfov
+    from geoloc.camera.render import random_pose, render_view
+
+    rng = np.random.default_rng(seed)
+    cam = camera_from_hfov(60.0, 640, 480)
+    out: list[tuple[Any, Any]] = []
+    tries = 0
+    while len(out) < n and tries < 50 * n:
+        tries += 1
+        pose = random_pose(SAMPLE, rng, tilt_deg=(0.0, 45.0), altitude_m=(60.0, 150.0), margin_m=40)
+        view = render_view(SAMPLE, cam, pose)
+        if view.mask.mean() > 0.99:  # the sample is small: keep views that see only the map
+            out.append((cam, view))
+    return out
+
+
+def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
+    """Rendered oblique views through the whole locate chain; see the module docstring."""
+    import shutil
+    import tempfile
+
+    import torch
+    from PIL import Image
+
+    from geoloc.config import Settings
+    from geoloc.ingest import ingest
+    from geoloc.localize import Localizer
+    from geoloc.models import load_encoder
+    from geoloc.store import embedded
+    from tiling.crs import geodesic_distance_m, to_lonlat
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    home = Path(tempfile.mkdtemp(prefix="geoloc-bench-camera-", dir="/tmp"))
+    settings = Settings(home=home, database_url=None)
+    rows: dict[str, list[dict[str, Any]]] = {"heading_known": [], "heading_sweep": []}
+    try:
+        enc = load_encoder("sgmnet")
+        enc.optimize_for_inference()
+        ingest([SAMPLE], encoder=enc, settings=settings, progress=False)
+        views = _e2e_views(n, seed)
+        with Localizer.open(settings, encoder=enc) as loc:
+            for i, (cam, view) in enumerate(views):
+                frame = home / f"view_{i}.jpg"
+                Image.fromarray(view.rgb).save(frame, quality=92)
+                cam_file = home / "camera.json"
+                cam_file.write_text(
+                    json.dumps({"K": cam.K.tolist(), "width": cam.width, "height": cam.height})
+                )
+                p = view.pose
+                heading, pitch, roll = p.angles()
+                lon, lat = to_lonlat(p.crs, p.x, p.y)
+                glon, glat = to_lonlat(p.crs, *view.centre_ground())
+                for mode in rows:
+                    fix = loc.locate(
+                        frame,
+                        camera=cam_file,
+                        pitch=pitch,
+                        roll=roll,
+                        altitude_m=p.z,
+                        heading=heading if mode == "heading_known" else None,
+                    )
+                    c = fix.camera
+                    row: dict[str, Any] = {
+                        "status": fix.status,
+                        "tilt_deg": 90.0 + pitch,
+                        "total_ms": fix.timings_ms["total"],
+                        "solved": c is not None,
+                    }
+                    if fix.lat is not None and fix.lon is not None:
+                        row["ground_m"] = float(geodesic_distance_m(fix.lon, fix.lat, glon, glat))
+                    if c is not None:
+                        row["camera_m"] = float(geodesic_distance_m(c["lon"], c["lat"], lon, lat))
+                        row["altitude_pct"] = 100.0 * abs(c["alt_agl_m"] - p.z) / p.z
+                        row["heading_deg"] = _angle_err(c["heading_deg"], heading)
+                    else:
+                        row["reason"] = fix.camera_reason
+                    rows[mode].append(row)
+                    print(mode, i, row, flush=True)
+    finally:
+        embedded.stop(settings)
+        shutil.rmtree(home, ignore_errors=True)
+    out: dict[str, Any] = {"views": n, "raster": SAMPLE.name, "seed": seed}
+    for mode, rs in rows.items():
+        ok = [r for r in rs if r["status"] == "ok"]
+        out[mode] = {
+            "located": len(ok),
+            "solved": sum(1 for r in rs if r["solved"]),
+            "camera_position_m": _stats([r["camera_m"] for r in rs if "camera_m" in r]),
+            "altitude_pct": _stats([r["altitude_pct"] for r in rs if "altitude_pct" in r]),
+            "heading_deg": _stats([r["heading_deg"] for r in rs if "heading_deg" in r]),
+            "ground_point_m": _stats([r["ground_m"] for r in ok if "ground_m" in r]),
+            "total_ms": _stats([r["total_ms"] for r in rs]),
+            "rows": rs,
+        }
+    out["seconds"] = time.perf_counter() - t0
+    out["load_average"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "camera_e2e.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: run and print the summary."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -434,7 +544,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--matcher", default="sift", choices=["sift", "xfeat-lighterglue"])
     p.add_argument("--map-gsd", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--e2e", action="store_true", help="the full locate chain (see run_e2e)")
     a = p.parse_args(argv)
+    if a.e2e:
+        e = run_e2e(a.n or 10, a.seed)
+        for mode in ("heading_known", "heading_sweep"):
+            r = e[mode]
+            print(f"{mode}: located {r['located']}/{e['views']}, solved {r['solved']}")
+            for key in ("camera_position_m", "altitude_pct", "heading_deg", "ground_point_m"):
+                st = r[key]
+                print(f"  {key:20s} median {st['median']}  p90 {st['p90']}  max {st['max']}")
+            print(f"  total_ms median {r['total_ms']['median']}")
+        return 0
     s = run(a.full, a.n, a.matcher, a.map_gsd, a.seed)
     for key in (
         "camera_position_m",

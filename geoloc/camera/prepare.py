@@ -36,6 +36,12 @@ class PixelChain:
         self.rectified = rectified
         self.matrix = np.eye(3)
 
+    def copy(self) -> PixelChain:
+        """An independent chain with the same steps (to extend one branch of the localizer)."""
+        out = PixelChain(self.rectified)
+        out.matrix = self.matrix.copy()
+        return out
+
     def then(self, m: np.ndarray) -> PixelChain:
         """Append a 3x3 (homography) or 2x3 (affine, as OpenCV's warpAffine) step."""
         a = np.asarray(m, dtype=np.float64)

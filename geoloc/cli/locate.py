@@ -91,13 +91,28 @@ def register(app: typer.Typer) -> None:
         ),
         gsd: float | None = typer.Option(None, "--gsd", help="Ground size of one frame pixel (m)."),
         altitude: float | None = typer.Option(
-            None, "--altitude", help="Flight height above ground (m); needs --hfov."
+            None,
+            "--altitude",
+            help="Flight height above ground (m); needs a camera (--camera, --hfov or EXIF).",
         ),
         hfov: float | None = typer.Option(
             None, "--hfov", help="Horizontal field of view of the camera (degrees)."
         ),
         heading: float | None = typer.Option(
             None, "--heading", help="Compass direction of the image's top (deg, clockwise)."
+        ),
+        camera: Path | None = typer.Option(
+            None,
+            "--camera",
+            metavar="FILE",
+            help="Camera intrinsics, JSON or YAML (OpenCV: K, dist, width, height).",
+        ),
+        pitch: float | None = typer.Option(
+            None, "--pitch", help="Camera pitch (deg, DJI gimbal convention: -90 = nadir)."
+        ),
+        roll: float | None = typer.Option(None, "--roll", help="Camera roll (deg)."),
+        dem: Path | None = typer.Option(
+            None, "--dem", metavar="FILE.tif", help="Terrain heights for the camera pose."
         ),
         fmt: str = typer.Option("json", "--format", "-f", help="json | geojson | csv."),
         plot: Path | None = typer.Option(
@@ -135,9 +150,14 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
         if gsd is not None and (altitude is not None or hfov is not None):
             raise typer.BadParameter("give either --gsd or --altitude with --hfov, not both")
-        if (altitude is None) != (hfov is None):
-            raise typer.BadParameter("--altitude and --hfov go together")
+        if hfov is not None and altitude is None and camera is None and gsd is None:
+            raise typer.BadParameter("--hfov needs --altitude")
         from geoloc.localize import Localizer, Prior
+
+        if camera is not None:
+            from geoloc.camera import load_camera
+
+            load_camera(camera)  # a bad file is a usage error before anything loads
 
         prior_obj = Prior.parse(prior) if prior else None
         config = Localizer.resolve_config(preset_name, pipeline_file)
@@ -146,7 +166,7 @@ def register(app: typer.Typer) -> None:
             config.validate()
         if no_consistency and config.consistency is None:
             log.info("the pipeline has no consistency stage; --no-consistency changes nothing")
-        loc = Localizer.open(encoder=encoder, checkpoint=checkpoint, pipeline=config)
+        loc = Localizer.open(encoder=encoder, checkpoint=checkpoint, pipeline=config, dem=dem)
         results: list[dict[str, Any]] = []
         n_err = n_nomatch = 0
         try:
@@ -159,6 +179,9 @@ def register(app: typer.Typer) -> None:
                         altitude_m=altitude,
                         hfov_deg=hfov,
                         heading=heading,
+                        camera=camera,
+                        pitch=pitch,
+                        roll=roll,
                         top_n=top_n,
                         top_m=top_m,
                         consistency=False if no_consistency else None,

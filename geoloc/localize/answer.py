@@ -6,6 +6,11 @@ The retrieval confidence is the score margin between the best candidate and the 
 footprint does not overlap it; a verification adds its inlier evidence; when the chain verifies
 and nothing verified, the retrieval confidence is scaled down, so that a candidate that
 verifies beats one that only scores higher.
+
+With a camera model and a solved pose, the ground point under the frame centre comes through the
+pose and the fix gains ``camera`` (the drone's position, height and attitude); otherwise
+``camera`` is null and ``camera_reason`` says why. ``priors`` lists every prior used, with its
+source.
 """
 
 from __future__ import annotations
@@ -47,11 +52,13 @@ class Answer:
         *,
         tile_ground_m: float,
         rotations: int,
+        map_gsd_m: float = 0.0,
     ) -> None:
         self.conf = {**self.default_conf, **conf}
         self.consistency = consistency
         self.tile_ground_m = float(tile_ground_m)
         self.rotations = int(rotations)
+        self.map_gsd_m = float(map_gsd_m)
 
     def margin_confidence(self, cands: list[Candidate]) -> float:
         """Margin between the best and the next candidate whose footprint does not overlap."""
@@ -70,6 +77,7 @@ class Answer:
 
     def run(self, state: FrameState, fix: Fix) -> Fix:
         """Fill ``fix`` from the state; ``fix`` carries the frame name and pipeline already."""
+        self._camera(state, fix)
         if state.stopped:
             fix.message = state.message
             return fix
@@ -84,6 +92,11 @@ class Answer:
             conf_v = 1.0 - math.exp(-m.result.inliers / float(self.conf["inlier_scale"]))
             fix.confidence = float(1.0 - (1.0 - conf_v) * (1.0 - conf_r))
             fix.error_m_est = m.error_m
+            pose = state.pose
+            if pose is not None and pose.ok and pose.ground_lat is not None:
+                assert pose.ground_lon is not None
+                lat, lon = pose.ground_lat, pose.ground_lon
+                fix.error_m_est = max(float(pose.ground_error_m_est or 0.0), self.map_gsd_m)
             fix.heading_deg = float((m.heading_deg - float(m.result.rotation_deg or 0.0)) % 360.0)
             fix.verification = m.as_dict()
         else:
@@ -115,6 +128,22 @@ class Answer:
                     f" ({state.budget_stopped_after} attempts)"
                 )
         return fix
+
+    def _camera(self, state: FrameState, fix: Fix) -> None:
+        """``camera``/``camera_reason`` and ``priors`` of the fix."""
+        prep, pose = state.prep, state.pose
+        if prep is not None:
+            fix.priors = prep.priors_used()
+        if pose is not None and pose.ok:
+            fix.camera = pose.as_answer()
+            return
+        fix.camera = None
+        if prep is None or prep.camera is None:
+            fix.camera_reason = state.camera_reason or "no camera model"
+        elif pose is not None:
+            fix.camera_reason = f"pose rejected: {pose.reason}"
+        else:
+            fix.camera_reason = "no verified match to solve the pose from"
 
     def _unverified(self, state: FrameState, top: Candidate, fix: Fix) -> tuple[float, float]:
         """The top candidate's centre, or its refined point; sets method, error and heading."""

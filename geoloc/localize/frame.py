@@ -185,6 +185,36 @@ def rescale(img: np.ndarray, factor: float, *, nearest: bool = False) -> np.ndar
     return out.astype(bool) if img.dtype == bool else out
 
 
+def rotation_matrix(width: int, height: int, angle_ccw_deg: float) -> np.ndarray:
+    """The 2x3 affine (source pixel -> rotated pixel, pixel centres) that :func:`rotate` applies.
+
+    It is what a :class:`~geoloc.camera.PixelChain` records so that matches on the rotated
+    frame map back to the frame's own pixels.
+    """
+    import cv2
+
+    a = angle_ccw_deg % 360.0
+    w, h = int(width), int(height)
+    if a == 0.0:
+        return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    k = round(a / 90.0)
+    if abs(a - 90.0 * k) < 1e-9:
+        # np.rot90 moves whole pixels: (x, y) -> (y, w-1-x) per quarter turn
+        quarter = {
+            0: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+            1: [[0.0, 1.0, 0.0], [-1.0, 0.0, w - 1.0]],
+            2: [[-1.0, 0.0, w - 1.0], [0.0, -1.0, h - 1.0]],
+            3: [[0.0, -1.0, h - 1.0], [1.0, 0.0, 0.0]],
+        }
+        return np.array(quarter[k % 4])
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), a, 1.0)
+    cos, sin = abs(m[0, 0]), abs(m[0, 1])
+    nw, nh = int(math.ceil(h * sin + w * cos)), int(math.ceil(h * cos + w * sin))
+    m[0, 2] += nw / 2.0 - w / 2.0
+    m[1, 2] += nh / 2.0 - h / 2.0
+    return np.asarray(m, dtype=np.float64)
+
+
 def rotate(
     img: np.ndarray, mask: np.ndarray, angle_ccw_deg: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -203,11 +233,9 @@ def rotate(
             np.rot90(mask, k % 4)
         )
     h, w = img.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), a, 1.0)
+    m = rotation_matrix(w, h, a)
     cos, sin = abs(m[0, 0]), abs(m[0, 1])
     nw, nh = int(math.ceil(h * sin + w * cos)), int(math.ceil(h * cos + w * sin))
-    m[0, 2] += nw / 2.0 - w / 2.0
-    m[1, 2] += nh / 2.0 - h / 2.0
     out = cv2.warpAffine(img, m, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     om = cv2.warpAffine(mask.astype(np.uint8), m, (nw, nh), flags=cv2.INTER_NEAREST, borderValue=0)
     return out, om.astype(bool)
@@ -218,6 +246,11 @@ def rotate_to_north(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Turn a frame whose image-up points to ``heading_deg`` (clockwise from north) north-up."""
     return rotate(img, mask, -heading_deg)
+
+
+def centre_crop_origin(width: int, height: int, size: int) -> tuple[int, int]:
+    """Top-left source pixel (x0, y0) of :func:`centre_crop`'s square (negative: padding)."""
+    return (int(width) - size) // 2, (int(height) - size) // 2
 
 
 def centre_crop(img: np.ndarray, size: int) -> np.ndarray:

@@ -9,7 +9,9 @@
 4. :class:`~geoloc.localize.consistency.Consistency`: node-centroid agreement on the top-M;
 5. :class:`~geoloc.localize.schedule.VerificationScheduler`: local-feature verification of the
    top-M (fallback verifier, heading sweep, budget);
-6. :class:`~geoloc.localize.answer.Answer`: ground point, confidence and status.
+6. :class:`~geoloc.localize.pose.PoseStage` (with a verifier): the camera pose from the
+   verified matches when the frame has a camera model;
+7. :class:`~geoloc.localize.answer.Answer`: ground point, camera, confidence and status.
 
 Each stage has its ``default_conf``; the pipeline config (:mod:`.pipeline`) overrides them and
 names the plugin behind each pluggable stage. Only tiles of ``complete`` orthomosaics answer.
@@ -24,11 +26,13 @@ from typing import Any
 import numpy as np
 
 from geoloc import plugins
+from geoloc.camera.dem import Dem
 from geoloc.config import DEFAULT_ENCODER, Settings
 from geoloc.errors import ConfigError
 from geoloc.localize.answer import Answer
 from geoloc.localize.consistency import Consistency
 from geoloc.localize.pipeline import PipelineConfig, StageConfig, load_pipeline, preset
+from geoloc.localize.pose import PoseStage
 from geoloc.localize.prepare import FramePreparation
 from geoloc.localize.priors import Prior
 from geoloc.localize.recall import Recall, RecallStage
@@ -63,9 +67,16 @@ class Localizer:
     """
 
     def __init__(
-        self, encoder: Any, store: Any, config: PipelineConfig, *, recall: RecallStage | None = None
+        self,
+        encoder: Any,
+        store: Any,
+        config: PipelineConfig,
+        *,
+        recall: RecallStage | None = None,
+        dem: Dem | None = None,
     ) -> None:
         config.validate()
+        self.dem = dem
         self.encoder, self.store, self.config = encoder, store, config
         self.map_gsd_m, self.tile_px = float(store.map_gsd_m), int(store.tile_px)
         self.regions = MapRegions(self.map_gsd_m)
@@ -98,10 +109,12 @@ class Localizer:
             consistency,
             tile_ground_m=self.tile_ground_m,
             rotations=config.rotations,
+            map_gsd_m=self.map_gsd_m,
         )
         self.chain: list[ChainStage] = [self.prepare, self.recall, self.rerank, self.consistency]
+        self.pose = PoseStage({}, dem=dem)
         if self.verify is not None:
-            self.chain.append(self.verify)
+            self.chain += [self.verify, self.pose]
         self.pipeline_info = self._describe(recall_plugin)
 
     def _describe(self, recall_plugin: RecallStage) -> dict[str, Any]:
@@ -152,10 +165,12 @@ class Localizer:
         pipeline: PipelineConfig | str | Path | None = None,
         *,
         recall: RecallStage | None = None,
+        dem: str | Path | None = None,
     ) -> Localizer:
         """Load the encoder, open the tile store (with the Ω index if recall searches it), build
         the stages.
 
+        ``dem`` is a terrain raster (``--dem``) opened once for the pose stage (DemFileError).
         ``encoder`` is a plugin name (``geoloc encoders list``) or an already loaded encoder.
 
         Raises ConfigError (bad preset / pipeline / plugin), EmptyDatabaseError (nothing
@@ -177,18 +192,30 @@ class Localizer:
             enc = encoder  # an encoder already loaded (tests, benchmarks, notebooks)
         # only an Ω search needs the FAISS index in memory
         omega = (recall.name if recall is not None else config.recall.name) == "faiss"
-        store = TileStore.open(
-            settings, encoder_sha256=enc.weights_sha256, encoder_name=enc.name, omega=omega
-        )
+        from geoloc.camera.dem import open_dem
+
+        dem_obj = open_dem(dem) if dem is not None else None
         try:
-            return cls(enc, store, config, recall=recall)
+            store = TileStore.open(
+                settings, encoder_sha256=enc.weights_sha256, encoder_name=enc.name, omega=omega
+            )
+        except BaseException:
+            if dem_obj is not None:
+                dem_obj.close()
+            raise
+        try:
+            return cls(enc, store, config, recall=recall, dem=dem_obj)
         except BaseException:
             store.close()
+            if dem_obj is not None:
+                dem_obj.close()
             raise
 
     def close(self) -> None:
-        """Close the rasters opened for verification and the tile store."""
+        """Close the rasters opened for verification, the DEM and the tile store."""
         self.regions.close()
+        if self.dem is not None:
+            self.dem.close()
         self.store.close()
 
     def __enter__(self) -> Localizer:
@@ -212,6 +239,9 @@ class Localizer:
         altitude_m: float | None = None,
         hfov_deg: float | None = None,
         heading: float | None = None,
+        camera: str | Path | None = None,
+        pitch: float | None = None,
+        roll: float | None = None,
         name: str | None = None,
         top_n: int | None = None,
         top_m: int | None = None,
@@ -221,7 +251,9 @@ class Localizer:
 
         ``prior`` restricts the answer to a circle (``LAT,LON,RADIUS_M``); ``gsd`` (or
         ``altitude_m`` with ``hfov_deg``) and ``heading`` are what the caller knows of the
-        frame; ``top_n``, ``top_m`` and ``consistency`` override the pipeline for this frame.
+        frame; ``camera`` (a camera file: CameraFileError when bad), ``pitch`` and ``roll`` (deg,
+        the DJI gimbal convention: -90 looks straight down) describe the camera; ``top_n``,
+        ``top_m`` and ``consistency`` override the pipeline for this frame.
         """
         n, m = int(top_n or self.recall.conf["top_n"]), int(top_m or self.consistency.conf["top_m"])
         if n < 1 or m < 1:
@@ -237,6 +269,9 @@ class Localizer:
                 altitude_m=altitude_m,
                 hfov_deg=hfov_deg,
                 heading_deg=heading,
+                camera_file=camera,
+                pitch_deg=pitch,
+                roll_deg=roll,
                 top_n=n,
                 top_m=m,
                 consistency=use_consistency,

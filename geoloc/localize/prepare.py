@@ -1,8 +1,16 @@
 """Frame preparation: load the frame, bring it to the map's GSD, rotate it under each heading
 hypothesis and encode the batch with the database's encoder.
 
-Timed as ``load`` (decode, GSD and heading from the caller or EXIF/XMP), ``rotate`` (heading
-hypotheses, scaling, the rotation batch) and ``encode``.
+Timed as ``load`` (decode, GSD and heading from the caller or EXIF/XMP, the camera model and
+its preparation: undistortion, rectification to nadir when the pitch is known), ``rotate``
+(heading hypotheses, scaling, the rotation batch) and ``encode``.
+
+The camera (:mod:`geoloc.camera`) comes from ``--camera``, ``--hfov`` or the EXIF focal length;
+the priors (heading, pitch, roll, altitude) from the flags over the file's XMP. The GSD is, in
+order: ``--gsd``; the rectified frame's (altitude over the virtual nadir focal length);
+``--altitude`` + ``--hfov`` or the XMP altitude with the EXIF 35 mm focal length; the altitude
+over the camera's focal length. The :class:`~geoloc.camera.PixelChain` of the preparation is
+kept on the state (with the map-scale resize) for the pose stage.
 """
 
 from __future__ import annotations
@@ -11,6 +19,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from geoloc.camera.metadata import FrameMetadata, read_metadata
+from geoloc.camera.prepare import prepare_frame, resolve_camera
+from geoloc.camera.priors import merge_priors
+from geoloc.errors import FrameError
 from geoloc.localize import frame as frames
 from geoloc.localize.priors import PriorStage
 from geoloc.localize.state import FrameState
@@ -52,16 +64,21 @@ class FramePreparation:
             fr = frames.load_frame(
                 req.image,
                 gsd=req.gsd_m,
-                altitude_m=req.altitude_m,
-                hfov_deg=req.hfov_deg,
+                # the altitude alone is enough once a camera model gives K (below)
+                altitude_m=req.altitude_m if req.hfov_deg is not None else None,
+                hfov_deg=req.hfov_deg if req.altitude_m is not None else None,
                 heading_deg=req.heading_deg,
                 name=req.name,
             )
+            self._prepare_camera(state, fr)
         with state.timer("rotate"):
             headings = frames.default_headings(int(self.conf["rotations"]))
             for p in self.priors:
                 headings = p.headings(fr, headings)
-            img, mask, _ = frames.at_map_scale(fr, self.map_gsd_m, self.tile_px)
+            img, mask, factor = frames.at_map_scale(fr, self.map_gsd_m, self.tile_px)
+            state.map_scale = float(factor)
+            if state.prep is not None:
+                state.prep.chain.then_scale(factor)
             batch, _valid = frames.rotation_batch(
                 img, mask, headings, crop_px=self.tile_px, size=int(self.encoder.input_size)
             )
@@ -70,6 +87,47 @@ class FramePreparation:
             state.omega, state.phi = _np(out.omega), _np(out.phi)
             state.node_areas, state.node_centroids = _np(out.node_areas), _np(out.node_centroids)
         state.frame, state.headings, state.image, state.mask = fr, headings, img, mask
+
+    def _prepare_camera(self, state: FrameState, fr: frames.Frame) -> None:
+        """Camera model, priors, undistortion / rectification; updates ``fr`` in place."""
+        req = state.request
+        label = fr.name
+        meta: FrameMetadata | None = None
+        if not isinstance(req.image, np.ndarray):
+            try:
+                meta = read_metadata(req.image, name=label)
+            except OSError as exc:  # decoded a moment ago: only a race can get here
+                raise FrameError(f"cannot read: {exc.strerror or exc}", path=label) from exc
+        try:
+            priors = merge_priors(
+                meta,
+                heading=req.heading_deg,
+                pitch=req.pitch_deg,
+                roll=req.roll_deg,
+                altitude=req.altitude_m,
+            )
+        except ValueError as exc:
+            raise FrameError(str(exc), path=label) from exc
+        cam, why = resolve_camera(
+            fr.width,
+            fr.height,
+            camera_file=None if req.camera_file is None else str(req.camera_file),
+            hfov_deg=req.hfov_deg,
+            meta=meta,
+        )
+        if cam is None and req.altitude_m is not None and fr.gsd_m is None:
+            raise FrameError(
+                "--altitude needs a camera model (--camera FILE, --hfov DEG or an EXIF focal "
+                "length) or --gsd",
+                path=label,
+            )
+        prep = prepare_frame(fr.rgb, fr.mask, cam, priors)
+        fr.rgb, fr.mask = prep.rgb, prep.mask
+        if req.gsd_m is None and prep.gsd_m is not None and (prep.rectified or fr.gsd_m is None):
+            fr.gsd_m, fr.gsd_source = prep.gsd_m, prep.gsd_source
+        if fr.heading_deg is None and prep.heading_deg is not None and priors.heading is not None:
+            fr.heading_deg, fr.heading_source = prep.heading_deg, priors.heading.source
+        state.prep, state.camera_reason = prep, why
 
 
 def heading_known(state: FrameState) -> bool:

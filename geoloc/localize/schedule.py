@@ -10,8 +10,10 @@ The plan, first success wins:
 3. unless the heading is known, a heading sweep in 45 deg steps around the best heading on the
    best ``sweep_top`` candidates (learned matchers tolerate only part of a turn).
 
-The frame is rotated and its features extracted once per (verifier, heading); map regions come
-from :class:`~geoloc.localize.regions.MapRegions`. ``verify_budget_ms`` > 0 stops the plan once
+The frame is rotated and its features extracted once per (verifier, heading); the rotation and
+the crop extend the frame's :class:`~geoloc.camera.PixelChain` (kept in the match with the
+region's transform, for the pose stage); map regions come from
+:class:`~geoloc.localize.regions.MapRegions`. ``verify_budget_ms`` > 0 stops the plan once
 that much time has gone (the first attempt always runs).
 """
 
@@ -92,7 +94,7 @@ class VerificationScheduler:
         crop = int(min(max(img.shape[:2]), 2 * self.tile_px))
         region_px = int(min(1024, max(2 * self.tile_px, self.tile_px + crop)))
         scale_known = state.frame.gsd_m is not None
-        frame_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, Any]] = {}
+        frame_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, Any, Any]] = {}
         state.budget_ms = float(self.conf["verify_budget_ms"])
         budget_s = state.budget_ms / 1e3
         t_start = time.perf_counter()
@@ -106,9 +108,14 @@ class VerificationScheduler:
                 if key not in frame_cache:
                     with state.timer("verify.frame_features"):
                         r, m = frames.rotate_to_north(img, mask, h)
+                        chain = None
+                        if state.prep is not None:
+                            rot = frames.rotation_matrix(img.shape[1], img.shape[0], -h)
+                            x0, y0 = frames.centre_crop_origin(r.shape[1], r.shape[0], crop)
+                            chain = state.prep.chain.copy().then(rot).then_crop(x0, y0)
                         r, m = frames.centre_crop(r, crop), frames.centre_crop(m, crop)
-                        frame_cache[key] = (r, m, verifier.extract_frame_features(r, m))
-                r, m, feats = frame_cache[key]
+                        frame_cache[key] = (r, m, verifier.extract_frame_features(r, m), chain)
+                r, m, feats, chain = frame_cache[key]
                 with state.timer("verify.read_region"):
                     region, rmask, rt = self.regions.around(cand.tile, region_px)
                 with state.timer("verify.match"):
@@ -131,5 +138,15 @@ class VerificationScheduler:
                 x, y = rt @ (res.centre_xy[0] + 0.5, res.centre_xy[1] + 0.5)
                 lon, lat = to_lonlat(cand.tile.crs, x, y)
                 err_m = float(res.error_px()) * self.regions.gsd_m
-                state.match = Match(cand, h, res, float(lat), float(lon), err_m, n + 1)
+                state.match = Match(
+                    cand,
+                    h,
+                    res,
+                    float(lat),
+                    float(lon),
+                    err_m,
+                    n + 1,
+                    region_transform=rt,
+                    chain=chain,
+                )
                 return

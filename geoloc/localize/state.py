@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from geoloc.camera.pose import PoseResult
+    from geoloc.camera.prepare import PixelChain, PreparedFrame
     from geoloc.localize.frame import Frame
     from geoloc.localize.priors import Prior
     from geoloc.localize.verify import Verification
@@ -41,6 +43,12 @@ class Fix:
     method: str | None = None  # verified | refined | tile-centre
     verification: dict[str, Any] | None = None
     message: str | None = None
+    #: the camera's own pose (lat, lon, alt_agl_m, alt_msl_m, heading/pitch/roll_deg,
+    #: error_m_est), or None with ``camera_reason`` saying why
+    camera: dict[str, Any] | None = None
+    camera_reason: str | None = None
+    #: every prior the frame was prepared with, each with its source (flag / exif / xmp)
+    priors: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -78,6 +86,9 @@ class FrameRequest:
     altitude_m: float | None = None
     hfov_deg: float | None = None
     heading_deg: float | None = None
+    camera_file: str | Path | None = None
+    pitch_deg: float | None = None
+    roll_deg: float | None = None
     top_n: int = 50
     top_m: int = 5
     consistency: bool = True
@@ -115,6 +126,10 @@ class Match:
     lon: float
     error_m: float
     attempts: int
+    #: the map region's affine (pixel corner -> the tile's CRS) the match was found in
+    region_transform: Any = None
+    #: pixels of the image the verifier saw -> pixels of the frame as captured
+    chain: PixelChain | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The ``verification`` object of a fix."""
@@ -145,6 +160,9 @@ class FrameState:
     headings: list[float] = field(default_factory=list)
     image: np.ndarray | None = None  # the frame at map scale, (H, W, 3) uint8
     mask: np.ndarray | None = None
+    prep: PreparedFrame | None = None  # the camera's preparation (chain to the captured frame)
+    camera_reason: str = ""  # where the camera model came from, or why there is none
+    map_scale: float = 1.0  # the resize applied to bring the prepared frame to the map's GSD
     omega: np.ndarray | None = None  # (H, D) one row per heading hypothesis
     phi: np.ndarray | None = None  # (H, P)
     node_areas: np.ndarray | None = None  # (H, K)
@@ -158,6 +176,8 @@ class FrameState:
     budget_ms: float = 0.0  # the verification budget (0: none)
     budget_stopped_after: int = 0  # attempts made when the budget ran out (0: it did not)
     message: str | None = None  # why the chain stopped early
+    # pose
+    pose: PoseResult | None = None
 
     @contextmanager
     def timer(self, key: str) -> Iterator[None]:

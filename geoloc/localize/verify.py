@@ -53,7 +53,9 @@ class Verification:
     (integer = pixel centre; None without a
     homography); ``scale`` and ``rotation_deg`` are the local similarity of the homography at
     the frame centre (rotation counter-clockwise, frame -> region); ``rmse_px`` is the inlier
-    reprojection error in region pixels.
+    reprojection error in region pixels. ``frame_px`` / ``region_px`` are the inlier point pairs
+    of the model kept (N, 2 each, frame pixels -> region pixels; None without a model): the pose
+    stage solves the camera from them.
     """
 
     accepted: bool
@@ -69,6 +71,8 @@ class Verification:
     matcher: str = ""
     model: str = "homography"
     ncc: float = 0.0
+    frame_px: np.ndarray | None = None
+    region_px: np.ndarray | None = None
 
     def confidence(self) -> float:
         """0..1 from the inlier count (0 when rejected)."""
@@ -405,6 +409,7 @@ class HomographyVerifier:
         res.homography = h
         proj = cv2.perspectiveTransform(p0[inl][None], h)[0]
         res.rmse_px = float(np.sqrt(np.mean(np.sum((proj - p1[inl]) ** 2, axis=1))))
+        res.frame_px, res.region_px = p0[inl], p1[inl]
         # pixel-centre convention (keypoints at integer pixel centres)
         cx, cy = (frame_rgb.shape[1] - 1) / 2.0, (frame_rgb.shape[0] - 1) / 2.0
         px, py, scale, rot = _local_similarity(h, cx, cy)
@@ -431,6 +436,7 @@ class HomographyVerifier:
             res.homography, res.model = h, "similarity"
             proj = p0[sin] @ sim[:, :2].T + sim[:, 2]
             res.rmse_px = float(np.sqrt(np.mean(np.sum((proj - p1[sin]) ** 2, axis=1))))
+            res.frame_px, res.region_px = p0[sin], p1[sin]
             px, py, scale, rot = _local_similarity(h, cx, cy)
         res.centre_xy, res.scale, res.rotation_deg = (px, py), scale, rot
         res.ncc = _warped_ncc(frame_rgb, frame_mask, region_rgb, region_mask, h)

@@ -203,3 +203,20 @@ def test_rotation_batch_and_map_scale() -> None:
     img2, _, factor2 = at_map_scale(f2, 0.56, 224)
     assert factor2 == pytest.approx(224 / 400) and min(img2.shape[:2]) == 224
     assert math.isclose(default_headings(4)[1], 90.0)
+
+
+@pytest.mark.parametrize("angle", [0.0, 90.0, 180.0, 270.0, -35.0, 123.0])
+def test_rotation_matrix_follows_rotate(angle: float) -> None:
+    """A bright pixel of the frame lands where ``rotation_matrix`` says after ``rotate``."""
+    from geoloc.localize.frame import rotate, rotation_matrix
+
+    img = np.zeros((41, 57, 3), np.uint8)
+    x, y = 12, 30
+    img[y - 1 : y + 2, x - 1 : x + 2] = 255
+    out, _ = rotate(img, np.ones((41, 57), bool), angle)
+    xp, yp = rotation_matrix(57, 41, angle) @ [x, y, 1.0]
+    gray = out[..., 0].astype(float)
+    ys, xs = np.nonzero(gray > 0)
+    w = gray[ys, xs]
+    assert abs(float((xs * w).sum() / w.sum()) - xp) < 0.5
+    assert abs(float((ys * w).sum() / w.sum()) - yp) < 0.5
