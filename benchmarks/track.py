@@ -124,12 +124,12 @@ def run(seconds: float = 20.0, locate_every: int = 10) -> dict[str, Any]:
             wall = time.perf_counter() - t0
             counts = dict(trk.counts)
         err = [
-            _dist(f.lon, f.lat, tl) if f.lat is not None else float("nan")
+            _dist(f.lon, f.lat, tl) if f.lat is not None and f.lon is not None else float("nan")
             for f, tl in zip(fixes, fl["truth"], strict=True)
         ]
         first = next((i for i, f in enumerate(fixes) if f.status == "map_fix"), len(fixes))
         after = err[first:]
-        pos = [(f.lon, f.lat) for f in fixes[first:] if f.lat is not None]
+        pos = [(f.lon, f.lat) for f in fixes[first:] if f.lat is not None and f.lon is not None]
         jumps = [_dist(a[0], a[1], b) for a, b in zip(pos, pos[1:], strict=False)]
         b_end = fl["black"][1]
         rec = next((i for i in range(b_end, len(fixes)) if fixes[i].status == "map_fix"), None)

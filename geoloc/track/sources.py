@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def _exif_time(path: Path) -> float:
         return float("inf")
 
 
-def expand_inputs(inputs: list[str | Path], order: str = "name") -> list[Path]:
+def expand_inputs(inputs: Sequence[str | Path], order: str = "name") -> list[Path]:
     """Videos and frame files from files, folders and globs, in order (``name`` | ``time``).
 
     ConfigError when an input does not exist or nothing usable is found (one line, naming it).

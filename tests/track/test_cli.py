@@ -166,3 +166,43 @@ def test_bad_inputs_are_one_line_errors(
     assert len(msg) == 1, err
     expected = {"empty-folder": "no frames", "bad-video": "cannot open", "far-start": "no tiles"}
     assert expected[case] in msg[0]
+
+
+def test_ctrl_c_writes_what_was_tracked_and_exits_130(
+    ingested: Any,
+    short_flight: Flight,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from geoloc.track import Tracker
+
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, rgb in enumerate(short_flight.frames[:8]):
+        write_jpeg(d / f"f{i:03d}.jpg", rgb)
+    real = Tracker.update
+
+    def update(self: Any, frame: Any, t: Any = None, priors: Any = None) -> Any:
+        if self.index == 4:  # Ctrl-C arrives while the sixth frame is tracked
+            raise KeyboardInterrupt
+        return real(self, frame, t, priors)
+
+    monkeypatch.setattr(Tracker, "update", update)
+    gpx_path = tmp_path / "partial.gpx"
+    code = _cli(
+        ["track", str(d), "--start", _start(short_flight), "--gsd", "0.28", "--out",
+         str(gpx_path)],
+        ingested,
+        monkeypatch,
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 130
+    assert "interrupted" in captured.err
+    import gpxpy
+
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(rows) == 5
+    gpx = gpxpy.parse(gpx_path.read_text())
+    back = [(p.longitude, p.latitude) for p in gpx.tracks[0].segments[0].points]
+    assert np.allclose(back, [(r["lon"], r["lat"]) for r in rows], atol=1e-9)
