@@ -253,7 +253,11 @@ class Tracker:
                 ):
                     self._new_keyframe(feats, gsd)
             else:
+                before = f.position
                 f.coast(dt)
+                # the keyframe's offset moves with the coasted position, so the next odometry
+                # step measures from the keyframe and corrects the coast instead of adding to it
+                self._kf_offset = self._kf_offset + (f.position - before)
         status = "vo" if moved else ("coasting" if f.initialised else "lost")
         self._since_fix += 1
         if self._want_fix():
