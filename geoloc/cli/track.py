@@ -129,5 +129,5 @@ def register(app: typer.Typer) -> None:
                 plot_track(plot, rows)
                 log.info("plot written to %s", plot)
         if skipped:
-            log.warning("%d undecodable frame(s) skipped", skipped)
+            typer.echo(f"geoloc: warning: {skipped} undecodable frame(s) skipped", err=True)
         return 130 if interrupted else 0
