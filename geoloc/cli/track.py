@@ -66,6 +66,9 @@ def register(app: typer.Typer) -> None:
         frame_interval: float = typer.Option(
             0.1, "--frame-interval", min=0.0, help="Seconds between image files."
         ),
+        map_fix_every: int = typer.Option(
+            5, "--map-fix-every", min=1, help="Frames between map fixes on a healthy track."
+        ),
         encoder: str = typer.Option(DEFAULT_ENCODER, "--encoder", "-e", help="Encoder plugin."),
         checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint."),
     ) -> int:
@@ -94,6 +97,7 @@ def register(app: typer.Typer) -> None:
         tr = Tracker.open(
             preset=preset_name, encoder=encoder, checkpoint=checkpoint, start=start, gsd=gsd,
             altitude_m=altitude, hfov_deg=hfov, heading=heading,
+            conf={"map_fix_every": map_fix_every},
         )  # fmt: skip
         t0 = time.perf_counter()
         try:
@@ -125,5 +129,5 @@ def register(app: typer.Typer) -> None:
                 plot_track(plot, rows)
                 log.info("plot written to %s", plot)
         if skipped:
-            log.warning("%d undecodable frame(s) skipped", skipped)
+            typer.echo(f"geoloc: warning: {skipped} undecodable frame(s) skipped", err=True)
         return 130 if interrupted else 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def _exif_time(path: Path) -> float:
         return float("inf")
 
 
-def expand_inputs(inputs: list[str | Path], order: str = "name") -> list[Path]:
+def expand_inputs(inputs: Sequence[str | Path], order: str = "name") -> list[Path]:
     """Videos and frame files from files, folders and globs, in order (``name`` | ``time``).
 
     ConfigError when an input does not exist or nothing usable is found (one line, naming it).
@@ -77,10 +77,25 @@ def expand_inputs(inputs: list[str | Path], order: str = "name") -> list[Path]:
             files = [Path(m) for m in matches if Path(m).suffix.lower() in IMAGE_EXT + VIDEO_EXT]
             if not files:
                 raise ConfigError(f"{item}: no such file, folder or matching frames")
+        for f in files:
+            if is_video(f):
+                _probe(f)
         if order == "time":
             files = sorted(files, key=lambda f: (_exif_time(f), f.name))
         out.extend(files)
     return out
+
+
+def _probe(path: Path) -> None:
+    """ConfigError (one line) unless ``path`` opens as a video with a video stream."""
+    import av
+
+    try:
+        with av.open(os.fspath(path)) as c:
+            if not c.streams.video:
+                raise ConfigError(f"{path}: no video stream")
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ConfigError(f"{path}: cannot open the video ({exc})") from exc
 
 
 def _video_frames(path: Path, fps: float | None, start_index: int) -> Iterator[SourceFrame]:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from geoloc.config import DEFAULT_ENCODER, Settings
-from geoloc.errors import ConfigError
+from geoloc.errors import ConfigError, FrameError
 from geoloc.localize import Fix, Localizer, NearPositionRecall, Prior, load_frame
 from geoloc.track.filter import LocalPlane, TrackFilter
 from geoloc.track.fix import TrackFix
@@ -253,7 +253,11 @@ class Tracker:
                 ):
                     self._new_keyframe(feats, gsd)
             else:
+                before = f.position
                 f.coast(dt)
+                # the keyframe's offset moves with the coasted position, so the next odometry
+                # step measures from the keyframe and corrects the coast instead of adding to it
+                self._kf_offset = self._kf_offset + (f.position - before)
         status = "vo" if moved else ("coasting" if f.initialised else "lost")
         self._since_fix += 1
         if self._want_fix():
@@ -286,7 +290,11 @@ class Tracker:
         confident = f.heading_var < 15.0**2 and bool(self.conf["fix_with_heading"])
         heading = f.heading_deg if confident else None
         self._since_fix = 0
-        fix = self.map_fixer(rgb, prior, heading, known_gsd, name)
+        try:
+            fix = self.map_fixer(rgb, prior, heading, known_gsd, name)
+        except FrameError as exc:  # e.g. a blank frame: no fix this time, the track goes on
+            log.debug("frame %d: no map fix (%s)", self.index, exc)
+            return False
         if fix.status != "ok" or fix.lat is None or fix.lon is None:
             return False
         if self.plane is None:

@@ -47,7 +47,9 @@ class VisualOdometry:
 
     def __init__(self, **conf: Any) -> None:
         self.conf = {**self.default_conf, **conf}
-        self._orb = cv2.ORB_create(nfeatures=int(self.conf["features"]), fastThreshold=10)
+        self._orb = cv2.ORB_create(  # type: ignore[attr-defined]
+            nfeatures=int(self.conf["features"]), fastThreshold=10
+        )
         self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
         self.keyframe: _Features | None = None
 

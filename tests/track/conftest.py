@@ -17,6 +17,12 @@ def flight() -> Flight:
     return synthetic_flight(n=40)
 
 
+@pytest.fixture(scope="session")
+def short_flight() -> Flight:
+    """24 frames at 10 fps: a straight leg, then a turn."""
+    return synthetic_flight(n=24)
+
+
 @pytest.fixture(scope="module")
 def tracker_factory(ingested: Any, encoder: Any) -> Iterator[Any]:  # noqa: F811
     """Open trackers on the ingested sample (closed at the end of the module)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,7 @@ def synthetic_flight(
     return Flight(frames, times, truth, heads)
 
 
-def errors_m(fixes: list[object], flight: Flight) -> np.ndarray:
+def errors_m(fixes: Sequence[object], flight: Flight) -> np.ndarray:
     """Distance (m) of each fix with a position to its truth; NaN for fixes without one."""
     from tiling.crs import geodesic_distance_m
 

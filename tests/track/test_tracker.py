@@ -49,3 +49,41 @@ def test_flight_tracked_within_targets(tracker_factory: Any, flight: Flight) -> 
     assert 6.0 < speed < 10.0  # the flight's 8 m/s
     d = fixes[-1].as_dict()
     assert set(d) >= {"index", "t", "frame", "status", "lat", "lon", "heading_deg", "speed_mps"}
+
+
+def test_wrong_map_fix_is_gated_out(tracker_factory: Any, short_flight: Flight) -> None:
+    from dataclasses import replace
+
+    tr = tracker_factory(start=_start(short_flight), gsd=0.28)
+    real = tr.map_fixer
+    injected: list[int] = []
+
+    def fixer(rgb: Any, prior: Any, heading: Any, gsd: Any, name: str) -> Any:
+        fix = real(rgb, prior, heading, gsd, name)
+        if tr.index == 10 and fix.lat is not None:  # a confident match 150 m to the north
+            injected.append(tr.index)
+            return replace(fix, lat=fix.lat + 150.0 / 111_320.0, status="ok", method="verified")
+        return fix
+
+    tr.map_fixer = fixer
+    fixes = _run(tr, short_flight)
+    err = errors_m(fixes, short_flight)
+    assert injected == [10]
+    assert fixes[10].status != "map_fix"
+    assert tr.counts["refused"] >= 1
+    assert float(np.nanmax(err)) < 5.0  # the track never followed it
+    assert sum(f.status == "map_fix" for f in fixes[11:]) >= 1  # later good fixes still accepted
+
+
+def test_blackout_is_coasted_and_recovered(tracker_factory: Any, short_flight: Flight) -> None:
+    tr = tracker_factory(start=_start(short_flight), gsd=0.28)
+    blank = range(8, 13)  # 0.5 s of black frames
+    fixes = _run(tr, short_flight, blank=blank)
+    err = errors_m(fixes, short_flight)
+    print([(f.index, f.status, round(float(e), 2)) for f, e in zip(fixes, err, strict=True)])
+    assert [fixes[i].status for i in blank] == ["coasting"] * len(blank)
+    assert np.isfinite(err).all()  # a position for every frame, through the blackout
+    sig = [fixes[i].error_m_est for i in blank]
+    assert sig == sorted(sig)  # the uncertainty grows while coasting
+    assert float(err[blank.stop :].max()) < 5.0  # rejoined within the targets
+    assert any(f.status == "map_fix" for f in fixes[blank.stop : blank.stop + 20])
