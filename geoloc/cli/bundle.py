@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write one encoder's tiles, Φ, Ω index and verification regions, with a manifest."""
         from geoloc.config import Settings
-        from geoloc.store.bundle import export_bundle
+        from geoloc.ingest.bundle import export_bundle
 
         def progress(done: int, total: int) -> None:
             log.info("regions of %d / %d tiles", done, total)

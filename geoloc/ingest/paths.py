@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from geoloc.store.hashing import sha256_file
 
 #: Extensions (lower case) treated as rasters when a directory is walked. Explicit file paths
 #: are accepted whatever their extension: the tiler decides whether GDAL can read them.
@@ -96,13 +97,4 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], l
     return out, problems
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, streamed in 1 MiB chunks (constant memory).
-
-    For a VRT this is the hash of the VRT XML only, not of the files it points to.
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["PathProblem", "expand_paths", "sha256_file"]

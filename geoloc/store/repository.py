@@ -765,8 +765,8 @@ def check_rasters(db: Database, *, hash_content: bool = True) -> list[RasterChec
 
     ``hash_content=False`` only checks that the files exist and can be opened for reading.
     """
-    from geoloc.ingest.paths import sha256_file
     from geoloc.store.bundle import is_region_folder
+    from geoloc.store.hashing import sha256_file
 
     with db.engine.connect() as conn:
         rows = conn.execute(

@@ -62,9 +62,10 @@ def test_bundle_locates_without_rasters_and_refuses_tampering(
     pg_settings: Settings, target: Settings, target2: Settings, tmp_path: Path, encoder: Any
 ) -> None:
     from geoloc.ingest import ingest
+    from geoloc.ingest.bundle import export_bundle
     from geoloc.store import open_database
     from geoloc.store import repository as repo
-    from geoloc.store.bundle import export_bundle, import_bundle, verify_bundle
+    from geoloc.store.bundle import import_bundle, verify_bundle
     from tiling.crs import geodesic_distance_m
 
     rasters = [
