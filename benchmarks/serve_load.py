@@ -56,8 +56,10 @@ def _frames() -> list[tuple[bytes, float, str]]:
     return [((FRAMES / r["name"]).read_bytes(), float(r["gsd_m"]), r["name"]) for r in rows]
 
 
-def run(clients: int = 8, frames: int = 50, preset: str = "accurate") -> dict[str, Any]:
-    """Run the load test, save and return the results."""
+def run(
+    clients: int = 8, frames: int = 50, preset: str = "accurate", label: str = ""
+) -> dict[str, Any]:
+    """Run the load test, save and return the results (``label`` says how the machine was)."""
     import httpx
 
     from geoloc.config import Settings
@@ -76,6 +78,7 @@ def run(clients: int = 8, frames: int = 50, preset: str = "accurate") -> dict[st
         "clients": clients,
         "frames_per_client": frames,
         "preset": preset,
+        "label": label,
     }
     server = None
     try:
@@ -193,8 +196,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--frames", type=int, default=50)
     ap.add_argument("--preset", default="accurate")
+    ap.add_argument("--label", default="", help="How the machine was (e.g. idle, under load).")
     a = ap.parse_args()
-    print(json.dumps(run(a.clients, a.frames, a.preset), indent=2))
+    print(json.dumps(run(a.clients, a.frames, a.preset, a.label), indent=2))
 
 
 if __name__ == "__main__":

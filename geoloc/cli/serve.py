@@ -36,6 +36,26 @@ def register(app: typer.Typer) -> None:
     def serve_cmd(
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
         port: int = typer.Option(8765, "--port", min=1, max=65535, help="TCP port."),
+        source: str | None = typer.Option(
+            None,
+            "--source",
+            metavar="VIDEO|URL|DEVICE",
+            help="Track this video file, stream URL (rtsp://, udp://, http://) or capture device "
+            "(0, /dev/video0) continuously; frames arriving while the tracker is busy are dropped.",
+        ),
+        start: str | None = typer.Option(
+            None, "--start", metavar="LAT,LON[,RADIUS_M]", help="Where --source's first fix is."
+        ),
+        gsd: float | None = typer.Option(
+            None, "--gsd", min=1e-3, help="Metres per pixel of --source's frames."
+        ),
+        hfov: float | None = typer.Option(
+            None,
+            "--hfov",
+            min=1.0,
+            max=179.0,
+            help="Camera horizontal field of view (deg): with a MAVLink altitude, the frames' GSD.",
+        ),
         mavlink: str | None = typer.Option(
             None,
             "--mavlink",
@@ -49,6 +69,11 @@ def register(app: typer.Typer) -> None:
         ),
         mavlink_rate: float = typer.Option(
             5.0, "--mavlink-rate", min=0.1, help="Most position messages sent per second."
+        ),
+        camera_mount: str = typer.Option(
+            "body",
+            "--camera-mount",
+            help="body (fixed, looking down: attitude priors from ATTITUDE) | gimbal (nadir).",
         ),
         nmea: str | None = typer.Option(
             None, "--nmea", metavar="udp:HOST:PORT", help="Also send NMEA GGA + RMC here."
@@ -67,11 +92,20 @@ def register(app: typer.Typer) -> None:
 
         token = os.environ.get("GEOLOC_API_TOKEN") or None
         check_bind(host, token)
-        bridge = nmea_out = None
+        bridge = nmea_out = frames = None
+        if source is not None:
+            from geoloc.serve.source import FrameSource, parse_start
+
+            # opened before the model loads: a bad --source fails at once, in one line
+            frames = FrameSource(
+                None, source, priors={"gsd": gsd, "hfov_deg": hfov}, start=parse_start(start)
+            ).open()
         if mavlink:
             from geoloc.serve.mavlink import MavlinkBridge
 
-            bridge = MavlinkBridge(mavlink, out=mavlink_out, rate_hz=mavlink_rate)
+            bridge = MavlinkBridge(
+                mavlink, out=mavlink_out, rate_hz=mavlink_rate, mount=camera_mount
+            )
         if nmea:
             from geoloc.serve.nmea import NmeaUdp
 
@@ -83,7 +117,13 @@ def register(app: typer.Typer) -> None:
             max_body_bytes=int(max_body_mb * 1024 * 1024),
             preset=preset_name,
         )
-        service = Service.open(encoder=encoder, checkpoint=checkpoint, preset=preset_name)
+        try:
+            service = Service.open(encoder=encoder, checkpoint=checkpoint, preset=preset_name)
+        except BaseException:
+            if frames is not None:
+                frames.stop()
+            raise
+        service.hfov_deg = hfov
         try:
             if bridge is not None:
                 service.add_sink(bridge.send_fix)
@@ -91,6 +131,10 @@ def register(app: typer.Typer) -> None:
                 bridge.start()
             if nmea_out is not None:
                 service.add_sink(nmea_out.send_fix)
+            if frames is not None:
+                frames.service = service
+                service.source = frames
+                frames.start()
             server = uvicorn.Server(
                 uvicorn.Config(
                     create_app(service, cfg),
@@ -105,6 +149,8 @@ def register(app: typer.Typer) -> None:
             # uvicorn drains on SIGTERM, then re-raises it: main's handler turns it into 143
             server.run()
         finally:
+            if frames is not None:
+                frames.stop()
             if bridge is not None:
                 bridge.stop()
             if nmea_out is not None:

@@ -35,6 +35,25 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def unavailable(exc: BaseException) -> JSONResponse:
+    """503 with a one-line reason for a failure that is the service's, not the client's: the
+    database gone (a restart, a network cut), an expected database error, or a bug (its type
+    only: internals stay in the log)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from geoloc.errors import GeolocError
+
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(exc, GeolocError):
+        reason = _one_line(exc)
+    elif isinstance(exc, SQLAlchemyError) or type(orig).__module__.startswith("psycopg"):
+        reason = f"database unavailable ({type(orig).__name__}: {_one_line(orig)})"
+    else:
+        reason = f"service unavailable ({type(exc).__name__})"
+    log.warning("request failed: %s: %s", type(exc).__name__, _one_line(exc))
+    return JSONResponse({"error": reason[:300]}, status_code=503)
+
+
 def _float(params: Any, name: str, lo: float, hi: float) -> float | None:
     raw = params.get(name)
     if raw is None or raw == "":
@@ -57,6 +76,8 @@ def locate_kwargs(params: Any) -> dict[str, Any]:
     altitude = _float(params, "altitude", 0.5, 10_000.0)
     hfov = _float(params, "hfov", 1.0, 179.0)
     heading = _float(params, "heading", -360.0, 360.0)
+    pitch = _float(params, "pitch", -180.0, 180.0)
+    roll = _float(params, "roll", -180.0, 180.0)
     if gsd is not None and (altitude is not None or hfov is not None):
         raise HTTPException(400, "give either gsd or altitude with hfov, not both")
     if (altitude is None) != (hfov is None):
@@ -72,6 +93,8 @@ def locate_kwargs(params: Any) -> dict[str, Any]:
         "altitude_m": altitude,
         "hfov_deg": hfov,
         "heading": heading % 360.0 if heading is not None else None,
+        "pitch": pitch,
+        "roll": roll,
         "prior": prior,
     }
 
@@ -162,14 +185,11 @@ def create_app(service: Service, config: ServeConfig | None = None) -> FastAPI:
         except FrameError as exc:
             raise HTTPException(422, _one_line(exc)) from None
         except (DatabaseError, EmptyDatabaseError) as exc:
-            return JSONResponse({"error": _one_line(exc)}, status_code=503)
+            return unavailable(exc)
         except GeolocError as exc:
             return JSONResponse({"error": _one_line(exc)}, status_code=500)
         except Exception as exc:  # noqa: BLE001 - e.g. the database went away under a query
-            log.warning("locate failed: %s: %s", type(exc).__name__, _one_line(exc))
-            return JSONResponse(
-                {"error": f"service unavailable ({type(exc).__name__})"}, status_code=503
-            )
+            return unavailable(exc)
         return JSONResponse(d)
 
     @app.post("/v1/track/{session}/frames")
@@ -199,12 +219,9 @@ def create_app(service: Service, config: ServeConfig | None = None) -> FastAPI:
         except FrameError as exc:
             raise HTTPException(422, _one_line(exc)) from None
         except (DatabaseError, EmptyDatabaseError) as exc:
-            return JSONResponse({"error": _one_line(exc)}, status_code=503)
+            return unavailable(exc)
         except Exception as exc:  # noqa: BLE001 - e.g. the database went away under a query
-            log.warning("track failed: %s: %s", type(exc).__name__, _one_line(exc))
-            return JSONResponse(
-                {"error": f"service unavailable ({type(exc).__name__})"}, status_code=503
-            )
+            return unavailable(exc)
         return JSONResponse(d)
 
     @app.delete("/v1/track/{session}")

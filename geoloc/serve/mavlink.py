@@ -3,8 +3,10 @@
 Out (``--mavlink-out``): ``GPS_INPUT`` (ArduPilot and PX4), ``VISION_POSITION_ESTIMATE`` or
 ``ODOMETRY`` (local NED metres from the first fix, with covariance). Only new ``ok`` fixes are
 sent, at most ``rate_hz``: when localization fails the autopilot sees messages stop, never a
-frozen position. In: ATTITUDE (heading/pitch/roll), GLOBAL_POSITION_INT (altitude above home)
-and the last GPS_RAW_INT with a 3D fix (a start prior).
+frozen position. In: ATTITUDE (heading/pitch/roll), ALTITUDE (above the terrain, else above
+home) or GLOBAL_POSITION_INT (above home), and the last GPS_RAW_INT with a 3D fix (a start
+prior). Telemetry older than :data:`TELEMETRY_MAX_AGE_S` is not used. A message's time is that
+of the frame it was computed from (``received_unix``), so the autopilot can correct for the lag.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ COMPONENT_ID = 191
 GPS_EPOCH_UNIX = 315_964_800  # 1980-01-06T00:00:00Z
 GPS_LEAP_SECONDS = 18
 
+#: Seconds after which an attitude or altitude is too old to use as a prior.
+TELEMETRY_MAX_AGE_S = 2.0
+#: ``--camera-mount``: ``body`` = fixed to the airframe looking down, image top forward (its
+#: attitude follows the vehicle's); ``gimbal`` = held at nadir, image top forward (heading only).
+MOUNTS = ("body", "gimbal")
+
 # GPS_INPUT_IGNORE_FLAGS
 IGNORE_ALT, IGNORE_HDOP, IGNORE_VDOP = 1, 2, 4
 IGNORE_VEL_HORIZ, IGNORE_VEL_VERT, IGNORE_SPEED_ACCURACY = 8, 16, 32
@@ -44,13 +52,49 @@ IGNORE_HORIZ_ACCURACY, IGNORE_VERT_ACCURACY = 64, 128
 class Telemetry:
     """The latest autopilot telemetry (None until received)."""
 
-    heading_deg: float | None = None
-    pitch_deg: float | None = None
+    heading_deg: float | None = None  # vehicle yaw, ATTITUDE
+    pitch_deg: float | None = None  # vehicle pitch and roll (not the camera's)
     roll_deg: float | None = None
-    altitude_m: float | None = None  # above home (GLOBAL_POSITION_INT.relative_alt)
+    altitude_m: float | None = None  # above the terrain (ALTITUDE) or above home
+    altitude_key: str | None = None  # the field it came from
     gps_lat: float | None = None  # last GPS_RAW_INT with fix_type >= 3
     gps_lon: float | None = None
     gps_eph_m: float | None = None
+    attitude_at: float = -math.inf  # time.monotonic() of the last ATTITUDE
+    altitude_at: float = -math.inf
+
+
+def nadir_camera_angles(
+    yaw_deg: float, pitch_deg: float, roll_deg: float
+) -> tuple[float, float, float]:
+    """(heading, pitch, roll) of a camera fixed to the airframe looking straight down with the
+    image top forward, in the camera convention of :mod:`geoloc.camera.attitude`, from the
+    vehicle's yaw/pitch/roll (MAVLink ATTITUDE: aerospace yaw-pitch-roll, NED)."""
+    import numpy as np
+
+    from geoloc.camera.attitude import angles_from_rotation
+
+    y, p, r = (math.radians(v) for v in (yaw_deg, pitch_deg, roll_deg))
+    cy, sy, cp, sp, cr, sr = (
+        math.cos(y),
+        math.sin(y),
+        math.cos(p),
+        math.sin(p),
+        math.cos(r),
+        math.sin(r),
+    )
+    body_to_ned = np.array(
+        [
+            [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+            [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+            [-sp, cp * sr, cp * cr],
+        ]
+    )
+    # camera axes (OpenCV: x right, y image-down, z optical axis) in the body frame (FRD)
+    cam_in_body = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    ned_to_enu = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+    h, pc, rc = angles_from_rotation(ned_to_enu @ body_to_ned @ cam_in_body)
+    return h % 360.0, pc, rc
 
 
 def gps_time(unix_s: float) -> tuple[int, int]:
@@ -70,11 +114,16 @@ def _local_ned(lat: float, lon: float, origin: tuple[float, float]) -> tuple[flo
 class MavlinkBridge:
     """A pymavlink link in a background thread; :meth:`send_fix` is a Service fix sink."""
 
-    def __init__(self, conn: str, out: str = "gps_input", rate_hz: float = 5.0) -> None:
-        if out not in OUTPUTS:
-            from geoloc.errors import ConfigError
+    def __init__(
+        self, conn: str, out: str = "gps_input", rate_hz: float = 5.0, mount: str = "body"
+    ) -> None:
+        from geoloc.errors import ConfigError
 
+        if out not in OUTPUTS:
             raise ConfigError(f"--mavlink-out must be one of {', '.join(OUTPUTS)}, got {out!r}")
+        if mount not in MOUNTS:
+            raise ConfigError(f"--camera-mount must be one of {', '.join(MOUNTS)}, got {mount!r}")
+        self.mount = mount
         self.conn_str, self.out, self.min_dt = conn, out, 1.0 / max(rate_hz, 0.01)
         self.telemetry = Telemetry()
         self.sent = 0
@@ -153,22 +202,51 @@ class MavlinkBridge:
     def _on_message(self, msg: Any) -> None:
         kind = msg.get_type()
         t = self.telemetry
+        now = time.monotonic()
         if kind == "ATTITUDE":
             t.heading_deg = math.degrees(msg.yaw) % 360.0
             t.pitch_deg, t.roll_deg = math.degrees(msg.pitch), math.degrees(msg.roll)
+            t.attitude_at = now
+        elif kind == "ALTITUDE":
+            # above the terrain is what a ground sampling distance needs; NaN when unknown
+            for key in ("altitude_terrain", "altitude_relative"):
+                v = float(getattr(msg, key))
+                if math.isfinite(v) and v > 0:
+                    t.altitude_m, t.altitude_key, t.altitude_at = v, f"ALTITUDE.{key}", now
+                    break
         elif kind == "GLOBAL_POSITION_INT":
-            t.altitude_m = msg.relative_alt / 1000.0
+            fresh_terrain = (
+                t.altitude_key == "ALTITUDE.altitude_terrain"
+                and now - t.altitude_at <= TELEMETRY_MAX_AGE_S
+            )
+            if not fresh_terrain:
+                t.altitude_m = msg.relative_alt / 1000.0
+                t.altitude_key, t.altitude_at = "GLOBAL_POSITION_INT.relative_alt", now
         elif kind == "GPS_RAW_INT" and msg.fix_type >= 3:
             t.gps_lat, t.gps_lon = msg.lat / 1e7, msg.lon / 1e7
             t.gps_eph_m = msg.eph / 100.0 if msg.eph != 65535 else None
 
     def priors(self) -> dict[str, Any]:
-        """Telemetry as tracker priors: ``heading_deg`` (vehicle yaw: a camera fixed to the
-        body, top forward), ``altitude_m`` and ``start`` (the last good GPS fix) when known."""
+        """Telemetry as priors of the camera: ``heading_deg`` (image top; the vehicle's yaw),
+        ``pitch_deg``/``roll_deg`` (DJI gimbal convention; from the vehicle's attitude for a
+        ``body`` mount, nadir for a ``gimbal``), ``altitude_m``, each None when unknown or older
+        than :data:`TELEMETRY_MAX_AGE_S`, and ``start`` (the last good GPS fix) when known."""
         from geoloc.localize import Prior
 
         t = self.telemetry
-        out: dict[str, Any] = {"heading_deg": t.heading_deg, "altitude_m": t.altitude_m}
+        now = time.monotonic()
+        out: dict[str, Any] = {
+            "heading_deg": None,
+            "pitch_deg": None,
+            "roll_deg": None,
+            "altitude_m": t.altitude_m if now - t.altitude_at <= TELEMETRY_MAX_AGE_S else None,
+        }
+        if t.heading_deg is not None and now - t.attitude_at <= TELEMETRY_MAX_AGE_S:
+            if self.mount == "body":
+                h, p, r = nadir_camera_angles(t.heading_deg, t.pitch_deg or 0.0, t.roll_deg or 0.0)
+            else:
+                h, p, r = t.heading_deg, -90.0, 0.0
+            out.update(heading_deg=h, pitch_deg=p, roll_deg=r)
         if t.gps_lat is not None and t.gps_lon is not None:
             out["start"] = Prior(t.gps_lat, t.gps_lon, max(100.0, 3.0 * (t.gps_eph_m or 0.0)))
         return out
@@ -202,10 +280,11 @@ class MavlinkBridge:
             ignore |= IGNORE_HDOP | IGNORE_HORIZ_ACCURACY
         if ve is None or vn is None:
             ignore |= IGNORE_VEL_HORIZ | IGNORE_SPEED_ACCURACY
-        week, week_ms = gps_time(time.time())
+        stamp = _stamp(fix)
+        week, week_ms = gps_time(stamp)
         heading = fix.get("heading_deg")
         mav.gps_input_send(
-            int(time.time() * 1e6),
+            int(stamp * 1e6),
             0,  # gps_id
             ignore,
             week_ms,
@@ -251,7 +330,7 @@ class MavlinkBridge:
         n, e, d, var = self._local(fix)
         yaw = math.radians(fix["heading_deg"]) if fix.get("heading_deg") is not None else 0.0
         mav.vision_position_estimate_send(
-            int(time.time() * 1e6), n, e, d, 0.0, 0.0, yaw, self._covariance(var), 0
+            int(_stamp(fix) * 1e6), n, e, d, 0.0, 0.0, yaw, self._covariance(var), 0
         )
 
     def _send_odometry(self, mav: Any, fix: dict[str, Any]) -> None:
@@ -264,7 +343,7 @@ class MavlinkBridge:
         nan = float("nan")
         vel_cov = [nan] * 21  # NaN first element: velocity covariance unknown
         mav.odometry_send(
-            int(time.time() * 1e6),
+            int(_stamp(fix) * 1e6),
             mavlink.MAV_FRAME_LOCAL_NED,
             mavlink.MAV_FRAME_BODY_FRD,
             n,
@@ -283,3 +362,9 @@ class MavlinkBridge:
             mavlink.MAV_ESTIMATOR_TYPE_VISION,
             0,
         )
+
+
+def _stamp(fix: dict[str, Any]) -> float:
+    """Unix time of the measurement: when its frame arrived (now when unknown)."""
+    t = fix.get("received_unix")
+    return float(t) if isinstance(t, (int, float)) and math.isfinite(t) else time.time()

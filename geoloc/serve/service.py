@@ -86,8 +86,12 @@ class Service:
         self._sinks: list[FixSink] = []
         self._overview: tuple[bytes, dict[str, float]] | None = None
         self.sessions: dict[str, Any] = {}
-        #: telemetry priors for tracked frames (MAVLink): heading_deg, altitude_m, start
+        #: telemetry priors (MAVLink): heading_deg, pitch_deg, roll_deg, altitude_m, start
         self.telemetry: TelemetrySource | None = None
+        #: the camera's horizontal field of view (deg), turning a telemetry altitude into a GSD
+        self.hfov_deg: float | None = None
+        #: the ``--source`` feeding the tracker (its ``as_dict()`` is in /health and /metrics)
+        self.source: Any = None
 
     @classmethod
     def open(
@@ -112,15 +116,24 @@ class Service:
 
     # ------------------------------------------------------------------------------ track
     def track_frame(
-        self, session: str, rgb: np.ndarray, *, t: float | None, priors: dict[str, Any]
+        self,
+        session: str,
+        rgb: np.ndarray,
+        *,
+        t: float | None,
+        priors: dict[str, Any],
+        received: float | None = None,
     ) -> dict[str, Any]:
         """``Tracker.update`` of ``session`` (created on its first frame), as a dict.
 
         The session's tracker shares this service's encoder and tile store; its global
         relocalization uses the service's localizer, so every call holds the one lock.
         ``priors`` may carry ``start`` (a Prior for a new session) and the tracker's per-frame
-        priors. Telemetry fills what the client did not give. ConfigError when too many sessions.
+        priors. Telemetry fills what the client did not give. ``received`` (Unix s, default now)
+        is when the frame arrived: the answer's ``received_unix``, which the MAVLink output
+        stamps as the time of the measurement. ConfigError when too many sessions.
         """
+        received = time.time() if received is None else received
         from geoloc.errors import ConfigError, GeolocError
         from geoloc.localize import Localizer
         from geoloc.localize.recall import NearPositionRecall
@@ -153,7 +166,7 @@ class Service:
         except GeolocError:
             self._record_error(time.perf_counter() - t0)
             raise
-        d = {**fix.as_dict(), "session": session}
+        d = {**fix.as_dict(), "session": session, "received_unix": received}
         self.record(d, time.perf_counter() - t0)
         return d
 
@@ -170,14 +183,26 @@ class Service:
         """Call ``sink(fix_dict)`` with every ``ok`` fix, in the thread that produced it."""
         self._sinks.append(sink)
 
+    def remove_sink(self, sink: FixSink) -> None:
+        """Stop calling ``sink`` (no error when it was not registered)."""
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
     # ------------------------------------------------------------------------------ locate
     def locate(self, rgb: np.ndarray, **kwargs: Any) -> dict[str, Any]:
         """``Localizer.locate`` on an RGB array, serialised; the fix as ``locate --format json``.
 
+        With telemetry (``--mavlink``), the heading, pitch and roll the caller did not give come
+        from the autopilot's latest attitude, and the altitude too when neither ``gsd`` nor
+        ``altitude_m`` is given and the camera's field of view is known (``hfov_deg`` here or
+        :attr:`hfov_deg`). The answer's ``prior_sources`` says where each came from
+        (``request``, ``mavlink`` or null) and its ``priors`` name ``mavlink`` as their source.
         GeolocError (bad frame, database down) propagates after being counted.
         """
         from geoloc.errors import GeolocError
 
+        kwargs, sources = self._telemetry_priors(kwargs)
+        received = time.time()
         t0 = time.perf_counter()
         try:
             with self._lock:
@@ -186,8 +211,42 @@ class Service:
             self._record_error(time.perf_counter() - t0)
             raise
         d = fix.as_dict()
+        used = d.get("priors")
+        if isinstance(used, dict):
+            for name, src in sources.items():
+                if src == "mavlink" and isinstance(used.get(name), dict):
+                    used[name] = {**used[name], "source": "mavlink"}
+        d["prior_sources"] = sources
+        d["received_unix"] = received
         self.record(d, time.perf_counter() - t0)
         return d
+
+    def _telemetry_priors(
+        self, kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, str | None]]:
+        """``kwargs`` with telemetry filling what the caller left unset; the source of each."""
+        kw = dict(kwargs)
+        tele = self.telemetry() if self.telemetry is not None else {}
+        sources: dict[str, str | None] = {}
+        for name, key in (("heading", "heading_deg"), ("pitch", "pitch_deg"), ("roll", "roll_deg")):
+            if kw.get(name) is not None:
+                sources[name] = "request"
+            elif tele.get(key) is not None:
+                kw[name] = float(tele[key])
+                sources[name] = "mavlink"
+            else:
+                sources[name] = None
+        hfov = kw.get("hfov_deg") or self.hfov_deg
+        if kw.get("gsd") is not None:
+            sources["gsd"], sources["altitude"] = "request", None
+        elif kw.get("altitude_m") is not None:
+            sources["gsd"], sources["altitude"] = None, "request"
+        elif tele.get("altitude_m") is not None and hfov is not None:
+            kw["altitude_m"], kw["hfov_deg"] = float(tele["altitude_m"]), float(hfov)
+            sources["gsd"], sources["altitude"] = None, "mavlink"
+        else:
+            sources["gsd"], sources["altitude"] = None, None
+        return kw, sources
 
     def _record_error(self, seconds: float) -> None:
         with self._state_lock:
@@ -258,6 +317,8 @@ class Service:
             "frames": dict(self.counts),
             "uptime_s": time.time() - self.started,
         }
+        if self.source is not None:
+            info["source"] = self.source.as_dict()
         try:
             info["tiles"] = self.tile_count()
             info["database"] = "ok"
@@ -297,6 +358,25 @@ class Service:
             "# TYPE geoloc_last_fix_age_seconds gauge",
             f"geoloc_last_fix_age_seconds {-1 if age is None else round(age, 3)}",
         ]
+        if self.source is not None:
+            src = self.source.as_dict()
+            lines += [
+                "# HELP geoloc_source_frames_total Frames of --source by outcome (dropped: "
+                "arrived while the tracker was busy).",
+                "# TYPE geoloc_source_frames_total counter",
+            ]
+            for what, key in (
+                ("read", "frames_read"),
+                ("tracked", "frames_tracked"),
+                ("dropped", "frames_dropped"),
+                ("error", "frame_errors"),
+            ):
+                lines.append(f'geoloc_source_frames_total{{outcome="{what}"}} {src[key]}')
+            lines += [
+                "# HELP geoloc_source_reconnects_total Times --source was reopened.",
+                "# TYPE geoloc_source_reconnects_total counter",
+                f"geoloc_source_reconnects_total {src['reconnects']}",
+            ]
         return "\n".join(lines) + "\n"
 
     def snapshot(self) -> dict[str, Any]:
