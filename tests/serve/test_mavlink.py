@@ -129,3 +129,109 @@ def test_gps_time() -> None:
     # 2024-01-01T00:00:00Z is GPS week 2295, Monday 00:00:18 (18 leap seconds)
     week, ms = gps_time(1_704_067_200)
     assert week == 2295 and ms == (86_400 + 18) * 1000
+
+
+def test_camera_angles_of_a_body_fixed_nadir_camera() -> None:
+    from geoloc.serve.mavlink import nadir_camera_angles
+
+    h, p, r = nadir_camera_angles(30.0, 0.0, 0.0)
+    assert (h, p, r) == pytest.approx((30.0, -90.0, 0.0), abs=1e-6)
+    # nose up: the belly, and the camera, turn forward
+    assert nadir_camera_angles(30.0, 10.0, 0.0)[1] == pytest.approx(-80.0, abs=1e-6)
+    # right wing down: the camera's right side goes down
+    assert nadir_camera_angles(0.0, 0.0, 10.0)[2] == pytest.approx(10.0, abs=1e-6)
+
+
+def test_altitude_prefers_terrain_and_stale_telemetry_is_dropped(link: Any) -> None:
+    from geoloc.serve.mavlink import TELEMETRY_MAX_AGE_S, MavlinkBridge
+
+    peer, port, _ = link
+    bridge = MavlinkBridge(f"udpout:127.0.0.1:{port}", mount="gimbal").start()
+    try:
+        assert _wait(peer, "HEARTBEAT") is not None
+        nan = float("nan")
+        peer.mav.altitude_send(1000, 50.0, 60.0, 40.0, 45.0, 80.0, nan)
+        peer.mav.global_position_int_send(1000, 0, 0, 0, 120_000, 0, 0, 0, 0)
+        _telemetry(peer)
+        for _ in range(50):
+            if bridge.telemetry.altitude_key and bridge.telemetry.heading_deg is not None:
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)  # GLOBAL_POSITION_INT, sent after ALTITUDE, is read too
+        t = bridge.telemetry
+        assert t.altitude_m == pytest.approx(80.0) and t.altitude_key == "ALTITUDE.altitude_terrain"
+        pri = bridge.priors()
+        assert pri["heading_deg"] == pytest.approx(90.0, abs=0.01)
+        assert pri["pitch_deg"] == -90.0 and pri["roll_deg"] == 0.0  # gimbal: nadir
+        t.attitude_at -= TELEMETRY_MAX_AGE_S + 1
+        t.altitude_at -= TELEMETRY_MAX_AGE_S + 1
+        pri = bridge.priors()
+        assert pri["heading_deg"] is None and pri["pitch_deg"] is None
+        assert pri["altitude_m"] is None
+    finally:
+        bridge.stop()
+
+
+def test_locate_takes_unset_priors_from_telemetry(service: Any, link: Any) -> None:
+    """/v1/locate: heading/pitch/roll (and altitude with a known hfov) from ATTITUDE/ALTITUDE
+    when the request does not set them; the answer names the source of each."""
+    import httpx
+
+    from geoloc.serve import create_app
+    from geoloc.serve.mavlink import MavlinkBridge
+    from tests.serve.conftest import run_app, stop_app
+
+    peer, port, _ = link
+    bridge = MavlinkBridge(f"udpout:127.0.0.1:{port}").start()
+    run = run_app(create_app(service))
+    service.telemetry = bridge.priors
+    try:
+        assert _wait(peer, "HEARTBEAT") is not None
+
+        def fresh() -> None:  # telemetry goes stale after TELEMETRY_MAX_AGE_S
+            peer.mav.attitude_send(1000, 0.02, -0.01, math.radians(90.0), 0.0, 0.0, 0.0)
+            peer.mav.altitude_send(1000, 50.0, 60.0, 40.0, 45.0, 80.0, float("nan"))
+            for _ in range(50):
+                if bridge.priors()["heading_deg"] is not None and bridge.priors()["altitude_m"]:
+                    return
+                time.sleep(0.1)
+            raise AssertionError("telemetry not received")
+
+        fresh()
+        r = httpx.post(f"{run.url}/v1/locate?gsd=0.3128", content=frame_bytes(0), timeout=300)
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert d["prior_sources"] == {
+            "heading": "mavlink",
+            "pitch": "mavlink",
+            "roll": "mavlink",
+            "gsd": "request",
+            "altitude": None,
+        }
+        assert d["priors"]["heading"]["source"] == "mavlink"
+        assert d["priors"]["heading"]["value"] == pytest.approx(bridge.priors()["heading_deg"])
+        assert d["priors"]["pitch"]["source"] == "mavlink"
+
+        fresh()
+        r = httpx.post(
+            f"{run.url}/v1/locate?gsd=0.3128&heading=10&pitch=-90&roll=0",
+            content=frame_bytes(0),
+            timeout=300,
+        )
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert {d["prior_sources"][k] for k in ("heading", "pitch", "roll")} == {"request"}
+        assert d["priors"]["heading"] == {"value": 10.0, "source": "flag"}
+
+        service.hfov_deg = 60.0  # the camera's field of view: the altitude gives the GSD
+        fresh()
+        r = httpx.post(f"{run.url}/v1/locate", content=frame_bytes(0), timeout=300)
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert d["prior_sources"]["altitude"] == "mavlink" and d["prior_sources"]["gsd"] is None
+        assert d["priors"]["altitude"] == {"value": 80.0, "source": "mavlink"}
+    finally:
+        service.telemetry = None
+        service.hfov_deg = None
+        stop_app(run)
+        bridge.stop()
