@@ -134,7 +134,7 @@ class Service:
         stamps as the time of the measurement. ConfigError when too many sessions.
         """
         received = time.time() if received is None else received
-        from geoloc.errors import ConfigError, GeolocError
+        from geoloc.errors import ConfigError
         from geoloc.localize import Localizer
         from geoloc.localize.recall import NearPositionRecall
         from geoloc.track import Tracker
@@ -163,7 +163,7 @@ class Service:
                     tr._global = self.localizer
                     self.sessions[session] = tr
                 fix = tr.update(rgb, t=t, priors=priors)
-        except GeolocError:
+        except Exception:  # a bad frame, or the database gone: counted, then answered above
             self._record_error(time.perf_counter() - t0)
             raise
         d = {**fix.as_dict(), "session": session, "received_unix": received}
@@ -199,15 +199,13 @@ class Service:
         (``request``, ``mavlink`` or null) and its ``priors`` name ``mavlink`` as their source.
         GeolocError (bad frame, database down) propagates after being counted.
         """
-        from geoloc.errors import GeolocError
-
         kwargs, sources = self._telemetry_priors(kwargs)
         received = time.time()
         t0 = time.perf_counter()
         try:
             with self._lock:
                 fix = self.localizer.locate(rgb, **kwargs)
-        except GeolocError:
+        except Exception:  # a bad frame, or the database gone: counted, then answered above
             self._record_error(time.perf_counter() - t0)
             raise
         d = fix.as_dict()

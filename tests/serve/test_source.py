@@ -39,9 +39,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
     return path
 
 
-def test_video_source_tracks_drops_and_reaches_the_autopilot(
-    service: Any, tmp_path: Path
-) -> None:
+def test_video_source_tracks_drops_and_reaches_the_autopilot(service: Any, tmp_path: Path) -> None:
     from geoloc.localize import Prior
     from geoloc.serve import create_app
     from geoloc.serve.mavlink import MavlinkBridge
