@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from geoloc.serve.decode import decode_image
 from geoloc.serve.service import ServeConfig, Service
@@ -165,8 +166,9 @@ def create_app(service: Service, config: ServeConfig | None = None) -> FastAPI:
         resp: Response = await call_next(request)
         return resp
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's class: routing's own 404/405 get the same {"error": reason} body as ours
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if 400 <= exc.status_code < 500:
             service.rejected += 1
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)

@@ -117,6 +117,9 @@ def test_link_lost_and_restored(link: Any) -> None:
         peer2 = _peer(port)
         try:
             assert _wait(peer2, "HEARTBEAT", 8.0) is not None
+            # reconnected, but no new fix: nothing stale is replayed to the autopilot
+            assert _wait(peer2, "GPS_INPUT", 1.5) is None
+            assert bridge.sent == 0
         finally:
             peer2.close()
     finally:
