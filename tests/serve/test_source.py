@@ -152,3 +152,48 @@ def test_display_spec_and_kind() -> None:
         "url",
         "file",
     ]
+
+
+def test_serve_command_with_a_source(serve_settings: Any, tmp_path: Path) -> None:
+    """``geoloc serve --source VIDEO``: the file is tracked, /health reports it ended, HTTP still
+    answers, SIGTERM exits 143."""
+    import signal
+
+    from tests.serve.conftest import free_port
+    from tests.track.flight import synthetic_flight
+
+    flight = synthetic_flight(n=4, fps=5.0)
+    video = write_video(tmp_path / "flight.mkv", flight.frames, 5.0)
+    lon0, lat0 = flight.truth[0]
+    port = free_port()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "geoloc.cli", "serve", "--port", str(port), "--preset", "fast"]
+        + ["--source", str(video), "--gsd", "0.28", "--start", f"{lat0},{lon0}"],
+        env=_env(serve_settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        src: dict[str, Any] = {}
+        for _ in range(1200):  # bounded: model load, then 4 frames tracked
+            try:
+                src = httpx.get(url + "/health", timeout=5).json().get("source", {})
+                if src.get("state") == "ended":
+                    break
+            except httpx.TransportError:
+                pass
+            assert p.poll() is None, p.communicate()[1]
+            time.sleep(0.5)
+        assert src.get("state") == "ended" and src["frames_read"] == 4, src
+        assert src["frames_tracked"] >= 1 and src["frame_errors"] == 0, src
+        r = httpx.get(url + "/v1/state", timeout=30).json()
+        assert r["last"] is not None and r["last"]["session"] == "@source"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 143, err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
