@@ -1,5 +1,8 @@
 """``geoloc serve``: one long-lived process keeping the model and index warm (HTTP, MAVLink, NMEA).
 
+``--source VIDEO|URL|DEVICE`` is tracked continuously (:mod:`geoloc.serve.source`); a source that
+cannot be opened is a one-line error (exit 1) before the model loads.
+
 Binds to 127.0.0.1 by default; any other host needs ``GEOLOC_API_TOKEN`` (clients send
 ``Authorization: Bearer <token>``) and the command refuses to start without it. SIGTERM stops
 accepting, finishes the requests in flight and exits 143.

@@ -2,7 +2,8 @@
 
 :class:`~geoloc.serve.service.Service` keeps one warm :class:`~geoloc.localize.Localizer` and the
 latest fixes; :func:`~geoloc.serve.app.create_app` puts the HTTP API and the page on top of it;
-:class:`~geoloc.serve.mavlink.MavlinkBridge` talks to the autopilot.
+:class:`~geoloc.serve.mavlink.MavlinkBridge` talks to the autopilot;
+:class:`~geoloc.serve.source.FrameSource` feeds a video file, stream or device to the tracker.
 """
 
 from __future__ import annotations
