@@ -129,21 +129,28 @@ class Service:
         The session's tracker shares this service's encoder and tile store; its global
         relocalization uses the service's localizer, so every call holds the one lock.
         ``priors`` may carry ``start`` (a Prior for a new session) and the tracker's per-frame
-        priors. Telemetry fills what the client did not give. ``received`` (Unix s, default now)
+        priors. Telemetry fills what the client did not give (``prior_sources`` of the answer
+        says which: ``request``, ``mavlink`` or null). ``received`` (Unix s, default now)
         is when the frame arrived: the answer's ``received_unix``, which the MAVLink output
         stamps as the time of the measurement. ConfigError when too many sessions.
         """
-        received = time.time() if received is None else received
         from geoloc.errors import ConfigError
         from geoloc.localize import Localizer
         from geoloc.localize.recall import NearPositionRecall
         from geoloc.track import Tracker
 
+        received = time.time() if received is None else received
         tele = self.telemetry() if self.telemetry is not None else {}
         start = priors.pop("start", None) or tele.get("start")
+        sources: dict[str, str | None] = {}
         for key in ("heading_deg", "altitude_m"):
-            if priors.get(key) is None and tele.get(key) is not None:
+            if priors.get(key) is not None:
+                sources[key] = "request"
+            elif tele.get(key) is not None:
                 priors[key] = tele[key]
+                sources[key] = "mavlink"
+            else:
+                sources[key] = None
         priors = {k: v for k, v in priors.items() if v is not None}
         t0 = time.perf_counter()
         try:
@@ -167,6 +174,7 @@ class Service:
             self._record_error(time.perf_counter() - t0)
             raise
         d = {**fix.as_dict(), "session": session, "received_unix": received}
+        d["prior_sources"] = sources
         self.record(d, time.perf_counter() - t0)
         return d
 

@@ -233,7 +233,15 @@ def test_locate_takes_unset_priors_from_telemetry(service: Any, link: Any) -> No
         d = r.json()
         assert d["prior_sources"]["altitude"] == "mavlink" and d["prior_sources"]["gsd"] is None
         assert d["priors"]["altitude"] == {"value": 80.0, "source": "mavlink"}
+
+        fresh()  # a tracked frame: the tracker's heading and altitude priors
+        r = httpx.post(
+            f"{run.url}/v1/track/tele/frames?gsd=0.3128", content=frame_bytes(0), timeout=300
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["prior_sources"] == {"heading_deg": "mavlink", "altitude_m": "mavlink"}
     finally:
+        service.end_session("tele")
         service.telemetry = None
         service.hfov_deg = None
         stop_app(run)
