@@ -139,7 +139,7 @@ def run(
                 if health.get("source", {}).get("state") == "ended":
                     break
         src = health.get("source", {})
-        # the service's own time per answered frame (tracker update), from /metrics
+        # the service's time per answered frame (tracker update, its lock wait included)
         per_frame_ms = None
         try:
             metrics = httpx.get(url + "/metrics", timeout=10).text
