@@ -7,8 +7,8 @@ has a timeout and the run stops after ``clients * frames`` requests. The service
 localizer, so latency under load includes queueing behind the other clients.
 
 Reports client-side latency p50/p95/max, errors (non-200 or transport failures), statuses,
-frames/s; then the warm single-request latency (sequential POSTs, median) against a cold
-``geoloc locate`` process (model + index load included). JSON in
+frames/s; before that, the warm single-request latency (sequential POSTs, median) and, right
+after it, a cold ``geoloc locate`` process (model + index load included). JSON in
 ``benchmarks/results/serve_load.json``.
 
     python benchmarks/serve_load.py [--clients 8] [--frames 50] [--preset accurate]
@@ -120,6 +120,23 @@ def run(
         with httpx.Client() as c:
             warm = [post(c, i)[0] for i in range(len(sample))]
         out["warm_post_ms_p50"] = _pct(warm, 50)
+        out["loadavg_at_warm"] = list(os.getloadavg())
+        # cold, right after warm so both see the same machine: one CLI process for one frame,
+        # model and index loaded from scratch
+        data, gsd, name = sample[0]
+        t = time.perf_counter()
+        p = subprocess.run(
+            [sys.executable, "-m", "geoloc.cli", "-q", "locate", str(FRAMES / name)]
+            + ["--gsd", str(gsd), "--preset", preset],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        out["cold_cli_ms"] = round((time.perf_counter() - t) * 1000.0, 1)
+        out["cold_cli_exit"] = p.returncode
+        if out["warm_post_ms_p50"]:
+            out["cold_over_warm"] = round(out["cold_cli_ms"] / out["warm_post_ms_p50"], 2)
 
         lat: list[float] = []
         errors: list[str] = []
@@ -159,21 +176,6 @@ def run(
                 "frames_per_s": round(clients * frames / wall, 3),
             }
         )
-        # cold: one CLI process for one frame, model and index loaded from scratch
-        data, gsd, name = sample[0]
-        t = time.perf_counter()
-        p = subprocess.run(
-            [sys.executable, "-m", "geoloc.cli", "-q", "locate", str(FRAMES / name)]
-            + ["--gsd", str(gsd), "--preset", preset],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        out["cold_cli_ms"] = round((time.perf_counter() - t) * 1000.0, 1)
-        out["cold_cli_exit"] = p.returncode
-        if out["warm_post_ms_p50"]:
-            out["cold_over_warm"] = round(out["cold_cli_ms"] / out["warm_post_ms_p50"], 2)
         out["loadavg_at_end"] = list(os.getloadavg())
     finally:
         if server is not None and server.poll() is None:
