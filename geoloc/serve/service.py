@@ -205,7 +205,8 @@ class Service:
         ``altitude_m`` is given and the camera's field of view is known (``hfov_deg`` here or
         :attr:`hfov_deg`). The answer's ``prior_sources`` says where each came from
         (``request``, ``mavlink`` or null) and its ``priors`` name ``mavlink`` as their source.
-        GeolocError (bad frame, database down) propagates after being counted.
+        Failures (GeolocError for a bad frame; the driver's error when the database is gone)
+        propagate after being counted.
         """
         kwargs, sources = self._telemetry_priors(kwargs)
         received = time.time()
