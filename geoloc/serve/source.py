@@ -151,7 +151,9 @@ class FrameSource:
 
     ``priors`` are the tracker's per-frame priors the operator gave (``gsd``, ``altitude_m``,
     ``hfov_deg``, ``heading_deg``); ``start`` (a ``Prior``) is where the first fix is searched.
-    MAVLink telemetry fills the priors not given, as for HTTP tracking sessions.
+    MAVLink telemetry fills the priors not given, as for HTTP tracking sessions. ``service``
+    may be set after :meth:`open` and before :meth:`start`: ``geoloc serve`` opens the input
+    before the model loads, so a bad ``--source`` fails at once.
     """
 
     def __init__(
