@@ -27,7 +27,7 @@ right, y down, pixel-centre convention (integer = pixel centre, as XFeat and Ope
 keypoints of neighbouring tiles of one orthomosaic share one frame. To map them, the grid's
 transform is :func:`grid_transform` of the tile's :class:`~geoloc.store.records.Candidate`
 (``Candidate.transform`` shifted by the tile's grid origin, which is
-``window.col_off * tile_size / window.width`` etc.): ``grid_transform(c) * (x + 0.5, y + 0.5)`` is
+``window.col_off * tile_size / window.width`` etc.): ``grid_transform(c) @ (x + 0.5, y + 0.5)`` is
 the point in ``c.crs``; :func:`grid_to_lonlat` does that and the CRS conversion.
 
 Each tile keeps only keypoints in its *core cell* (the central ``stride`` x ``stride`` square of
@@ -193,7 +193,7 @@ def grid_origin(candidate: Any) -> tuple[float, float]:
 def grid_transform(candidate: Any) -> Affine:
     """Transform of the tile's orthomosaic grid pixels (corner convention) to ``candidate.crs``."""
     x0, y0 = grid_origin(candidate)
-    t: Affine = candidate.transform * Affine.translation(-x0, -y0)
+    t: Affine = candidate.transform @ Affine.translation(-x0, -y0)
     return t
 
 

@@ -319,7 +319,7 @@ class TileStore:
 
     def _feature_store(self) -> FeatureStore:
         if self._features is None:
-            self._features = FeatureStore.open(self.features_dir)
+            self._features = _open_features(self.features_dir)
         return self._features
 
     @property
@@ -635,6 +635,46 @@ class TileStore:
         self._need_lock("readd")
         self._write_index().add(np.asarray(tile_ids, dtype=np.int64), omega)
 
+    def reset_features(self, spec: FeatureSpec, *, keep: bool = False) -> FeatureSpec:
+        """Start rebuilding the features (replaced at :meth:`save_features`): empty with
+        ``spec``, or (``keep``, when the stored spec is the same) keeping the intact features
+        of complete tiles. Returns the spec written."""
+        self._need_lock("reset_features")
+        feats = _open_features(self.features_dir)
+        if keep and feats.spec == spec:
+            _reconcile_features(self._db, self.encoder_id, feats, save=False)
+        else:
+            feats.reset(spec)
+        self._features = feats
+        return spec
+
+    def feature_ids(self) -> np.ndarray:
+        """Sorted ids of the tiles with intact stored features."""
+        return self._feature_store().ids()
+
+    def readd_features(
+        self,
+        tiles: Sequence[TileRecord | Any],
+        tile_ids: Sequence[int],
+        stride: int,
+        features: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ) -> None:
+        """Add features of tiles already in the database (after :meth:`reset_features`);
+        ``stride`` is their orthomosaic's grid step."""
+        self._need_lock("readd_features")
+        recs = [TileRecord.from_tile(t) for t in tiles]
+        if not recs:
+            return
+        origins = np.array([(r.col * stride, r.row * stride) for r in recs], dtype=np.int64)
+        self._feature_store().add(tile_ids, origins, recs[0].tile_size, features)
+
+    def save_features(self) -> FeatureStore:
+        """Save the features atomically (a feature rebuild's last step); return them."""
+        self._need_lock("save_features")
+        feats = self._feature_store()
+        feats.save()
+        return feats
+
     def save_index(self) -> OmegaIndex:
         """Save the index atomically (a rebuild's last step); return it."""
         self._need_lock("save_index")
@@ -660,7 +700,19 @@ def _map_grid(db: Database, encoder_id: int, *, warn: bool) -> tuple[float, int]
     return map_gsd, sizes.most_common(1)[0][0]
 
 
-def _reconcile_features(db: Database, encoder_id: int, feats: FeatureStore) -> None:
+def _open_features(directory: Path) -> FeatureStore:
+    """The saved features; none (one warning) when their metadata is unreadable, so a reader
+    falls back to the rasters and a writer starts them afresh."""
+    try:
+        return FeatureStore.open(directory)
+    except IndexError_ as exc:
+        log.warning("%s", exc)
+        return FeatureStore(directory, None)
+
+
+def _reconcile_features(
+    db: Database, encoder_id: int, feats: FeatureStore, *, save: bool = True
+) -> None:
     """Drop features of tiles that are not complete tiles in the database (a killed writer's)."""
     if feats.spec is None:
         return
@@ -669,7 +721,8 @@ def _reconcile_features(db: Database, encoder_id: int, feats: FeatureStore) -> N
     if stale.size:
         log.warning("removing features of %d tiles that are not in the database", stale.size)
         feats.remove(stale)
-        feats.save()
+        if save:
+            feats.save()
 
 
 def _reconcile(db: Database, encoder_id: int, index: OmegaIndex | None) -> None:
