@@ -173,7 +173,7 @@ def _verify_features(
         return
     report.features_exists = True
     try:
-        feats = FeatureStore.open(fdir)
+        feats = FeatureStore.open(fdir, warn=False)
     except IndexError_ as exc:
         report.feature_problems.append(str(exc))
         return

@@ -305,11 +305,12 @@ class FeatureStore:
         return (Path(directory) / "meta.json").is_file()
 
     @classmethod
-    def open(cls, directory: Path, *, mmap: bool = True) -> FeatureStore:
+    def open(cls, directory: Path, *, mmap: bool = True, warn: bool = True) -> FeatureStore:
         """The saved store in ``directory`` (an empty one, with no spec, when none is saved).
 
         A segment whose files are missing, truncated or whose tile table fails its SHA-256 is
-        left out (its tiles read as absent) with one warning; an unreadable ``meta.json`` raises
+        left out (its tiles read as absent) with one warning (``warn``; :attr:`problems` lists
+        them either way); an unreadable ``meta.json`` raises
         :class:`~geoloc.errors.IndexError_`.
         """
         directory = Path(directory)
@@ -337,6 +338,8 @@ class FeatureStore:
             seg, problem = self._load_segment(entry, pdt, mmap=mmap)
             if problem is not None:
                 self.problems.append(problem)
+                if not warn:
+                    continue
                 log.warning(
                     "%s; its %s tiles read as without features: %s",
                     problem,
