@@ -325,6 +325,12 @@ class _Ingester:
                 tile_size=int(cfg.tile_size),
                 stride=int(grid.stride),
             )
+        if extract is None and self.store.feature_spec is not None:
+            log.warning(
+                "%s: its tiles get no local features while the store keeps them; "
+                "`geoloc index rebuild --features --missing` adds them",
+                path,
+            )
         if self.distributed is not None:
             from geoloc.ingest.distributed import write_bands
 

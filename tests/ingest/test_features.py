@@ -128,6 +128,10 @@ def test_features_max_is_kept_and_rebuild_changes_it(
     with _store(pg_settings, encoder) as store:
         assert store.feature_spec is not None and store.feature_spec.max_per_tile == 20
         assert max(len(k) for k in store.features(ids).values()) == 20
+    assert run_cli(monkeypatch, pg_settings, "index", "info") == 0
+    info = json.loads(capsys.readouterr().out)["features"]
+    assert info["tiles"] == ids.size and info["spec"]["max_per_tile"] == 20
+    assert info["bytes_per_tile"] <= 32 + 70 * 20 + 200  # records + headers, amortised
 
 
 def test_tiles_without_features_fail_verify_until_rebuilt(
