@@ -315,7 +315,7 @@ class _Ingester:
 
         self.progress.start(Path(path).name, int(len(grid)))
         extract = None
-        if self.features is not None and self.distributed is None:
+        if self.features is not None:
             from geoloc.ingest.features import TileFeatures
 
             extract = TileFeatures(
@@ -334,12 +334,15 @@ class _Ingester:
         if self.distributed is not None:
             from geoloc.ingest.distributed import write_bands
 
+            add = self.store.add if extract is None else _DriverFeatures(raster, cfg, extract, self)
             kept = write_bands(
                 self.distributed.bands(str(path), cfg, grid, self.batch_size),
-                self.store.add,
+                add,
                 self.batch_size,
                 on_position=self.progress.update,
             )
+            if extract is not None:
+                res.timings.features_s = extract.seconds
             self.progress.finish()
             return kept
         t = encode_stream(
@@ -353,6 +356,26 @@ class _Ingester:
         res.timings.features_s = t.features_s
         self.progress.finish()
         return kept
+
+
+class _DriverFeatures:
+    """``TileStore.add`` for a ``--cluster`` ingest that also stores local features: the driver
+    re-reads each batch's tiles (the workers return records, not pixels) and extracts them, so
+    the features equal those of a single-process ingest."""
+
+    def __init__(self, raster: Any, cfg: Any, extract: Any, ingester: _Ingester) -> None:
+        self.raster, self.cfg, self.extract, self.store = raster, cfg, extract, ingester.store
+
+    def __call__(self, tiles: list[Any], *arrays: Any) -> list[int]:
+        import numpy as np
+
+        from geoloc.ingest.distributed import read_band
+
+        rows = (min(t.row for t in tiles), max(t.row for t in tiles) + 1) if tiles else (0, 0)
+        cells = {(t.row, t.col): t for t in read_band(self.raster, self.cfg, rows)}
+        read = [cells[(t.row, t.col)] for t in tiles]
+        feats = self.extract(read, np.stack([t.pixels for t in read])) if read else []
+        return self.store.add(tiles, *arrays, features=feats)
 
 
 @contextlib.contextmanager
@@ -407,7 +430,7 @@ def ingest(
         workers: encoder actors on the cluster (default: its CPUs).
         features: extract and store each tile's local features (XFeat keypoints of its core
             cell) for verification; None: ``settings.features`` (``GEOLOC_FEATURES``, on by
-            default). Not with ``cluster`` yet (``geoloc index rebuild --features`` adds them).
+            default). With ``cluster`` this process extracts them (the workers encode).
         features_max: keypoints kept per tile (None: ``settings.features_max`` or the default);
             a store that has features keeps its own setting.
 
@@ -434,11 +457,6 @@ def ingest(
         from geoloc.ingest.features import feature_spec
 
         spec = feature_spec(features_max if features_max is not None else settings.features_max)
-        if cluster is not None:
-            log.warning(
-                "local features are not extracted on a --cluster ingest yet; "
-                "run `geoloc index rebuild --features` afterwards"
-            )
     rasters, problems = expand_paths(paths)
     results = [
         IngestResult(path=p.path, status="failed", message=f"{p.path}: {p.message}")
