@@ -12,13 +12,16 @@ if TYPE_CHECKING:
     from geoloc.store.database import Database, open_database
     from geoloc.store.faiss_store import OmegaIndex
     from geoloc.store.records import Candidate, RasterRecord, TileRecord
+    from geoloc.store.tile_features import FeatureSpec, TileKeypoints
     from geoloc.store.tile_store import TileStore
 
 __all__ = [
     "Candidate",
     "Database",
+    "FeatureSpec",
     "OmegaIndex",
     "RasterRecord",
+    "TileKeypoints",
     "TileRecord",
     "TileStore",
     "open_database",
@@ -32,6 +35,8 @@ _LAZY = {
     "RasterRecord": "geoloc.store.records",
     "TileRecord": "geoloc.store.records",
     "TileStore": "geoloc.store.tile_store",
+    "FeatureSpec": "geoloc.store.tile_features",
+    "TileKeypoints": "geoloc.store.tile_features",
 }
 
 
