@@ -329,16 +329,44 @@ class _Ingester:
         return kept
 
 
+def _use_runtime(enc: Any, runtime: str, settings: Settings) -> str:
+    """Put the backbone of ``enc`` on ``runtime`` (ONNX exports cached under the home)."""
+    from geoloc.models.runtime import use_runtime
+
+    used = use_runtime(enc, runtime, cache_dir=onnx_cache_dir(settings))
+    log.debug("encoder runtime: %s", used)
+    return used
+
+
+def onnx_cache_dir(settings: Settings) -> Path:
+    """Where exported ONNX backbones are cached: ``<home>/cache/onnx``."""
+    return settings.home / "cache" / "onnx"
+
+
 @contextlib.contextmanager
 def _distributed(
-    cluster: str, workers: int | None, enc: Any, spec: str | Any, checkpoint: str | Path | None
+    cluster: str,
+    workers: int | None,
+    enc: Any,
+    spec: str | Any,
+    checkpoint: str | Path | None,
+    settings: Settings,
 ) -> Iterator[Any]:
     from geoloc.ingest.distributed import DistributedEncoder, ray_cluster
 
     name = spec if isinstance(spec, str) else str(enc.name)
+    # the actors run the backbone on the runtime the driver's encoder ended up on
+    runtime = "onnx" if "_onnx_backbone" in getattr(enc, "__dict__", {}) else "torch"
     with (
         ray_cluster(cluster, workers),
-        DistributedEncoder(name, checkpoint, str(enc.weights_sha256), workers=workers) as dist,
+        DistributedEncoder(
+            name,
+            checkpoint,
+            str(enc.weights_sha256),
+            workers=workers,
+            runtime=runtime,
+            cache_dir=onnx_cache_dir(settings),
+        ) as dist,
     ):
         yield dist
 
@@ -357,6 +385,7 @@ def ingest(
     min_valid: float = DEFAULT_MIN_VALID,
     cluster: str | None = None,
     workers: int | None = None,
+    runtime: str | None = None,
 ) -> list[IngestResult]:
     """Ingest rasters (files, directories walked recursively, globs) into the tile store.
 
@@ -377,6 +406,9 @@ def ingest(
             127.0.0.1, or the one already connected) or ``"ray://HOST:PORT"``: encoder actors
             on Ray do, this process writes (:mod:`geoloc.ingest.distributed`).
         workers: encoder actors on the cluster (default: its CPUs).
+        runtime: backbone runtime of an encoder loaded by name (``auto`` | ``torch`` | ``onnx``,
+            :mod:`geoloc.models.runtime`; default ``GEOLOC_ENCODER_RUNTIME`` or ``auto``). An
+            encoder passed in already loaded keeps the runtime it has.
 
     Returns:
         One ``failed`` :class:`IngestResult` per input path that yielded no raster, then one
@@ -395,6 +427,9 @@ def ingest(
     if batch_size < 1:
         raise IngestError(f"--batch-size must be >= 1, got {batch_size}")
     policy_for(224, gsd, stride, min_valid)  # validate the options before any heavy work
+    from geoloc.models.runtime import check_runtime, default_runtime
+
+    runtime = default_runtime() if runtime is None else check_runtime(runtime)
     settings = settings or Settings.from_env()
     rasters, problems = expand_paths(paths)
     results = [
@@ -416,6 +451,7 @@ def ingest(
             enc = load_encoder(encoder, checkpoint=checkpoint)
             if hasattr(enc, "optimize_for_inference"):
                 enc.optimize_for_inference()
+            _use_runtime(enc, runtime, settings)
         else:
             enc = encoder  # an already loaded encoder (tests, benchmarks, notebooks)
         policy = policy_for(int(enc.input_size), gsd, stride, min_valid)
@@ -435,7 +471,9 @@ def ingest(
         with contextlib.ExitStack() as stack:
             dist = None
             if cluster is not None:
-                dist = stack.enter_context(_distributed(cluster, workers, enc, encoder, checkpoint))
+                dist = stack.enter_context(
+                    _distributed(cluster, workers, enc, encoder, checkpoint, settings)
+                )
             prog = stack.enter_context(_progress_bar(progress))
             ingester = _Ingester(
                 enc,

@@ -146,15 +146,26 @@ def read_band(raster: Any, cfg: TileConfig, rows: tuple[int, int]) -> list[Any]:
 class EncodeWorker:
     """A Ray actor body: one encoder, loaded once, encoding bands of rasters it opens itself."""
 
-    def __init__(self, encoder: str, checkpoint: str | None, threads: int) -> None:
+    def __init__(
+        self,
+        encoder: str,
+        checkpoint: str | None,
+        threads: int,
+        runtime: str = "torch",
+        cache_dir: str | None = None,
+    ) -> None:
         import torch
 
         from geoloc.models import load_encoder
+        from geoloc.models.runtime import use_runtime
 
         torch.set_num_threads(max(1, threads))
         self.encoder = load_encoder(encoder, checkpoint=checkpoint)
         if hasattr(self.encoder, "optimize_for_inference"):
             self.encoder.optimize_for_inference()
+        self.runtime = use_runtime(
+            self.encoder, runtime, cache_dir=None if cache_dir is None else Path(cache_dir)
+        )
 
     def pid(self) -> int:
         """This actor's process id (tests kill it)."""
@@ -196,6 +207,8 @@ class DistributedEncoder:
         weights_sha256: what the driver's encoder reports.
         workers: actors to start (default: the cluster's CPUs).
         threads: torch threads per actor.
+        runtime: backbone runtime of the actors' encoders (:mod:`geoloc.models.runtime`).
+        cache_dir: where the actors cache an exported ONNX backbone (a path they all see).
     """
 
     def __init__(
@@ -206,6 +219,8 @@ class DistributedEncoder:
         *,
         workers: int | None = None,
         threads: int = 1,
+        runtime: str = "torch",
+        cache_dir: str | Path | None = None,
     ) -> None:
         import ray
 
@@ -214,7 +229,11 @@ class DistributedEncoder:
         self.weights_sha256 = weights_sha256
         self.actors: list[Any] = [
             actor.options(name=ACTOR_NAME.format(i), namespace=NAMESPACE).remote(
-                encoder, None if checkpoint is None else str(checkpoint), threads
+                encoder,
+                None if checkpoint is None else str(checkpoint),
+                threads,
+                runtime,
+                None if cache_dir is None else str(cache_dir),
             )
             for i in range(int(n))
         ]
