@@ -52,20 +52,6 @@ def _encoder_only(
     return len(pixels) / wall, cpu / len(pixels)
 
 
-def _two_node_cluster() -> Any:
-    """A local Ray cluster of a head node and one worker node (127.0.0.1, one CPU each), with
-    this process connected as its driver; ``shutdown()`` stops exactly its processes."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
-    nodes = Cluster(initialize_head=True, head_node_args=args)
-    nodes.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-    ray.init(address=nodes.address, namespace="geoloc", log_to_driver=False)
-    nodes.wait_for_nodes()
-    return nodes
-
-
 def gsd_sweep(
     gsds: tuple[float, ...] = (0.28, 0.5, 0.75),
     n_views: int = 24,
@@ -146,15 +132,12 @@ def run(
     cluster: str | None = None,
     workers: int | None = None,
     runtime: str = "auto",
-    ray_nodes: bool = False,
     mosaic_only: bool = False,
 ) -> dict[str, Any]:
     """Measure ingest throughput (and, with ``sweep``, the GSD sweep); save and return them.
 
     ``runtime`` is the encoder's backbone runtime (``geoloc.models.runtime``) for the encoder
-    alone, the single-process ingest and the Ray actors alike. ``ray_nodes`` starts a local
-    two-node Ray cluster (a head node and one worker node on 127.0.0.1, one CPU each, one
-    encoder actor on each) for the ``cluster`` run, and stops exactly those processes after.
+    alone, the single-process ingest and the Ray actors alike.
     ``mosaic_only`` measures the Turku mosaic without the bundled sample.
 
     ``cluster`` (``auto`` or ``ray://HOST:PORT``) also re-ingests each raster (``force``) on Ray
@@ -176,16 +159,12 @@ def run(
     home = Path(tempfile.mkdtemp(prefix="geoloc-bench-ingest-", dir="/tmp"))
     out: dict[str, Any] = {"encoder": encoder, "batch_size": batch_size, "rasters": []}
     out["load_average_1min"] = {"start": round(os.getloadavg()[0], 2)}
-    nodes = None
     try:
         settings = Settings(home=home, database_url=None)
         enc = load_encoder(encoder)
         if hasattr(enc, "optimize_for_inference"):
             enc.optimize_for_inference()
         out["runtime"] = use_runtime(enc, runtime, cache_dir=home / "cache" / "onnx")
-        if cluster is not None and ray_nodes:
-            nodes = _two_node_cluster()
-            workers = 2
         for path in rasters:
             # Encoder alone before and after the ingest (the machine's load drifts), averaged.
             with open_raster(path) as r:
@@ -271,11 +250,6 @@ def run(
     finally:
         from geoloc.store import embedded
 
-        if nodes is not None:
-            import ray
-
-            ray.shutdown()
-            nodes.shutdown()
         embedded.stop(Settings(home=home, database_url=None))
         shutil.rmtree(home, ignore_errors=True)
     if sweep:
@@ -315,7 +289,7 @@ if __name__ == "__main__":
     ap.add_argument(
         "--ray",
         action="store_true",
-        help="also ingest on a local two-node Ray cluster (head + one worker, 127.0.0.1)",
+        help="also ingest on a local Ray cluster (127.0.0.1, 2 encoder actors): --cluster auto",
     )
     ap.add_argument("--runtime", default="auto", help="encoder backbone: auto | torch | onnx")
     ap.add_argument("--mosaic", action="store_true", help="only the Turku mosaic")
@@ -326,9 +300,8 @@ if __name__ == "__main__":
         gsd=a.gsd,
         stride=a.stride,
         cluster="auto" if a.ray else a.cluster,
-        workers=a.workers,
+        workers=2 if a.ray and a.workers is None else a.workers,
         runtime=a.runtime,
-        ray_nodes=a.ray,
         mosaic_only=a.mosaic,
     )
     print(json.dumps(res, indent=2))
