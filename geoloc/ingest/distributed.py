@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -237,6 +238,17 @@ class DistributedEncoder:
             )
             for i in range(int(n))
         ]
+        # wait for every actor's encoder (load, optimisation, ONNX session) here, once per run:
+        # otherwise the first bands of the first raster wait for it
+        t0 = time.perf_counter()
+        try:
+            ray.get([a.pid.remote() for a in self.actors])
+        except Exception as exc:  # noqa: BLE001 - an actor that cannot start is one clear line
+            self.close()
+            reason = (str(exc).strip().splitlines() or ["actor failed"])[0]
+            raise IngestError(f"Ray encoder actors did not start: {reason}") from exc
+        self.startup_s = time.perf_counter() - t0
+        log.info("%d Ray encoder actors ready in %.1f s", len(self.actors), self.startup_s)
 
     def close(self) -> None:
         """Stop the actors."""
