@@ -36,8 +36,9 @@ _ENV = "GEOLOC_ENCODER_RUNTIME"
 
 
 def onnx_available() -> bool:
-    """True when ``onnxruntime`` can be imported."""
+    """True when ``onnxruntime`` and ``onnx`` (which torch's exporter needs) can be imported."""
     try:
+        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
@@ -147,7 +148,9 @@ def use_runtime(encoder: Any, runtime: str = "auto", cache_dir: Path | None = No
         return "torch"
     if not onnx_available():
         if runtime == "onnx":
-            raise ConfigError("encoder runtime 'onnx' needs onnxruntime: pip install onnxruntime")
+            raise ConfigError(
+                "encoder runtime 'onnx' needs onnxruntime and onnx: pip install 'geoloc[onnx]'"
+            )
         return "torch"
     if "_onnx_backbone" in encoder.__dict__:
         return "onnx"
@@ -156,7 +159,13 @@ def use_runtime(encoder: Any, runtime: str = "auto", cache_dir: Path | None = No
     path = _cache_path(encoder, cache_dir or default_cache_dir())
     fresh = not path.is_file()
     if fresh:
-        _export(encoder.backbone, int(encoder.input_size), path)
+        try:
+            _export(encoder.backbone, int(encoder.input_size), path)
+        except Exception as exc:  # noqa: BLE001 - an exporter gap: auto keeps torch
+            if runtime == "onnx":
+                raise ConfigError(f"{path}: cannot export the backbone to ONNX: {exc}") from exc
+            log.warning("%s: ONNX export failed (%s); keeping torch", path, exc)
+            return "torch"
     try:
         session = OnnxBackbone(path)
     except Exception as exc:  # noqa: BLE001 - a corrupt cache file: export again once

@@ -12,7 +12,8 @@ from geoloc.errors import ConfigError
 from geoloc.models import Encoder, build_encoder
 from geoloc.models.runtime import check_runtime, default_runtime, use_runtime
 
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
 
 
 def _assert_matches(fast: Encoder, ref: Encoder, images: np.ndarray) -> None:
