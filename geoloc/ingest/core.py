@@ -329,18 +329,13 @@ class _Ingester:
         return kept
 
 
-def _use_runtime(enc: Any, runtime: str, settings: Settings) -> str:
-    """Put the backbone of ``enc`` on ``runtime`` (ONNX exports cached under the home)."""
+def _use_runtime(enc: Any, runtime: str) -> str:
+    """Put the backbone of ``enc`` on ``runtime`` (ONNX exports cached per user)."""
     from geoloc.models.runtime import use_runtime
 
-    used = use_runtime(enc, runtime, cache_dir=onnx_cache_dir(settings))
+    used = use_runtime(enc, runtime)
     log.debug("encoder runtime: %s", used)
     return used
-
-
-def onnx_cache_dir(settings: Settings) -> Path:
-    """Where exported ONNX backbones are cached: ``<home>/cache/onnx``."""
-    return settings.home / "cache" / "onnx"
 
 
 @contextlib.contextmanager
@@ -350,9 +345,9 @@ def _distributed(
     enc: Any,
     spec: str | Any,
     checkpoint: str | Path | None,
-    settings: Settings,
 ) -> Iterator[Any]:
     from geoloc.ingest.distributed import DistributedEncoder, ray_cluster
+    from geoloc.models.runtime import default_cache_dir
 
     name = spec if isinstance(spec, str) else str(enc.name)
     # the actors run the backbone on the runtime the driver's encoder ended up on
@@ -365,7 +360,7 @@ def _distributed(
             str(enc.weights_sha256),
             workers=workers,
             runtime=runtime,
-            cache_dir=onnx_cache_dir(settings),
+            cache_dir=default_cache_dir(),
         ) as dist,
     ):
         yield dist
@@ -451,7 +446,7 @@ def ingest(
             enc = load_encoder(encoder, checkpoint=checkpoint)
             if hasattr(enc, "optimize_for_inference"):
                 enc.optimize_for_inference()
-            _use_runtime(enc, runtime, settings)
+            _use_runtime(enc, runtime)
         else:
             enc = encoder  # an already loaded encoder (tests, benchmarks, notebooks)
         policy = policy_for(int(enc.input_size), gsd, stride, min_valid)
@@ -471,9 +466,7 @@ def ingest(
         with contextlib.ExitStack() as stack:
             dist = None
             if cluster is not None:
-                dist = stack.enter_context(
-                    _distributed(cluster, workers, enc, encoder, checkpoint, settings)
-                )
+                dist = stack.enter_context(_distributed(cluster, workers, enc, encoder, checkpoint))
             prog = stack.enter_context(_progress_bar(progress))
             ingester = _Ingester(
                 enc,

@@ -6,7 +6,8 @@ same folded backbone. The ONNX graph is exported by torch on first use, on this 
 is downloaded), into a cache file named by the weights' SHA-256, the input size and the torch
 and onnxruntime versions, so later runs load it directly. The head stays in torch, and so do the
 weights hash and every output shape; outputs match the torch backbone within
-:data:`ONNX_TOLERANCE` (checked on a probe batch at export; a mismatch falls back to torch).
+:data:`ONNX_TOLERANCE` (checked on a probe batch whenever a session is made; a mismatch
+keeps torch). The cache is :func:`default_cache_dir`.
 
 ``runtime``: ``torch`` (the frozen trace), ``onnx`` (ONNX Runtime; an error when it is not
 installed), ``auto`` (ONNX Runtime when importable, else torch). ``GEOLOC_ENCODER_RUNTIME``
@@ -59,10 +60,14 @@ def check_runtime(runtime: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$GEOLOC_HOME/cache/onnx`` (the exported backbones)."""
-    from geoloc.config import Settings
-
-    return Settings.from_env().home / "cache" / "onnx"
+    """Where exported backbones are cached: ``$GEOLOC_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/geoloc/onnx`` (``~/.cache/geoloc/onnx``). Shared by every GEOLOC_HOME of
+    the user: a file is named by the weights hash and the torch/onnxruntime versions."""
+    env = os.environ.get("GEOLOC_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "geoloc" / "onnx"
 
 
 class OnnxBackbone:

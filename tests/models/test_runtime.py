@@ -10,7 +10,7 @@ import torch
 
 from geoloc.errors import ConfigError
 from geoloc.models import Encoder, build_encoder
-from geoloc.models.runtime import check_runtime, default_runtime, use_runtime
+from geoloc.models.runtime import check_runtime, default_cache_dir, default_runtime, use_runtime
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -80,3 +80,11 @@ def test_runtime_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_runtime() == "torch"
     monkeypatch.delenv("GEOLOC_ENCODER_RUNTIME")
     assert default_runtime() == "auto"
+
+
+def test_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GEOLOC_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("GEOLOC_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert default_cache_dir() == tmp_path / "x" / "geoloc" / "onnx"
