@@ -237,10 +237,12 @@ def variants(
         except Exception as exc:  # noqa: BLE001 - a lever that does not run here is a result
             runners[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
     ort_model = _onnx_export(folded, xc)
+    hybrid = _hybrid(x.shape[-1])
     rows: list[dict[str, Any]] = []
     for n in thread_counts:
         local = dict(runners)
         local["onnxruntime (CPU EP) of the folded model"] = _ort_runner(ort_model, xc, n)
+        local["geoloc runtime onnx (backbone on ONNX Runtime, head torch)"] = hybrid(n, xc)
         for name, fn in local.items():
             row: dict[str, Any] = {"variant": name, "threads": n, **extra.get(name, {})}
             if isinstance(fn, str):
@@ -259,6 +261,30 @@ def variants(
                 )
             rows.append(row)
     return rows
+
+
+def _hybrid(size: int) -> Callable[[int, Any], Callable[[], Any] | str]:
+    """Per thread count, a call of the shipped encoder with ``use_runtime(enc, "onnx")``: the
+    path ``geoloc ingest`` takes (the session's threads are fixed when it is made)."""
+    from geoloc.models.runtime import onnx_available
+
+    if not onnx_available():
+        return lambda n, xc: "onnxruntime is not installed"
+    import tempfile
+
+    from geoloc.models import build_encoder
+    from geoloc.models.runtime import use_runtime
+
+    cache = Path(tempfile.mkdtemp(prefix="geoloc-onnx-"))
+
+    def make(n: int, xc: Any) -> Callable[[], Any] | str:
+        with threads(n):
+            enc = build_encoder(ENCODER).eval().optimize_for_inference()
+            if use_runtime(enc, "onnx", cache_dir=cache) != "onnx":
+                return "the exported backbone did not match torch"
+        return lambda: enc(xc)
+
+    return make
 
 
 def _onnx_export(folded: Any, xc: Any) -> bytes | str:

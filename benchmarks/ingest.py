@@ -131,8 +131,14 @@ def run(
     stride: int | None = None,
     cluster: str | None = None,
     workers: int | None = None,
+    runtime: str = "auto",
+    mosaic_only: bool = False,
 ) -> dict[str, Any]:
     """Measure ingest throughput (and, with ``sweep``, the GSD sweep); save and return them.
+
+    ``runtime`` is the encoder's backbone runtime (``geoloc.models.runtime``) for the encoder
+    alone, the single-process ingest and the Ray actors alike.
+    ``mosaic_only`` measures the Turku mosaic without the bundled sample.
 
     ``cluster`` (``auto`` or ``ray://HOST:PORT``) also re-ingests each raster (``force``) on Ray
     with ``workers`` encoder actors and reports its tiles/s and its ratio to the single-process
@@ -145,16 +151,20 @@ def run(
     from geoloc.config import Settings
     from geoloc.ingest import ingest, policy_for
     from geoloc.models import load_encoder
+    from geoloc.models.runtime import use_runtime
     from tiling import open_raster
 
-    rasters = [SAMPLE] + ([MOSAIC] if full and MOSAIC.is_file() else [])
+    rasters = [] if mosaic_only else [SAMPLE]
+    rasters += [MOSAIC] if (full or mosaic_only) and MOSAIC.is_file() else []
     home = Path(tempfile.mkdtemp(prefix="geoloc-bench-ingest-", dir="/tmp"))
     out: dict[str, Any] = {"encoder": encoder, "batch_size": batch_size, "rasters": []}
+    out["load_average_1min"] = {"start": round(os.getloadavg()[0], 2)}
     try:
         settings = Settings(home=home, database_url=None)
         enc = load_encoder(encoder)
         if hasattr(enc, "optimize_for_inference"):
             enc.optimize_for_inference()
+        out["runtime"] = use_runtime(enc, runtime, cache_dir=home / "cache" / "onnx")
         for path in rasters:
             # Encoder alone before and after the ingest (the machine's load drifts), averaged.
             with open_raster(path) as r:
@@ -245,10 +255,13 @@ def run(
     if sweep:
         out["gsd_sweep"] = gsd_sweep()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    out["load_average_1min"]["end"] = round(os.getloadavg()[0], 2)
     out["gsd_override_m"], out["stride_override_px"] = gsd, stride
     name = "ingest.json" if gsd is None and stride is None else f"ingest_gsd{gsd}_s{stride}.json"
     if cluster is not None:
         name = name.replace(".json", "_ray.json")
+    if runtime != "auto":
+        name = name.replace(".json", f"_{runtime}.json")
     prev = RESULTS / name
     if not sweep and prev.is_file():
         with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -273,13 +286,22 @@ if __name__ == "__main__":
     ap.add_argument("--stride", type=int, default=None, help="tile step (px) for every raster")
     ap.add_argument("--cluster", default=None, help="also ingest on Ray: auto | ray://HOST:PORT")
     ap.add_argument("--workers", type=int, default=None, help="Ray encoder actors")
+    ap.add_argument(
+        "--ray",
+        action="store_true",
+        help="also ingest on a local Ray cluster (127.0.0.1, 2 encoder actors): --cluster auto",
+    )
+    ap.add_argument("--runtime", default="auto", help="encoder backbone: auto | torch | onnx")
+    ap.add_argument("--mosaic", action="store_true", help="only the Turku mosaic")
     a = ap.parse_args()
     res = run(
         full=a.full,
         sweep=a.gsd_sweep,
         gsd=a.gsd,
         stride=a.stride,
-        cluster=a.cluster,
-        workers=a.workers,
+        cluster="auto" if a.ray else a.cluster,
+        workers=2 if a.ray and a.workers is None else a.workers,
+        runtime=a.runtime,
+        mosaic_only=a.mosaic,
     )
     print(json.dumps(res, indent=2))

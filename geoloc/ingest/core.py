@@ -378,16 +378,39 @@ class _DriverFeatures:
         return self.store.add(tiles, *arrays, features=feats)
 
 
+def _use_runtime(enc: Any, runtime: str) -> str:
+    """Put the backbone of ``enc`` on ``runtime`` (ONNX exports cached per user)."""
+    from geoloc.models.runtime import use_runtime
+
+    used = use_runtime(enc, runtime)
+    log.debug("encoder runtime: %s", used)
+    return used
+
+
 @contextlib.contextmanager
 def _distributed(
-    cluster: str, workers: int | None, enc: Any, spec: str | Any, checkpoint: str | Path | None
+    cluster: str,
+    workers: int | None,
+    enc: Any,
+    spec: str | Any,
+    checkpoint: str | Path | None,
 ) -> Iterator[Any]:
     from geoloc.ingest.distributed import DistributedEncoder, ray_cluster
+    from geoloc.models.runtime import default_cache_dir
 
     name = spec if isinstance(spec, str) else str(enc.name)
+    # the actors run the backbone on the runtime the driver's encoder ended up on
+    runtime = "onnx" if "_onnx_backbone" in getattr(enc, "__dict__", {}) else "torch"
     with (
         ray_cluster(cluster, workers),
-        DistributedEncoder(name, checkpoint, str(enc.weights_sha256), workers=workers) as dist,
+        DistributedEncoder(
+            name,
+            checkpoint,
+            str(enc.weights_sha256),
+            workers=workers,
+            runtime=runtime,
+            cache_dir=default_cache_dir(),
+        ) as dist,
     ):
         yield dist
 
@@ -408,6 +431,7 @@ def ingest(
     workers: int | None = None,
     features: bool | None = None,
     features_max: int | None = None,
+    runtime: str | None = None,
 ) -> list[IngestResult]:
     """Ingest rasters (files, directories walked recursively, globs) into the tile store.
 
@@ -433,6 +457,9 @@ def ingest(
             default). With ``cluster`` this process extracts them (the workers encode).
         features_max: keypoints kept per tile (None: ``settings.features_max`` or the default);
             a store that has features keeps its own setting.
+        runtime: backbone runtime of an encoder loaded by name (``auto`` | ``torch`` | ``onnx``,
+            :mod:`geoloc.models.runtime`; default ``GEOLOC_ENCODER_RUNTIME`` or ``auto``). An
+            encoder passed in already loaded keeps the runtime it has.
 
     Returns:
         One ``failed`` :class:`IngestResult` per input path that yielded no raster, then one
@@ -451,6 +478,9 @@ def ingest(
     if batch_size < 1:
         raise IngestError(f"--batch-size must be >= 1, got {batch_size}")
     policy_for(224, gsd, stride, min_valid)  # validate the options before any heavy work
+    from geoloc.models.runtime import check_runtime, default_runtime
+
+    runtime = default_runtime() if runtime is None else check_runtime(runtime)
     settings = settings or Settings.from_env()
     spec = None
     if settings.features if features is None else features:
@@ -477,6 +507,7 @@ def ingest(
             enc = load_encoder(encoder, checkpoint=checkpoint)
             if hasattr(enc, "optimize_for_inference"):
                 enc.optimize_for_inference()
+            _use_runtime(enc, runtime)
         else:
             enc = encoder  # an already loaded encoder (tests, benchmarks, notebooks)
         policy = policy_for(int(enc.input_size), gsd, stride, min_valid)

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -146,15 +147,26 @@ def read_band(raster: Any, cfg: TileConfig, rows: tuple[int, int]) -> list[Any]:
 class EncodeWorker:
     """A Ray actor body: one encoder, loaded once, encoding bands of rasters it opens itself."""
 
-    def __init__(self, encoder: str, checkpoint: str | None, threads: int) -> None:
+    def __init__(
+        self,
+        encoder: str,
+        checkpoint: str | None,
+        threads: int,
+        runtime: str = "torch",
+        cache_dir: str | None = None,
+    ) -> None:
         import torch
 
         from geoloc.models import load_encoder
+        from geoloc.models.runtime import use_runtime
 
         torch.set_num_threads(max(1, threads))
         self.encoder = load_encoder(encoder, checkpoint=checkpoint)
         if hasattr(self.encoder, "optimize_for_inference"):
             self.encoder.optimize_for_inference()
+        self.runtime = use_runtime(
+            self.encoder, runtime, cache_dir=None if cache_dir is None else Path(cache_dir)
+        )
 
     def pid(self) -> int:
         """This actor's process id (tests kill it)."""
@@ -196,6 +208,8 @@ class DistributedEncoder:
         weights_sha256: what the driver's encoder reports.
         workers: actors to start (default: the cluster's CPUs).
         threads: torch threads per actor.
+        runtime: backbone runtime of the actors' encoders (:mod:`geoloc.models.runtime`).
+        cache_dir: where the actors cache an exported ONNX backbone (a path they all see).
     """
 
     def __init__(
@@ -206,6 +220,8 @@ class DistributedEncoder:
         *,
         workers: int | None = None,
         threads: int = 1,
+        runtime: str = "torch",
+        cache_dir: str | Path | None = None,
     ) -> None:
         import ray
 
@@ -214,10 +230,25 @@ class DistributedEncoder:
         self.weights_sha256 = weights_sha256
         self.actors: list[Any] = [
             actor.options(name=ACTOR_NAME.format(i), namespace=NAMESPACE).remote(
-                encoder, None if checkpoint is None else str(checkpoint), threads
+                encoder,
+                None if checkpoint is None else str(checkpoint),
+                threads,
+                runtime,
+                None if cache_dir is None else str(cache_dir),
             )
             for i in range(int(n))
         ]
+        # wait for every actor's encoder (load, optimisation, ONNX session) here, once per run:
+        # otherwise the first bands of the first raster wait for it
+        t0 = time.perf_counter()
+        try:
+            ray.get([a.pid.remote() for a in self.actors])
+        except Exception as exc:  # noqa: BLE001 - an actor that cannot start is one clear line
+            self.close()
+            reason = (str(exc).strip().splitlines() or ["actor failed"])[0]
+            raise IngestError(f"Ray encoder actors did not start: {reason}") from exc
+        self.startup_s = time.perf_counter() - t0
+        log.info("%d Ray encoder actors ready in %.1f s", len(self.actors), self.startup_s)
 
     def close(self) -> None:
         """Stop the actors."""

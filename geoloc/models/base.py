@@ -332,7 +332,11 @@ class Encoder(nn.Module):
         return self
 
     def run_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.backbone(x)``, through the frozen trace once optimised for inference."""
+        """``self.backbone(x)``, through the frozen trace once optimised for inference, or
+        through ONNX Runtime after :func:`geoloc.models.runtime.use_runtime`."""
+        session = self.__dict__.get("_onnx_backbone")
+        if session is not None and not torch.is_grad_enabled():
+            return session(x)
         traced = self.__dict__.get("_traced_backbone")
         if traced is not None:
             return traced(x)

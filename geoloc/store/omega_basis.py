@@ -38,6 +38,16 @@ IVF_RETRAIN_FACTOR = 8
 RESIDUAL_TOL = 1e-6
 #: Largest chunk of vectors folded into the basis at once (bounds memory and the Gram matrix).
 ADD_CHUNK = 256
+#: A residual holding less than this share of its vector's energy is projected out twice.
+REORTH_BELOW = 1e-2
+#: Eigenvalues of a residual Gram matrix below this share of the largest are rank-deficient
+#: directions (float32 products resolve about 1e-7 of the largest; margin for the summation).
+GRAM_RANK_TOL = 1e-6
+#: Largest |G - I| entry of new basis rows accepted without a second whitening.
+ORTHO_TOL = 1e-5
+#: Residual Gram condition number up to which one whitening is orthonormal to ~ORTHO_TOL
+#: in float32 (the error grows about linearly with it), so the check is skipped.
+ONE_PASS_COND = 50.0
 
 
 def orthonormal_rows(a: np.ndarray, passes: int = 2) -> np.ndarray:
@@ -145,39 +155,75 @@ class GrowingBasis:
         and their residual energy is recorded.
         """
         b = self.basis
-        coords = x @ b.T if b.shape[0] else np.zeros((x.shape[0], 0), dtype=np.float32)
-        resid = x - coords @ b if b.shape[0] else x.copy()
-        energy = _row_energy(resid) / np.maximum(_row_energy(x), 1e-30)
+        x_energy = np.maximum(_row_energy(x).astype(np.float64), 1e-30)
+        if b.shape[0]:
+            coords = x @ b.T
+            resid = x - coords @ b
+        else:
+            coords, resid = np.zeros((x.shape[0], 0), dtype=np.float32), x.copy()
+        energy = _row_energy(resid) / x_energy
         if not frozen and float(energy.max()) > RESIDUAL_TOL:
-            return Fold(self._extend(coords, resid), grown=True)
+            if b.shape[0]:
+                self._reorthogonalise(coords, resid, energy)
+            return Fold(self._extend(coords, resid, x_energy), grown=True)
         self.residual_sum += float(energy.sum())
         self.residual_n += int(energy.size)
         self.moment += coords.T.astype(np.float64) @ coords.astype(np.float64)
         self.moment_dirty = True
         return Fold(coords.astype(np.float32), grown=False)
 
-    def _extend(self, coords: np.ndarray, resid: np.ndarray) -> np.ndarray:
-        """Append the residual directions to the basis; return the chunk's codes in it."""
-        gram = resid.astype(np.float64) @ resid.T.astype(np.float64)
+    def _reorthogonalise(self, coords: np.ndarray, resid: np.ndarray, energy: np.ndarray) -> None:
+        """A second projection (in place) for the rows that one pass leaves inaccurate.
+
+        One pass leaves a residual off-orthogonal to the basis by about eps * |x| / |r|; the
+        rows whose residual is short against the vector get a second pass ("twice is enough",
+        Kahan-Parlett), the others are already orthogonal to well below fp16 code precision.
+        """
+        rows = np.flatnonzero(energy < REORTH_BELOW)
+        if rows.size == 0:
+            return
+        b = self.basis
+        c2 = resid[rows] @ b.T
+        resid[rows] -= c2 @ b
+        coords[rows] += c2
+
+    def _extend(self, coords: np.ndarray, resid: np.ndarray, x_energy: np.ndarray) -> np.ndarray:
+        """Append the residual directions to the basis; return the chunk's codes in it.
+
+        The residuals (already orthogonal to the basis) are whitened through the eigenvectors
+        of their n x n Gram matrix; a second whitening, from the Gram matrix of the result,
+        runs only when that Gram matrix was ill-conditioned and the first left the rows
+        measurably non-orthonormal. Every product with
+        the ``omega_dim``-wide rows is float32: the small matrices carry the float64 work.
+        """
+        gram = (resid @ resid.T).astype(np.float64)
         w, u = np.linalg.eigh(gram)
-        keep = w > max(float(w.max()), 1e-30) * 1e-10
+        keep = w > max(float(w.max()), 1e-30) * GRAM_RANK_TOL
         w, u = w[keep], u[:, keep]
-        new_dirs = (u / np.sqrt(w)).T.astype(np.float32) @ resid  # (r, D), orthonormal rows
-        if self.dim:  # re-orthogonalise against the basis (numerical safety)
-            new_dirs -= (new_dirs @ self.basis.T) @ self.basis
-        new_dirs = orthonormal_rows(new_dirs)
+        t = (u / np.sqrt(w)).T  # (r, n): new_dirs = t @ resid
+        new_dirs = t.astype(np.float32) @ resid  # (r, D), orthonormal rows up to ~cond * eps
+        if w.size and float(w.max() / w.min()) > ONE_PASS_COND:
+            g2 = (new_dirs @ new_dirs.T).astype(np.float64)
+            if float(np.abs(g2 - np.eye(g2.shape[0])).max(initial=0.0)) > ORTHO_TOL:
+                w2, v2 = np.linalg.eigh(g2)
+                keep2 = w2 > max(float(w2.max()), 1e-30) * GRAM_RANK_TOL
+                t2 = (v2[:, keep2] / np.sqrt(w2[keep2])).T
+                new_dirs = t2.astype(np.float32) @ new_dirs
+                t = t2 @ t
         r = new_dirs.shape[0]
         d = self.dim
         basis_ext = self._append_rows(new_dirs)
-        new_codes = np.concatenate([coords, resid @ new_dirs.T], axis=1).astype(np.float32)
+        # the chunk's coordinates in the new directions, resid @ new_dirs.T = gram @ t.T, from
+        # the small matrices: no second pass over the omega_dim-wide rows
+        resid_codes = gram @ t.T
+        new_codes = np.concatenate([coords, resid_codes.astype(np.float32)], axis=1)
         moment = np.zeros((d + r, d + r), dtype=np.float64)
         moment[:d, :d] = self.moment
         moment += new_codes.T.astype(np.float64) @ new_codes.astype(np.float64)
-        # part of the new vectors outside even the extended basis (numerical rank cut)
-        lost = resid - (resid @ new_dirs.T) @ new_dirs
-        self.residual_sum += float(
-            (_row_energy(lost) / np.maximum(_row_energy(coords) + _row_energy(resid), 1e-30)).sum()
-        )
+        # part of the new vectors outside even the extended basis (numerical rank cut): the
+        # basis rows are orthonormal, so it is the residual's energy less its codes' energy
+        lost = np.diag(gram) - _row_energy(resid_codes)
+        self.residual_sum += float((np.maximum(lost, 0.0) / x_energy).sum())
         self.residual_n += int(coords.shape[0])
         self.basis, self.moment = basis_ext, moment
         self.dirty = self.moment_dirty = True

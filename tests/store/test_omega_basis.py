@@ -95,3 +95,39 @@ def test_ivf_decisions() -> None:
     assert rows.size == 256 and np.unique(rows).size == 256 and rows.max() < 1000
     np.testing.assert_array_equal(rows, ivf_training_rows(1000, 4))  # seeded: reproducible
     assert ivf_training_rows(100, 4).size == 100
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("case", ["near_duplicates", "ill_conditioned", "dependent_rows"])
+def test_hard_chunks_keep_the_basis_orthonormal_and_the_codes_exact(case: str) -> None:
+    """Chunks that exercise each safeguard of the growth: residuals short against their
+    vectors (second projection), an ill-conditioned residual Gram matrix (second whitening)
+    and rows that add no direction (rank cut)."""
+    rng = np.random.default_rng(7)
+    basis = GrowingBasis(D, target_dim=64, max_dim=200)
+    first = unit(rng, 30, D)
+    stored = basis.fold(first, frozen=False).codes
+    if case == "near_duplicates":  # residual energy ~1e-4 of each vector
+        chunk = _norm(first[:20] + 1e-2 * unit(rng, 20, D))
+    elif case == "ill_conditioned":  # residual directions of energies 1 .. 1e-5
+        scales = np.logspace(0, -2.5, 20)[:, None]
+        chunk = _norm(first[:20] + scales * unit(rng, 20, D))
+    else:  # 10 new directions, then 10 combinations of them and of stored vectors
+        new = unit(rng, 10, D)
+        mix = rng.standard_normal((10, 10)) @ new + rng.standard_normal((10, 30)) @ first
+        chunk = _norm(np.concatenate([new, mix]))
+    step = basis.fold(chunk, frozen=False)
+    assert step.grown
+    if case == "dependent_rows":
+        assert basis.dim == 40
+    stored = np.concatenate(
+        [np.pad(stored, ((0, 0), (0, basis.dim - stored.shape[1]))), step.codes]
+    )
+    b = basis.basis
+    np.testing.assert_allclose(b @ b.T, np.eye(basis.dim), atol=2e-5)
+    np.testing.assert_allclose(stored @ b, np.concatenate([first, chunk]), atol=2e-5)
+    assert basis.within_tolerance

@@ -1,0 +1,189 @@
+"""Inference runtimes for an encoder's backbone: torch (always there) or ONNX Runtime (optional).
+
+:func:`use_runtime` swaps the backbone of an encoder already optimised for inference
+(:meth:`~geoloc.models.base.Encoder.optimize_for_inference`) for an ONNX Runtime session of the
+same folded backbone. The ONNX graph is exported by torch on first use, on this machine (nothing
+is downloaded), into a cache file named by the weights' SHA-256, the input size and the torch
+and onnxruntime versions, so later runs load it directly. The head stays in torch, and so do the
+weights hash and every output shape; outputs match the torch backbone within
+:data:`ONNX_TOLERANCE` (checked on a probe batch whenever a session is made; a mismatch
+keeps torch). The cache is :func:`default_cache_dir`.
+
+``runtime``: ``torch`` (the frozen trace), ``onnx`` (ONNX Runtime; an error when it is not
+installed), ``auto`` (ONNX Runtime when importable, else torch). ``GEOLOC_ENCODER_RUNTIME``
+sets the default of :func:`default_runtime`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geoloc.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnx")
+#: Largest |Δ| allowed between the ONNX Runtime and the torch backbone on the export probe.
+ONNX_TOLERANCE = 1e-4
+_ENV = "GEOLOC_ENCODER_RUNTIME"
+
+
+def onnx_available() -> bool:
+    """True when ``onnxruntime`` and ``onnx`` (which torch's exporter needs) can be imported."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def default_runtime() -> str:
+    """The runtime named by ``GEOLOC_ENCODER_RUNTIME`` (``auto`` when unset)."""
+    return check_runtime(os.environ.get(_ENV, "auto") or "auto")
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` lower-cased, or a ConfigError naming the valid ones."""
+    name = runtime.strip().lower()
+    if name not in RUNTIMES:
+        raise ConfigError(f"encoder runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+    return name
+
+
+def default_cache_dir() -> Path:
+    """Where exported backbones are cached: ``$GEOLOC_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/geoloc/onnx`` (``~/.cache/geoloc/onnx``). Shared by every GEOLOC_HOME of
+    the user: a file is named by the weights hash and the torch/onnxruntime versions."""
+    env = os.environ.get("GEOLOC_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "geoloc" / "onnx"
+
+
+class OnnxBackbone:
+    """A callable ``(B, 3, S, S) float tensor -> feature tensor`` running an ONNX Runtime session.
+
+    Intra-op threads follow ``torch.get_num_threads()`` at construction (the caller's thread
+    budget); spinning is off so the session's idle threads leave the cores to the store's writer.
+    """
+
+    def __init__(self, model_path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.path = model_path
+        self.session = ort.InferenceSession(
+            str(model_path), opts, providers=["CPUExecutionProvider"]
+        )
+        self._input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {self._input: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+def _cache_path(encoder: Any, cache_dir: Path) -> Path:
+    import onnxruntime as ort
+
+    tag = f"{torch.__version__.split('+')[0]}-ort{ort.__version__}"
+    return cache_dir / f"{encoder.weights_sha256[:32]}-{int(encoder.input_size)}px-{tag}.onnx"
+
+
+def _export(backbone: torch.nn.Module, size: int, path: Path) -> None:
+    """Export the (folded, eval) backbone with a dynamic batch axis to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings: the input size is fixed by design
+            torch.onnx.export(
+                backbone,
+                (example,),
+                tmp,
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                dynamo=False,
+            )
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _max_diff(encoder: Any, session: OnnxBackbone) -> float:
+    """Largest |features_onnx - features_torch| on a seeded probe batch."""
+    size = int(encoder.input_size)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref = encoder.backbone(x)
+    return float((session(x) - ref).abs().max())
+
+
+def use_runtime(encoder: Any, runtime: str = "auto", cache_dir: Path | None = None) -> str:
+    """Run ``encoder``'s backbone on ``runtime``; return the runtime now in use.
+
+    Only an :class:`~geoloc.models.base.Encoder` already optimised for inference on the CPU
+    can switch to ONNX Runtime (another plugin, or a GPU encoder, keeps torch and ``torch``
+    is returned). ``onnx`` without onnxruntime installed raises ConfigError; ``auto`` then
+    keeps torch. Idempotent.
+    """
+    from geoloc.models.base import Encoder
+
+    runtime = check_runtime(runtime)
+    if not isinstance(encoder, Encoder):
+        return "torch"
+    if runtime == "torch":
+        encoder.__dict__.pop("_onnx_backbone", None)
+        return "torch"
+    if not onnx_available():
+        if runtime == "onnx":
+            raise ConfigError(
+                "encoder runtime 'onnx' needs onnxruntime and onnx: pip install 'geoloc[onnx]'"
+            )
+        return "torch"
+    if "_onnx_backbone" in encoder.__dict__:
+        return "onnx"
+    if not encoder.optimized or encoder.device.type != "cpu":
+        return "torch"
+    path = _cache_path(encoder, cache_dir or default_cache_dir())
+    fresh = not path.is_file()
+    if fresh:
+        try:
+            _export(encoder.backbone, int(encoder.input_size), path)
+        except Exception as exc:  # noqa: BLE001 - an exporter gap: auto keeps torch
+            if runtime == "onnx":
+                raise ConfigError(f"{path}: cannot export the backbone to ONNX: {exc}") from exc
+            log.warning("%s: ONNX export failed (%s); keeping torch", path, exc)
+            return "torch"
+    try:
+        session = OnnxBackbone(path)
+    except Exception as exc:  # noqa: BLE001 - a corrupt cache file: export again once
+        if fresh:
+            raise
+        log.warning("%s: unreadable ONNX cache (%s), exporting again", path, exc)
+        _export(encoder.backbone, int(encoder.input_size), path)
+        session = OnnxBackbone(path)
+    diff = _max_diff(encoder, session)
+    if not diff <= ONNX_TOLERANCE:
+        log.warning("%s: ONNX backbone differs from torch by %.2e; keeping torch", path, diff)
+        return "torch"
+    # a plain attribute, not a registered submodule: the state dict stays the same
+    object.__setattr__(encoder, "_onnx_backbone", session)
+    log.info("encoder backbone on ONNX Runtime (%s, max |Δ| %.1e)", path.name, diff)
+    return "onnx"

@@ -1,0 +1,90 @@
+"""ONNX Runtime backbone: exported once to a cache keyed by the weights, outputs within 1e-4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geoloc.errors import ConfigError
+from geoloc.models import Encoder, build_encoder
+from geoloc.models.runtime import check_runtime, default_cache_dir, default_runtime, use_runtime
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+def _assert_matches(fast: Encoder, ref: Encoder, images: np.ndarray) -> None:
+    a, b = ref.encode(images), fast.encode(images)
+    for field in ("omega", "phi", "node_centroids", "assignments"):
+        torch.testing.assert_close(getattr(b, field), getattr(a, field), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b.node_areas, a.node_areas, rtol=1e-4, atol=1e-3)
+
+
+def test_onnx_backbone_matches_torch_and_is_cached(
+    sgmnet: Encoder, tiles: np.ndarray, tmp_path: Path
+) -> None:
+    fast = build_encoder("sgmnet").optimize_for_inference()
+    assert use_runtime(fast, "onnx", cache_dir=tmp_path) == "onnx"
+    (cached,) = list(tmp_path.glob("*.onnx"))
+    assert cached.name.startswith(sgmnet.weights_sha256[:32])
+    assert fast.weights_sha256 == sgmnet.weights_sha256
+    assert not any("onnx" in k for k in fast.state_dict())
+    # batch sizes other than the export's go through the dynamic batch axis
+    _assert_matches(fast, sgmnet, tiles[:1])
+    _assert_matches(fast, sgmnet, np.concatenate([tiles, tiles[:1]]))
+    # a second encoder loads the cached file instead of exporting again
+    stamp = cached.stat().st_mtime_ns
+    other = build_encoder("sgmnet").optimize_for_inference()
+    assert use_runtime(other, "auto", cache_dir=tmp_path) == "onnx"
+    assert cached.stat().st_mtime_ns == stamp
+    _assert_matches(other, sgmnet, tiles[:2])
+    # back to torch
+    assert use_runtime(other, "torch") == "torch"
+    assert other.__dict__.get("_onnx_backbone") is None
+
+
+def test_corrupt_cache_is_exported_again(tmp_path: Path, tiles: np.ndarray) -> None:
+    fast = build_encoder("sgmnet").optimize_for_inference()
+    use_runtime(fast, "onnx", cache_dir=tmp_path)
+    (cached,) = list(tmp_path.glob("*.onnx"))
+    cached.write_bytes(b"not an onnx model")
+    again = build_encoder("sgmnet").optimize_for_inference()
+    assert use_runtime(again, "onnx", cache_dir=tmp_path) == "onnx"
+    assert cached.stat().st_size > 1000
+    _assert_matches(again, fast, tiles[:1])
+
+
+def test_unoptimised_encoder_keeps_torch(tmp_path: Path) -> None:
+    eager = build_encoder("sgmnet")
+    assert use_runtime(eager, "onnx", cache_dir=tmp_path) == "torch"
+    assert not list(tmp_path.iterdir())
+
+
+def test_gradients_bypass_onnx(tmp_path: Path, tiles: np.ndarray) -> None:
+    """A backbone on ONNX Runtime has no autograd: grad-enabled calls use torch."""
+    fast = build_encoder("sgmnet").optimize_for_inference(jit=False)
+    use_runtime(fast, "onnx", cache_dir=tmp_path)
+    x = fast.preprocess(tiles[:1]).requires_grad_(True)
+    fast.backbone_features(x).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_runtime_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert check_runtime(" ONNX ") == "onnx"
+    with pytest.raises(ConfigError, match="valid: auto, torch, onnx"):
+        check_runtime("tensorrt")
+    monkeypatch.setenv("GEOLOC_ENCODER_RUNTIME", "torch")
+    assert default_runtime() == "torch"
+    monkeypatch.delenv("GEOLOC_ENCODER_RUNTIME")
+    assert default_runtime() == "auto"
+
+
+def test_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GEOLOC_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("GEOLOC_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert default_cache_dir() == tmp_path / "x" / "geoloc" / "onnx"
