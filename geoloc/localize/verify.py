@@ -337,6 +337,14 @@ def _warped_ncc(
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
+def _spread(pts: np.ndarray) -> float:
+    """The points' standard deviation along their narrowest direction (pixels)."""
+    if pts.shape[0] < 3:
+        return 0.0
+    ev = np.linalg.eigvalsh(np.cov(pts.T))
+    return float(math.sqrt(max(float(ev[0]), 0.0)))
+
+
 def _anisotropy(h: np.ndarray, x: float, y: float) -> float:
     """Ratio of the singular values of the homography's Jacobian at (x, y) (1 = conformal)."""
     v = h @ np.array([x, y, 1.0])
@@ -366,7 +374,9 @@ class HomographyVerifier:
     known; ``ransac_px``; ``max_anisotropy`` (beyond it the homography is replaced by a RANSAC
     similarity); ``min_ncc`` (the frame warped onto the map must correlate with it: the
     photometric check that rejects a matcher's confident matches on an unrelated image);
-    ``cache_size`` map regions whose features are kept.
+    ``cache_size`` map regions whose features are kept. The cheap check before the learned
+    matcher (:meth:`coarse`): ``coarse_min_inliers``, ``coarse_min_cos``, ``coarse_ransac_px``
+    and ``coarse_min_spread`` (the inliers' narrowest spread as a share of the frame's side).
     """
 
     name = "homography"
@@ -380,6 +390,7 @@ class HomographyVerifier:
         "coarse_min_inliers": 10,
         "coarse_min_cos": 0.8,
         "coarse_ransac_px": 4.0,
+        "coarse_min_spread": 0.08,
     }
 
     def __init__(self, matcher: LocalMatcher, **conf: Any) -> None:
@@ -398,6 +409,7 @@ class HomographyVerifier:
         self.coarse_min_inliers = int(c["coarse_min_inliers"])
         self.coarse_min_cos = float(c["coarse_min_cos"])
         self.coarse_ransac_px = float(c["coarse_ransac_px"])
+        self.coarse_min_spread = float(c["coarse_min_spread"])
         #: the kind of stored tile features this verifier can match (None: pixels only)
         self.feature_kind: str | None = (
             matcher.name if matcher.name == "xfeat-lighterglue" else None
@@ -487,8 +499,12 @@ class HomographyVerifier:
         out.model = m
         out.scale = float(math.hypot(m[0, 0], m[1, 0]))
         lo, hi = self.scale_range if scale_known else (0.33, 3.0)
+        spread = _spread(p0[inl.ravel().astype(bool)]) / max(1.0, float(min(f0.image_size)))
         if out.inliers < self.coarse_min_inliers:
             out.reason = f"{out.inliers} coarse inliers < {self.coarse_min_inliers}"
+        elif spread < self.coarse_min_spread:
+            # inliers on a line (a symmetric structure matching itself) fix no 2-D position
+            out.reason = f"coarse inliers on a line (spread {spread:.2f})"
         elif not lo <= out.scale <= hi:
             out.reason = f"coarse scale {out.scale:.2f} outside ({lo}, {hi})"
         else:

@@ -6,13 +6,13 @@ reading the map's pixels and once from tile features, and must agree.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
+from geoloc.errors import ConfigError
 from geoloc.localize.consistency import Consistency, NodeCentroidConsistency
 from geoloc.localize.prepare import FramePreparation
 from geoloc.localize.priors import GnssRadiusPrior, HeadingPrior
@@ -104,36 +104,116 @@ def _scheduler(
     return VerificationScheduler(conf, verifier, regions, tile_px=store.tile_px, store=store)
 
 
-def test_features_give_the_raster_answer(store: Any, encoder: Any, verifier: Any) -> None:
-    state = _ranked(store, encoder, view(sample_rgb(), CX, CY, 400, heading_deg=20.0))
-    regions = MapRegions(store.map_gsd_m)
+@pytest.fixture(scope="module")
+def regions(store: Any) -> Iterator[MapRegions]:
+    r = MapRegions(store.map_gsd_m)
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def cascade(store: Any, verifier: Any, regions: MapRegions) -> VerificationScheduler:
+    """The cascade over tile features extracted from the sample (kept for the module)."""
+    return _scheduler(store, verifier, regions, verify_features="extract")
+
+
+@pytest.fixture(scope="module")
+def located(store: Any, encoder: Any) -> FrameState:
+    return _ranked(store, encoder, view(sample_rgb(), CX, CY, 400, heading_deg=20.0))
+
+
+def test_features_give_the_raster_answer(
+    store: Any, verifier: Any, regions: MapRegions, cascade: Any, located: FrameState
+) -> None:
     raster = _scheduler(store, verifier, regions, verify_features="raster")
-    assert raster.feature_regions is None
-    cascade = _scheduler(store, verifier, regions, verify_features="extract")
-    assert cascade.feature_regions is not None
-    a, b = _copy(state), _copy(state)
-    t0 = time.perf_counter()
+    assert raster.feature_regions is None and cascade.feature_regions is not None
+    a, b = _copy(located), _copy(located)
     raster.run(a)
-    t1 = time.perf_counter()
-    cascade.run(b)  # includes extracting the tile features (stored ones skip that)
-    t2 = time.perf_counter()
-    fine, coarse = Counted(verifier, "verify_features"), Counted(verifier, "coarse")
-    glue = Counted(verifier.matcher, "match")
-    cascade.run(c := _copy(state))  # warm: tile features already in memory
-    print("fine", fine.calls, "coarse", coarse.calls, "glue", glue.calls, c.timings)
-    fine.undo(), coarse.undo(), glue.undo()
-    t3 = time.perf_counter()
-    print(
-        f"raster {1e3 * (t1 - t0):.0f} ms, cascade cold {1e3 * (t2 - t1):.0f} ms, warm "
-        f"{1e3 * (t3 - t2):.0f} ms",
-        b.timings,
-    )
-    assert a.match is not None and b.match is not None and c.match is not None
+    cascade.run(b)
+    assert a.match is not None and b.match is not None
     assert "verify.coarse" in b.timings and "verify.coarse" not in a.timings
     lon, lat = truth_lonlat(CX, CY)
     assert _dist(a.match.lon, a.match.lat, lon, lat) < 2.0
     assert _dist(b.match.lon, b.match.lat, a.match.lon, a.match.lat) < 1.0
-    assert (c.match.lat, c.match.lon) == (b.match.lat, b.match.lon)
+    # the map's pixels were readable: the photometric check ran on the accepted match
     assert b.match.result.accepted and b.match.result.ncc >= verifier.min_ncc
     assert abs((b.match.heading_deg - 20.0 + 180.0) % 360.0 - 180.0) < 25.0
-    regions.close()
+    assert b.match.result.inliers >= verifier.min_inliers
+
+
+def test_early_stop_runs_the_matcher_once(verifier: Any, cascade: Any, located: FrameState) -> None:
+    state = _copy(located)
+    coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
+    try:
+        cascade.run(state)
+    finally:
+        coarse.undo(), glue.undo()
+    assert state.match is not None
+    # the true tile's neighbours pass the coarse check too; the first accepted ends the plan
+    assert glue.calls == 1
+    assert 1 <= coarse.calls < len(state.candidates)
+    assert state.match.attempts == coarse.calls
+
+
+def _hopper() -> np.ndarray:
+    """A real photo that is not aerial imagery at all (ships with matplotlib)."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as fh:
+        return np.asarray(Image.open(fh).convert("RGB").resize((400, 400)))
+
+
+def _mirrored() -> np.ndarray:
+    """A mirrored view: real aerial texture, but no place of the map looks like it (only its
+    mirror axis matches itself, on a line)."""
+    return np.ascontiguousarray(view(sample_rgb(), CX, CY, 400)[:, ::-1])
+
+
+@pytest.mark.parametrize("make", [_hopper, _mirrored])
+def test_elsewhere_is_rejected_by_the_coarse_check(
+    store: Any, encoder: Any, verifier: Any, cascade: Any, make: Any
+) -> None:
+    state = _ranked(store, encoder, make())
+    assert state.candidates
+    coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
+    try:
+        cascade.run(state)
+    finally:
+        coarse.undo(), glue.undo()
+    assert state.match is None
+    assert glue.calls == 0
+    top = min(len(state.candidates), cascade.conf["verify_top"])
+    assert coarse.calls >= top  # every candidate checked, and the sweep on top
+    assert state.timings["verify.coarse"] > 0
+
+
+def test_features_absent_reads_pixels(
+    store: Any, verifier: Any, regions: MapRegions, located: FrameState
+) -> None:
+    from geoloc.localize.schedule import stored_feature_kind
+
+    assert stored_feature_kind(store) is None  # this database has no stored features
+    auto = _scheduler(store, verifier, regions)
+    assert auto.conf["verify_features"] == "auto" and auto.feature_regions is None
+    state = _copy(located)
+    glue = Counted(verifier.matcher, "match")
+    try:
+        auto.run(state)
+    finally:
+        glue.undo()
+    assert state.match is not None and glue.calls >= 1
+    assert "verify.read_region" in state.timings and "verify.coarse" not in state.timings
+    with pytest.raises(ConfigError, match="no xfeat-lighterglue tile features"):
+        _ = _scheduler(store, verifier, regions, verify_features="stored").feature_regions
+
+
+def test_sift_has_no_feature_path(store: Any, regions: MapRegions) -> None:
+    from geoloc.localize.verify import sift
+
+    v = sift()
+    assert _scheduler(store, v, regions).feature_regions is None
+    with pytest.raises(ConfigError, match="needs a verifier with tile features"):
+        _ = _scheduler(store, v, regions, verify_features="extract").feature_regions
+    with pytest.raises(ConfigError, match="verify_features must be one of"):
+        _scheduler(store, v, regions, verify_features="pixels")
