@@ -147,7 +147,8 @@ def test_early_stop_runs_the_matcher_once(verifier: Any, cascade: Any, located: 
     try:
         cascade.run(state)
     finally:
-        coarse.undo(), glue.undo()
+        coarse.undo()
+        glue.undo()
     assert state.match is not None
     # the true tile's neighbours pass the coarse check too; the first accepted ends the plan
     assert glue.calls == 1
@@ -180,7 +181,8 @@ def test_elsewhere_is_rejected_by_the_coarse_check(
     try:
         cascade.run(state)
     finally:
-        coarse.undo(), glue.undo()
+        coarse.undo()
+        glue.undo()
     assert state.match is None
     assert glue.calls == 0
     top = min(len(state.candidates), cascade.conf["verify_top"])
