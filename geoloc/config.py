@@ -7,6 +7,8 @@ Environment variables:
   the embedded server chowns the data dir to its own user and opens up its parents).
 - ``GEOLOC_DATABASE_URL``: any Postgres >= 14 with pgvector >= 0.7 instead of the embedded server.
   Use the ``postgresql+psycopg2://`` driver name.
+- ``GEOLOC_FEATURES``: ``0``/``off``/``false``/``no`` makes ingest skip the per-tile local features
+  (verification then reads the rasters); ``GEOLOC_FEATURES_MAX``: keypoints kept per tile.
 """
 
 from __future__ import annotations
@@ -34,14 +36,24 @@ class Settings:
 
     home: Path = field(default_factory=_default_home)
     database_url: str | None = None
+    #: ingest writes per-tile local features (``GEOLOC_FEATURES``)
+    features: bool = True
+    #: keypoints kept per tile; None: the feature store's default (``GEOLOC_FEATURES_MAX``)
+    features_max: int | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Read ``GEOLOC_HOME`` and ``GEOLOC_DATABASE_URL`` from the environment."""
+        """Read ``GEOLOC_HOME``, ``GEOLOC_DATABASE_URL``, ``GEOLOC_FEATURES`` and
+        ``GEOLOC_FEATURES_MAX`` from the environment."""
         home = os.environ.get("GEOLOC_HOME")
         url = os.environ.get("GEOLOC_DATABASE_URL") or None
+        flag = os.environ.get("GEOLOC_FEATURES", "").strip().lower()
+        fmax = os.environ.get("GEOLOC_FEATURES_MAX", "").strip()
         return cls(
-            home=Path(home).expanduser().resolve() if home else _default_home(), database_url=url
+            home=Path(home).expanduser().resolve() if home else _default_home(),
+            database_url=url,
+            features=flag not in ("0", "off", "false", "no"),
+            features_max=int(fmax) if fmax.isdigit() else None,
         )
 
     @property

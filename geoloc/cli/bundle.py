@@ -26,15 +26,24 @@ def register(app: typer.Typer) -> None:
         encoder: str | None = typer.Option(
             None, "--encoder", "-e", help="Encoder id, name or weights SHA-256 prefix."
         ),
+        no_regions: bool = typer.Option(
+            False,
+            "--no-regions",
+            help="Leave out the region images (most of a bundle's size); needs stored local "
+            "features for every tile, which verification then matches.",
+        ),
     ) -> None:
-        """Write one encoder's tiles, Φ, Ω index and verification regions, with a manifest."""
+        """Write one encoder's tiles, Φ, Ω index (with the local features) and verification
+        regions, with a manifest."""
         from geoloc.config import Settings
         from geoloc.ingest.bundle import export_bundle
 
         def progress(done: int, total: int) -> None:
             log.info("regions of %d / %d tiles", done, total)
 
-        summary = export_bundle(Settings.from_env(), out, encoder, progress=progress)
+        summary = export_bundle(
+            Settings.from_env(), out, encoder, progress=progress, regions=not no_regions
+        )
         typer.echo(json.dumps(summary.as_dict(), indent=2))
 
     @bundle_app.command("import")

@@ -253,18 +253,15 @@ def register(app: typer.Typer) -> None:
 
     @index_app.command("verify")
     def verify_cmd(encoder: str | None = encoder_opt) -> None:
-        """Check FAISS holds exactly the database's complete tile ids; exit 1 with a diff if not."""
+        """Check FAISS and the per-tile features hold exactly the database's complete tile ids
+        (and every feature file its SHA-256); exit 1 with a diff and a one-line reason if not."""
         from geoloc.store import TileStore
 
         with TileStore.for_registered(_settings(), encoder) as store:
             report = store.verify()
         _echo_json(report.as_dict())
         if not report.ok:
-            typer.echo(
-                f"geoloc: index differs from the database: {len(report.missing_in_index)} "
-                f"missing, {len(report.extra_in_index)} extra; run `geoloc index rebuild`",
-                err=True,
-            )
+            typer.echo(f"geoloc: {report.reason()}", err=True)
             raise typer.Exit(1)
 
     @index_app.command("rebuild")
@@ -274,19 +271,44 @@ def register(app: typer.Typer) -> None:
             None, "--checkpoint", help="Checkpoint the tiles were ingested with."
         ),
         batch_size: int = typer.Option(16, "--batch-size", min=1, help="Tiles per encoder batch."),
+        features: bool = typer.Option(
+            False,
+            "--features",
+            help="Rebuild the per-tile local features (not Ω) from the rasters: every tile, or "
+            "with --missing only those without intact features.",
+        ),
+        missing: bool = typer.Option(
+            False, "--missing", help="With --features: only tiles without intact features."
+        ),
+        features_max: int | None = typer.Option(
+            None, "--max-per-tile", min=1, help="With --features: keypoints kept per tile."
+        ),
     ) -> None:
-        """Recreate the FAISS index from the database by re-encoding tiles from their rasters."""
-        from geoloc.ingest.rebuild import rebuild_index
+        """Recreate the FAISS index (or, with --features, the per-tile features) from the
+        database by re-reading tiles from their rasters."""
+        from geoloc.ingest.rebuild import rebuild_features, rebuild_index
         from geoloc.store import TileStore
 
         def progress(done: int, total: int) -> None:
-            log.info("re-encoded %d / %d tiles", done, total)
+            log.info("re-%s %d / %d tiles", "extracted" if features else "encoded", done, total)
 
         with TileStore.for_registered(_settings(), encoder) as store, store.locked():
-            rebuild_index(store, checkpoint=checkpoint, batch_size=batch_size, progress=progress)
+            if features:
+                rebuild_features(
+                    store,
+                    max_per_tile=features_max,
+                    only_missing=missing,
+                    batch_size=batch_size,
+                    progress=progress,
+                )
+            else:
+                rebuild_index(
+                    store, checkpoint=checkpoint, batch_size=batch_size, progress=progress
+                )
             report = store.verify()
         _echo_json(report.as_dict())
         if not report.ok:
+            typer.echo(f"geoloc: {report.reason()}", err=True)
             raise typer.Exit(1)
 
     @index_app.command("info")
@@ -304,6 +326,10 @@ def register(app: typer.Typer) -> None:
         ix = OmegaIndex.open(settings, enc.weights_sha256, create=False)
         info = ix.info()
         info["encoder"] = enc.name
+        from geoloc.store.tile_features import FeatureStore
+
+        fdir = FeatureStore.path_for(ix.directory)
+        info["features"] = FeatureStore.open(fdir).info() if FeatureStore.exists(fdir) else None
         _echo_json(info)
 
     @app.command("sql")

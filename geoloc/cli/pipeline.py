@@ -50,6 +50,18 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(
             False, "--no-progress", help="Do not draw the progress bar on stderr."
         ),
+        no_features: bool = typer.Option(
+            False,
+            "--no-features",
+            help="Do not store the tiles' local features (verification then reads the rasters; "
+            "also GEOLOC_FEATURES=0).",
+        ),
+        features_max: int | None = typer.Option(
+            None,
+            "--features-max",
+            min=1,
+            help="Keypoints kept per tile (default 64; a store with features keeps its own).",
+        ),
     ) -> int:
         """Ingest orthomosaics: tiles + embeddings into the database, Ω into the FAISS index.
 
@@ -71,6 +83,8 @@ def register(app: typer.Typer) -> None:
             min_valid=DEFAULT_MIN_VALID if min_valid is None else min_valid,
             cluster=cluster,
             workers=workers,
+            features=False if no_features else None,
+            features_max=features_max,
         )
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         failed = sum(r.status == "failed" for r in results)

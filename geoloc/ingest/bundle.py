@@ -39,10 +39,14 @@ def export_bundle(
     encoder: str | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
+    regions: bool = True,
 ) -> BundleSummary:
     """Write the bundle of one encoder's complete orthomosaics to the new folder ``out``.
 
-    Needs every source raster readable (the verification regions are cut from them).
+    The per-tile local features travel inside the Ω index folder (checked first: a bundle never
+    carries a corrupt feature file). Needs every source raster readable when ``regions`` (the
+    verification regions are cut from them); ``regions=False`` leaves the region images out,
+    which needs stored features for every tile (verification then matches those).
     """
     from PIL import Image
 
@@ -51,6 +55,7 @@ def export_bundle(
     from geoloc.store import repository as repo
     from geoloc.store.database import current_revision
     from geoloc.store.omega_index import OmegaIndex
+    from geoloc.store.tile_features import FeatureStore
 
     dst = Path(out)
     if dst.exists() and any(dst.iterdir()):
@@ -71,19 +76,23 @@ def export_bundle(
             index_dir = OmegaIndex.path_for(settings, enc.weights_sha256)
             if not (index_dir / "meta.json").is_file():
                 raise ConfigError(f"no Ω index for encoder {enc.name}", path=str(index_dir))
+            _check_features(FeatureStore.path_for(index_dir), ids, need_all=not regions)
             shutil.copytree(index_dir, tmp / "index")
             size = region_size_px(store.tile_px)
-            regions = MapRegions(store.map_gsd_m, cache_size=1)
+            reader = MapRegions(store.map_gsd_m, cache_size=1)
             by_ortho = {o.id: o for o in orthos}
             meta: dict[int, dict[str, Any]] = {}
+            if not regions:  # the region folders only say the images were left out
+                for o in orthos:
+                    meta[o.id] = {"sha256": o.sha256, "size_px": size, "tiles": {}, "images": False}
             try:
-                for start in range(0, len(ids), 256):
+                for start in range(0, len(ids) if regions else 0, 256):
                     for cand in store.candidates(ids[start : start + 256]):
                         o = by_ortho[cand.orthomosaic_id]
-                        px, mask, t = regions.around(cand, size)
-                        if o.path in regions.unavailable:
+                        px, mask, t = reader.around(cand, size)
+                        if o.path in reader.unavailable:
                             raise ConfigError(
-                                f"raster unavailable ({regions.unavailable[o.path]}); "
+                                f"raster unavailable ({reader.unavailable[o.path]}); "
                                 "run `geoloc db check`",
                                 path=o.path,
                             )
@@ -98,10 +107,12 @@ def export_bundle(
                     if progress is not None:
                         progress(min(start + 256, len(ids)), len(ids))
             finally:
-                regions.close()
+                reader.close()
             for entry in meta.values():
                 entry["gsd_m"] = store.map_gsd_m
-                (tmp / "regions" / entry["sha256"] / REGIONS_FILE).write_text(json.dumps(entry))
+                folder = tmp / "regions" / entry["sha256"]
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / REGIONS_FILE).write_text(json.dumps(entry))
             files: dict[str, dict[str, Any]] = {
                 p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
                 for p in sorted(tmp.rglob("*"))
@@ -125,3 +136,28 @@ def export_bundle(
             raise
     total = sum(f["bytes"] for f in files.values())
     return BundleSummary(str(dst), enc.name, len(orthos), int(len(ids)), int(total))
+
+
+def _check_features(fdir: Path, ids: np.ndarray, *, need_all: bool) -> None:
+    """Refuse to bundle features that fail their checks, or (``need_all``) that miss tiles."""
+    from geoloc.store.tile_features import REBUILD_FEATURES_HINT, FeatureStore
+
+    if not FeatureStore.exists(fdir):
+        if need_all:
+            raise ConfigError(
+                "no stored features: a bundle without region images needs them "
+                f"({REBUILD_FEATURES_HINT})",
+                path=str(fdir),
+            )
+        return
+    feats = FeatureStore.open(fdir, warn=False)
+    problems = feats.check()
+    if problems:
+        raise ConfigError(f"{problems[0]}: {REBUILD_FEATURES_HINT}")
+    missing = np.setdiff1d(ids, feats.ids())
+    if need_all and missing.size:
+        raise ConfigError(
+            f"{missing.size} tiles have no stored features: a bundle without region images "
+            f"needs them ({REBUILD_FEATURES_HINT} --missing)",
+            path=str(fdir),
+        )

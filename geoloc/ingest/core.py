@@ -7,10 +7,11 @@ Per raster, under the store's advisory ingest lock (so concurrent ingests serial
 2. **Idempotence**: the raster's SHA-256 is looked up with the encoder; a ``complete`` match is
    skipped unless ``--force``. :meth:`TileStore.begin` replaces it (and any older content of
    the same path, whose tiles would point at pixels that are no longer there).
-3. **Write**: batches of tiles are read in a background thread, encoded in the main thread and
-   handed to :meth:`TileStore.add` in a writer thread (:mod:`geoloc.ingest.stream`).
-4. **Commit** (:meth:`TileStore.commit`): the FAISS index is saved atomically, *then* the
-   orthomosaic becomes ``complete``; on any failure :meth:`TileStore.abort`.
+3. **Write**: batches of tiles are read in a background thread, encoded (and their local
+   features extracted, :mod:`geoloc.ingest.features`) in the main thread and handed to
+   :meth:`TileStore.add` in a writer thread (:mod:`geoloc.ingest.stream`).
+4. **Commit** (:meth:`TileStore.commit`): the FAISS index and the features are saved atomically,
+   *then* the orthomosaic becomes ``complete``; on any failure :meth:`TileStore.abort`.
 
 The grid is the one of :class:`tiling.TilingPolicy` (the same ``geoloc tiles`` lays); the GSD
 it picks, and why, is logged.
@@ -62,6 +63,8 @@ class IngestTimings:
     db_s: float = 0.0
     faiss_add_s: float = 0.0
     faiss_save_s: float = 0.0
+    features_s: float = 0.0
+    features_save_s: float = 0.0
     recover_s: float = 0.0
     lock_wait_s: float = 0.0
 
@@ -176,6 +179,7 @@ class _Ingester:
         force: bool,
         progress: _ProgressSink,
         distributed: Any = None,
+        features: Any = None,
     ) -> None:
         self.distributed = distributed  # a DistributedEncoder (--cluster), or None: local
         self.encoder = encoder
@@ -184,6 +188,7 @@ class _Ingester:
         self.batch_size = batch_size
         self.force = force
         self.progress = progress
+        self.features = features  # the FeatureSpec to write local features with, or None
 
     def run(self, path: Path) -> IngestResult:
         """Ingest one raster; expected failures become a ``failed`` result, Ctrl-C propagates."""
@@ -280,6 +285,7 @@ class _Ingester:
                     w = store.write_timings
                     res.timings.db_s, res.timings.faiss_add_s = w.db_s, w.faiss_add_s
                     res.timings.faiss_save_s = w.faiss_save_s
+                    res.timings.features_save_s = w.features_save_s
                 res.status, res.tiles_kept = "ingested", kept
                 res.tiles_skipped = int(len(grid)) - kept
                 res.message = None
@@ -296,6 +302,7 @@ class _Ingester:
                 batch.phi,
                 batch.node_areas,
                 batch.node_centroids,
+                features=batch.features,
             )
             log.debug("ingest %s: batch of %d tiles written", path, len(batch.tiles))
 
@@ -307,6 +314,17 @@ class _Ingester:
             self.progress.update(batch.position)
 
         self.progress.start(Path(path).name, int(len(grid)))
+        extract = None
+        if self.features is not None and self.distributed is None:
+            from geoloc.ingest.features import TileFeatures
+
+            extract = TileFeatures(
+                self.store.use_features(self.features),
+                rows=int(grid.rows),
+                cols=int(grid.cols),
+                tile_size=int(cfg.tile_size),
+                stride=int(grid.stride),
+            )
         if self.distributed is not None:
             from geoloc.ingest.distributed import write_bands
 
@@ -323,8 +341,10 @@ class _Ingester:
             self.encoder,
             write,
             on_batch=advanced,
+            features=extract,
         )
         res.timings.read_s, res.timings.encode_s = t.read_s, t.encode_s
+        res.timings.features_s = t.features_s
         self.progress.finish()
         return kept
 
@@ -357,6 +377,8 @@ def ingest(
     min_valid: float = DEFAULT_MIN_VALID,
     cluster: str | None = None,
     workers: int | None = None,
+    features: bool | None = None,
+    features_max: int | None = None,
 ) -> list[IngestResult]:
     """Ingest rasters (files, directories walked recursively, globs) into the tile store.
 
@@ -377,6 +399,11 @@ def ingest(
             127.0.0.1, or the one already connected) or ``"ray://HOST:PORT"``: encoder actors
             on Ray do, this process writes (:mod:`geoloc.ingest.distributed`).
         workers: encoder actors on the cluster (default: its CPUs).
+        features: extract and store each tile's local features (XFeat keypoints of its core
+            cell) for verification; None: ``settings.features`` (``GEOLOC_FEATURES``, on by
+            default). Not with ``cluster`` yet (``geoloc index rebuild --features`` adds them).
+        features_max: keypoints kept per tile (None: ``settings.features_max`` or the default);
+            a store that has features keeps its own setting.
 
     Returns:
         One ``failed`` :class:`IngestResult` per input path that yielded no raster, then one
@@ -396,6 +423,16 @@ def ingest(
         raise IngestError(f"--batch-size must be >= 1, got {batch_size}")
     policy_for(224, gsd, stride, min_valid)  # validate the options before any heavy work
     settings = settings or Settings.from_env()
+    spec = None
+    if settings.features if features is None else features:
+        from geoloc.ingest.features import feature_spec
+
+        spec = feature_spec(features_max if features_max is not None else settings.features_max)
+        if cluster is not None:
+            log.warning(
+                "local features are not extracted on a --cluster ingest yet; "
+                "run `geoloc index rebuild --features` afterwards"
+            )
     rasters, problems = expand_paths(paths)
     results = [
         IngestResult(path=p.path, status="failed", message=f"{p.path}: {p.message}")
@@ -445,6 +482,7 @@ def ingest(
                 force=force,
                 progress=_ProgressSink(prog),
                 distributed=dist,
+                features=spec,
             )
             for path in rasters:
                 res = ingester.run(path)

@@ -1,10 +1,15 @@
-"""``geoloc index rebuild``: re-create an encoder's Ω index by re-ingesting Ω only.
+"""``geoloc index rebuild``: re-create an encoder's Ω index (or its per-tile features) from the
+rasters.
 
 The database is the source of truth, but Ω (50,176 floats per tile) is not kept there: it would
 dwarf everything else stored per tile. So a rebuild re-reads every tile of every complete
 orthomosaic from its raster (same grid: tile size, stride, target GSD), re-encodes it with the
 encoder the tiles were ingested with, and adds Ω under the tile's id. It needs the rasters at
 their ingested paths, unchanged (their SHA-256 is checked).
+
+``geoloc index rebuild --features`` re-reads the same tiles and re-extracts their local features
+(:func:`rebuild_features`), all of them or only those without intact features (``--missing``: a
+corrupt segment, an ingest with ``--no-features`` or on a cluster).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from geoloc.ingest.stream import Encoded, batches, encode_stream
 
 if TYPE_CHECKING:
     from geoloc.store import OmegaIndex, TileStore
+    from geoloc.store import repository as repo
+    from geoloc.store.tile_features import FeatureStore
 
 log = logging.getLogger("geoloc.ingest")
 
@@ -41,7 +48,7 @@ def rebuild_index(
     batch; ``index_kwargs`` are :class:`~geoloc.store.OmegaIndex` parameters.
     """
     from geoloc.store import repository as repo
-    from tiling import TileConfig, open_raster
+    from tiling import open_raster
 
     encoder = repo.get_encoder(store.db, store.encoder_id)
     if model is None:
@@ -59,23 +66,7 @@ def rebuild_index(
         total, done = sum(len(cells) for _, cells in plan), 0
         store.reset_index(**index_kwargs)
         for ortho, cells in plan:
-            if not Path(ortho.path).is_file():
-                raise IndexError_(
-                    f"raster of orthomosaic {ortho.id} is gone; cannot re-encode its tiles",
-                    path=ortho.path,
-                )
-            if sha256_file(Path(ortho.path)) != ortho.sha256:
-                raise IndexError_(
-                    f"raster changed since it was ingested (orthomosaic {ortho.id}): re-ingest "
-                    "it with `geoloc ingest --force`",
-                    path=ortho.path,
-                )
-            cfg = TileConfig(
-                tile_size=ortho.tile_size,
-                stride=ortho.stride,
-                gsd=ortho.target_gsd_m,
-                min_valid=0.0,  # every stored tile, whatever its valid fraction
-            )
+            cfg = _stored_grid(ortho)
             seen = 0
 
             def stored(tile: Any, cells: dict[tuple[int, int], int] = cells) -> bool:
@@ -100,12 +91,102 @@ def rebuild_index(
                     omega_only=True,
                     on_batch=advanced,
                 )
-            if seen != len(cells):
-                raise IndexError_(
-                    f"orthomosaic {ortho.id}: the raster yields {seen} of its {len(cells)} tiles "
-                    "(tiling changed?); re-ingest it with `geoloc ingest --force`",
-                    path=ortho.path,
-                )
+            _check_seen(ortho, seen, len(cells))
         index = store.save_index()
     log.info("rebuilt the Ω index of %s: %d tiles", encoder.name, len(index))
     return index
+
+
+def _stored_grid(ortho: repo.OrthomosaicRow) -> Any:
+    """The ``TileConfig`` the orthomosaic was ingested with, once its raster is checked to be
+    there and unchanged."""
+    from tiling import TileConfig
+
+    if not Path(ortho.path).is_file():
+        raise IndexError_(
+            f"raster of orthomosaic {ortho.id} is gone; cannot re-read its tiles",
+            path=ortho.path,
+        )
+    if sha256_file(Path(ortho.path)) != ortho.sha256:
+        raise IndexError_(
+            f"raster changed since it was ingested (orthomosaic {ortho.id}): re-ingest "
+            "it with `geoloc ingest --force`",
+            path=ortho.path,
+        )
+    return TileConfig(
+        tile_size=ortho.tile_size,
+        stride=ortho.stride,
+        gsd=ortho.target_gsd_m,
+        min_valid=0.0,  # every stored tile, whatever its valid fraction
+    )
+
+
+def _check_seen(ortho: repo.OrthomosaicRow, seen: int, stored: int) -> None:
+    if seen != stored:
+        raise IndexError_(
+            f"orthomosaic {ortho.id}: the raster yields {seen} of its {stored} tiles "
+            "(tiling changed?); re-ingest it with `geoloc ingest --force`",
+            path=ortho.path,
+        )
+
+
+def rebuild_features(
+    store: TileStore,
+    *,
+    max_per_tile: int | None = None,
+    only_missing: bool = False,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> FeatureStore:
+    """Re-extract the per-tile local features of ``store``'s encoder from the rasters.
+
+    Every complete tile, or (``only_missing``, when the stored spec is kept) only the tiles
+    without intact features. ``max_per_tile`` None keeps the stored setting (or the default).
+    Runs under the ingest lock; the features are replaced atomically when complete.
+    """
+    from geoloc.ingest.features import TileFeatures, feature_spec
+    from geoloc.ingest.pipeline import Prefetcher
+    from tiling import open_raster
+
+    with store.locked():
+        old = store.feature_spec
+        if max_per_tile is None and old is not None and old.extractor == "xfeat":
+            max_per_tile = old.max_per_tile
+        spec = store.reset_features(feature_spec(max_per_tile), keep=only_missing)
+        have = set(store.feature_ids().tolist())
+        plan = [
+            (o, {rc: tid for rc, tid in cells.items() if tid not in have})
+            for o, cells in store.tiles_to_readd()
+        ]
+        plan = [(o, cells) for o, cells in plan if cells]
+        total, done = sum(len(cells) for _, cells in plan), 0
+        for ortho, cells in plan:
+            cfg = _stored_grid(ortho)
+            seen = 0
+
+            def stored(tile: Any, cells: dict[tuple[int, int], int] = cells) -> bool:
+                return (tile.row, tile.col) in cells
+
+            with open_raster(ortho.path) as raster:
+                grid = raster.grid(cfg)
+                extract = TileFeatures(
+                    spec,
+                    rows=int(grid.rows),
+                    cols=int(grid.cols),
+                    tile_size=int(cfg.tile_size),
+                    stride=int(grid.stride),
+                )
+                source = batches(raster, cfg, int(grid.cols), batch_size, keep=stored)
+                with Prefetcher(source, maxsize=3) as reader:
+                    for batch in reader:
+                        ids = [cells[(t.row, t.col)] for t in batch.tiles]
+                        feats = extract(batch.tiles, batch.pixels)
+                        store.readd_features(batch.tiles, ids, int(grid.stride), feats)
+                        seen += len(ids)
+                        done += len(ids)
+                        if progress is not None:
+                            progress(done, total)
+            _check_seen(ortho, seen, len(cells))
+        saved = store.save_features()
+    log.info("rebuilt the features of %d tiles (%d stored)", total, len(saved))
+    return saved

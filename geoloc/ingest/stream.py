@@ -45,6 +45,12 @@ class Encoded:
     node_areas: np.ndarray | None
     node_centroids: np.ndarray | None
     position: int
+    #: per tile (xy tile px, desc, score) when the stream extracts local features, else None
+    features: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+
+
+#: ``(tiles, pixels (B, 3, S, S) uint8) -> per tile (xy tile px, desc, score)``
+FeatureFn = Callable[[list[Any], np.ndarray], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
 def batches(
@@ -75,6 +81,7 @@ class StreamTimings:
 
     read_s: float = 0.0
     encode_s: float = 0.0
+    features_s: float = 0.0
 
 
 def encode_stream(
@@ -84,11 +91,14 @@ def encode_stream(
     *,
     omega_only: bool = False,
     on_batch: Callable[[Batch], None] | None = None,
+    features: FeatureFn | None = None,
 ) -> StreamTimings:
     """Encode every batch of ``source`` and hand it to ``sink`` (run in a writer thread).
 
     ``omega_only`` keeps only Ω (a rebuild needs nothing else). ``on_batch`` is called in the
-    main thread after each batch is submitted (progress). Returns the read/encode seconds.
+    main thread after each batch is submitted (progress). ``features(tiles, pixels)`` (e.g.
+    :class:`geoloc.ingest.features.TileFeatures`) fills :attr:`Encoded.features`. Returns the
+    read/encode/feature seconds.
     """
     timings = StreamTimings()
     reader: Prefetcher[Batch] = Prefetcher(source, maxsize=3)
@@ -104,7 +114,11 @@ def encode_stream(
                 None if omega_only else as_array(out.node_centroids),
                 batch.position,
             )
-            timings.encode_s += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            timings.encode_s += t1 - t0
+            if features is not None:
+                enc.features = features(batch.tiles, batch.pixels)
+                timings.features_s += time.perf_counter() - t1
             writer.submit(enc)
             if on_batch is not None:
                 on_batch(batch)

@@ -288,6 +288,23 @@ class XFeatLighterGlueMatcher:
             extra={"scores": scores},
         )
 
+    def extract_batch(self, rgb: np.ndarray, masks: np.ndarray | None) -> list[Features]:
+        """:meth:`extract` of a batch of same-size images ``(B, H, W, 3)`` uint8 in one forward
+        pass (ingest precomputes tile features with it); ``extra["scores"]`` holds the detector
+        scores and the descriptors are float32 numpy arrays."""
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() / 255.0
+        with torch.inference_mode():
+            outs = self._xfeat.detectAndCompute(x, top_k=self.max_keypoints)
+        feats = []
+        for i, out in enumerate(outs):
+            kp = out["keypoints"].cpu().numpy().astype(np.float32).reshape(-1, 2)
+            keep = _keep_in_mask(kp, None if masks is None else masks[i])
+            desc = out["descriptors"].cpu().numpy().astype(np.float32)[keep]
+            score = out["scores"].cpu().numpy().astype(np.float32)[keep]
+            feats.append(Features(kp[keep], desc, (rgb.shape[2], rgb.shape[1]), {"scores": score}))
+        return feats
+
     def match(self, f0: Features, f1: Features) -> tuple[np.ndarray, np.ndarray]:
         """LighterGlue matches (confidence >= ``min_conf``)."""
         torch = self._torch

@@ -6,10 +6,13 @@ Layout of a bundle folder::
     tables/<table>.copy       rows of encoders / orthomosaics / tiles / tile_embeddings
                               (Postgres binary COPY, explicit column lists: an exact round trip
                               of every type, halfvec included)
-    index/...                 the encoder's Ω index folder, as saved
+    index/...                 the encoder's Ω index folder, as saved, with the per-tile local
+                              features in ``index/features/`` (when the store has them)
     regions/<sha256>/         per orthomosaic: ``regions.json`` (size, GSD, transform per tile) and
                               ``<tile_id>.png``, the RGBA verification region around each tile
-                              (alpha = valid mask), lossless so verification sees the same pixels
+                              (alpha = valid mask), lossless so verification sees the same pixels;
+                              a bundle exported with ``--no-regions`` has only ``regions.json``
+                              (``"images": false``) and verifies from the stored features
 
 :func:`import_bundle` checks every checksum before touching anything (a truncated or tampered bundle
 is refused whole), loads the rows into an empty database with their ids (Ω ids are tile ids),
@@ -312,6 +315,8 @@ class BundleRegions:
         self.size_px = int(meta["size_px"])
         self.gsd_m = float(meta["gsd_m"])
         self._transforms: dict[str, list[float]] = meta["tiles"]
+        #: False when the bundle was exported without region images (features only)
+        self.images = bool(meta.get("images", True))
 
     def around(
         self, tile_id: int, size_px: int, gsd_m: float
@@ -325,6 +330,12 @@ class BundleRegions:
             raise ConfigError(
                 f"bundle holds {self.size_px} px regions at {self.gsd_m} m/px, "
                 f"asked {size_px} px at {gsd_m} m/px",
+                path=str(self.folder),
+            )
+        if not self.images:
+            raise ConfigError(
+                "bundle was exported without region images (--no-regions): only verification "
+                "from the stored features works on it",
                 path=str(self.folder),
             )
         t6 = self._transforms.get(str(int(tile_id)))

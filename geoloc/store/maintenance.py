@@ -1,4 +1,5 @@
-"""``geoloc index verify|info``: which encoder is meant, and do FAISS and the database agree.
+"""``geoloc index verify|info``: which encoder is meant, and do FAISS, the per-tile features and
+the database agree.
 
 The database is the source of truth; a rebuild of the index is a re-ingest of Ω
 (:mod:`geoloc.ingest.rebuild`).
@@ -36,11 +37,51 @@ class VerifyReport:
     index_count: int
     missing_in_index: list[int] = field(default_factory=list)
     extra_in_index: list[int] = field(default_factory=list)
+    #: the per-tile local features (absent: a store without features, nothing to check)
+    features_exists: bool = False
+    features_spec: dict[str, Any] | None = None
+    features_count: int = 0
+    missing_in_features: list[int] = field(default_factory=list)
+    extra_in_features: list[int] = field(default_factory=list)
+    feature_problems: list[str] = field(default_factory=list)
+
+    @property
+    def index_ok(self) -> bool:
+        """True when FAISS and the database hold exactly the same ids."""
+        return not self.missing_in_index and not self.extra_in_index
+
+    @property
+    def features_ok(self) -> bool:
+        """True when there are no features, or every complete tile has intact features and no
+        other tile has any."""
+        return not (self.missing_in_features or self.extra_in_features or self.feature_problems)
 
     @property
     def ok(self) -> bool:
-        """True when FAISS and the database hold exactly the same ids."""
-        return not self.missing_in_index and not self.extra_in_index
+        """True when FAISS, the features (if any) and the database agree."""
+        return self.index_ok and self.features_ok
+
+    def reason(self) -> str:
+        """One line saying what disagrees and the fix (empty when :attr:`ok`)."""
+        parts = []
+        if not self.index_ok:
+            parts.append(
+                f"index differs from the database: {len(self.missing_in_index)} missing, "
+                f"{len(self.extra_in_index)} extra; run `geoloc index rebuild`"
+            )
+        if self.feature_problems:
+            more = len(self.feature_problems) - 1
+            parts.append(
+                f"{self.feature_problems[0]}{f' (and {more} more)' if more else ''}; "
+                "run `geoloc index rebuild --features`"
+            )
+        elif self.missing_in_features or self.extra_in_features:
+            parts.append(
+                f"features differ from the database: {len(self.missing_in_features)} tiles "
+                f"without, {len(self.extra_in_features)} extra; run `geoloc index rebuild "
+                "--features`"
+            )
+        return "; ".join(parts)
 
     def as_dict(self, limit: int = 50) -> dict[str, Any]:
         """JSON-able form; id lists are cut to ``limit`` entries (counts are complete)."""
@@ -57,6 +98,17 @@ class VerifyReport:
             "missing_in_index": self.missing_in_index[:limit],
             "extra_in_index_count": len(self.extra_in_index),
             "extra_in_index": self.extra_in_index[:limit],
+            "features": {
+                "ok": self.features_ok,
+                "exists": self.features_exists,
+                "spec": self.features_spec,
+                "count": self.features_count,
+                "missing_count": len(self.missing_in_features),
+                "missing": self.missing_in_features[:limit],
+                "extra_count": len(self.extra_in_features),
+                "extra": self.extra_in_features[:limit],
+                "problems": self.feature_problems[:limit],
+            },
         }
 
 
@@ -94,7 +146,7 @@ def verify_index(db: Database, settings: Settings, encoder: repo.EncoderRow) -> 
         ix_ids = OmegaIndex.open(settings, encoder.weights_sha256, create=False).ids()
     else:
         ix_ids = np.zeros(0, dtype=np.int64)
-    return VerifyReport(
+    report = VerifyReport(
         encoder_id=encoder.id,
         encoder_name=encoder.name,
         weights_sha256=encoder.weights_sha256,
@@ -105,3 +157,29 @@ def verify_index(db: Database, settings: Settings, encoder: repo.EncoderRow) -> 
         missing_in_index=np.setdiff1d(db_ids, ix_ids).tolist(),
         extra_in_index=np.setdiff1d(ix_ids, db_ids).tolist(),
     )
+    _verify_features(report, settings, encoder.weights_sha256, db_ids)
+    return report
+
+
+def _verify_features(
+    report: VerifyReport, settings: Settings, sha: str, db_ids: np.ndarray
+) -> None:
+    """Fill the feature fields of ``report``: ids against the database, every file's SHA-256."""
+    from geoloc.errors import IndexError_
+    from geoloc.store.tile_features import FeatureStore
+
+    fdir = FeatureStore.path_for(OmegaIndex.path_for(settings, sha))
+    if not FeatureStore.exists(fdir):
+        return
+    report.features_exists = True
+    try:
+        feats = FeatureStore.open(fdir, warn=False)
+    except IndexError_ as exc:
+        report.feature_problems.append(str(exc))
+        return
+    report.features_spec = None if feats.spec is None else feats.spec.as_dict()
+    f_ids = feats.ids()
+    report.features_count = int(f_ids.size)
+    report.missing_in_features = np.setdiff1d(db_ids, f_ids).tolist()
+    report.extra_in_features = np.setdiff1d(f_ids, db_ids).tolist()
+    report.feature_problems.extend(str(p) for p in feats.check())

@@ -97,7 +97,8 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _np_save(path: Path, arr: np.ndarray) -> None:
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    """Write ``arr`` as a ``.npy`` file (no pickles)."""
     with open(path, "wb") as fh:
         np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
 
@@ -107,7 +108,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _saver(arr: np.ndarray) -> Callable[[Path], None]:
-    return lambda p: _np_save(p, arr)
+    return lambda p: save_npy(p, arr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,8 +423,8 @@ def save(
     if refine is not None:
         refine.mark_saved(refine_files)
     keep = {*files.values(), *refine_files, "meta.json"}
-    for f in directory.iterdir():
-        if f.name not in keep and not f.name.startswith("."):
+    for f in directory.iterdir():  # sub-folders (the feature store) are not the index's files
+        if f.is_file() and f.name not in keep and not f.name.startswith("."):
             with contextlib.suppress(OSError):
                 f.unlink()
     return Saved(gen, files, refine_files, stamp)

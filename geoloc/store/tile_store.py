@@ -12,8 +12,9 @@ Write side (ingest), one raster at a time under the database-wide ingest lock::
                                omega_dim=..., phi_dim=...) as store, store.locked():
         store.recover()
         oid = store.begin(raster_record)       # an ``ingesting`` row: invisible to searches
-        store.add(tiles, omega, phi, areas, centroids)   # per batch
-        store.commit(kept, skipped)            # FAISS saved, *then* the row becomes complete
+        store.use_features(XFEAT_SPEC)         # optional: per-tile local features
+        store.add(tiles, omega, phi, areas, centroids, features=feats)   # per batch
+        store.commit(kept, skipped)            # FAISS, features saved, *then* row complete
         # or store.abort() on any failure
 
 Why the two stores never disagree for a searcher: Ω of tiles that are not yet ``complete`` are
@@ -21,6 +22,9 @@ only in the in-memory index until :meth:`commit` saves it (atomically: new files
 the row becomes ``complete`` only after that save. A crash in between leaves an ``ingesting`` row
 and possibly saved Ω ids of it; :meth:`recover` (under the lock, so no live writer owns them)
 deletes such rows and removes every FAISS id that is not a tile of a complete orthomosaic.
+The per-tile local features (:mod:`geoloc.store.tile_features`, in the index folder) follow the
+same rule: saved after the Ω index and before the row becomes ``complete``, reconciled by
+:meth:`recover` like the FAISS ids.
 
 Only tiles of ``complete`` orthomosaics are ever returned. The store imports neither
 ``geoloc.models`` nor ``tiling``.
@@ -34,6 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +53,7 @@ from geoloc.errors import (
 )
 from geoloc.store import repository as repo
 from geoloc.store.records import Candidate, RasterRecord, TileRecord, TileRef
+from geoloc.store.tile_features import FeatureSpec, FeatureStore, TileKeypoints
 
 if TYPE_CHECKING:
     from geoloc.store.database import Database
@@ -56,7 +62,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Candidate", "RasterRecord", "TileRecord", "TileStore", "WriteTimings"]
+__all__ = [
+    "Candidate",
+    "FeatureSpec",
+    "RasterRecord",
+    "TileKeypoints",
+    "TileRecord",
+    "TileStore",
+    "WriteTimings",
+]
 
 
 @dataclass
@@ -66,6 +80,7 @@ class WriteTimings:
     db_s: float = 0.0
     faiss_add_s: float = 0.0
     faiss_save_s: float = 0.0
+    features_save_s: float = 0.0
 
 
 class TileStore:
@@ -93,6 +108,8 @@ class TileStore:
         self._omega_dim: int | None = None  # set by for_encoder: the write side's Ω width
         self._lock: contextlib.ExitStack | None = None
         self._writing: int | None = None  # orthomosaic id between begin and commit/abort
+        self._writing_stride = 0  # grid stride (output px) of the raster being written
+        self._features: FeatureStore | None = None  # opened on first use
         self.write_timings = WriteTimings()
 
     # ------------------------------------------------------------------------------- opening
@@ -293,12 +310,48 @@ class TileStore:
         """Sorted int64 ids of the tiles whose centre is within ``radius_m`` (geodesic)."""
         return repo.tile_ids_within(self._db, self.encoder_id, lat, lon, radius_m)
 
+    @property
+    def features_dir(self) -> Path:
+        """Folder of the per-tile local features (inside the encoder's Ω index folder)."""
+        from geoloc.store.faiss_store import OmegaIndex
+
+        return FeatureStore.path_for(OmegaIndex.path_for(self._settings, self.encoder_sha256))
+
+    def _feature_store(self) -> FeatureStore:
+        if self._features is None:
+            self._features = _open_features(self.features_dir)
+        return self._features
+
+    @property
+    def feature_spec(self) -> FeatureSpec | None:
+        """What the stored local features are; None when this store has none (an older
+        database, or ingested with ``--no-features``): verification then reads the rasters."""
+        return self._feature_store().spec
+
+    def features(self, tile_ids: Sequence[int] | np.ndarray) -> dict[int, TileKeypoints]:
+        """Stored keypoints of these tiles, keyed by id; tiles without (trustworthy) features
+        are absent, never an error.
+
+        ``xy`` is in each tile's orthomosaic grid (pixel-centre convention):
+        :func:`geoloc.store.tile_features.grid_transform` of the tile's :class:`Candidate` maps
+        ``xy + 0.5`` to its CRS (``grid_to_lonlat`` to lon/lat); tiles of one orthomosaic share
+        that grid, so a region is the union of neighbouring tiles' keypoints.
+        """
+        return self._feature_store().get(np.asarray(tile_ids, dtype=np.int64).ravel().tolist())
+
     def reopen_if_changed(self) -> bool:
-        """Re-open the Ω index when another process saved it (an ingest while this is warm).
+        """Re-open the Ω index (and the features) when another process saved them (an ingest
+        while this is warm).
 
         Returns True when a fresh index was loaded. When the saved index cannot be opened the
         one already open keeps answering (warned once until a re-open succeeds).
         """
+        feats = self._features
+        if feats is not None and feats.changed_on_disk() and self._writing is None:
+            try:
+                self._features = FeatureStore.open(feats.directory)
+            except GeolocError as exc:
+                log.warning("features changed on disk but cannot be re-opened, kept: %s", exc)
         index = self._index
         if index is None or not index.changed_on_disk():
             return False
@@ -356,7 +409,9 @@ class TileStore:
 
         with self.locked():
             self._index = None
+            self._features = None
             _reconcile(self._db, self.encoder_id, self._write_index())
+            _reconcile_features(self._db, self.encoder_id, self._feature_store())
             for other in repo.list_encoders(self._db):
                 if other.id == self.encoder_id:
                     continue
@@ -367,6 +422,9 @@ class TileStore:
                 _reconcile(
                     self._db, other.id, OmegaIndex.open(self._settings, sha) if exists else None
                 )
+                fdir = FeatureStore.path_for(OmegaIndex.path_for(self._settings, sha))
+                if FeatureStore.exists(fdir):
+                    _reconcile_features(self._db, other.id, FeatureStore.open(fdir))
 
     def find(self, sha256: str) -> repo.OrthomosaicRow | None:
         """The orthomosaic of this encoder with this file SHA-256 (any status), or None."""
@@ -404,6 +462,9 @@ class TileStore:
             index = self._write_index()
             index.remove(removed)
             index.save()
+            feats = self._feature_store()
+            if feats.remove(removed):
+                feats.save()
         return int(removed.size)
 
     def begin(self, raster: RasterRecord) -> int:
@@ -441,6 +502,7 @@ class TileStore:
             target_gsd=raster.target_gsd_m,
         )
         self._writing = int(oid)
+        self._writing_stride = int(raster.stride)
         self.write_timings = WriteTimings()
         return int(oid)
 
@@ -449,6 +511,34 @@ class TileStore:
             raise DatabaseError(f"{self._db.url}: TileStore.{what} outside begin()/commit()")
         return self._writing
 
+    def use_features(self, spec: FeatureSpec) -> FeatureSpec:
+        """The spec the features of this store are written with (write side).
+
+        A store that already has features keeps its spec (``spec.max_per_tile`` is then only
+        advisory); one without gets ``spec``. IndexError_ when the stored features are of
+        another extractor, dimension or version: ``geoloc index rebuild --features`` converts
+        them.
+        """
+        feats = self._feature_store()
+        if feats.spec is None or (len(feats) == 0 and not feats.problems):
+            feats.reset(spec)
+            return spec
+        if not feats.spec.compatible(spec):
+            raise IndexError_(
+                f"stored features are {feats.spec.extractor} v{feats.spec.version} "
+                f"({feats.spec.dim}-d), this ingest makes {spec.extractor} v{spec.version} "
+                f"({spec.dim}-d): run `geoloc index rebuild --features`",
+                path=str(feats.directory),
+            )
+        if feats.spec.max_per_tile != spec.max_per_tile:
+            log.warning(
+                "the store keeps %d keypoints per tile, not %d: kept its setting "
+                "(`geoloc index rebuild --features --max-per-tile N` changes it)",
+                feats.spec.max_per_tile,
+                spec.max_per_tile,
+            )
+        return feats.spec
+
     def add(
         self,
         tiles: Sequence[TileRecord | Any],
@@ -456,14 +546,23 @@ class TileStore:
         phi: np.ndarray,
         node_areas: np.ndarray,
         node_centroids: np.ndarray,
+        *,
+        features: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
     ) -> list[int]:
         """Add a batch of tiles of the raster being written: rows + Φ by one binary COPY, Ω to
-        the in-memory index (saved by :meth:`commit`). Returns the new tile ids."""
+        the in-memory index, ``features`` (per tile: keypoints xy in *tile* pixels,
+        pixel-centre convention, descriptors, scores; after :meth:`use_features`) to the
+        in-memory feature store (both saved by :meth:`commit`). Returns the new tile ids."""
         oid = self._current("add")
         t0 = time.perf_counter()
         ids = repo.add_tiles(self._db, oid, self.encoder_id, tiles, phi, node_areas, node_centroids)
         t1 = time.perf_counter()
         self._write_index().add(np.asarray(ids, dtype=np.int64), omega)
+        if features is not None:
+            recs = [TileRecord.from_tile(t) for t in tiles]
+            st = self._writing_stride
+            origins = np.array([(r.col * st, r.row * st) for r in recs], dtype=np.int64)
+            self._feature_store().add(ids, origins.reshape(-1, 2), recs[0].tile_size, features)
         self.write_timings.db_s += t1 - t0
         self.write_timings.faiss_add_s += time.perf_counter() - t1
         return ids
@@ -475,6 +574,12 @@ class TileStore:
         self._write_index().save()
         self.write_timings.faiss_save_s = time.perf_counter() - t0
         log.debug("orthomosaic %d: FAISS saved", oid)
+        feats = self._features
+        if feats is not None and feats.dirty:
+            t1 = time.perf_counter()
+            feats.save()
+            self.write_timings.features_save_s = time.perf_counter() - t1
+            log.debug("orthomosaic %d: features saved", oid)
         repo.finish_orthomosaic(self._db, oid, kept, skipped)
         self._writing = None
         log.debug("orthomosaic %d complete", oid)
@@ -484,13 +589,15 @@ class TileStore:
         :meth:`recover`); its unsaved Ω additions die with the in-memory index."""
         oid, self._writing = self._writing, None
         self._index = None
+        self._features = None
         if oid is not None:
             with contextlib.suppress(Exception):
                 repo.delete_orthomosaic(self._db, oid)
 
     # --------------------------------------------------------------------------- maintenance
     def verify(self) -> VerifyReport:
-        """Compare the saved FAISS ids with the complete tiles in the database."""
+        """Compare the saved FAISS ids and feature ids with the complete tiles in the database,
+        and check every feature file's SHA-256."""
         from geoloc.store.maintenance import verify_index
 
         return verify_index(self._db, self._settings, repo.get_encoder(self._db, self.encoder_id))
@@ -528,6 +635,46 @@ class TileStore:
         self._need_lock("readd")
         self._write_index().add(np.asarray(tile_ids, dtype=np.int64), omega)
 
+    def reset_features(self, spec: FeatureSpec, *, keep: bool = False) -> FeatureSpec:
+        """Start rebuilding the features (replaced at :meth:`save_features`): empty with
+        ``spec``, or (``keep``, when the stored spec is the same) keeping the intact features
+        of complete tiles. Returns the spec written."""
+        self._need_lock("reset_features")
+        feats = _open_features(self.features_dir)
+        if keep and feats.spec == spec:
+            _reconcile_features(self._db, self.encoder_id, feats, save=False)
+        else:
+            feats.reset(spec)
+        self._features = feats
+        return spec
+
+    def feature_ids(self) -> np.ndarray:
+        """Sorted ids of the tiles with intact stored features."""
+        return self._feature_store().ids()
+
+    def readd_features(
+        self,
+        tiles: Sequence[TileRecord | Any],
+        tile_ids: Sequence[int],
+        stride: int,
+        features: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ) -> None:
+        """Add features of tiles already in the database (after :meth:`reset_features`);
+        ``stride`` is their orthomosaic's grid step."""
+        self._need_lock("readd_features")
+        recs = [TileRecord.from_tile(t) for t in tiles]
+        if not recs:
+            return
+        origins = np.array([(r.col * stride, r.row * stride) for r in recs], dtype=np.int64)
+        self._feature_store().add(tile_ids, origins, recs[0].tile_size, features)
+
+    def save_features(self) -> FeatureStore:
+        """Save the features atomically (a feature rebuild's last step); return them."""
+        self._need_lock("save_features")
+        feats = self._feature_store()
+        feats.save()
+        return feats
+
     def save_index(self) -> OmegaIndex:
         """Save the index atomically (a rebuild's last step); return it."""
         self._need_lock("save_index")
@@ -551,6 +698,31 @@ def _map_grid(db: Database, encoder_id: int, *, warn: bool) -> tuple[float, int]
             map_gsd,
         )
     return map_gsd, sizes.most_common(1)[0][0]
+
+
+def _open_features(directory: Path) -> FeatureStore:
+    """The saved features; none (one warning) when their metadata is unreadable, so a reader
+    falls back to the rasters and a writer starts them afresh."""
+    try:
+        return FeatureStore.open(directory)
+    except IndexError_ as exc:
+        log.warning("%s", exc)
+        return FeatureStore(directory, None)
+
+
+def _reconcile_features(
+    db: Database, encoder_id: int, feats: FeatureStore, *, save: bool = True
+) -> None:
+    """Drop features of tiles that are not complete tiles in the database (a killed writer's)."""
+    if feats.spec is None:
+        return
+    complete = np.asarray(repo.complete_tile_ids(db, encoder_id), dtype=np.int64)
+    stale = np.setdiff1d(feats.ids(), complete)
+    if stale.size:
+        log.warning("removing features of %d tiles that are not in the database", stale.size)
+        feats.remove(stale)
+        if save:
+            feats.save()
 
 
 def _reconcile(db: Database, encoder_id: int, index: OmegaIndex | None) -> None:
