@@ -51,7 +51,6 @@ from geoloc.localize.state import Candidate, FrameState, Match
 from geoloc.localize.tile_regions import (
     ExtractedTileFeatures,
     FeatureRegions,
-    Grids,
     RegionFeatures,
     StoredTileFeatures,
     TileFeatureSource,
@@ -137,25 +136,26 @@ class VerificationScheduler:
                     f"(xfeat-lighterglue), not {v.name!r}"
                 )
             return None
-        grids = Grids(self.store)
         source: TileFeatureSource | None = None
-        if mode in ("auto", "stored") and stored_feature_kind(self.store) == v.feature_kind:
+        if mode in ("auto", "stored") and stored_features_match(self.store, v.feature_kind):
             source = StoredTileFeatures(self.store, v.feature_kind)
         elif mode == "stored":
             raise ConfigError(
                 f"verify_features = 'stored': the database has no {v.feature_kind} tile "
-                "features (re-ingest, or use 'extract' / 'raster')"
+                "features (`geoloc index rebuild --features`, or use 'extract' / 'raster')"
             )
         elif mode == "extract":
             source = ExtractedTileFeatures(
-                v.matcher, self.regions, grids, top_k=int(self.conf["tile_keypoints"])
+                v.matcher,
+                self.regions,
+                kind=v.feature_kind,
+                max_per_tile=int(self.conf["tile_keypoints"]),
             )
         if source is None:
             return None
         return FeatureRegions(
             self.store,
             source,
-            grids,
             map_gsd_m=self.regions.gsd_m,
             max_keypoints=int(self.conf["region_keypoints"]),
         )
@@ -368,8 +368,9 @@ class _Scored:
         self.coarse, self.candidate, self.heading, self.region = coarse, candidate, heading, region
 
 
-def stored_feature_kind(store: Any) -> str | None:
-    """The extractor of the store's precomputed tile features, or None when it has none."""
-    # a store from before per-tile features has no feature_spec at all
-    spec = getattr(store, "feature_spec", None)
-    return None if spec is None else str(spec.kind)
+def stored_features_match(store: Any, kind: str) -> bool:
+    """True when the store has precomputed tile features the ``kind`` extractor made."""
+    from geoloc.store.tile_features import XFEAT_SPEC
+
+    spec = store.feature_spec
+    return bool(kind == XFEAT_SPEC.extractor and XFEAT_SPEC.compatible(spec))

@@ -11,12 +11,11 @@ Tile features come from a :class:`TileFeatureSource`:
 
 - :class:`StoredTileFeatures`: the store's precomputed features (``TileStore.features``),
   written at ingest;
-- :class:`ExtractedTileFeatures`: the same features extracted here from the rasters, tile by
-  tile, and kept in memory (old databases, and the reference the stored ones are checked
-  against).
+- :class:`ExtractedTileFeatures`: features of the same kind extracted here from the rasters,
+  tile by tile, and kept in memory (databases ingested without features).
 
-Keypoints are in the orthomosaic's grid at the tile GSD: tile ``(row, col)`` covers grid pixels
-``[col*stride, col*stride + tile_size)`` across, pixel-centre convention (integer = centre).
+Keypoints are :class:`~geoloc.store.tile_features.TileKeypoints`: in the orthomosaic's grid at
+the tile GSD (:func:`~geoloc.store.tile_features.grid_origin`), pixel-centre convention.
 """
 
 from __future__ import annotations
@@ -32,21 +31,9 @@ from affine import Affine
 
 from geoloc.localize.regions import MapRegions
 from geoloc.localize.verify import Features
+from geoloc.store.tile_features import TileKeypoints, grid_origin
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TileKeypoints:
-    """Local features of one tile: ``xy`` (N, 2) grid pixels, ``desc`` (N, D) L2-normalised
-    float32, ``score`` (N,) detection scores."""
-
-    xy: np.ndarray
-    desc: np.ndarray
-    score: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.xy.shape[0])
 
 
 @runtime_checkable
@@ -72,37 +59,10 @@ class RegionFeatures:
     size_px: int
 
 
-class Grids:
-    """The tile stride of each orthomosaic (read once from the store)."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self._stride: dict[int, int] = {}
-
-    def stride(self, orthomosaic_id: int) -> int:
-        """The orthomosaic's tile stride in grid pixels."""
-        s = self._stride.get(int(orthomosaic_id))
-        if s is None:
-            from geoloc.errors import DatabaseError
-            from geoloc.store import repository as repo
-
-            row = repo.get_orthomosaic(self._store.db, int(orthomosaic_id))
-            if row is None:
-                raise DatabaseError(f"orthomosaic {orthomosaic_id} is not in the database")
-            s = int(row.stride)
-            self._stride[int(orthomosaic_id)] = s
-        return s
-
-    def origin(self, tile: Any) -> np.ndarray:
-        """Grid pixel of the tile's top-left corner."""
-        s = self.stride(tile.orthomosaic_id)
-        return np.array([tile.col * s, tile.row * s], dtype=np.float64)
-
-
 class StoredTileFeatures:
     """The store's precomputed tile features (``store.features(ids)``)."""
 
-    def __init__(self, store: Any, kind: str = "xfeat-lighterglue") -> None:
+    def __init__(self, store: Any, kind: str = "xfeat") -> None:
         self._store = store
         self.kind = kind
 
@@ -115,23 +75,26 @@ class ExtractedTileFeatures:
     """Tile features extracted from the rasters with the verifier's matcher, kept per tile.
 
     Each tile is read at the map's GSD from ``regions`` (so bundles with regions work too) and
-    its top ``top_k`` keypoints are kept in an LRU of ``cache_size`` tiles.
+    keeps its best ``max_per_tile`` keypoints; :class:`FeatureRegions` keeps each from the tile
+    nearest to it, as the stored features were cut at ingest. An LRU keeps ``cache_size`` tiles.
     """
+
+    #: keypoints detected per tile before the central-square cut (as ingest does)
+    DETECT_TOP_K = 4096
 
     def __init__(
         self,
         matcher: Any,
         regions: MapRegions,
-        grids: Grids,
         *,
-        top_k: int = 256,
+        kind: str = "xfeat",
+        max_per_tile: int = 256,
         cache_size: int = 4096,
     ) -> None:
-        self.kind = str(matcher.name)
+        self.kind = kind
         self._matcher = matcher
         self._regions = regions
-        self._grids = grids
-        self.top_k = int(top_k)
+        self.max_per_tile = int(max_per_tile)
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[int, TileKeypoints] = OrderedDict()
 
@@ -158,14 +121,15 @@ class ExtractedTileFeatures:
         rgb, mask, _t = self._regions.around(tile, ts)
         if not mask.any():
             return None
-        f = self._matcher.extract(rgb, mask, top_k=self.top_k)
+        f = self._matcher.extract(rgb, mask, top_k=self.DETECT_TOP_K)
         # region pixels -> tile pixels (the region is the tile, at the map's GSD)
         k = self._regions.gsd_m / float(tile.gsd_m)
         xy = (f.keypoints.astype(np.float64) + 0.5 - ts / 2.0) * k + ts / 2.0 - 0.5
-        xy += self._grids.origin(tile)
         desc = np.asarray(f.descriptors, dtype=np.float32)
         score = np.asarray(f.extra.get("scores", np.ones(len(f), np.float32)), np.float32)
-        return TileKeypoints(xy.astype(np.float32), desc, score)
+        idx = np.argsort(-score, kind="stable")[: self.max_per_tile]
+        xy = xy[idx] + np.asarray(grid_origin(tile), dtype=np.float64)
+        return TileKeypoints(xy.astype(np.float32), desc[idx], score[idx])
 
 
 def region_transform(tile: Any, size_px: int, map_gsd_m: float) -> Affine:
@@ -192,7 +156,6 @@ class FeatureRegions:
         self,
         store: Any,
         source: TileFeatureSource,
-        grids: Grids,
         *,
         map_gsd_m: float,
         max_keypoints: int = 2048,
@@ -200,7 +163,6 @@ class FeatureRegions:
     ) -> None:
         self.store = store
         self.source = source
-        self.grids = grids
         self.map_gsd_m = float(map_gsd_m)
         self.max_keypoints = int(max_keypoints)
         self.cache_size = int(cache_size)
@@ -249,10 +211,10 @@ class FeatureRegions:
 
         tiles = self.neighbourhood(tile, size_px)
         feats = self.source.features(tiles)
-        s = self.grids.stride(tile.orthomosaic_id)
         ts = float(tile.tile_size)
         present = {(int(t.row), int(t.col)) for t in tiles if int(t.tile_id) in feats}
-        origin = self.grids.origin(tile)
+        origin = np.asarray(grid_origin(tile), dtype=np.float64)
+        s = _stride(tiles, tile)
         k = self.map_gsd_m / float(tile.gsd_m)
         xs, ds, ss, used = [], [], [], []
         for t in tiles:
@@ -292,3 +254,17 @@ class FeatureRegions:
         return RegionFeatures(
             f_out, region_transform(tile, size_px, self.map_gsd_m), tuple(used), int(size_px)
         )
+
+
+def _stride(tiles: Sequence[Any], tile: Any) -> float:
+    """The grid's tile stride (pixels), from the grid origins of neighbouring tiles."""
+    x0, y0 = grid_origin(tile)
+    steps = []
+    for t in tiles:
+        dc, dr = int(t.col) - int(tile.col), int(t.row) - int(tile.row)
+        x, y = grid_origin(t)
+        if dc:
+            steps.append((x - x0) / dc)
+        if dr:
+            steps.append((y - y0) / dr)
+    return float(np.median(steps)) if steps else float(tile.tile_size)

@@ -428,9 +428,7 @@ class HomographyVerifier:
         self.coarse_ransac_px = float(c["coarse_ransac_px"])
         self.coarse_min_spread = float(c["coarse_min_spread"])
         #: the kind of stored tile features this verifier can match (None: pixels only)
-        self.feature_kind: str | None = (
-            matcher.name if matcher.name == "xfeat-lighterglue" else None
-        )
+        self.feature_kind: str | None = "xfeat" if matcher.name == "xfeat-lighterglue" else None
         self._cache: OrderedDict[Hashable, Features] = OrderedDict()
         #: a second verifier the localizer tries when this one verifies no candidate
         self.fallback: HomographyVerifier | None = None

@@ -21,6 +21,7 @@ from geoloc.localize.regions import MapRegions
 from geoloc.localize.rerank import PhiCosineRerank, Rerank
 from geoloc.localize.schedule import VerificationScheduler
 from geoloc.localize.state import FrameRequest, FrameState
+from geoloc.localize.tile_regions import FeatureRegions, StoredTileFeatures
 from geoloc.localize.verify import HomographyVerifier, xfeat_lighterglue
 from tests.localize.conftest import truth_lonlat
 from tests.localize.views import sample_rgb, view
@@ -122,14 +123,32 @@ def located(store: Any, encoder: Any) -> FrameState:
     return _ranked(store, encoder, view(sample_rgb(), CX, CY, 400, heading_deg=20.0))
 
 
+@pytest.fixture(scope="module")
+def stored(store: Any, verifier: Any, regions: MapRegions) -> VerificationScheduler:
+    """The cascade over the features the ingest stored (the default when a store has them)."""
+    sched = _scheduler(store, verifier, regions)
+    assert sched.conf["verify_features"] == "auto"
+    assert isinstance(sched.feature_regions, FeatureRegions)
+    assert isinstance(sched.feature_regions.source, StoredTileFeatures)
+    return sched
+
+
+@pytest.mark.parametrize("which", ["stored", "cascade"])
 def test_features_give_the_raster_answer(
-    store: Any, verifier: Any, regions: MapRegions, cascade: Any, located: FrameState
+    store: Any,
+    verifier: Any,
+    regions: MapRegions,
+    located: FrameState,
+    which: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """Stored and extracted tile features answer as the raster path does (within 1 m)."""
+    features: VerificationScheduler = request.getfixturevalue(which)
     raster = _scheduler(store, verifier, regions, verify_features="raster")
-    assert raster.feature_regions is None and cascade.feature_regions is not None
+    assert raster.feature_regions is None
     a, b = _copy(located), _copy(located)
     raster.run(a)
-    cascade.run(b)
+    features.run(b)
     assert a.match is not None and b.match is not None
     assert "verify.coarse" in b.timings and "verify.coarse" not in a.timings
     lon, lat = truth_lonlat(CX, CY)
@@ -141,11 +160,11 @@ def test_features_give_the_raster_answer(
     assert b.match.result.inliers >= verifier.min_inliers
 
 
-def test_early_stop_runs_the_matcher_once(verifier: Any, cascade: Any, located: FrameState) -> None:
+def test_early_stop_runs_the_matcher_once(verifier: Any, stored: Any, located: FrameState) -> None:
     state = _copy(located)
     coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
     try:
-        cascade.run(state)
+        stored.run(state)
     finally:
         coarse.undo()
         glue.undo()
@@ -173,41 +192,54 @@ def _mirrored() -> np.ndarray:
 
 @pytest.mark.parametrize("make", [_hopper, _mirrored])
 def test_elsewhere_is_rejected_by_the_coarse_check(
-    store: Any, encoder: Any, verifier: Any, cascade: Any, make: Any
+    store: Any, encoder: Any, verifier: Any, stored: Any, make: Any
 ) -> None:
     state = _ranked(store, encoder, make())
     assert state.candidates
     coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
     try:
-        cascade.run(state)
+        stored.run(state)
     finally:
         coarse.undo()
         glue.undo()
     assert state.match is None
     assert glue.calls == 0
-    top = min(len(state.candidates), cascade.conf["verify_top"])
+    top = min(len(state.candidates), stored.conf["verify_top"])
     assert coarse.calls >= top  # every candidate checked, and the sweep on top
     assert state.timings["verify.coarse"] > 0
 
 
 def test_features_absent_reads_pixels(
-    store: Any, verifier: Any, regions: MapRegions, located: FrameState
+    pg_settings: Any, encoder: Any, verifier: Any, tmp_path: Any
 ) -> None:
-    from geoloc.localize.schedule import stored_feature_kind
+    """A database ingested without features: ``auto`` verifies from the raster's pixels."""
+    from geoloc.ingest import ingest
+    from geoloc.store import TileStore
+    from tests.conftest import crop_sample
 
-    assert stored_feature_kind(store) is None  # this database has no stored features
-    auto = _scheduler(store, verifier, regions)
-    assert auto.conf["verify_features"] == "auto" and auto.feature_regions is None
-    state = _copy(located)
-    glue = Counted(verifier.matcher, "match")
-    try:
-        auto.run(state)
-    finally:
-        glue.undo()
-    assert state.match is not None and glue.calls >= 1
-    assert "verify.read_region" in state.timings and "verify.coarse" not in state.timings
-    with pytest.raises(ConfigError, match="no xfeat-lighterglue tile features"):
-        _ = _scheduler(store, verifier, regions, verify_features="stored").feature_regions
+    crop = crop_sample(tmp_path / "crop.tif", int(CX) - 400, int(CY) - 400, 800, 800)
+    (res,) = ingest([crop], encoder=encoder, settings=pg_settings, progress=False, features=False)
+    assert res.status == "ingested"
+    with TileStore.open(
+        pg_settings, encoder_sha256=encoder.weights_sha256, encoder_name=encoder.name
+    ) as bare:
+        assert bare.feature_spec is None
+        regions = MapRegions(bare.map_gsd_m)
+        auto = _scheduler(bare, verifier, regions)
+        assert auto.feature_regions is None
+        state = _ranked(bare, encoder, view(sample_rgb(), CX, CY, 400, heading_deg=20.0))
+        glue = Counted(verifier.matcher, "match")
+        try:
+            auto.run(state)
+        finally:
+            glue.undo()
+        assert state.match is not None and glue.calls >= 1
+        assert "verify.read_region" in state.timings and "verify.coarse" not in state.timings
+        lon, lat = truth_lonlat(CX, CY)
+        assert _dist(state.match.lon, state.match.lat, lon, lat) < 2.0
+        with pytest.raises(ConfigError, match="no xfeat tile features"):
+            _ = _scheduler(bare, verifier, regions, verify_features="stored").feature_regions
+        regions.close()
 
 
 def test_sift_has_no_feature_path(store: Any, regions: MapRegions) -> None:
