@@ -282,20 +282,23 @@ class VerificationScheduler:
         budget_s = state.budget_ms / 1e3
         t_start = time.perf_counter()
         checked: set[tuple[int, float]] = set()
-        n = 0
+        n = fine_runs = 0
 
         def over_budget() -> bool:
             return bool(n and budget_s > 0 and time.perf_counter() - t_start >= budget_s)
 
-        def coarse(pairs: list[tuple[Candidate, float]]) -> list[_Scored] | None:
+        def coarse(pairs: list[tuple[Candidate, float]]) -> tuple[list[_Scored], bool]:
+            """The pairs that pass the coarse check, best first; True when the budget ran out."""
             nonlocal n
             out: list[_Scored] = []
+            stopped = False
             for cand, h in pairs:
                 if (cand.tile_id, h) in checked:
                     continue
                 if over_budget():
                     state.budget_stopped_after = n
-                    return None
+                    stopped = True
+                    break
                 checked.add((cand.tile_id, h))
                 n += 1
                 f0 = self._frame_at(state, v, h, crop, frame_cache)[2]
@@ -308,13 +311,17 @@ class VerificationScheduler:
                 else:
                     log.debug("tile %d heading %.0f coarse: %s", cand.tile_id, h, c.reason)
             # best coarse evidence first; rank order breaks ties
-            return sorted(out, key=lambda s: -s.coarse.inliers)
+            return sorted(out, key=lambda s: -s.coarse.inliers), stopped
 
         def fine(survivors: list[_Scored]) -> bool:
+            """Try the survivors with the learned matcher; True when the plan is over."""
+            nonlocal fine_runs
             for sc in survivors:
-                if over_budget():
+                # the first full attempt always runs, whatever the budget
+                if fine_runs and over_budget():
                     state.budget_stopped_after = n
                     return True
+                fine_runs += 1
                 r, m, f0, chain = self._frame_at(state, v, sc.heading, crop, frame_cache)
                 with state.timer("verify.match"):
                     f1 = sc.coarse.footprint(
@@ -344,17 +351,15 @@ class VerificationScheduler:
         for c in cands:
             groups.setdefault(state.headings[c.heading_idx], []).append(c)
         for h, group in groups.items():
-            survivors = coarse([(c, h) for c in group])
-            if survivors is None or fine(survivors):
+            survivors, stopped = coarse([(c, h) for c in group])
+            if fine(survivors) or stopped:
                 return
         if not sweep or not cands:
             return
         h0 = state.headings[cands[0].heading_idx]
         top = cands[: int(self.conf["sweep_top"])]
         pairs = [(c, (h0 + dh) % 360.0) for dh in SWEEP_DEG for c in top]
-        more = coarse(pairs)
-        if more is not None:
-            fine(more)
+        fine(coarse(pairs)[0])
 
 
 class _Scored:
