@@ -407,7 +407,7 @@ class HomographyVerifier:
         "coarse_min_inliers": 10,
         "coarse_min_cos": 0.8,
         "coarse_ransac_px": 4.0,
-        "coarse_min_spread": 0.08,
+        "coarse_min_spread": 0.03,
     }
 
     def __init__(self, matcher: LocalMatcher, **conf: Any) -> None:
