@@ -100,6 +100,7 @@ class Localizer:
                 verifier,
                 self.regions,
                 tile_px=self.tile_px,
+                store=store,
             )
             if verifier is not None
             else None

@@ -4,10 +4,11 @@ A pipeline names one plugin (and its parameters) per stage plus the confs of the
 stages. Every default comes from the stage that uses it (its ``default_conf``): ``rotations``
 from :class:`~geoloc.localize.prepare.FramePreparation`, ``top_n`` from
 :class:`~geoloc.localize.recall.Recall`, ``top_m`` from
-:class:`~geoloc.localize.consistency.Consistency`, ``heading_sweep`` and ``verify_budget_ms``
-from :class:`~geoloc.localize.schedule.VerificationScheduler`, ``answer`` and
-``min_confidence`` from :class:`~geoloc.localize.answer.Answer`. A preset is data: the
-overrides of those defaults. A pipeline file::
+:class:`~geoloc.localize.consistency.Consistency`, ``heading_sweep``, ``verify_budget_ms``,
+``verify_features`` and ``verify_top`` from
+:class:`~geoloc.localize.schedule.VerificationScheduler`, ``answer`` and ``min_confidence`` from
+:class:`~geoloc.localize.answer.Answer`. A preset is data: the overrides of those defaults.
+A pipeline file::
 
     preset = "accurate"          # optional: start from this preset, then override
 
@@ -18,6 +19,8 @@ overrides of those defaults. A pipeline file::
     min_confidence = 0.5         # below: status no_match
     heading_sweep = true         # try other headings when the best ones do not verify
     verify_budget_ms = 0         # stop verifying after this long (0: try every candidate)
+    verify_features = "auto"     # auto | stored | extract | raster: what regions are made of
+    verify_top = 20              # candidates the feature cascade checks (coarse first)
 
     [recall]
     name = "faiss"
@@ -50,7 +53,7 @@ from geoloc.localize.answer import ANSWERS, Answer
 from geoloc.localize.consistency import Consistency
 from geoloc.localize.prepare import FramePreparation
 from geoloc.localize.recall import Recall
-from geoloc.localize.schedule import VerificationScheduler
+from geoloc.localize.schedule import FEATURE_MODES, VerificationScheduler
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -105,6 +108,8 @@ class PipelineConfig:
     min_confidence: float = _default("min_confidence")
     heading_sweep: bool = _default("heading_sweep")
     verify_budget_ms: float = _default("verify_budget_ms")
+    verify_features: str = _default("verify_features")
+    verify_top: int = _default("verify_top")
     recall: StageConfig = field(default_factory=lambda: StageConfig("faiss"))
     rerank: StageConfig | None = field(default_factory=lambda: StageConfig("phi-cosine"))
     consistency: StageConfig | None = field(default_factory=lambda: StageConfig("node-centroid"))
@@ -175,6 +180,13 @@ class PipelineConfig:
             raise ConfigError(
                 f"pipeline: min_confidence must be in [0, 1], got {self.min_confidence}"
             )
+        if self.verify_features not in FEATURE_MODES:
+            raise ConfigError(
+                f"pipeline: verify_features must be one of {', '.join(FEATURE_MODES)}, "
+                f"got {self.verify_features!r}"
+            )
+        if self.verify_top < 1:
+            raise ConfigError(f"pipeline: verify_top must be >= 1, got {self.verify_top}")
         if not (self.verify_budget_ms >= 0.0) or math.isinf(self.verify_budget_ms):
             raise ConfigError(
                 "pipeline: verify_budget_ms must be >= 0 (0: no limit), "

@@ -15,6 +15,24 @@ the crop extend the frame's :class:`~geoloc.camera.PixelChain` (kept in the matc
 region's transform, for the pose stage); map regions come from
 :class:`~geoloc.localize.regions.MapRegions`. ``verify_budget_ms`` > 0 stops the plan once
 that much time has gone (the first attempt always runs).
+
+With tile features (``verify_features``: ``auto`` uses the store's precomputed ones when it has
+them for the verifier's extractor; ``extract`` computes them here from the rasters; ``raster``
+always reads pixels) the plan is a cascade over the top ``verify_top`` candidates instead:
+
+1. each candidate's region is assembled from the features of the tiles around it
+   (:class:`~geoloc.localize.tile_regions.FeatureRegions`) and given the cheap check of the
+   verifier (mutual nearest neighbours + RANSAC similarity) at the candidate's best heading;
+2. the survivors, best coarse score first, go to the learned matcher with the region's keypoints
+   inside the frame's coarse footprint; the first one accepted (and, when the map's pixels can
+   be read, passing the photometric check) answers: every survivor left scored lower in the
+   coarse check. Candidates are taken heading by heading (in the order of each heading's best
+   candidate), so a frame found at its best heading never pays for the frame's features at
+   other headings;
+3. only when none is accepted, the heading sweep, again coarse first.
+
+A frame of another place therefore costs coarse checks only. The SIFT fallback needs pixels:
+the cascade does not run it (the sweep over headings covers what it rescued: a wrong heading).
 """
 
 from __future__ import annotations
@@ -25,11 +43,25 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from geoloc.errors import ConfigError
 from geoloc.localize import frame as frames
 from geoloc.localize.prepare import heading_known
 from geoloc.localize.regions import MapRegions
 from geoloc.localize.state import Candidate, FrameState, Match
-from geoloc.localize.verify import Verifier
+from geoloc.localize.tile_regions import (
+    ExtractedTileFeatures,
+    FeatureRegions,
+    RegionFeatures,
+    StoredTileFeatures,
+    TileFeatureSource,
+)
+from geoloc.localize.verify import CoarseCheck, HomographyVerifier, Verifier
+
+#: Margin around the frame's coarse footprint within which region keypoints go to the matcher.
+FOOTPRINT_MARGIN_PX = 32.0
+
+#: Where the cascade's tile features come from (see the module docstring).
+FEATURE_MODES = ("auto", "stored", "extract", "raster")
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +75,23 @@ class VerificationScheduler:
     """The verification stage of the chain.
 
     Conf: ``heading_sweep`` (try other headings when the best ones fail), ``verify_budget_ms``
-    (0: no limit), ``sweep_top`` (candidates tried at the sweep's headings).
+    (0: no limit), ``sweep_top`` (candidates tried at the sweep's headings),
+    ``verify_features`` (one of :data:`FEATURE_MODES`), ``verify_top`` (candidates the cascade
+    checks), ``region_keypoints`` (cap of a region's keypoints), ``tile_keypoints`` (keypoints
+    per tile when extracted here).
+
+    ``store`` (the tile store) is what the cascade reads tile records and features from; without
+    it verification reads pixels.
     """
 
     default_conf: ClassVar[dict[str, Any]] = {
         "heading_sweep": True,
         "verify_budget_ms": 0.0,
         "sweep_top": 2,
+        "verify_features": "auto",
+        "verify_top": 20,
+        "region_keypoints": 2048,
+        "tile_keypoints": 256,
     }
 
     def __init__(
@@ -59,11 +101,64 @@ class VerificationScheduler:
         regions: MapRegions,
         *,
         tile_px: int,
+        store: Any = None,
     ) -> None:
         self.conf = {**self.default_conf, **conf}
+        if self.conf["verify_features"] not in FEATURE_MODES:
+            raise ConfigError(
+                f"verify_features must be one of {', '.join(FEATURE_MODES)}, "
+                f"got {self.conf['verify_features']!r}"
+            )
         self.verifier = verifier
         self.regions = regions
         self.tile_px = int(tile_px)
+        self.store = store
+        self._features: FeatureRegions | None = None
+        self._resolved = False
+
+    @property
+    def feature_regions(self) -> FeatureRegions | None:
+        """The regions the cascade verifies against, or None: verification reads pixels."""
+        if not self._resolved:
+            self._features = self._resolve_features()
+            self._resolved = True
+        return self._features
+
+    def _resolve_features(self) -> FeatureRegions | None:
+        mode = str(self.conf["verify_features"])
+        v = self.verifier
+        if mode == "raster" or self.store is None:
+            return None
+        if not isinstance(v, HomographyVerifier) or v.feature_kind is None:
+            if mode != "auto":
+                raise ConfigError(
+                    f"verify_features = {mode!r} needs a verifier with tile features "
+                    f"(xfeat-lighterglue), not {v.name!r}"
+                )
+            return None
+        source: TileFeatureSource | None = None
+        if mode in ("auto", "stored") and stored_features_match(self.store, v.feature_kind):
+            source = StoredTileFeatures(self.store, v.feature_kind)
+        elif mode == "stored":
+            raise ConfigError(
+                f"verify_features = 'stored': the database has no {v.feature_kind} tile "
+                "features (`geoloc index rebuild --features`, or use 'extract' / 'raster')"
+            )
+        elif mode == "extract":
+            source = ExtractedTileFeatures(
+                v.matcher,
+                self.regions,
+                kind=v.feature_kind,
+                max_per_tile=int(self.conf["tile_keypoints"]),
+            )
+        if source is None:
+            return None
+        return FeatureRegions(
+            self.store,
+            source,
+            map_gsd_m=self.regions.gsd_m,
+            max_keypoints=int(self.conf["region_keypoints"]),
+        )
 
     def plan(self, cands: list[Candidate], headings: list[float], sweep: bool) -> list[Attempt]:
         """The ordered attempts for these candidates (see the module docstring)."""
@@ -86,16 +181,22 @@ class VerificationScheduler:
         if state.stopped:
             return
         assert state.image is not None and state.mask is not None and state.frame is not None
-        img, mask = state.image, state.mask
+        img = state.image
         state.verifying = True
         sweep = bool(self.conf["heading_sweep"]) and not heading_known(state)
-        attempts = self.plan(state.candidates[: state.request.top_m], state.headings, sweep)
         # the frame at map scale, cropped to at most 2 tiles (the region holds it with margin)
         crop = int(min(max(img.shape[:2]), 2 * self.tile_px))
         region_px = int(min(1024, max(2 * self.tile_px, self.tile_px + crop)))
+        state.budget_ms = float(self.conf["verify_budget_ms"])
+        fr = self.feature_regions
+        if fr is not None:
+            assert isinstance(self.verifier, HomographyVerifier)
+            with state.timer("verify"):
+                self._cascade(state, fr, self.verifier, crop, region_px, sweep)
+            return
+        attempts = self.plan(state.candidates[: state.request.top_m], state.headings, sweep)
         scale_known = state.frame.gsd_m is not None
         frame_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, Any, Any]] = {}
-        state.budget_ms = float(self.conf["verify_budget_ms"])
         budget_s = state.budget_ms / 1e3
         t_start = time.perf_counter()
         with state.timer("verify"):
@@ -104,18 +205,7 @@ class VerificationScheduler:
                     log.debug("verification budget of %.0f ms spent after %d", budget_s * 1e3, n)
                     state.budget_stopped_after = n
                     return
-                key = (id(verifier), h)
-                if key not in frame_cache:
-                    with state.timer("verify.frame_features"):
-                        r, m = frames.rotate_to_north(img, mask, h)
-                        chain = None
-                        if state.prep is not None:
-                            rot = frames.rotation_matrix(img.shape[1], img.shape[0], -h)
-                            x0, y0 = frames.centre_crop_origin(r.shape[1], r.shape[0], crop)
-                            chain = state.prep.chain.copy().then(rot).then_crop(x0, y0)
-                        r, m = frames.centre_crop(r, crop), frames.centre_crop(m, crop)
-                        frame_cache[key] = (r, m, verifier.extract_frame_features(r, m), chain)
-                r, m, feats, chain = frame_cache[key]
+                r, m, feats, chain = self._frame_at(state, verifier, h, crop, frame_cache)
                 with state.timer("verify.read_region"):
                     region, rmask, rt = self.regions.around(cand.tile, region_px)
                 with state.timer("verify.match"):
@@ -133,20 +223,159 @@ class VerificationScheduler:
                         "tile %d heading %.0f %s: %s", cand.tile_id, h, verifier.name, res.reason
                     )
                     continue
-                from tiling.crs import to_lonlat
-
-                x, y = rt @ (res.centre_xy[0] + 0.5, res.centre_xy[1] + 0.5)
-                lon, lat = to_lonlat(cand.tile.crs, x, y)
-                err_m = float(res.error_px()) * self.regions.gsd_m
-                state.match = Match(
-                    cand,
-                    h,
-                    res,
-                    float(lat),
-                    float(lon),
-                    err_m,
-                    n + 1,
-                    region_transform=rt,
-                    chain=chain,
-                )
+                state.match = self._match(cand, h, res, rt, n + 1, chain)
                 return
+
+    def _frame_at(
+        self,
+        state: FrameState,
+        verifier: Verifier | HomographyVerifier,
+        h: float,
+        crop: int,
+        cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, Any, Any]],
+    ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+        """The frame rotated north-up under heading ``h``, cropped, with its features (cached
+        per verifier and heading) and its pixel chain."""
+        key = (id(verifier), h)
+        if key not in cache:
+            assert state.image is not None and state.mask is not None
+            img, mask = state.image, state.mask
+            with state.timer("verify.frame_features"):
+                r, m = frames.rotate_to_north(img, mask, h)
+                chain = None
+                if state.prep is not None:
+                    rot = frames.rotation_matrix(img.shape[1], img.shape[0], -h)
+                    x0, y0 = frames.centre_crop_origin(r.shape[1], r.shape[0], crop)
+                    chain = state.prep.chain.copy().then(rot).then_crop(x0, y0)
+                r, m = frames.centre_crop(r, crop), frames.centre_crop(m, crop)
+                cache[key] = (r, m, verifier.extract_frame_features(r, m), chain)
+        return cache[key]
+
+    def _match(
+        self, cand: Candidate, h: float, res: Any, rt: Any, attempts: int, chain: Any
+    ) -> Match:
+        """The answer of an accepted verification: its centre in lon/lat."""
+        from tiling.crs import to_lonlat
+
+        assert res.centre_xy is not None
+        x, y = rt @ (res.centre_xy[0] + 0.5, res.centre_xy[1] + 0.5)
+        lon, lat = to_lonlat(cand.tile.crs, x, y)
+        err_m = float(res.error_px()) * self.regions.gsd_m
+        return Match(
+            cand, h, res, float(lat), float(lon), err_m, attempts, region_transform=rt, chain=chain
+        )
+
+    def _cascade(
+        self,
+        state: FrameState,
+        fr: FeatureRegions,
+        v: HomographyVerifier,
+        crop: int,
+        region_px: int,
+        sweep: bool,
+    ) -> None:
+        """The cascade over tile features (see the module docstring)."""
+        assert state.frame is not None
+        scale_known = state.frame.gsd_m is not None
+        cands = state.candidates[: max(int(self.conf["verify_top"]), state.request.top_m)]
+        frame_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, Any, Any]] = {}
+        budget_s = state.budget_ms / 1e3
+        t_start = time.perf_counter()
+        checked: set[tuple[int, float]] = set()
+        n = fine_runs = 0
+
+        def over_budget() -> bool:
+            return bool(n and budget_s > 0 and time.perf_counter() - t_start >= budget_s)
+
+        def coarse(pairs: list[tuple[Candidate, float]]) -> tuple[list[_Scored], bool]:
+            """The pairs that pass the coarse check, best first; True when the budget ran out."""
+            nonlocal n
+            out: list[_Scored] = []
+            stopped = False
+            for cand, h in pairs:
+                if (cand.tile_id, h) in checked:
+                    continue
+                if over_budget():
+                    state.budget_stopped_after = n
+                    stopped = True
+                    break
+                checked.add((cand.tile_id, h))
+                n += 1
+                f0 = self._frame_at(state, v, h, crop, frame_cache)[2]
+                with state.timer("verify.region_features"):
+                    rf = fr.around(cand.tile, region_px)
+                with state.timer("verify.coarse"):
+                    c = v.coarse(f0, rf.features, scale_known=scale_known)
+                if c.passed:
+                    out.append(_Scored(c, cand, h, rf))
+                else:
+                    log.debug("tile %d heading %.0f coarse: %s", cand.tile_id, h, c.reason)
+            # best coarse evidence first; rank order breaks ties
+            return sorted(out, key=lambda s: -s.coarse.inliers), stopped
+
+        def fine(survivors: list[_Scored]) -> bool:
+            """Try the survivors with the learned matcher; True when the plan is over."""
+            nonlocal fine_runs
+            for sc in survivors:
+                # the first full attempt always runs, whatever the budget
+                if fine_runs and over_budget():
+                    state.budget_stopped_after = n
+                    return True
+                fine_runs += 1
+                r, m, f0, chain = self._frame_at(state, v, sc.heading, crop, frame_cache)
+                with state.timer("verify.match"):
+                    f1 = sc.coarse.footprint(
+                        sc.region.features, (r.shape[1], r.shape[0]), FOOTPRINT_MARGIN_PX
+                    )
+                    res = v.verify_features(f0, f1, r, m, scale_known=scale_known)
+                if res.accepted:
+                    with state.timer("verify.read_region"):
+                        px, pmask, _rt = self.regions.around(sc.candidate.tile, region_px)
+                    if pmask.any():  # the map's pixels are readable: the photometric check
+                        res = v.photometric_check(res, r, m, px, pmask)
+                if not res.accepted or res.centre_xy is None:
+                    log.debug(
+                        "tile %d heading %.0f: %s", sc.candidate.tile_id, sc.heading, res.reason
+                    )
+                    continue
+                state.match = self._match(
+                    sc.candidate, sc.heading, res, sc.region.transform, n, chain
+                )
+                return True
+            return False
+
+        # candidates grouped by their best heading, groups in the order of their best rank: the
+        # frame's features are extracted for a heading only when its group is reached, and the
+        # first accepted match ends the plan
+        groups: dict[float, list[Candidate]] = {}
+        for c in cands:
+            groups.setdefault(state.headings[c.heading_idx], []).append(c)
+        for h, group in groups.items():
+            survivors, stopped = coarse([(c, h) for c in group])
+            if fine(survivors) or stopped:
+                return
+        if not sweep or not cands:
+            return
+        h0 = state.headings[cands[0].heading_idx]
+        top = cands[: int(self.conf["sweep_top"])]
+        pairs = [(c, (h0 + dh) % 360.0) for dh in SWEEP_DEG for c in top]
+        fine(coarse(pairs)[0])
+
+
+class _Scored:
+    """A candidate that passed the coarse check, with its region (for the learned matcher)."""
+
+    __slots__ = ("coarse", "candidate", "heading", "region")
+
+    def __init__(
+        self, coarse: CoarseCheck, candidate: Candidate, heading: float, region: RegionFeatures
+    ) -> None:
+        self.coarse, self.candidate, self.heading, self.region = coarse, candidate, heading, region
+
+
+def stored_features_match(store: Any, kind: str) -> bool:
+    """True when the store has precomputed tile features the ``kind`` extractor made."""
+    from geoloc.store.tile_features import XFEAT_SPEC
+
+    spec = store.feature_spec
+    return bool(kind == XFEAT_SPEC.extractor and XFEAT_SPEC.compatible(spec))

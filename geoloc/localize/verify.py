@@ -91,6 +91,44 @@ class Verification:
         return float(max(1.0, self.rmse_px * math.sqrt(8.0 / max(self.inliers - 4, 1)) * 2.0))
 
 
+@dataclass
+class CoarseCheck:
+    """Outcome of the cheap check (mutual nearest neighbours + RANSAC similarity)."""
+
+    passed: bool
+    inliers: int = 0
+    matches: int = 0
+    scale: float | None = None
+    reason: str = ""
+    #: the RANSAC similarity (2, 3), frame pixels -> region pixels (None without one)
+    model: np.ndarray | None = None
+
+    def footprint(self, f1: Features, frame_size: tuple[int, int], margin_px: float) -> Features:
+        """The keypoints of ``f1`` that the model puts inside the frame (plus a margin).
+
+        The learned matcher then sees only the part of the region the frame can overlap.
+        """
+        if self.model is None or len(f1) == 0:
+            return f1
+        a = np.vstack([self.model, [0.0, 0.0, 1.0]])
+        try:
+            inv = np.linalg.inv(a)
+        except np.linalg.LinAlgError:
+            return f1
+        q = f1.keypoints.astype(np.float64) @ inv[:2, :2].T + inv[:2, 2]
+        w, h = frame_size
+        m = margin_px / max(float(self.scale or 1.0), 1e-6)
+        keep = (q[:, 0] >= -m) & (q[:, 1] >= -m) & (q[:, 0] < w + m) & (q[:, 1] < h + m)
+        idx = np.nonzero(keep)[0]
+        if isinstance(f1.descriptors, np.ndarray):
+            desc = f1.descriptors[idx]
+        else:  # a torch tensor (the learned matchers' descriptors)
+            import torch
+
+            desc = f1.descriptors[torch.from_numpy(idx)]
+        return Features(f1.keypoints[idx], desc, f1.image_size)
+
+
 @runtime_checkable
 class LocalMatcher(Protocol):
     """A local-feature extractor + matcher (what a ``geoloc.verify`` plugin wraps)."""
@@ -229,18 +267,25 @@ class XFeatLighterGlueMatcher:
         self.min_conf = min_conf
         self._torch = torch
 
-    def extract(self, rgb: np.ndarray, mask: np.ndarray | None) -> Features:
-        """XFeat keypoints (top ``max_keypoints``) outside the masked borders."""
+    def extract(
+        self, rgb: np.ndarray, mask: np.ndarray | None, *, top_k: int | None = None
+    ) -> Features:
+        """XFeat keypoints (top ``top_k``, default ``max_keypoints``) outside the masked borders.
+
+        ``extra["scores"]`` holds the keypoints' detection scores (N,) float32.
+        """
         torch = self._torch
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
-        out = self._xfeat.detectAndCompute(x, top_k=self.max_keypoints)[0]
+        out = self._xfeat.detectAndCompute(x, top_k=int(top_k or self.max_keypoints))[0]
         kp = out["keypoints"].cpu().numpy().astype(np.float32)
         keep = _keep_in_mask(kp, mask)
         kt = torch.from_numpy(np.nonzero(keep)[0])
+        scores = out["scores"].cpu().numpy().astype(np.float32)[keep]
         return Features(
             kp[keep],
             out["descriptors"][kt],
             (rgb.shape[1], rgb.shape[0]),
+            extra={"scores": scores},
         )
 
     def extract_batch(self, rgb: np.ndarray, masks: np.ndarray | None) -> list[Features]:
@@ -309,6 +354,14 @@ def _warped_ncc(
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
+def _spread(pts: np.ndarray) -> float:
+    """The points' standard deviation along their narrowest direction (pixels)."""
+    if pts.shape[0] < 3:
+        return 0.0
+    ev = np.linalg.eigvalsh(np.cov(pts.T))
+    return float(math.sqrt(max(float(ev[0]), 0.0)))
+
+
 def _anisotropy(h: np.ndarray, x: float, y: float) -> float:
     """Ratio of the singular values of the homography's Jacobian at (x, y) (1 = conformal)."""
     v = h @ np.array([x, y, 1.0])
@@ -338,7 +391,9 @@ class HomographyVerifier:
     known; ``ransac_px``; ``max_anisotropy`` (beyond it the homography is replaced by a RANSAC
     similarity); ``min_ncc`` (the frame warped onto the map must correlate with it: the
     photometric check that rejects a matcher's confident matches on an unrelated image);
-    ``cache_size`` map regions whose features are kept.
+    ``cache_size`` map regions whose features are kept. The cheap check before the learned
+    matcher (:meth:`coarse`): ``coarse_min_inliers``, ``coarse_min_cos``, ``coarse_ransac_px``
+    and ``coarse_min_spread`` (the inliers' narrowest spread as a share of the frame's side).
     """
 
     name = "homography"
@@ -349,6 +404,10 @@ class HomographyVerifier:
         "max_anisotropy": 1.3,
         "min_ncc": 0.2,
         "cache_size": 64,
+        "coarse_min_inliers": 10,
+        "coarse_min_cos": 0.8,
+        "coarse_ransac_px": 4.0,
+        "coarse_min_spread": 0.03,
     }
 
     def __init__(self, matcher: LocalMatcher, **conf: Any) -> None:
@@ -364,6 +423,12 @@ class HomographyVerifier:
         self.max_anisotropy = float(c["max_anisotropy"])
         self.min_ncc = float(c["min_ncc"])
         self.cache_size = int(c["cache_size"])
+        self.coarse_min_inliers = int(c["coarse_min_inliers"])
+        self.coarse_min_cos = float(c["coarse_min_cos"])
+        self.coarse_ransac_px = float(c["coarse_ransac_px"])
+        self.coarse_min_spread = float(c["coarse_min_spread"])
+        #: the kind of stored tile features this verifier can match (None: pixels only)
+        self.feature_kind: str | None = "xfeat" if matcher.name == "xfeat-lighterglue" else None
         self._cache: OrderedDict[Hashable, Features] = OrderedDict()
         #: a second verifier the localizer tries when this one verifies no candidate
         self.fallback: HomographyVerifier | None = None
@@ -396,14 +461,107 @@ class HomographyVerifier:
         frame_features: Any = None,
     ) -> Verification:
         """Verify the frame against one region; see the class docstring."""
-        import cv2
-
         f0 = (
             frame_features
             if frame_features is not None
             else self.matcher.extract(frame_rgb, frame_mask)
         )
         f1 = self.region_features(region_rgb, region_mask, region_key)
+        return self.verify_features(
+            f0,
+            f1,
+            frame_rgb,
+            frame_mask,
+            scale_known=scale_known,
+            region_rgb=region_rgb,
+            region_mask=region_mask,
+        )
+
+    def coarse(self, f0: Features, f1: Features, *, scale_known: bool) -> CoarseCheck:
+        """The cheap check before the learned matcher: mutual nearest neighbours + a similarity.
+
+        Mutual nearest neighbours of the descriptors (one matrix product; cosine at least
+        ``coarse_min_cos``), then a RANSAC similarity; it passes with ``coarse_min_inliers``
+        inliers and, when the frame's GSD is known, a scale within ``scale_range``. A frame of
+        another place, or at a heading the descriptors do not tolerate, leaves a few inliers.
+        """
+        import cv2
+
+        out = CoarseCheck(passed=False)
+        if len(f0) < 4 or len(f1) < 4:
+            out.reason = "too few keypoints"
+            return out
+        d0 = np.asarray(f0.descriptors, dtype=np.float32)
+        d1 = np.asarray(f1.descriptors, dtype=np.float32)
+        sim = d0 @ d1.T
+        j = sim.argmax(axis=1)
+        i = sim.argmax(axis=0)
+        rows = np.arange(d0.shape[0])
+        mutual = (i[j] == rows) & (sim[rows, j] >= self.coarse_min_cos)
+        out.matches = int(mutual.sum())
+        if out.matches < max(4, self.coarse_min_inliers):
+            out.reason = f"{out.matches} mutual matches"
+            return out
+        p0 = f0.keypoints[mutual].astype(np.float64)
+        p1 = f1.keypoints[j[mutual]].astype(np.float64)
+        m, inl = cv2.estimateAffinePartial2D(
+            p0, p1, method=cv2.RANSAC, ransacReprojThreshold=self.coarse_ransac_px, maxIters=2000
+        )
+        if m is None or inl is None:
+            out.reason = "no similarity"
+            return out
+        out.inliers = int(inl.sum())
+        out.model = m
+        out.scale = float(math.hypot(m[0, 0], m[1, 0]))
+        lo, hi = self.scale_range if scale_known else (0.33, 3.0)
+        spread = _spread(p0[inl.ravel().astype(bool)]) / max(1.0, float(min(f0.image_size)))
+        if out.inliers < self.coarse_min_inliers:
+            out.reason = f"{out.inliers} coarse inliers < {self.coarse_min_inliers}"
+        elif spread < self.coarse_min_spread:
+            # inliers on a line (a symmetric structure matching itself) fix no 2-D position
+            out.reason = f"coarse inliers on a line (spread {spread:.2f})"
+        elif not lo <= out.scale <= hi:
+            out.reason = f"coarse scale {out.scale:.2f} outside ({lo}, {hi})"
+        else:
+            out.passed, out.reason = True, "ok"
+        return out
+
+    def photometric_check(
+        self,
+        res: Verification,
+        frame_rgb: np.ndarray,
+        frame_mask: np.ndarray,
+        region_rgb: np.ndarray,
+        region_mask: np.ndarray,
+    ) -> Verification:
+        """Apply the NCC rule to an accepted verification made without the region's pixels."""
+        if not res.accepted or res.homography is None:
+            return res
+        res.ncc = _warped_ncc(frame_rgb, frame_mask, region_rgb, region_mask, res.homography)
+        if res.ncc < self.min_ncc:
+            res.accepted = False
+            res.reason = f"warped frame does not look like the map (NCC {res.ncc:.2f})"
+        return res
+
+    def verify_features(
+        self,
+        f0: Features,
+        f1: Features,
+        frame_rgb: np.ndarray,
+        frame_mask: np.ndarray,
+        *,
+        scale_known: bool,
+        region_rgb: np.ndarray | None = None,
+        region_mask: np.ndarray | None = None,
+    ) -> Verification:
+        """Match features of the frame and of a region, fit the model, apply the acceptance rules.
+
+        ``f1.image_size`` is the region's size. The photometric (NCC) check needs the region's
+        pixels: without them (a region assembled from stored features) it is left to the caller
+        (:attr:`Verification.ncc` stays 0).
+        """
+        import cv2
+
         res = Verification(accepted=False, keypoints=(len(f0), len(f1)), matcher=self.name)
         if len(f0) < 8 or len(f1) < 8:
             res.reason = "too few keypoints"
@@ -456,7 +614,10 @@ class HomographyVerifier:
             res.frame_px, res.region_px = p0[sin], p1[sin]
             px, py, scale, rot = _local_similarity(h, cx, cy)
         res.centre_xy, res.scale, res.rotation_deg = (px, py), scale, rot
-        res.ncc = _warped_ncc(frame_rgb, frame_mask, region_rgb, region_mask, h)
+        pixels = region_rgb is not None and region_mask is not None
+        if region_rgb is not None and region_mask is not None:
+            res.ncc = _warped_ncc(frame_rgb, frame_mask, region_rgb, region_mask, h)
+        region_w, region_h = f1.image_size
         # without a known GSD the scale check is loose, so ask for twice the inliers
         need = self.min_inliers if scale_known else 2 * self.min_inliers
         if res.inliers < need:
@@ -467,9 +628,9 @@ class HomographyVerifier:
             res.reason = f"local scale {scale:.2f} outside {self.scale_range}"
         elif not scale_known and not 0.33 <= scale <= 3.0:
             res.reason = f"local scale {scale:.2f} implausible"
-        elif not (0 <= px < region_rgb.shape[1] and 0 <= py < region_rgb.shape[0]):
+        elif not (0 <= px < region_w and 0 <= py < region_h):
             res.reason = "frame centre projects outside the region"
-        elif res.ncc < self.min_ncc:
+        elif pixels and res.ncc < self.min_ncc:
             res.reason = f"warped frame does not look like the map (NCC {res.ncc:.2f})"
         else:
             res.accepted = True

@@ -1,0 +1,270 @@
+"""Map regions assembled from per-tile local features, for verification without pixels.
+
+A region around a candidate tile is the keypoints of the tiles of the same orthomosaic near it,
+brought into one frame: the region's pixels, north-up at the map's GSD, centred on the
+candidate (the same frame :class:`~geoloc.localize.regions.MapRegions` reads pixels in, so the
+scheduler turns a match into lon/lat the same way). Tiles overlap (half-tile stride): each
+keypoint is kept only from the tile whose centre is nearest to it, so the overlap does not
+double the keypoints.
+
+Tile features come from a :class:`TileFeatureSource`:
+
+- :class:`StoredTileFeatures`: the store's precomputed features (``TileStore.features``),
+  written at ingest;
+- :class:`ExtractedTileFeatures`: features of the same kind extracted here from the rasters,
+  tile by tile, and kept in memory (databases ingested without features).
+
+Keypoints are :class:`~geoloc.store.tile_features.TileKeypoints`: in the orthomosaic's grid at
+the tile GSD (:func:`~geoloc.store.tile_features.grid_origin`), pixel-centre convention.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from affine import Affine
+
+from geoloc.localize.regions import MapRegions
+from geoloc.localize.verify import Features
+from geoloc.store.tile_features import TileKeypoints, grid_origin
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class TileFeatureSource(Protocol):
+    """Where a region's tile features come from (``kind`` names the extractor, e.g. xfeat)."""
+
+    kind: str
+
+    def features(self, tiles: Sequence[Any]) -> dict[int, Any]:
+        """Features (``xy``/``desc``/``score``) of these tile records by tile id; missing ones
+        (no features stored, raster unreadable) are left out."""
+        ...
+
+
+@dataclass
+class RegionFeatures:
+    """A region assembled from tile features: matcher-ready ``features`` in region pixels,
+    the region's ``transform`` (region pixel corner -> raster CRS) and the tiles used."""
+
+    features: Features
+    transform: Affine
+    tile_ids: tuple[int, ...]
+    size_px: int
+
+
+class StoredTileFeatures:
+    """The store's precomputed tile features (``store.features(ids)``)."""
+
+    def __init__(self, store: Any, kind: str = "xfeat") -> None:
+        self._store = store
+        self.kind = kind
+
+    def features(self, tiles: Sequence[Any]) -> dict[int, Any]:
+        """The stored features of these tiles."""
+        return dict(self._store.features([int(t.tile_id) for t in tiles]))
+
+
+class ExtractedTileFeatures:
+    """Tile features extracted from the rasters with the verifier's matcher, kept per tile.
+
+    Each tile is read at the map's GSD from ``regions`` (so bundles with regions work too) and
+    keeps its best ``max_per_tile`` keypoints; :class:`FeatureRegions` keeps each from the tile
+    nearest to it, as the stored features were cut at ingest. An LRU keeps ``cache_size`` tiles.
+    """
+
+    #: keypoints detected per tile before the central-square cut (as ingest does)
+    DETECT_TOP_K = 4096
+
+    def __init__(
+        self,
+        matcher: Any,
+        regions: MapRegions,
+        *,
+        kind: str = "xfeat",
+        max_per_tile: int = 256,
+        cache_size: int = 4096,
+    ) -> None:
+        self.kind = kind
+        self._matcher = matcher
+        self._regions = regions
+        self.max_per_tile = int(max_per_tile)
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[int, TileKeypoints] = OrderedDict()
+
+    def features(self, tiles: Sequence[Any]) -> dict[int, Any]:
+        """Features of these tiles (extracted on first use)."""
+        out: dict[int, Any] = {}
+        for t in tiles:
+            tid = int(t.tile_id)
+            hit = self._cache.get(tid)
+            if hit is None:
+                hit = self._extract(t)
+                if hit is None:
+                    continue
+                self._cache[tid] = hit
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(tid)
+            out[tid] = hit
+        return out
+
+    def _extract(self, tile: Any) -> TileKeypoints | None:
+        ts = int(tile.tile_size)
+        rgb, mask, _t = self._regions.around(tile, ts)
+        if not mask.any():
+            return None
+        f = self._matcher.extract(rgb, mask, top_k=self.DETECT_TOP_K)
+        # region pixels -> tile pixels (the region is the tile, at the map's GSD)
+        k = self._regions.gsd_m / float(tile.gsd_m)
+        xy = (f.keypoints.astype(np.float64) + 0.5 - ts / 2.0) * k + ts / 2.0 - 0.5
+        desc = np.asarray(f.descriptors, dtype=np.float32)
+        score = np.asarray(f.extra.get("scores", np.ones(len(f), np.float32)), np.float32)
+        idx = np.argsort(-score, kind="stable")[: self.max_per_tile]
+        xy = xy[idx] + np.asarray(grid_origin(tile), dtype=np.float64)
+        return TileKeypoints(xy.astype(np.float32), desc[idx], score[idx])
+
+
+def region_transform(tile: Any, size_px: int, map_gsd_m: float) -> Affine:
+    """Region pixel corner -> raster CRS of a ``size_px`` region at the map's GSD on ``tile``."""
+    ts = float(tile.tile_size)
+    k = float(map_gsd_m) / float(tile.gsd_m)
+    half = size_px / 2.0
+    return (
+        tile.transform
+        @ Affine.translation(ts / 2.0, ts / 2.0)
+        @ Affine.scale(k)
+        @ Affine.translation(-half, -half)
+    )
+
+
+class FeatureRegions:
+    """Regions around candidate tiles, assembled from tile features (see the module docstring).
+
+    ``max_keypoints`` caps a region's keypoints (best detection scores first); the tile records
+    of the neighbourhoods are cached (``cache_size`` tiles).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        source: TileFeatureSource,
+        *,
+        map_gsd_m: float,
+        max_keypoints: int = 2048,
+        cache_size: int = 4096,
+    ) -> None:
+        self.store = store
+        self.source = source
+        self.map_gsd_m = float(map_gsd_m)
+        self.max_keypoints = int(max_keypoints)
+        self.cache_size = int(cache_size)
+        self._tiles: OrderedDict[int, Any] = OrderedDict()
+        self._near: OrderedDict[tuple[int, int], tuple[int, ...]] = OrderedDict()
+
+    def neighbourhood(self, tile: Any, size_px: int) -> list[Any]:
+        """Tile records of the same orthomosaic whose pixels can fall in the region."""
+        key = (int(tile.tile_id), int(size_px))
+        ids = self._near.get(key)
+        if ids is None:
+            ts_m = float(tile.tile_size) * float(tile.gsd_m)
+            # region corner to centre, plus a tile's half diagonal
+            radius = (size_px * self.map_gsd_m + ts_m) / 2.0 * 1.4143
+            near = self.store.within(float(tile.center_lat), float(tile.center_lon), radius)
+            recs = self._records(near)
+            ids = tuple(
+                int(r.tile_id) for r in recs if int(r.orthomosaic_id) == int(tile.orthomosaic_id)
+            )
+            if int(tile.tile_id) not in ids:
+                self._tiles[int(tile.tile_id)] = tile
+                ids = (int(tile.tile_id), *ids)
+            self._near[key] = ids
+            while len(self._near) > self.cache_size:
+                self._near.popitem(last=False)
+        return [self._tiles[i] for i in ids if i in self._tiles] or [tile]
+
+    def _records(self, ids: np.ndarray) -> list[Any]:
+        missing = [int(i) for i in ids if int(i) not in self._tiles]
+        if missing:
+            for r in self.store.candidates(missing):
+                self._tiles[int(r.tile_id)] = r
+        out = []
+        for i in ids:
+            r = self._tiles.get(int(i))
+            if r is not None:
+                self._tiles.move_to_end(int(i))
+                out.append(r)
+        while len(self._tiles) > self.cache_size:
+            self._tiles.popitem(last=False)
+        return out
+
+    def around(self, tile: Any, size_px: int) -> RegionFeatures:
+        """The region of ``size_px`` around ``tile`` from its neighbourhood's features."""
+        import torch
+
+        tiles = self.neighbourhood(tile, size_px)
+        feats = self.source.features(tiles)
+        ts = float(tile.tile_size)
+        present = {(int(t.row), int(t.col)) for t in tiles if int(t.tile_id) in feats}
+        origin = np.asarray(grid_origin(tile), dtype=np.float64)
+        s = _stride(tiles, tile)
+        k = self.map_gsd_m / float(tile.gsd_m)
+        xs, ds, ss, used = [], [], [], []
+        for t in tiles:
+            f = feats.get(int(t.tile_id))
+            if f is None or len(f.xy) == 0:
+                continue
+            xy = np.asarray(f.xy, dtype=np.float64)
+            # keep each keypoint from the tile whose centre is nearest (the grid cell it is in)
+            cell = np.floor((xy + 0.5 - ts / 2.0) / s + 0.5).astype(np.int64)
+            own = (cell[:, 0] == int(t.col)) & (cell[:, 1] == int(t.row))
+            if len(present) > 1:
+                absent = np.array(
+                    [(int(r), int(c)) not in present for c, r in cell], dtype=bool
+                ).reshape(-1)
+                own |= absent
+            # grid pixel -> candidate tile pixel corner -> region pixel (centre convention)
+            p = ((xy[own] + 0.5 - origin) - ts / 2.0) / k + size_px / 2.0 - 0.5
+            inside = (p[:, 0] >= 0) & (p[:, 1] >= 0) & (p[:, 0] < size_px) & (p[:, 1] < size_px)
+            if not inside.any():
+                continue
+            xs.append(p[inside])
+            ds.append(np.asarray(f.desc, dtype=np.float32)[own][inside])
+            ss.append(np.asarray(f.score, dtype=np.float32)[own][inside])
+            used.append(int(t.tile_id))
+        if xs:
+            xy_r, desc, score = np.concatenate(xs), np.concatenate(ds), np.concatenate(ss)
+        else:
+            xy_r, desc, score = np.zeros((0, 2)), np.zeros((0, 64), np.float32), np.zeros(0)
+        if len(score) > self.max_keypoints:
+            top = np.argsort(-score, kind="stable")[: self.max_keypoints]
+            xy_r, desc = xy_r[top], desc[top]
+        f_out = Features(
+            np.ascontiguousarray(xy_r, dtype=np.float32),
+            torch.from_numpy(np.ascontiguousarray(desc)),
+            (int(size_px), int(size_px)),
+        )
+        return RegionFeatures(
+            f_out, region_transform(tile, size_px, self.map_gsd_m), tuple(used), int(size_px)
+        )
+
+
+def _stride(tiles: Sequence[Any], tile: Any) -> float:
+    """The grid's tile stride (pixels), from the grid origins of neighbouring tiles."""
+    x0, y0 = grid_origin(tile)
+    steps = []
+    for t in tiles:
+        dc, dr = int(t.col) - int(tile.col), int(t.row) - int(tile.row)
+        x, y = grid_origin(t)
+        if dc:
+            steps.append((x - x0) / dc)
+        if dr:
+            steps.append((y - y0) / dr)
+    return float(np.median(steps)) if steps else float(tile.tile_size)

@@ -1,0 +1,259 @@
+"""Verification from tile features (the coarse-then-learned cascade) against the real store.
+
+The bundled sample is ingested into an embedded Postgres; views cut from it are verified once by
+reading the map's pixels and once from tile features, and must agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from geoloc.errors import ConfigError
+from geoloc.localize.consistency import Consistency, NodeCentroidConsistency
+from geoloc.localize.prepare import FramePreparation
+from geoloc.localize.priors import GnssRadiusPrior, HeadingPrior
+from geoloc.localize.recall import FaissRecall, Recall
+from geoloc.localize.regions import MapRegions
+from geoloc.localize.rerank import PhiCosineRerank, Rerank
+from geoloc.localize.schedule import VerificationScheduler
+from geoloc.localize.state import FrameRequest, FrameState
+from geoloc.localize.tile_regions import FeatureRegions, StoredTileFeatures
+from geoloc.localize.verify import HomographyVerifier, xfeat_lighterglue
+from tests.localize.conftest import truth_lonlat
+from tests.localize.views import sample_rgb, view
+
+pytestmark = pytest.mark.slow
+
+CX, CY = 1000.0, 600.0  # a view centre in sample pixels (0.28 m/px)
+
+
+def _dist(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    from tiling.crs import geodesic_distance_m
+
+    return float(geodesic_distance_m(lon1, lat1, lon2, lat2))
+
+
+@pytest.fixture(scope="module")
+def store(ingested: Any, encoder: Any) -> Iterator[Any]:
+    from geoloc.store import TileStore
+
+    with TileStore.open(
+        ingested, encoder_sha256=encoder.weights_sha256, encoder_name=encoder.name
+    ) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def verifier() -> HomographyVerifier:
+    return xfeat_lighterglue()
+
+
+class Counted:
+    """Counts the calls of one method of an object (the method still runs)."""
+
+    def __init__(self, obj: Any, method: str) -> None:
+        self.calls = 0
+        inner = getattr(obj, method)
+
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            self.calls += 1
+            return inner(*a, **kw)
+
+        self._obj, self._method = obj, method
+        setattr(obj, method, wrapper)
+
+    def undo(self) -> None:
+        delattr(self._obj, self._method)
+
+
+def _ranked(store: Any, encoder: Any, rgb: np.ndarray) -> FrameState:
+    """A frame through preparation, recall, rerank and consistency."""
+    state = FrameState(FrameRequest(image=rgb, name="v", gsd_m=0.28))
+    FramePreparation(
+        {"rotations": 8},
+        encoder,
+        [GnssRadiusPrior(), HeadingPrior()],
+        map_gsd_m=store.map_gsd_m,
+        tile_px=store.tile_px,
+    ).run(state)
+    Recall({}, FaissRecall(), [GnssRadiusPrior()], store).run(state)
+    Rerank({}, PhiCosineRerank(), store).run(state)
+    Consistency({}, NodeCentroidConsistency()).run(state)
+    return state
+
+
+def _copy(state: FrameState) -> FrameState:
+    """A fresh state with the same ranked candidates (verification not run)."""
+    out = FrameState(state.request)
+    out.frame, out.headings, out.image, out.mask = (
+        state.frame,
+        state.headings,
+        state.image,
+        state.mask,
+    )
+    out.candidates = list(state.candidates)
+    return out
+
+
+def _scheduler(
+    store: Any, verifier: HomographyVerifier, regions: MapRegions, **conf: Any
+) -> VerificationScheduler:
+    return VerificationScheduler(conf, verifier, regions, tile_px=store.tile_px, store=store)
+
+
+@pytest.fixture(scope="module")
+def regions(store: Any) -> Iterator[MapRegions]:
+    r = MapRegions(store.map_gsd_m)
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def cascade(store: Any, verifier: Any, regions: MapRegions) -> VerificationScheduler:
+    """The cascade over tile features extracted from the sample (kept for the module)."""
+    return _scheduler(store, verifier, regions, verify_features="extract")
+
+
+@pytest.fixture(scope="module")
+def located(store: Any, encoder: Any) -> FrameState:
+    return _ranked(store, encoder, view(sample_rgb(), CX, CY, 400, heading_deg=20.0))
+
+
+@pytest.fixture(scope="module")
+def stored(store: Any, verifier: Any, regions: MapRegions) -> VerificationScheduler:
+    """The cascade over the features the ingest stored (the default when a store has them)."""
+    sched = _scheduler(store, verifier, regions)
+    assert sched.conf["verify_features"] == "auto"
+    assert isinstance(sched.feature_regions, FeatureRegions)
+    assert isinstance(sched.feature_regions.source, StoredTileFeatures)
+    return sched
+
+
+@pytest.mark.parametrize("which", ["stored", "cascade"])
+def test_features_give_the_raster_answer(
+    store: Any,
+    verifier: Any,
+    regions: MapRegions,
+    located: FrameState,
+    which: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Stored and extracted tile features answer as the raster path does (within 1 m)."""
+    features: VerificationScheduler = request.getfixturevalue(which)
+    raster = _scheduler(store, verifier, regions, verify_features="raster")
+    assert raster.feature_regions is None
+    a, b = _copy(located), _copy(located)
+    raster.run(a)
+    features.run(b)
+    assert a.match is not None and b.match is not None
+    assert "verify.coarse" in b.timings and "verify.coarse" not in a.timings
+    lon, lat = truth_lonlat(CX, CY)
+    assert _dist(a.match.lon, a.match.lat, lon, lat) < 2.0
+    assert _dist(b.match.lon, b.match.lat, a.match.lon, a.match.lat) < 1.0
+    # the map's pixels were readable: the photometric check ran on the accepted match
+    assert b.match.result.accepted and b.match.result.ncc >= verifier.min_ncc
+    assert abs((b.match.heading_deg - 20.0 + 180.0) % 360.0 - 180.0) < 25.0
+    assert b.match.result.inliers >= verifier.min_inliers
+
+
+def test_early_stop_runs_the_matcher_once(verifier: Any, stored: Any, located: FrameState) -> None:
+    state = _copy(located)
+    coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
+    try:
+        stored.run(state)
+    finally:
+        coarse.undo()
+        glue.undo()
+    assert state.match is not None
+    # the true tile's neighbours pass the coarse check too; the first accepted ends the plan
+    assert glue.calls == 1
+    assert 1 <= coarse.calls < len(state.candidates)
+    assert state.match.attempts == coarse.calls
+
+
+def _hopper() -> np.ndarray:
+    """A real photo that is not aerial imagery at all (ships with matplotlib)."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as fh:
+        return np.asarray(Image.open(fh).convert("RGB").resize((400, 400)))
+
+
+def _mirrored() -> np.ndarray:
+    """A mirrored view: real aerial texture, but no place of the map looks like it (only its
+    mirror axis matches itself, on a line)."""
+    return np.ascontiguousarray(view(sample_rgb(), CX, CY, 400)[:, ::-1])
+
+
+def test_mirrored_view_is_rejected(store: Any, encoder: Any, stored: Any) -> None:
+    state = _ranked(store, encoder, _mirrored())
+    stored.run(state)
+    assert state.candidates and state.match is None
+
+
+@pytest.mark.parametrize("make", [_hopper])
+def test_elsewhere_is_rejected_by_the_coarse_check(
+    store: Any, encoder: Any, verifier: Any, stored: Any, make: Any
+) -> None:
+    state = _ranked(store, encoder, make())
+    assert state.candidates
+    coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
+    try:
+        stored.run(state)
+    finally:
+        coarse.undo()
+        glue.undo()
+    assert state.match is None
+    assert glue.calls == 0
+    top = min(len(state.candidates), stored.conf["verify_top"])
+    assert coarse.calls >= top  # every candidate checked, and the sweep on top
+    assert state.timings["verify.coarse"] > 0
+
+
+def test_features_absent_reads_pixels(
+    pg_settings: Any, encoder: Any, verifier: Any, tmp_path: Any
+) -> None:
+    """A database ingested without features: ``auto`` verifies from the raster's pixels."""
+    from geoloc.ingest import ingest
+    from geoloc.store import TileStore
+    from tests.conftest import crop_sample
+
+    crop = crop_sample(tmp_path / "crop.tif", int(CX) - 400, int(CY) - 400, 800, 800)
+    (res,) = ingest([crop], encoder=encoder, settings=pg_settings, progress=False, features=False)
+    assert res.status == "ingested"
+    with TileStore.open(
+        pg_settings, encoder_sha256=encoder.weights_sha256, encoder_name=encoder.name
+    ) as bare:
+        assert bare.feature_spec is None
+        regions = MapRegions(bare.map_gsd_m)
+        auto = _scheduler(bare, verifier, regions)
+        assert auto.feature_regions is None
+        state = _ranked(bare, encoder, view(sample_rgb(), CX, CY, 400, heading_deg=20.0))
+        glue = Counted(verifier.matcher, "match")
+        try:
+            auto.run(state)
+        finally:
+            glue.undo()
+        assert state.match is not None and glue.calls >= 1
+        assert "verify.read_region" in state.timings and "verify.coarse" not in state.timings
+        lon, lat = truth_lonlat(CX, CY)
+        assert _dist(state.match.lon, state.match.lat, lon, lat) < 2.0
+        with pytest.raises(ConfigError, match="no xfeat tile features"):
+            _ = _scheduler(bare, verifier, regions, verify_features="stored").feature_regions
+        regions.close()
+
+
+def test_sift_has_no_feature_path(store: Any, regions: MapRegions) -> None:
+    from geoloc.localize.verify import sift
+
+    v = sift()
+    assert _scheduler(store, v, regions).feature_regions is None
+    with pytest.raises(ConfigError, match="needs a verifier with tile features"):
+        _ = _scheduler(store, v, regions, verify_features="extract").feature_regions
+    with pytest.raises(ConfigError, match="verify_features must be one of"):
+        _scheduler(store, v, regions, verify_features="pixels")
