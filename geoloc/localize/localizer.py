@@ -131,6 +131,8 @@ class Localizer:
             version = _plugin_version("geoloc.recall", recall_plugin.name)
             stages["recall"] = {"name": recall_plugin.name, "version": version}
             chain[1] = f"recall:{recall_plugin.name}"
+        if self.verify is not None:  # the pose stage runs after verification, before the answer
+            chain.insert(len(chain) - 1, f"pose:{self.pose.name}")
         stages["priors"] = [p.name for p in cfg.priors]
         return {
             "preset": cfg.preset,
@@ -230,6 +232,13 @@ class Localizer:
         return self.tile_px * self.map_gsd_m
 
     # -------------------------------------------------------------------------------- locate
+    @staticmethod
+    def _run_chain(state: FrameState, stages: list[ChainStage]) -> None:
+        for stage in stages:
+            stage.run(state)
+            if state.stopped:
+                break
+
     def locate(
         self,
         image: str | Path | np.ndarray,
@@ -281,10 +290,17 @@ class Localizer:
         fix = Fix(frame=label, status="no_match", pipeline=dict(self.pipeline_info))
         if not use_consistency and self.consistency.stage is not None:
             fix.pipeline["consistency"] = "disabled (--no-consistency)"
-        for stage in self.chain:
-            stage.run(state)
-            if state.stopped:
-                break
+        self._run_chain(state, self.chain)
+        # GSD unknown: the next scale hypothesis while the verifier has found nothing
+        while (
+            self.verify is not None
+            and not state.stopped
+            and not state.budget_stopped_after
+            and self.prepare.next_scale(state)
+        ):
+            self._run_chain(state, self.chain[1:])
+        self.prepare.settle(state)
         fix = self.answer.run(state, fix)
+        fix.scale = self.prepare.scale_report(state)
         fix.timings_ms = state.timings_ms()
         return fix

@@ -114,6 +114,8 @@ def test_oblique_view_recovers_the_camera_pose(
     assert d["priors"]["altitude"]["source"] == "flag"
     assert d["priors"]["camera"]["source"] == "file"
     assert ("heading" in d["priors"]) == heading_known
+    pose_stage = "pose:pnp-dem" if heading_known else "pose:pnp-plane"
+    assert d["pipeline"]["chain"][-2:] == [pose_stage, "answer:verified"]
 
 
 def test_bad_camera_file_is_a_one_line_usage_error(
