@@ -13,6 +13,11 @@
    verified matches when the frame has a camera model;
 7. :class:`~geoloc.localize.answer.Answer`: ground point, camera, confidence and status.
 
+When nothing gives the frame's GSD, preparation holds a few scale hypotheses: while nothing
+verifies, the chain from recall on runs again at the next one
+(:meth:`~geoloc.localize.prepare.FramePreparation.next_scale`), and the fix's ``scale`` says
+which verified and the GSD (and altitude, with a camera model) the match measures.
+
 Each stage has its ``default_conf``; the pipeline config (:mod:`.pipeline`) overrides them and
 names the plugin behind each pluggable stage. Only tiles of ``complete`` orthomosaics answer.
 """
