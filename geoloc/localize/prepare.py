@@ -48,7 +48,7 @@ class FramePreparation:
     ``map_gsd_m`` and ``tile_px`` are the database's; ``priors`` may narrow the headings.
     """
 
-    default_conf: ClassVar[dict[str, Any]] = {"rotations": 8, "scales": (1.0, 2.0, 0.5, 4.0)}
+    default_conf: ClassVar[dict[str, Any]] = {"rotations": 8, "scales": (1.0, 2.0, 0.5)}
 
     def __init__(
         self,

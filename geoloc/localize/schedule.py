@@ -89,6 +89,8 @@ class VerificationScheduler:
         img, mask = state.image, state.mask
         state.verifying = True
         sweep = bool(self.conf["heading_sweep"]) and not heading_known(state)
+        if state.scale_search is not None and state.scale_search.index > 0:
+            sweep = False  # the heading sweep runs at the first scale hypothesis only (its cost)
         attempts = self.plan(state.candidates[: state.request.top_m], state.headings, sweep)
         # the frame at map scale, cropped to at most 2 tiles (the region holds it with margin)
         crop = int(min(max(img.shape[:2]), 2 * self.tile_px))

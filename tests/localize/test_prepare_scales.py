@@ -31,7 +31,7 @@ def test_unknown_gsd_builds_the_scale_hypotheses_and_steps_through_them(encoder:
     state = FrameState(FrameRequest(image=rgb, name="v", heading_deg=0.0))
     prep.run(state)
     search = state.scale_search
-    assert search is not None and search.relative == [1.0, 2.0, 0.5, 4.0]
+    assert search is not None and search.relative == [1.0, 2.0, 0.5]
     # the first hypothesis is the one-tile assumption: the 320 px side spans 224 map px
     assert search.default_factor == pytest.approx(224 / 320)
     assert state.image is not None and state.image.shape[0] == 224
@@ -41,13 +41,13 @@ def test_unknown_gsd_builds_the_scale_hypotheses_and_steps_through_them(encoder:
         assert state.image is not None and state.map_scale == pytest.approx(search.factor)
         assert state.omega is not None and state.omega.shape == (1, encoder.omega_dim)
         seen.append(state.image.shape[0])
-    assert seen == [224, 448, 112, 896]
+    assert seen == [224, 448, 112]
     assert first is not None and state.omega is not None
     assert not np.allclose(first, state.omega)  # re-encoded
     assert not prep.next_scale(state)  # none left
     # without a verified match the report names the hypotheses and measures nothing
     rep = prep.scale_report(state)
-    assert rep is not None and rep["tried"] == 4 and rep["verified"] is None
+    assert rep is not None and rep["tried"] == 3 and rep["verified"] is None
     assert rep["gsd_m"] is None and rep["default_gsd_m"] == pytest.approx(0.5 * 320 / 224)
 
 
