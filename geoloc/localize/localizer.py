@@ -13,6 +13,11 @@
    verified matches when the frame has a camera model;
 7. :class:`~geoloc.localize.answer.Answer`: ground point, camera, confidence and status.
 
+When nothing gives the frame's GSD, preparation holds a few scale hypotheses: while nothing
+verifies, the chain from recall on runs again at the next one
+(:meth:`~geoloc.localize.prepare.FramePreparation.next_scale`), and the fix's ``scale`` says
+which verified and the GSD (and altitude, with a camera model) the match measures.
+
 Each stage has its ``default_conf``; the pipeline config (:mod:`.pipeline`) overrides them and
 names the plugin behind each pluggable stage. Only tiles of ``complete`` orthomosaics answer.
 """
@@ -132,6 +137,8 @@ class Localizer:
             version = _plugin_version("geoloc.recall", recall_plugin.name)
             stages["recall"] = {"name": recall_plugin.name, "version": version}
             chain[1] = f"recall:{recall_plugin.name}"
+        if self.verify is not None:  # the pose stage runs after verification, before the answer
+            chain.insert(len(chain) - 1, f"pose:{self.pose.name}")
         stages["priors"] = [p.name for p in cfg.priors]
         return {
             "preset": cfg.preset,
@@ -231,6 +238,13 @@ class Localizer:
         return self.tile_px * self.map_gsd_m
 
     # -------------------------------------------------------------------------------- locate
+    @staticmethod
+    def _run_chain(state: FrameState, stages: list[ChainStage]) -> None:
+        for stage in stages:
+            stage.run(state)
+            if state.stopped:
+                break
+
     def locate(
         self,
         image: str | Path | np.ndarray,
@@ -282,10 +296,17 @@ class Localizer:
         fix = Fix(frame=label, status="no_match", pipeline=dict(self.pipeline_info))
         if not use_consistency and self.consistency.stage is not None:
             fix.pipeline["consistency"] = "disabled (--no-consistency)"
-        for stage in self.chain:
-            stage.run(state)
-            if state.stopped:
-                break
+        self._run_chain(state, self.chain)
+        # GSD unknown: the next scale hypothesis while the verifier has found nothing
+        while (
+            self.verify is not None
+            and not state.stopped
+            and not state.budget_stopped_after
+            and self.prepare.next_scale(state)
+        ):
+            self._run_chain(state, self.chain[1:])
+        self.prepare.settle(state)
         fix = self.answer.run(state, fix)
+        fix.scale = self.prepare.scale_report(state)
         fix.timings_ms = state.timings_ms()
         return fix

@@ -33,6 +33,11 @@ class PoseStage:
         self.conf = {**self.default_conf, **conf}
         self.dem = dem
 
+    @property
+    def name(self) -> str:
+        """The stage in the pipeline's chain: PnP on the ground plane or on the DEM."""
+        return "pnp-dem" if self.dem is not None else "pnp-plane"
+
     def run(self, state: FrameState) -> None:
         """Set ``state.pose`` from ``state.match`` when the frame has a camera model."""
         m, prep = state.match, state.prep

@@ -11,10 +11,16 @@ order: ``--gsd``; the rectified frame's (altitude over the virtual nadir focal l
 ``--altitude`` + ``--hfov`` or the XMP altitude with the EXIF 35 mm focal length; the altitude
 over the camera's focal length. The :class:`~geoloc.camera.PixelChain` of the preparation is
 kept on the state (with the map-scale resize) for the pose stage.
+
+When nothing gives the GSD, the frame is searched at a few scales (``scales``): the first
+assumes its shorter side spans one tile, and when the chain verifies nothing at one hypothesis
+the localizer asks :meth:`FramePreparation.next_scale` for the next. The verified match then
+measures the GSD (and, with a camera model, the altitude): :meth:`FramePreparation.scale_report`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,10 +28,10 @@ import numpy as np
 from geoloc.camera.metadata import FrameMetadata, read_metadata
 from geoloc.camera.prepare import prepare_frame, resolve_camera
 from geoloc.camera.priors import merge_priors
-from geoloc.errors import FrameError
+from geoloc.errors import ConfigError, FrameError
 from geoloc.localize import frame as frames
 from geoloc.localize.priors import PriorStage
-from geoloc.localize.state import FrameState
+from geoloc.localize.state import FrameState, ScaleSearch
 
 
 def _np(x: Any) -> np.ndarray:
@@ -35,12 +41,14 @@ def _np(x: Any) -> np.ndarray:
 
 
 class FramePreparation:
-    """The chain's first stage; conf ``rotations``: heading hypotheses when the heading is unknown.
+    """The chain's first stage; conf ``rotations``: heading hypotheses when the heading is unknown,
+    ``scales``: the scale hypotheses when the GSD is unknown, in the order tried, relative to the
+    assumption that the frame's shorter side spans one tile (one entry: that assumption only).
 
     ``map_gsd_m`` and ``tile_px`` are the database's; ``priors`` may narrow the headings.
     """
 
-    default_conf: ClassVar[dict[str, Any]] = {"rotations": 8}
+    default_conf: ClassVar[dict[str, Any]] = {"rotations": 8, "scales": (1.0, 2.0, 0.5)}
 
     def __init__(
         self,
@@ -58,7 +66,11 @@ class FramePreparation:
         self.tile_px = int(tile_px)
 
     def run(self, state: FrameState) -> None:
-        """Fill ``frame``, ``headings``, ``image``/``mask`` (at map scale) and the encodings."""
+        """Fill ``frame``, ``headings``, ``image``/``mask`` (at map scale) and the encodings.
+
+        With the GSD unknown, ``state.scale_search`` holds the scale hypotheses and the frame is
+        prepared at the first one; :meth:`next_scale` moves to the next.
+        """
         req = state.request
         with state.timer("load"):
             fr = frames.load_frame(
@@ -75,10 +87,34 @@ class FramePreparation:
             headings = frames.default_headings(int(self.conf["rotations"]))
             for p in self.priors:
                 headings = p.headings(fr, headings)
-            img, mask, factor = frames.at_map_scale(fr, self.map_gsd_m, self.tile_px)
+            scales = [float(x) for x in self.conf["scales"]]
+            if fr.gsd_m is None and len(scales) > 1:
+                if not all(math.isfinite(x) and x > 0 for x in scales):
+                    raise ConfigError(f"frame preparation: scales must be > 0, got {scales}")
+                state.scale_search = ScaleSearch(
+                    self.tile_px / float(min(fr.width, fr.height)),
+                    scales,
+                    base_chain=state.prep.chain.copy() if state.prep is not None else None,
+                )
+        state.frame, state.headings = fr, headings
+        self._rotate_encode(state)
+
+    def _rotate_encode(self, state: FrameState) -> None:
+        """The frame at map scale (the current scale hypothesis), rotated and encoded."""
+        fr, headings, search = state.frame, state.headings, state.scale_search
+        assert fr is not None
+        with state.timer("rotate"):
+            if search is None:
+                img, mask, factor = frames.at_map_scale(fr, self.map_gsd_m, self.tile_px)
+                if state.prep is not None:
+                    state.prep.chain.then_scale(factor)
+            else:
+                factor = search.factor
+                img = frames.rescale(fr.rgb, factor)
+                mask = frames.rescale(fr.mask, factor, nearest=True)
+                if state.prep is not None and search.base_chain is not None:
+                    state.prep.chain = search.base_chain.copy().then_scale(factor)
             state.map_scale = float(factor)
-            if state.prep is not None:
-                state.prep.chain.then_scale(factor)
             batch, _valid = frames.rotation_batch(
                 img, mask, headings, crop_px=self.tile_px, size=int(self.encoder.input_size)
             )
@@ -86,7 +122,65 @@ class FramePreparation:
             out = self.encoder.encode(batch)
             state.omega, state.phi = _np(out.omega), _np(out.phi)
             state.node_areas, state.node_centroids = _np(out.node_areas), _np(out.node_centroids)
-        state.frame, state.headings, state.image, state.mask = fr, headings, img, mask
+        state.image, state.mask = img, mask
+
+    def next_scale(self, state: FrameState) -> bool:
+        """Prepare the frame at the next scale hypothesis; False when there is none left.
+
+        Called by the localizer when the chain ended without a verified match. The outcome of
+        the first hypothesis is kept: :meth:`settle` puts it back when no hypothesis verifies,
+        so that an unverified answer is the one the default scale gives.
+        """
+        search = state.scale_search
+        if search is None or state.match is not None or search.index + 1 >= len(search.relative):
+            return False
+        if search.index == 0:
+            search.first = (state.recalled, state.candidates, state.message)
+        search.index += 1
+        state.recalled, state.candidates, state.message, state.pose = [], [], None, None
+        self._rotate_encode(state)
+        return True
+
+    def settle(self, state: FrameState) -> None:
+        """After the last hypothesis: without a verified match, the first one's outcome."""
+        search = state.scale_search
+        if search is not None and state.match is None and search.first is not None:
+            state.recalled, state.candidates, state.message = search.first
+
+    def scale_report(self, state: FrameState) -> dict[str, Any] | None:
+        """The answer's ``scale``: the hypotheses tried and what the verified one gives.
+
+        ``gsd_m`` is the prepared frame's ground pixel size measured by the verified match (the
+        hypothesis's resize times the homography's local scale), ``altitude_m`` that GSD times
+        the (virtual nadir) camera's focal length when the frame has a camera model.
+        """
+        search = state.scale_search
+        if search is None:
+            return None
+        m = state.match
+        out: dict[str, Any] = {
+            "hypotheses": list(search.relative),
+            "default_gsd_m": self.map_gsd_m / search.default_factor,
+            "tried": search.index + 1,
+            "verified": None,
+            "gsd_m": None,
+            "altitude_m": None,
+            "source": None,
+        }
+        if m is None or not m.result.scale or m.result.scale <= 0:
+            return out
+        gsd = self.map_gsd_m * search.factor * float(m.result.scale)
+        out.update(
+            verified=search.relative[search.index],
+            gsd_m=gsd,
+            source=f"verified match at scale hypothesis {search.relative[search.index]:g}x",
+        )
+        prep = state.prep
+        if prep is not None and prep.camera is not None:
+            rect = prep.chain.rectified
+            cam = rect.camera if rect is not None else prep.camera
+            out["altitude_m"] = gsd * cam.focal_px
+        return out
 
     def _prepare_camera(self, state: FrameState, fr: frames.Frame) -> None:
         """Camera model, priors, undistortion / rectification; updates ``fr`` in place."""

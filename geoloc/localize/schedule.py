@@ -184,6 +184,8 @@ class VerificationScheduler:
         img = state.image
         state.verifying = True
         sweep = bool(self.conf["heading_sweep"]) and not heading_known(state)
+        if state.scale_search is not None and state.scale_search.index > 0:
+            sweep = False  # the heading sweep runs at the first scale hypothesis only (its cost)
         # the frame at map scale, cropped to at most 2 tiles (the region holds it with margin)
         crop = int(min(max(img.shape[:2]), 2 * self.tile_px))
         region_px = int(min(1024, max(2 * self.tile_px, self.tile_px + crop)))

@@ -49,6 +49,9 @@ class Fix:
     camera_reason: str | None = None
     #: every prior the frame was prepared with, each with its source (flag / exif / xmp)
     priors: dict[str, Any] = field(default_factory=dict)
+    #: the scale search of a frame whose GSD was unknown (hypotheses tried, the one verified,
+    #: the GSD and altitude it gives), None when the GSD was known
+    scale: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -149,6 +152,28 @@ class Match:
 
 
 @dataclass
+class ScaleSearch:
+    """The scale hypotheses of a frame whose GSD is unknown, tried one after the other.
+
+    ``default_factor`` is the resize to map scale that assumes the frame's shorter side spans
+    one tile; hypothesis i resizes by ``default_factor * relative[i]``. ``base_chain`` is the
+    frame's pixel chain before that resize (each hypothesis extends a copy of it).
+    """
+
+    default_factor: float
+    relative: list[float]
+    index: int = 0
+    base_chain: PixelChain | None = None
+    #: (recalled, candidates, message) of the first hypothesis, kept while the others are tried
+    first: tuple[Any, Any, Any] | None = None
+
+    @property
+    def factor(self) -> float:
+        """The resize to map scale of the hypothesis the chain is on."""
+        return self.default_factor * self.relative[self.index]
+
+
+@dataclass
 class FrameState:
     """Everything known about one frame while the chain runs (see the module docstring)."""
 
@@ -163,6 +188,7 @@ class FrameState:
     prep: PreparedFrame | None = None  # the camera's preparation (chain to the captured frame)
     camera_reason: str = ""  # where the camera model came from, or why there is none
     map_scale: float = 1.0  # the resize applied to bring the prepared frame to the map's GSD
+    scale_search: ScaleSearch | None = None  # set when the GSD is unknown
     omega: np.ndarray | None = None  # (H, D) one row per heading hypothesis
     phi: np.ndarray | None = None  # (H, P)
     node_areas: np.ndarray | None = None  # (H, K)

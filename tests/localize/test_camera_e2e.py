@@ -98,9 +98,14 @@ def test_oblique_view_recovers_the_camera_pose(
     cam = d["camera"]
     assert cam is not None, d["camera_reason"]
     lon, lat = to_lonlat(rendered.pose.crs, rendered.pose.x, rendered.pose.y)
-    # one view: the targets (2 m camera, 1 m ground) are medians over many views
-    # (benchmarks/camera.py); a single view gets the slack of a few map pixels
-    assert geodesic_distance_m(cam["lon"], cam["lat"], float(lon), float(lat)) < 4.0
+    # One view: the targets (2 m camera, 1 m ground) are medians over many views
+    # (benchmarks/camera.py). The pose is exact on exact correspondences; here the matches are
+    # located on the map's 0.5 m pixels, and at this tilt an error of a fraction of a map pixel
+    # trades pitch for position along the view direction, so one view gets a few map pixels of
+    # slack, and the answer's own error estimate must cover the error it makes.
+    cam_err = geodesic_distance_m(cam["lon"], cam["lat"], float(lon), float(lat))
+    assert cam_err < 3.0
+    assert cam_err <= 2.0 * cam["error_m_est"]
     assert abs(cam["alt_agl_m"] - alt) < 0.03 * alt
     if heading_known:
         assert abs(cam["alt_msl_m"] - (ground_z + alt)) < 0.03 * alt
@@ -114,6 +119,8 @@ def test_oblique_view_recovers_the_camera_pose(
     assert d["priors"]["altitude"]["source"] == "flag"
     assert d["priors"]["camera"]["source"] == "file"
     assert ("heading" in d["priors"]) == heading_known
+    pose_stage = "pose:pnp-dem" if heading_known else "pose:pnp-plane"
+    assert d["pipeline"]["chain"][-2:] == [pose_stage, "answer:verified"]
 
 
 def test_bad_camera_file_is_a_one_line_usage_error(
