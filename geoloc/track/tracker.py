@@ -2,10 +2,12 @@
 
 Every frame runs visual odometry against the current keyframe (:mod:`.vo`) and moves the
 filter (:mod:`.filter`); every ``map_fix_every`` frames (and every frame while the track is
-uncertain) a map fix is asked of a :class:`~geoloc.localize.Localizer` whose recall is
-``near-position`` around the predicted position, with the predicted heading and GSD, so no
-global search runs once the track is established. Without ``start`` the first fix, and any
-relocalization with no usable prediction, is a global search (the preset's recall).
+uncertain) a map fix registers the frame against the map window around the predicted position
+with the predicted heading and GSD (:mod:`.mapmatch`), so no recall or global search runs once
+the track is established. The first fix near ``start`` is the same registration over the start
+circle with the heading unknown; when it does not register (or the GSD is unknown), and when
+the track is lost, the fix is asked of a :class:`~geoloc.localize.Localizer` whose recall is
+``near-position`` (or, without a usable prediction, the preset's global recall).
 
 >>> with Tracker.open(start=(60.45, 22.26, 200.0), gsd=0.3) as tr:
 ...     for i, frame in enumerate(frames):
@@ -26,6 +28,7 @@ from geoloc.errors import ConfigError, FrameError
 from geoloc.localize import Fix, Localizer, NearPositionRecall, Prior, load_frame
 from geoloc.track.filter import LocalPlane, TrackFilter
 from geoloc.track.fix import TrackFix
+from geoloc.track.mapmatch import MapMatcher
 from geoloc.track.vo import VisualOdometry, ground_offset
 
 log = logging.getLogger(__name__)
@@ -59,19 +62,22 @@ class Tracker:
     """Visual odometry + map fixes near the prediction + a gated filter; ``update`` per frame."""
 
     default_conf: ClassVar[dict[str, Any]] = {
-        "map_fix_every": 5,  # frames between map fixes while the track is healthy
+        "map_fix_every": 3,  # frames between map fixes while the track is healthy
         "fps": 10.0,  # frame rate assumed when update() gets no t
         "start_radius_m": 300.0,
-        "min_radius_m": 80.0,  # radius searched: max(this, 3 sigma); > a tile stride
+        "min_radius_m": 15.0,  # map window margin: max(this, 3 sigma + heading/VO slack)
         "max_radius_m": 2000.0,
+        "recall_radius_m": 80.0,  # the localizer's near-position circle: > a tile stride
         "uncertain_m": 10.0,  # 1-sigma above which a map fix is tried every frame
         "lost_m": 150.0,  # 1-sigma above which the track is lost (global relocalization)
         "keyframe_shift": 0.25,  # new keyframe when the centre moved this share of the frame
         "keyframe_min_inliers": 60,
         "top_n": 9,  # tiles recalled around the prediction
-        # pass the predicted heading to the map fix (one rotation instead of the sweep); off:
-        # the chain's single-heading path verified fewer of the synthetic frames than the sweep
+        # pass the predicted heading to the localizer's chain (one rotation instead of the
+        # sweep); off: its single-heading path verified fewer synthetic frames than the sweep
         "fix_with_heading": False,
+        "heading_known_deg": 15.0,  # 1-sigma below which the window is pre-rotated
+        "map_match": {},  # MapMatcher conf overrides
     }
 
     def __init__(
@@ -104,6 +110,9 @@ class Tracker:
         self._kf_heading = 0.0  # heading and GSD of the keyframe (odometry reference)
         self._kf_gsd = 0.0
         self._kf_offset = np.zeros(2)  # ground offset of the last frame from the keyframe
+        self._vo_offset = np.zeros(2)  # ... measured by the last odometry, at time _vo_t
+        self._vo_t = 0.0
+        self.matcher = MapMatcher(near, **dict(self.conf["map_match"]))
         self.map_fixer: MapFixer = self._locate
         self.counts = {"map_fix": 0, "refused": 0, "vo": 0, "coasting": 0, "lost": 0}
 
@@ -176,11 +185,30 @@ class Tracker:
         self, rgb: np.ndarray, prior: Prior | None, heading: float | None, gsd: float | None,
         name: str,
     ) -> Fix:  # fmt: skip
-        kw: dict[str, Any] = {"gsd": gsd, "heading": heading, "name": name}
+        """A map fix: the map window registration near ``prior`` when the GSD is known, else
+        (and when that fails before the track is established) the localizer's chain."""
+        f = self.filter
+        if prior is not None and gsd is not None:
+            m = self.matcher.search(rgb, prior.lat, prior.lon, gsd, prior.radius_m, heading)
+            if m is not None:
+                return Fix(
+                    frame=name, status="ok", lat=m.lat, lon=m.lon,
+                    confidence=min(1.0, m.inliers / 100.0), error_m_est=m.sigma_m,
+                    orthomosaic=m.raster_path, heading_deg=m.heading_deg, method="verified",
+                    verification={"matcher": "map-window-orb", "inliers": m.inliers,
+                                  "rmse_px": round(m.rmse_px, 3), "gsd_m": m.gsd_m},
+                )  # fmt: skip
+            if f.initialised and f.sigma_m <= float(self.conf["lost_m"]):
+                # tracking: the chain's seconds per frame would stall the track; VO carries it
+                return Fix(frame=name, status="no_match", message="map window did not register")
+        kw: dict[str, Any] = {"gsd": gsd, "name": name}
+        kw["heading"] = heading if bool(self.conf["fix_with_heading"]) else None
         if gsd is None and self.altitude_m is not None:
             kw.update(gsd=None, altitude_m=self.altitude_m, hfov_deg=self.hfov_deg)
         if prior is not None:
-            return self.near.locate(rgb, prior=prior, top_n=int(self.conf["top_n"]), **kw)
+            r = max(prior.radius_m, float(self.conf["recall_radius_m"]))
+            p = Prior(prior.lat, prior.lon, r)
+            return self.near.locate(rgb, prior=p, top_n=int(self.conf["top_n"]), **kw)
         if self._global is None:
             if self._global_factory is None:
                 return Fix(frame=name, status="no_match", message="no global localizer")
@@ -194,7 +222,7 @@ class Tracker:
         if f.sigma_m > float(c["lost_m"]):
             return None  # global relocalization
         lat, lon = self.plane.to_latlon(f.position)
-        r = min(max(float(c["min_radius_m"]), 3.0 * f.sigma_m), float(c["max_radius_m"]))
+        r = min(max(float(c["min_radius_m"]), 3.0 * f.sigma_m + 3.0), float(c["max_radius_m"]))
         return Prior(lat, lon, r)
 
     # ------------------------------------------------------------------ per frame
@@ -243,8 +271,13 @@ class Tracker:
                 off = ground_offset(motion.shift_px, self._kf_heading, self._kf_gsd)
                 heading_now = (self._kf_heading + motion.rotation_deg) % 360.0
                 f.turn(((heading_now - f.heading_deg + 180.0) % 360.0) - 180.0)
-                f.odometry(off - self._kf_offset, dt)
+                # the velocity from the odometry alone: the offset change since the last frame
+                # with odometry (a coast in between moved the position, not the keyframe)
+                vel_dt = float(t) - self._vo_t
+                vel = (off - self._vo_offset) / vel_dt if vel_dt > 0 else None
+                f.odometry(off - self._kf_offset, vel, vel_dt)
                 self._kf_offset = off
+                self._vo_offset, self._vo_t = off, float(t)
                 moved = True
                 h, w = rgb.shape[:2]
                 shift = float(np.hypot(*motion.shift_px)) / float(min(h, w))
@@ -287,8 +320,8 @@ class Tracker:
         known_gsd = (
             None if self.gsd is None and "gsd" not in priors and self.altitude_m is None else gsd
         )
-        confident = f.heading_var < 15.0**2 and bool(self.conf["fix_with_heading"])
-        heading = f.heading_deg if confident else None
+        confident = f.heading_var < float(self.conf["heading_known_deg"]) ** 2
+        heading = f.heading_deg if confident and f.initialised else None
         self._since_fix = 0
         try:
             fix = self.map_fixer(rgb, prior, heading, known_gsd, name)
@@ -308,7 +341,8 @@ class Tracker:
             log.debug("frame %d: map fix refused by the gate", self.index)
             return False
         if fix.heading_deg is not None:
-            f.heading_fix(float(fix.heading_deg))
+            registered = (fix.verification or {}).get("matcher") == "map-window-orb"
+            f.heading_fix(float(fix.heading_deg), 1.0 if registered else None)
         return True
 
     def _new_keyframe(self, feats: Any, gsd: float) -> None:
@@ -316,6 +350,8 @@ class Tracker:
         self._kf_heading = self.filter.heading_deg or 0.0
         self._kf_gsd = gsd
         self._kf_offset = np.zeros(2)
+        self._vo_offset = np.zeros(2)
+        self._vo_t = self._t_prev if self._t_prev is not None else 0.0
 
     def _answer(self, t: float, name: str | None, status: str) -> TrackFix:
         f = self.filter
