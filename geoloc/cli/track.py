@@ -120,13 +120,16 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            tr.close()
+            try:
+                background = tr.map_image(rows) if plot is not None else None
+            finally:
+                tr.close()
             sys.stderr.write("\n")
             if out is not None:
                 write_track(out, rows)
                 log.info("track written to %s", out)
             if plot is not None:
-                plot_track(plot, rows)
+                plot_track(plot, rows, background)
                 log.info("plot written to %s", plot)
         if skipped:
             typer.echo(f"geoloc: warning: {skipped} undecodable frame(s) skipped", err=True)

@@ -84,6 +84,14 @@ class TrackFilter:
         """1-sigma radius: the square root of the position covariance's largest eigenvalue."""
         return float(math.sqrt(max(np.linalg.eigvalsh(self.p[:2, :2]).max(), 0.0)))
 
+    def ellipse(self) -> tuple[float, float, float]:
+        """1-sigma ellipse of the position: semi-major, semi-minor (m), major-axis angle (deg,
+        counter-clockwise from east)."""
+        w, v = np.linalg.eigh(self.p[:2, :2])
+        w = np.sqrt(np.maximum(w, 0.0))
+        angle = math.degrees(math.atan2(float(v[1, 1]), float(v[0, 1])))
+        return float(w[1]), float(w[0]), angle
+
     def odometry(self, d_en: np.ndarray, velocity: np.ndarray | None = None, dt: float = 0.0) -> None:
         """Move by a measured ground displacement; ``velocity`` (m/s, measured over ``dt`` s by
         the same odometry) updates the velocity states."""

@@ -179,8 +179,8 @@ class MapMatcher:
         window = cv2.cvtColor(np.ascontiguousarray(np.transpose(px, (1, 2, 0))), cv2.COLOR_RGB2GRAY)
         if mask.mean() < 0.02:
             return None
-        x0, y0 = t * (size / 2.0, size / 2.0)
-        x1, y1 = t * (size / 2.0, size / 2.0 - 100.0)
+        x0, y0 = t @ (size / 2.0, size / 2.0)
+        x1, y1 = t @ (size / 2.0, size / 2.0 - 100.0)
         (lo0, lo1), (la0, la1) = to_lonlat(raster.crs, np.array([x0, x1]), np.array([y0, y1]))
         # the raster's grid north differs from true north away from the projection's meridian
         grid_up = _bearing_deg(float(lo0), float(la0), float(lo1), float(la1))  # true bearing
@@ -234,7 +234,7 @@ class MapMatcher:
         res = src[inl] @ sim[:, :2].T + sim[:, 2] - dst[inl]
         rmse = float(np.sqrt(np.mean(np.sum(res * res, axis=1))))
         cx, cy = sim[:, :2] @ np.array([centre, centre]) + sim[:, 2]
-        x, y = t * (float(cx) + 0.5, float(cy) + 0.5)
+        x, y = t @ (float(cx) + 0.5, float(cy) + 0.5)
         lon_f, lat_f = to_lonlat(raster.crs, float(x), float(y))
         heading = (math.degrees(theta) + grid_up + rot) % 360.0
         # the centre's error from n residuals of this size, floored for what RANSAC hides

@@ -17,6 +17,7 @@ the track is lost, the fix is asked of a :class:`~geoloc.localize.Localizer` who
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -167,6 +168,41 @@ class Tracker:
         except BaseException:
             near.close()
             raise
+
+    def map_image(
+        self, rows: list[dict[str, Any]], margin_m: float = 60.0, max_px: int = 1024
+    ) -> tuple[np.ndarray, tuple[float, float, float, float]] | None:
+        """The orthomosaic under a track (``TrackFix.as_dict()`` rows) for :func:`plot_track`:
+        ``(rgb, (west, east, south, north))``, bounds in degrees, read from the raster of the
+        stored tile nearest the track's centre at a GSD that keeps it within ``max_px``;
+        None when no row has a position or no raster can be read."""
+        from tiling.crs import to_lonlat
+
+        pts = [(r["lat"], r["lon"]) for r in rows if r.get("lat") is not None]
+        if not pts:
+            return None
+        lats, lons = [p[0] for p in pts], [p[1] for p in pts]
+        lat_c, lon_c = (min(lats) + max(lats)) / 2.0, (min(lons) + max(lons)) / 2.0
+        k = math.cos(math.radians(lat_c))
+        half = max(
+            (max(lats) - min(lats)) * 111_320.0 / 2.0,
+            (max(lons) - min(lons)) * 111_320.0 * k / 2.0,
+        ) + float(margin_m)
+        path = self.matcher.raster_near(lat_c, lon_c, half + 500.0)
+        if path is None:
+            return None
+        gsd = max(self.near.map_gsd_m, 2.0 * half / max_px)
+        size = int(math.ceil(2.0 * half / gsd))
+        try:
+            px, _mask, t = self.near.regions.raster(path).read_region(lon_c, lat_c, size, gsd)
+            crs = self.near.regions.raster(path).crs
+        except Exception as exc:  # noqa: BLE001 - a plot without its map is still a plot
+            log.warning("%s: no map under the plot (%s)", path, exc)
+            return None
+        xs, ys = zip(*(t @ c for c in ((0, 0), (size, 0), (0, size), (size, size))), strict=True)
+        lo, la = to_lonlat(crs, np.array(xs), np.array(ys))
+        rgb = np.ascontiguousarray(np.transpose(px, (1, 2, 0)))
+        return rgb, (float(lo.min()), float(lo.max()), float(la.min()), float(la.max()))
 
     def close(self) -> None:
         """Close the localizers."""
@@ -363,6 +399,7 @@ class Tracker:
         out.vel_east_mps, out.vel_north_mps = float(f.x[2]), float(f.x[3])
         out.speed_mps = float(np.hypot(f.x[2], f.x[3]))
         out.error_m_est = f.sigma_m
+        out.error_ellipse_m = [round(v, 3) for v in f.ellipse()]
         if self.altitude_m is not None:
             out.camera = {"lat": out.lat, "lon": out.lon, "altitude_m": self.altitude_m}
         return out
