@@ -92,7 +92,9 @@ class TrackFilter:
         angle = math.degrees(math.atan2(float(v[1, 1]), float(v[0, 1])))
         return float(w[1]), float(w[0]), angle
 
-    def odometry(self, d_en: np.ndarray, velocity: np.ndarray | None = None, dt: float = 0.0) -> None:
+    def odometry(
+        self, d_en: np.ndarray, velocity: np.ndarray | None = None, dt: float = 0.0
+    ) -> None:
         """Move by a measured ground displacement; ``velocity`` (m/s, measured over ``dt`` s by
         the same odometry) updates the velocity states."""
         c = self.conf

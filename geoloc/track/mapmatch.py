@@ -65,6 +65,9 @@ class MapMatcher:
         "gate_slack_px": 12.0,  # displacement gate = search margin + this
         "window_margin_m": 60.0,  # a wider search is split into windows of this margin
         "sure_inliers": 60,  # a split search stops at the first window with this many
+        # a split search covers at most this radius (the most likely part of a wider circle):
+        # beyond it the windows cost more than the localizer's recall
+        "max_search_m": 160.0,
     }
 
     def __init__(self, localizer: Any, **conf: Any) -> None:
@@ -121,6 +124,7 @@ class MapMatcher:
         step = float(self.conf["window_margin_m"])
         if radius_m <= step:
             return self.match(rgb, lat, lon, gsd_m, radius_m, heading_deg)
+        radius_m = min(float(radius_m), float(self.conf["max_search_m"]))
         n = int(math.ceil(radius_m / (1.5 * step)))
         offs = [
             (i * 1.5 * step, j * 1.5 * step)
@@ -204,7 +208,11 @@ class MapMatcher:
         pairs = self._matcher.knnMatch(df, dm, k=2)
         pf = np.array([p.pt for p in kf], np.float32)
         pm = np.array([p.pt for p in km], np.float32)
-        good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < self.conf["ratio"] * p[1].distance]
+        good = [
+            p[0]
+            for p in pairs
+            if len(p) == 2 and p[0].distance < self.conf["ratio"] * p[1].distance
+        ]
         if len(good) < int(self.conf["min_inliers"]):
             return None
         src = pf[[g.queryIdx for g in good]]

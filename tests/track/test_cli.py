@@ -34,12 +34,15 @@ def _start(flight: Flight) -> str:
     return f"{lat},{lon},150"
 
 
-def _write_video(path: Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264") -> Path:
+def _write_video(
+    path: Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264"
+) -> Path:
     """A normally encoded video: ``codec`` (H.264 by default) at PyAV's default quality."""
     import av
 
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
         stream.pix_fmt = "yuv420p"
         for rgb in frames:

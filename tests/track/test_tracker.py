@@ -117,7 +117,9 @@ def test_lossy_frames_get_their_first_fix_and_track(
     assert sum(f.status == "map_fix" for f in fixes) >= len(fixes) // 4
 
 
-def test_plot_over_the_orthomosaic(tracker_factory: Any, short_flight: Flight, tmp_path: Any) -> None:
+def test_plot_over_the_orthomosaic(
+    tracker_factory: Any, short_flight: Flight, tmp_path: Any
+) -> None:
     from PIL import Image
 
     from geoloc.track.outputs import plot_track
