@@ -84,7 +84,8 @@ class MapMatcher:
     # ------------------------------------------------------------------ map
     def raster_near(self, lat: float, lon: float, radius_m: float) -> str | None:
         """The raster of the stored tile nearest (lat, lon) within ``radius_m``, or None."""
-        ids = self.store.within(lat, lon, max(radius_m, 1.0))
+        lat, lon = float(lat), float(lon)  # the store's SQL takes Python floats only
+        ids = self.store.within(lat, lon, max(float(radius_m), 1.0))
         if not len(ids):
             return None
         tiles = self.store.candidates(ids[:64])

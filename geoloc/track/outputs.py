@@ -142,7 +142,8 @@ def write_track(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-STATUS_COLOURS = {"map_fix": "tab:green", "vo": "tab:blue", "coasting": "tab:orange"}
+# drawn in this order: map fixes last, on top of the dense odometry points
+STATUS_COLOURS = {"vo": "tab:blue", "coasting": "tab:orange", "map_fix": "tab:green"}
 LOST_COLOUR = "tab:red"
 
 
@@ -182,10 +183,11 @@ def plot_track(path: Path, rows: list[dict[str, Any]], background: Any = None) -
         for status, colour in STATUS_COLOURS.items():
             sel = [p for p, r in zip(xy, pts, strict=True) if r["status"] == status]
             if sel:
-                marker = "^" if status == "map_fix" else "o"
+                fix = status == "map_fix"
                 ax.scatter(
-                    [p[0] for p in sel], [p[1] for p in sel], s=16, c=colour, marker=marker,
-                    label=status, zorder=3,
+                    [p[0] for p in sel], [p[1] for p in sel], s=40 if fix else 12, c=colour,
+                    marker="^" if fix else "o", edgecolors="black" if fix else "none",
+                    linewidths=0.5, label=status, zorder=4 if fix else 3,
                 )  # fmt: skip
         # lost stretches: from the last position before to the first one after
         last: tuple[float, float] | None = None
