@@ -50,7 +50,9 @@ class TrackFilter:
     default_conf: ClassVar[dict[str, Any]] = {
         "vo_rel_sigma": 0.03,  # odometry error as a share of the displacement
         "vo_sigma_m": 0.05,  # odometry error per frame
-        "accel_sigma": 2.0,  # m/s^2 of unmodelled acceleration while coasting
+        # m/s^2 of unmodelled acceleration while coasting (turns, gusts): the coast's covariance
+        # has to cover a turning flight's drift from the constant-velocity prediction
+        "accel_sigma": 4.0,
         "vel_sigma": 0.5,  # m/s of a velocity derived from one odometry step
         "gate_chi2": 13.8,  # 2 dof, 99.9 %
         "refuse_inflate": 2.0,

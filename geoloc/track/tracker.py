@@ -70,7 +70,11 @@ class Tracker:
         "max_radius_m": 2000.0,
         "recall_radius_m": 80.0,  # the localizer's near-position circle: > a tile stride
         "uncertain_m": 10.0,  # 1-sigma above which a map fix is tried every frame
-        "lost_m": 150.0,  # 1-sigma above which the track is lost (global relocalization)
+        # 1-sigma above which the track is lost: no position is reported, and besides the map
+        # window around the prediction the localizer searches 3 sigma around it (every
+        # ``relocalize_every`` frames: it costs seconds), globally beyond ``max_radius_m``
+        "lost_m": 150.0,
+        "relocalize_every": 10,
         "keyframe_shift": 0.25,  # new keyframe when the centre moved this share of the frame
         "keyframe_min_inliers": 60,
         "top_n": 9,  # tiles recalled around the prediction
@@ -115,6 +119,7 @@ class Tracker:
         self._vo_t = 0.0
         self.matcher = MapMatcher(near, **dict(self.conf["map_match"]))
         self.map_fixer: MapFixer = self._locate
+        self._relocalized = -(10**9)  # frame of the last relocalization by the localizer
         self.counts = {"map_fix": 0, "refused": 0, "vo": 0, "coasting": 0, "lost": 0}
 
     # ------------------------------------------------------------------ set-up
@@ -237,6 +242,10 @@ class Tracker:
             if f.initialised and f.sigma_m <= float(self.conf["lost_m"]):
                 # tracking: the chain's seconds per frame would stall the track; VO carries it
                 return Fix(frame=name, status="no_match", message="map window did not register")
+        if f.initialised and f.sigma_m > float(self.conf["lost_m"]):
+            if self.index - self._relocalized < int(self.conf["relocalize_every"]):
+                return Fix(frame=name, status="no_match", message="relocalization pending")
+            self._relocalized = self.index
         kw: dict[str, Any] = {"gsd": gsd, "name": name}
         kw["heading"] = heading if bool(self.conf["fix_with_heading"]) else None
         if gsd is None and self.altitude_m is not None:
@@ -255,10 +264,10 @@ class Tracker:
         f, c = self.filter, self.conf
         if not f.initialised or self.plane is None:
             return self.start
-        if f.sigma_m > float(c["lost_m"]):
+        r = max(float(c["min_radius_m"]), 3.0 * f.sigma_m + 3.0)
+        if r > float(c["max_radius_m"]):
             return None  # global relocalization
         lat, lon = self.plane.to_latlon(f.position)
-        r = min(max(float(c["min_radius_m"]), 3.0 * f.sigma_m + 3.0), float(c["max_radius_m"]))
         return Prior(lat, lon, r)
 
     # ------------------------------------------------------------------ per frame
@@ -342,7 +351,8 @@ class Tracker:
 
     def _want_fix(self) -> bool:
         f = self.filter
-        if not f.initialised or f.sigma_m > float(self.conf["uncertain_m"]):
+        uncertain = min(float(self.conf["uncertain_m"]), float(self.conf["lost_m"]))
+        if not f.initialised or f.sigma_m > uncertain:
             return True
         return self._since_fix >= int(self.conf["map_fix_every"])
 

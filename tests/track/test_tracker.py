@@ -141,3 +141,17 @@ def test_plot_over_the_orthomosaic(
     assert float(png.std(axis=2).mean()) > 2.0
     plain = np.asarray(Image.open(plot_track(tmp_path / "plain.png", rows)).convert("RGB"))
     assert float(png.std()) > float(plain.astype(float).std())
+
+
+def test_lost_track_relocalizes_near_the_prediction(tracker_factory: Any, flight: Flight) -> None:
+    # a low "lost" threshold so a 2 s blackout loses the track
+    tr = tracker_factory(start=_start(flight), gsd=0.28, conf={"lost_m": 1.5})
+    blank = range(8, 28)
+    fixes = _run(tr, flight, blank=blank)
+    err = errors_m(fixes, flight)
+    statuses = [f.status for f in fixes]
+    assert "lost" in statuses[blank.start : blank.stop]  # the blackout outlasts the threshold
+    assert all(fixes[i].lat is None for i in blank if statuses[i] == "lost")
+    # within two frames of the blackout's end: a map-window fix near the prediction
+    assert "map_fix" in statuses[blank.stop : blank.stop + 2]
+    assert np.isfinite(err[blank.stop :]).all() and float(err[blank.stop :].max()) < 5.0
