@@ -66,8 +66,11 @@ def register(app: typer.Typer) -> None:
         frame_interval: float = typer.Option(
             0.1, "--frame-interval", min=0.0, help="Seconds between image files."
         ),
-        map_fix_every: int = typer.Option(
-            5, "--map-fix-every", min=1, help="Frames between map fixes on a healthy track."
+        map_fix_every: int | None = typer.Option(
+            None,
+            "--map-fix-every",
+            min=1,
+            help="Frames between map fixes on a healthy track (default: the tracker's, 3).",
         ),
         encoder: str = typer.Option(DEFAULT_ENCODER, "--encoder", "-e", help="Encoder plugin."),
         checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint."),
@@ -97,7 +100,7 @@ def register(app: typer.Typer) -> None:
         tr = Tracker.open(
             preset=preset_name, encoder=encoder, checkpoint=checkpoint, start=start, gsd=gsd,
             altitude_m=altitude, hfov_deg=hfov, heading=heading,
-            conf={"map_fix_every": map_fix_every},
+            conf={} if map_fix_every is None else {"map_fix_every": map_fix_every},
         )  # fmt: skip
         t0 = time.perf_counter()
         try:
@@ -120,13 +123,16 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            tr.close()
+            try:
+                background = tr.map_image(rows) if plot is not None else None
+            finally:
+                tr.close()
             sys.stderr.write("\n")
             if out is not None:
                 write_track(out, rows)
                 log.info("track written to %s", out)
             if plot is not None:
-                plot_track(plot, rows)
+                plot_track(plot, rows, background)
                 log.info("plot written to %s", plot)
         if skipped:
             typer.echo(f"geoloc: warning: {skipped} undecodable frame(s) skipped", err=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from geoloc.track.filter import LocalPlane, TrackFilter
 from geoloc.track.fix import STATUSES, TrackFix
+from geoloc.track.mapmatch import MapMatch, MapMatcher
 from geoloc.track.tracker import MapFixer, Tracker
 from geoloc.track.vo import Motion, VisualOdometry, ground_offset
 
@@ -17,6 +18,8 @@ __all__ = [
     "STATUSES",
     "LocalPlane",
     "MapFixer",
+    "MapMatch",
+    "MapMatcher",
     "Motion",
     "TrackFilter",
     "TrackFix",

@@ -50,7 +50,9 @@ class TrackFilter:
     default_conf: ClassVar[dict[str, Any]] = {
         "vo_rel_sigma": 0.03,  # odometry error as a share of the displacement
         "vo_sigma_m": 0.05,  # odometry error per frame
-        "accel_sigma": 2.0,  # m/s^2 of unmodelled acceleration while coasting
+        # m/s^2 of unmodelled acceleration while coasting (turns, gusts): the coast's covariance
+        # has to cover a turning flight's drift from the constant-velocity prediction
+        "accel_sigma": 4.0,
         "vel_sigma": 0.5,  # m/s of a velocity derived from one odometry step
         "gate_chi2": 13.8,  # 2 dof, 99.9 %
         "refuse_inflate": 2.0,
@@ -84,17 +86,33 @@ class TrackFilter:
         """1-sigma radius: the square root of the position covariance's largest eigenvalue."""
         return float(math.sqrt(max(np.linalg.eigvalsh(self.p[:2, :2]).max(), 0.0)))
 
-    def odometry(self, d_en: np.ndarray, dt: float) -> None:
-        """Move by a measured ground displacement over ``dt`` seconds."""
+    def ellipse(self) -> tuple[float, float, float]:
+        """1-sigma ellipse of the position: semi-major, semi-minor (m), major-axis angle (deg,
+        counter-clockwise from east)."""
+        w, v = np.linalg.eigh(self.p[:2, :2])
+        w = np.sqrt(np.maximum(w, 0.0))
+        angle = math.degrees(math.atan2(float(v[1, 1]), float(v[0, 1])))
+        return float(w[1]), float(w[0]), angle
+
+    def odometry(
+        self, d_en: np.ndarray, velocity: np.ndarray | None = None, dt: float = 0.0
+    ) -> None:
+        """Move by a measured ground displacement; ``velocity`` (m/s, measured over ``dt`` s by
+        the same odometry) updates the velocity states."""
         c = self.conf
         self.x[:2] += d_en
         s = float(c["vo_rel_sigma"]) * float(np.linalg.norm(d_en)) + float(c["vo_sigma_m"])
         self.p[:2, :2] += np.eye(2) * s**2
-        if dt > 0:  # velocity: a measurement d/dt of the velocity states
+        # odometry sets the position from the keyframe: the position/velocity correlation a
+        # coast built up no longer holds, and keeping it would let the velocity update move
+        # the position again
+        self.p[:2, 2:] = 0.0
+        self.p[2:, :2] = 0.0
+        if velocity is not None and dt > 0:
             h = np.zeros((2, 4))
             h[0, 2] = h[1, 3] = 1.0
             r = np.eye(2) * (float(c["vel_sigma"]) ** 2 + (s / dt) ** 2)
-            self._update(d_en / dt, h, r)
+            self._update(np.asarray(velocity, dtype=np.float64), h, r)
 
     def coast(self, dt: float) -> None:
         """Constant-velocity prediction over ``dt`` seconds (no odometry)."""

@@ -15,7 +15,8 @@ class TrackFix:
     ``status``: ``map_fix`` (a map match accepted by the filter this frame), ``vo`` (moved on by
     visual odometry since the last fix), ``coasting`` (no usable odometry: the motion model
     alone), ``lost`` (no position). ``lat``/``lon`` are the ground point under the frame centre,
-    ``error_m_est`` the 1-sigma radius of the position covariance, ``camera`` the camera
+    ``error_m_est`` the 1-sigma radius of the position covariance (``error_ellipse_m`` its
+    ellipse), ``camera`` the camera
     position when its model is known (None otherwise).
     """
 
@@ -30,6 +31,9 @@ class TrackFix:
     vel_east_mps: float | None = None
     vel_north_mps: float | None = None
     error_m_est: float | None = None
+    #: the 1-sigma ellipse of the position covariance: semi-axes (m) and the major axis's
+    #: angle (degrees counter-clockwise from east)
+    error_ellipse_m: list[float] | None = None
     camera: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -142,43 +142,84 @@ def write_track(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-STATUS_COLOURS = {"map_fix": "tab:green", "vo": "tab:blue", "coasting": "tab:orange"}
+# drawn in this order: map fixes last, on top of the dense odometry points
+STATUS_COLOURS = {"vo": "tab:blue", "coasting": "tab:orange", "map_fix": "tab:green"}
+LOST_COLOUR = "tab:red"
 
 
 def plot_track(path: Path, rows: list[dict[str, Any]], background: Any = None) -> Path:
-    """The track in local metres (east/north), map fixes marked, coasting in another colour,
-    1-sigma circles every tenth frame; ``background`` an optional (rgb, extent) of the map."""
+    """The track in local metres (east/north of its first position) over the map.
+
+    Map fixes, odometry and coasting are marked in their colours, stretches without a position
+    (``lost``) bridged in red, and the 1-sigma error ellipse (or circle) drawn every tenth frame
+    and at every map fix. ``background`` is an optional ``(rgb, (west, east, south, north))``
+    of the orthomosaic, bounds in degrees (:meth:`geoloc.track.Tracker.map_image`).
+    """
     import math
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Circle
+    from matplotlib.patches import Ellipse
 
     pts = _positioned(rows)
     fig, ax = plt.subplots(figsize=(8, 8))
     if pts:
         lat0, lon0 = pts[0]["lat"], pts[0]["lon"]
         k = math.cos(math.radians(lat0))
+        r_e = 6_371_008.8
 
-        def en(r: dict[str, Any]) -> tuple[float, float]:
-            return (
-                math.radians(r["lon"] - lon0) * 6_371_008.8 * k,
-                math.radians(r["lat"] - lat0) * 6_371_008.8,
-            )
+        def en(lat: float, lon: float) -> tuple[float, float]:
+            return math.radians(lon - lon0) * r_e * k, math.radians(lat - lat0) * r_e
 
-        xy = [en(r) for r in pts]
-        ax.plot([p[0] for p in xy], [p[1] for p in xy], "-", color="0.6", lw=1)
+        if background is not None:
+            img, (west, east, south, north) = background
+            x0, y0 = en(south, west)
+            x1, y1 = en(north, east)
+            ax.imshow(img, extent=(x0, x1, y0, y1), origin="upper", alpha=0.85, zorder=0)
+        xy = [en(r["lat"], r["lon"]) for r in pts]
+        ax.plot([p[0] for p in xy], [p[1] for p in xy], "-", color="white", lw=1, zorder=1)
         for status, colour in STATUS_COLOURS.items():
             sel = [p for p, r in zip(xy, pts, strict=True) if r["status"] == status]
             if sel:
-                ax.scatter([p[0] for p in sel], [p[1] for p in sel], s=12, c=colour, label=status)
+                fix = status == "map_fix"
+                ax.scatter(
+                    [p[0] for p in sel], [p[1] for p in sel], s=40 if fix else 12, c=colour,
+                    marker="^" if fix else "o", edgecolors="black" if fix else "none",
+                    linewidths=0.5, label=status, zorder=4 if fix else 3,
+                )  # fmt: skip
+        # lost stretches: from the last position before to the first one after
+        last: tuple[float, float] | None = None
+        gap = False
+        labelled = False
+        for r in rows:
+            if r.get("lat") is None or r.get("lon") is None:
+                gap = gap or r.get("status") == "lost"
+                continue
+            p = en(r["lat"], r["lon"])
+            if gap and last is not None:
+                ax.plot(
+                    [last[0], p[0]], [last[1], p[1]], "--", color=LOST_COLOUR, lw=2, zorder=2,
+                    label=None if labelled else "lost",
+                )  # fmt: skip
+                labelled = True
+            last, gap = p, False
         for i, (p, r) in enumerate(zip(xy, pts, strict=True)):
-            if i % 10 == 0 and r.get("error_m_est"):
-                ax.add_patch(
-                    Circle(p, float(r["error_m_est"]), fill=False, color="tab:red", lw=0.5)
-                )
+            if not (i % 10 == 0 or r["status"] == "map_fix"):
+                continue
+            ell = r.get("error_ellipse_m")
+            if ell:
+                major, minor, angle = (float(v) for v in ell)
+            elif r.get("error_m_est"):
+                major = minor = float(r["error_m_est"])
+                angle = 0.0
+            else:
+                continue
+            ax.add_patch(
+                Ellipse(p, 2 * major, 2 * minor, angle=angle, fill=False, color="tab:red",
+                        lw=0.6, zorder=2)
+            )  # fmt: skip
         ax.legend(loc="best")
     ax.set_xlabel("east (m)")
     ax.set_ylabel("north (m)")

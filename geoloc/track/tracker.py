@@ -2,10 +2,12 @@
 
 Every frame runs visual odometry against the current keyframe (:mod:`.vo`) and moves the
 filter (:mod:`.filter`); every ``map_fix_every`` frames (and every frame while the track is
-uncertain) a map fix is asked of a :class:`~geoloc.localize.Localizer` whose recall is
-``near-position`` around the predicted position, with the predicted heading and GSD, so no
-global search runs once the track is established. Without ``start`` the first fix, and any
-relocalization with no usable prediction, is a global search (the preset's recall).
+uncertain) a map fix registers the frame against the map window around the predicted position
+with the predicted heading and GSD (:mod:`.mapmatch`), so no recall or global search runs once
+the track is established. The first fix near ``start`` is the same registration over the start
+circle with the heading unknown; when it does not register (or the GSD is unknown), and when
+the track is lost, the fix is asked of a :class:`~geoloc.localize.Localizer` whose recall is
+``near-position`` (or, without a usable prediction, the preset's global recall).
 
 >>> with Tracker.open(start=(60.45, 22.26, 200.0), gsd=0.3) as tr:
 ...     for i, frame in enumerate(frames):
@@ -15,6 +17,7 @@ relocalization with no usable prediction, is a global search (the preset's recal
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +29,7 @@ from geoloc.errors import ConfigError, FrameError
 from geoloc.localize import Fix, Localizer, NearPositionRecall, Prior, load_frame
 from geoloc.track.filter import LocalPlane, TrackFilter
 from geoloc.track.fix import TrackFix
+from geoloc.track.mapmatch import MapMatcher
 from geoloc.track.vo import VisualOdometry, ground_offset
 
 log = logging.getLogger(__name__)
@@ -59,19 +63,26 @@ class Tracker:
     """Visual odometry + map fixes near the prediction + a gated filter; ``update`` per frame."""
 
     default_conf: ClassVar[dict[str, Any]] = {
-        "map_fix_every": 5,  # frames between map fixes while the track is healthy
+        "map_fix_every": 3,  # frames between map fixes while the track is healthy
         "fps": 10.0,  # frame rate assumed when update() gets no t
         "start_radius_m": 300.0,
-        "min_radius_m": 80.0,  # radius searched: max(this, 3 sigma); > a tile stride
+        "min_radius_m": 15.0,  # map window margin: max(this, 3 sigma + heading/VO slack)
         "max_radius_m": 2000.0,
+        "recall_radius_m": 80.0,  # the localizer's near-position circle: > a tile stride
         "uncertain_m": 10.0,  # 1-sigma above which a map fix is tried every frame
-        "lost_m": 150.0,  # 1-sigma above which the track is lost (global relocalization)
+        # 1-sigma above which the track is lost: no position is reported, and besides the map
+        # window around the prediction the localizer searches 3 sigma around it (every
+        # ``relocalize_every`` frames: it costs seconds), globally beyond ``max_radius_m``
+        "lost_m": 150.0,
+        "relocalize_every": 10,
         "keyframe_shift": 0.25,  # new keyframe when the centre moved this share of the frame
         "keyframe_min_inliers": 60,
         "top_n": 9,  # tiles recalled around the prediction
-        # pass the predicted heading to the map fix (one rotation instead of the sweep); off:
-        # the chain's single-heading path verified fewer of the synthetic frames than the sweep
+        # pass the predicted heading to the localizer's chain (one rotation instead of the
+        # sweep); off: its single-heading path verified fewer synthetic frames than the sweep
         "fix_with_heading": False,
+        "heading_known_deg": 15.0,  # 1-sigma below which the window is pre-rotated
+        "map_match": {},  # MapMatcher conf overrides
     }
 
     def __init__(
@@ -104,7 +115,11 @@ class Tracker:
         self._kf_heading = 0.0  # heading and GSD of the keyframe (odometry reference)
         self._kf_gsd = 0.0
         self._kf_offset = np.zeros(2)  # ground offset of the last frame from the keyframe
+        self._vo_offset = np.zeros(2)  # ... measured by the last odometry, at time _vo_t
+        self._vo_t = 0.0
+        self.matcher = MapMatcher(near, **dict(self.conf["map_match"]))
         self.map_fixer: MapFixer = self._locate
+        self._relocalized = -(10**9)  # frame of the last relocalization by the localizer
         self.counts = {"map_fix": 0, "refused": 0, "vo": 0, "coasting": 0, "lost": 0}
 
     # ------------------------------------------------------------------ set-up
@@ -159,6 +174,41 @@ class Tracker:
             near.close()
             raise
 
+    def map_image(
+        self, rows: list[dict[str, Any]], margin_m: float = 60.0, max_px: int = 1024
+    ) -> tuple[np.ndarray, tuple[float, float, float, float]] | None:
+        """The orthomosaic under a track (``TrackFix.as_dict()`` rows) for :func:`plot_track`:
+        ``(rgb, (west, east, south, north))``, bounds in degrees, read from the raster of the
+        stored tile nearest the track's centre at a GSD that keeps it within ``max_px``;
+        None when no row has a position or no raster can be read."""
+        from tiling.crs import to_lonlat
+
+        pts = [(r["lat"], r["lon"]) for r in rows if r.get("lat") is not None]
+        if not pts:
+            return None
+        lats, lons = [p[0] for p in pts], [p[1] for p in pts]
+        lat_c, lon_c = (min(lats) + max(lats)) / 2.0, (min(lons) + max(lons)) / 2.0
+        k = math.cos(math.radians(lat_c))
+        half = max(
+            (max(lats) - min(lats)) * 111_320.0 / 2.0,
+            (max(lons) - min(lons)) * 111_320.0 * k / 2.0,
+        ) + float(margin_m)
+        path = self.matcher.raster_near(lat_c, lon_c, half + 500.0)
+        if path is None:
+            return None
+        gsd = max(self.near.map_gsd_m, 2.0 * half / max_px)
+        size = int(math.ceil(2.0 * half / gsd))
+        try:
+            px, _mask, t = self.near.regions.raster(path).read_region(lon_c, lat_c, size, gsd)
+            crs = self.near.regions.raster(path).crs
+        except Exception as exc:  # noqa: BLE001 - a plot without its map is still a plot
+            log.warning("%s: no map under the plot (%s)", path, exc)
+            return None
+        xs, ys = zip(*(t @ c for c in ((0, 0), (size, 0), (0, size), (size, size))), strict=True)
+        lo, la = to_lonlat(crs, np.array(xs), np.array(ys))
+        rgb = np.ascontiguousarray(np.transpose(px, (1, 2, 0)))
+        return rgb, (float(lo.min()), float(lo.max()), float(la.min()), float(la.max()))
+
     def close(self) -> None:
         """Close the localizers."""
         self.near.close()
@@ -176,11 +226,34 @@ class Tracker:
         self, rgb: np.ndarray, prior: Prior | None, heading: float | None, gsd: float | None,
         name: str,
     ) -> Fix:  # fmt: skip
-        kw: dict[str, Any] = {"gsd": gsd, "heading": heading, "name": name}
+        """A map fix: the map window registration near ``prior`` when the GSD is known, else
+        (and when that fails before the track is established) the localizer's chain."""
+        f = self.filter
+        if prior is not None and gsd is not None:
+            m = self.matcher.search(rgb, prior.lat, prior.lon, gsd, prior.radius_m, heading)
+            if m is not None:
+                return Fix(
+                    frame=name, status="ok", lat=m.lat, lon=m.lon,
+                    confidence=min(1.0, m.inliers / 100.0), error_m_est=m.sigma_m,
+                    orthomosaic=m.raster_path, heading_deg=m.heading_deg, method="verified",
+                    verification={"matcher": "map-window-orb", "inliers": m.inliers,
+                                  "rmse_px": round(m.rmse_px, 3), "gsd_m": m.gsd_m},
+                )  # fmt: skip
+            if f.initialised and f.sigma_m <= float(self.conf["lost_m"]):
+                # tracking: the chain's seconds per frame would stall the track; VO carries it
+                return Fix(frame=name, status="no_match", message="map window did not register")
+        if f.initialised and f.sigma_m > float(self.conf["lost_m"]):
+            if self.index - self._relocalized < int(self.conf["relocalize_every"]):
+                return Fix(frame=name, status="no_match", message="relocalization pending")
+            self._relocalized = self.index
+        kw: dict[str, Any] = {"gsd": gsd, "name": name}
+        kw["heading"] = heading if bool(self.conf["fix_with_heading"]) else None
         if gsd is None and self.altitude_m is not None:
             kw.update(gsd=None, altitude_m=self.altitude_m, hfov_deg=self.hfov_deg)
         if prior is not None:
-            return self.near.locate(rgb, prior=prior, top_n=int(self.conf["top_n"]), **kw)
+            r = max(prior.radius_m, float(self.conf["recall_radius_m"]))
+            p = Prior(prior.lat, prior.lon, r)
+            return self.near.locate(rgb, prior=p, top_n=int(self.conf["top_n"]), **kw)
         if self._global is None:
             if self._global_factory is None:
                 return Fix(frame=name, status="no_match", message="no global localizer")
@@ -191,10 +264,10 @@ class Tracker:
         f, c = self.filter, self.conf
         if not f.initialised or self.plane is None:
             return self.start
-        if f.sigma_m > float(c["lost_m"]):
+        r = max(float(c["min_radius_m"]), 3.0 * f.sigma_m + 3.0)
+        if r > float(c["max_radius_m"]):
             return None  # global relocalization
         lat, lon = self.plane.to_latlon(f.position)
-        r = min(max(float(c["min_radius_m"]), 3.0 * f.sigma_m), float(c["max_radius_m"]))
         return Prior(lat, lon, r)
 
     # ------------------------------------------------------------------ per frame
@@ -243,8 +316,13 @@ class Tracker:
                 off = ground_offset(motion.shift_px, self._kf_heading, self._kf_gsd)
                 heading_now = (self._kf_heading + motion.rotation_deg) % 360.0
                 f.turn(((heading_now - f.heading_deg + 180.0) % 360.0) - 180.0)
-                f.odometry(off - self._kf_offset, dt)
+                # the velocity from the odometry alone: the offset change since the last frame
+                # with odometry (a coast in between moved the position, not the keyframe)
+                vel_dt = float(t) - self._vo_t
+                vel = (off - self._vo_offset) / vel_dt if vel_dt > 0 else None
+                f.odometry(off - self._kf_offset, vel, vel_dt)
                 self._kf_offset = off
+                self._vo_offset, self._vo_t = off, float(t)
                 moved = True
                 h, w = rgb.shape[:2]
                 shift = float(np.hypot(*motion.shift_px)) / float(min(h, w))
@@ -273,7 +351,8 @@ class Tracker:
 
     def _want_fix(self) -> bool:
         f = self.filter
-        if not f.initialised or f.sigma_m > float(self.conf["uncertain_m"]):
+        uncertain = min(float(self.conf["uncertain_m"]), float(self.conf["lost_m"]))
+        if not f.initialised or f.sigma_m > uncertain:
             return True
         return self._since_fix >= int(self.conf["map_fix_every"])
 
@@ -287,8 +366,8 @@ class Tracker:
         known_gsd = (
             None if self.gsd is None and "gsd" not in priors and self.altitude_m is None else gsd
         )
-        confident = f.heading_var < 15.0**2 and bool(self.conf["fix_with_heading"])
-        heading = f.heading_deg if confident else None
+        confident = f.heading_var < float(self.conf["heading_known_deg"]) ** 2
+        heading = f.heading_deg if confident and f.initialised else None
         self._since_fix = 0
         try:
             fix = self.map_fixer(rgb, prior, heading, known_gsd, name)
@@ -308,7 +387,8 @@ class Tracker:
             log.debug("frame %d: map fix refused by the gate", self.index)
             return False
         if fix.heading_deg is not None:
-            f.heading_fix(float(fix.heading_deg))
+            registered = (fix.verification or {}).get("matcher") == "map-window-orb"
+            f.heading_fix(float(fix.heading_deg), 1.0 if registered else None)
         return True
 
     def _new_keyframe(self, feats: Any, gsd: float) -> None:
@@ -316,6 +396,8 @@ class Tracker:
         self._kf_heading = self.filter.heading_deg or 0.0
         self._kf_gsd = gsd
         self._kf_offset = np.zeros(2)
+        self._vo_offset = np.zeros(2)
+        self._vo_t = self._t_prev if self._t_prev is not None else 0.0
 
     def _answer(self, t: float, name: str | None, status: str) -> TrackFix:
         f = self.filter
@@ -327,6 +409,7 @@ class Tracker:
         out.vel_east_mps, out.vel_north_mps = float(f.x[2]), float(f.x[3])
         out.speed_mps = float(np.hypot(f.x[2], f.x[3]))
         out.error_m_est = f.sigma_m
+        out.error_ellipse_m = [round(v, 3) for v in f.ellipse()]
         if self.altitude_m is not None:
             out.camera = {"lat": out.lat, "lon": out.lon, "altitude_m": self.altitude_m}
         return out

@@ -39,8 +39,8 @@ class VisualOdometry:
     """ORB features of a keyframe; ``motion(frame)`` estimates the frame's similarity to it."""
 
     default_conf: ClassVar[dict[str, Any]] = {
-        "max_side": 480,
-        "features": 1500,
+        "max_side": 320,
+        "features": 800,
         "min_inliers": 20,
         "ransac_px": 3.0,
     }

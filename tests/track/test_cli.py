@@ -34,16 +34,17 @@ def _start(flight: Flight) -> str:
     return f"{lat},{lon},150"
 
 
-def _write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
+def _write_video(
+    path: Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264"
+) -> Path:
+    """A normally encoded video: ``codec`` (H.264 by default) at PyAV's default quality."""
     import av
 
-    # Lossless RGB (FFV1 in Matroska): these tests are about decoding and the CLI. The small
-    # synthetic frames lose their first map fix even after a YUV round trip, an open weakness of
-    # the tracker's first fix that a test of its own should pin once it is fixed.
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=fps)
+        stream = out.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "bgr0"
+        stream.pix_fmt = "yuv420p"
         for rgb in frames:
             for pkt in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 out.mux(pkt)
@@ -52,11 +53,14 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
     return path
 
 
-def _write_frame(path: Path, rgb: np.ndarray) -> Path:
-    """A JPEG at quality 100 (see ``_write_video`` for why not lossier)."""
+def _write_frame(path: Path, rgb: np.ndarray, exif: bytes | None = None) -> Path:
+    """A JPEG at quality 85, as a camera writes it (with ``exif`` bytes when given)."""
     from PIL import Image
 
-    Image.fromarray(rgb).save(path, quality=100)
+    kw: dict[str, Any] = {"quality": 85}
+    if exif is not None:
+        kw["exif"] = exif
+    Image.fromarray(rgb).save(path, **kw)
     return path
 
 
@@ -123,7 +127,10 @@ def test_folder_tracks_skips_a_corrupt_frame_and_writes_outputs(
     assert len(kml.findall(".//k:Point", ns)) == len(rows)
 
 
+@pytest.mark.parametrize(("codec", "ext"), [("libx264", "mp4"), ("mpeg4", "avi")])
 def test_video_decodes_and_tracks(
+    codec: str,
+    ext: str,
     ingested: Any,
     short_flight: Flight,
     tmp_path: Path,
@@ -131,7 +138,7 @@ def test_video_decodes_and_tracks(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     short_flight = _head(short_flight, N)
-    video = _write_video(tmp_path / "flight.mkv", short_flight.frames)
+    video = _write_video(tmp_path / f"flight.{ext}", short_flight.frames, codec=codec)
     out = tmp_path / "track.csv"
     code = _cli(
         ["track", str(video), "--fps", "5", "--start", _start(short_flight), "--gsd", "0.28",
@@ -147,7 +154,7 @@ def test_video_decodes_and_tracks(
     rows = list(csv.DictReader(io.StringIO(captured.out)))
     idx = [int(r["index"]) for r in rows]
     assert idx == list(range(0, len(short_flight.frames), 2))  # 5 of the video's 10 fps
-    assert rows[0]["frame"] == "flight.mkv" and rows[0]["status"] == "map_fix"
+    assert rows[0]["frame"] == video.name and rows[0]["status"] == "map_fix"
     sub = Flight(
         [short_flight.frames[i] for i in idx], [short_flight.times[i] for i in idx],
         [short_flight.truth[i] for i in idx], [short_flight.headings[i] for i in idx],
@@ -156,6 +163,40 @@ def test_video_decodes_and_tracks(
     assert float(errors_m(fake, sub).max()) < 5.0
     assert abs(float(rows[-1]["t"]) - sub.times[-1]) < 0.05
     assert list(csv.DictReader(out.open()))[-1]["index"] == rows[-1]["index"]
+
+
+def test_order_time_follows_exif_datetimeoriginal(
+    ingested: Any,
+    short_flight: Flight,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import piexif
+
+    flight = _head(short_flight, N)
+    d = tmp_path / "frames"
+    d.mkdir()
+    names = []
+    for i, rgb in enumerate(flight.frames):
+        # names run against the flight (a name order would fly it backwards); one second apart
+        name = f"img_{N - i:03d}.jpg"
+        stamp = f"2026:05:04 10:00:{i:02d}".encode()
+        exif = piexif.dump({"Exif": {piexif.ExifIFD.DateTimeOriginal: stamp}})
+        _write_frame(d / name, rgb, exif=exif)
+        names.append(name)
+    code = _cli(
+        ["track", str(d), "--order", "time", "--start", _start(flight), "--gsd", "0.28"],
+        ingested,
+        monkeypatch,
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["frame"] for r in rows] == names  # the time order, not the name order
+    assert rows[0]["status"] == "map_fix"
+    err = errors_m([_Row(r) for r in rows], flight)
+    assert np.isfinite(err).all() and float(np.nanmax(err)) < 5.0
 
 
 @pytest.mark.parametrize("case", ["empty-folder", "bad-video", "far-start"])

@@ -54,7 +54,8 @@ def test_flight_tracked_within_targets(tracker_factory: Any, flight: Flight) -> 
 def test_wrong_map_fix_is_gated_out(tracker_factory: Any, short_flight: Flight) -> None:
     from dataclasses import replace
 
-    tr = tracker_factory(start=_start(short_flight), gsd=0.28)
+    # map fixes at frames 0, 5, 10, ...: the wrong one lands on a scheduled fix
+    tr = tracker_factory(start=_start(short_flight), gsd=0.28, conf={"map_fix_every": 5})
     real = tr.map_fixer
     injected: list[int] = []
 
@@ -87,3 +88,70 @@ def test_blackout_is_coasted_and_recovered(tracker_factory: Any, short_flight: F
     assert sig == sorted(sig)  # the uncertainty grows while coasting
     assert float(err[blank.stop :].max()) < 5.0  # rejoined within the targets
     assert any(f.status == "map_fix" for f in fixes[blank.stop : blank.stop + 20])
+
+
+def _lossy(rgb: np.ndarray, quality: int = 85) -> np.ndarray:
+    """A JPEG round trip at a camera's usual quality (and its YUV 4:2:0 chroma)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def test_lossy_frames_get_their_first_fix_and_track(
+    tracker_factory: Any, short_flight: Flight
+) -> None:
+    lossy = Flight(
+        [_lossy(f) for f in short_flight.frames], short_flight.times, short_flight.truth,
+        short_flight.headings,
+    )  # fmt: skip
+    tr = tracker_factory(start=_start(lossy), gsd=0.28)
+    fixes = _run(tr, lossy)
+    err = errors_m(fixes, lossy)
+    assert fixes[0].status == "map_fix"  # the first fix, near --start, from a lossy frame
+    assert np.isfinite(err).all()
+    assert float(np.median(err)) <= 2.0 and float(err.max()) < 5.0
+    assert sum(f.status == "map_fix" for f in fixes) >= len(fixes) // 4
+
+
+def test_plot_over_the_orthomosaic(
+    tracker_factory: Any, short_flight: Flight, tmp_path: Any
+) -> None:
+    from PIL import Image
+
+    from geoloc.track.outputs import plot_track
+
+    tr = tracker_factory(start=_start(short_flight), gsd=0.28)
+    rows = [f.as_dict() for f in _run(tr, short_flight)]
+    rows[5] = {**rows[5], "status": "lost", "lat": None, "lon": None}  # a lost frame
+    bg = tr.map_image(rows)
+    assert bg is not None
+    img, (west, east, south, north) = bg
+    assert img.ndim == 3 and img.shape[2] == 3 and float(img.std()) > 5.0  # map texture
+    for r in rows:
+        if r["lat"] is not None:
+            assert west < r["lon"] < east and south < r["lat"] < north
+    assert all(len(r["error_ellipse_m"]) == 3 for r in rows if r["lat"] is not None)
+    out = plot_track(tmp_path / "track.png", rows, bg)
+    png = np.asarray(Image.open(out).convert("RGB")).astype(float)
+    # the map shows through: far more colour than the white canvas of a plot without it
+    assert float(png.std(axis=2).mean()) > 2.0
+    plain = np.asarray(Image.open(plot_track(tmp_path / "plain.png", rows)).convert("RGB"))
+    assert float(png.std()) > float(plain.astype(float).std())
+
+
+def test_lost_track_relocalizes_near_the_prediction(tracker_factory: Any, flight: Flight) -> None:
+    # a low "lost" threshold so a 2 s blackout loses the track
+    tr = tracker_factory(start=_start(flight), gsd=0.28, conf={"lost_m": 1.5})
+    blank = range(8, 28)
+    fixes = _run(tr, flight, blank=blank)
+    err = errors_m(fixes, flight)
+    statuses = [f.status for f in fixes]
+    assert "lost" in statuses[blank.start : blank.stop]  # the blackout outlasts the threshold
+    assert all(fixes[i].lat is None for i in blank if statuses[i] == "lost")
+    # within two frames of the blackout's end: a map-window fix near the prediction
+    assert "map_fix" in statuses[blank.stop : blank.stop + 2]
+    assert np.isfinite(err[blank.stop :]).all() and float(err[blank.stop :].max()) < 5.0
