@@ -2,8 +2,9 @@
 
 Each database is built through the real ingest (:func:`geoloc.ingest.ingest`) in its own
 ``GEOLOC_HOME`` (embedded Postgres + Ω index) under a cache directory outside the repository
-(``$GEOLOC_SCALE_CACHE``, default ``~/.cache/geoloc-scale``; ``/var/tmp/geoloc-scale`` as root), and reused when present: a build
-that was stopped resumes where it stopped, because the ingest skips rasters already complete.
+(``$GEOLOC_SCALE_CACHE``, default ``~/.cache/geoloc-scale``; ``/var/tmp/geoloc-scale`` as
+root), and reused when present: a build that was stopped resumes where it stopped, because the
+ingest skips rasters already complete.
 
 Contents of a database: the true areas (the Turku mosaic at 0.5 and 0.3 m/px, the Brighton map at
 its native 0.1 m/px) plus distractors, real aerial images of other places from
@@ -200,7 +201,9 @@ def write_layer(layer: Layer, out_dir: Path) -> Path:
             rgb = rgb[: int(h * layer.crop), : int(w * layer.crop)]
         f = native / layer.gsd
         interp = cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC
-        img = cv2.resize(rgb, (round(rgb.shape[1] * f), round(rgb.shape[0] * f)), interpolation=interp)
+        img = cv2.resize(
+            rgb, (round(rgb.shape[1] * f), round(rgb.shape[0] * f)), interpolation=interp
+        )
         crs, e0, n0 = fake_crs(layer.index)
         transform = from_origin(e0, n0, layer.gsd, layer.gsd)
     tmp = path.with_suffix(".tmp.tif")
@@ -295,7 +298,7 @@ def queries(n: int, seed: int = 0, quick: bool = False) -> list[Query]:
         v = syn.random_view(lon, lat, rng)
         out.append(Query(f"syn_{i:03d}", "synthetic", v.image, float(v.gsd_m), v.lat, v.lon))
     b = SHARED / "brighton_beach"
-    rows = list(csv.DictReader((b / "gt.csv").open()))
+    rows = [r for r in csv.DictReader((b / "gt.csv").open()) if r["inside_map"] == "true"]
     for r in rows[: 2 if quick else None]:
         out.append(
             Query(
@@ -321,7 +324,7 @@ def queries(n: int, seed: int = 0, quick: bool = False) -> list[Query]:
         except Exception:  # a scene smaller than a view: take it whole
             lon, lat = s.px_to_lonlat(s.width / 2, s.height / 2)
         v = s.random_view(lon, lat, rng, min_valid=0.5)
-        out.append(Query(f"neg_{s.path.stem}_{i:02d}", "negative", v.image, float(v.gsd_m)))
+        out.append(Query(f"{s.path.stem}_{i:02d}", "negative", v.image, float(v.gsd_m)))
     for p in sorted(b.glob("neg_seneca_*.jpg")):
         # Seneca is a fixed-wing survey: a plausible GSD, what a caller would pass
         out.append(Query(p.stem, "negative", str(p), 0.05))
@@ -333,7 +336,10 @@ def _pct(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     a = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(a, 50)), 1), "p95": round(float(np.percentile(a, 95)), 1)}
+    return {
+        "p50": round(float(np.percentile(a, 50)), 1),
+        "p95": round(float(np.percentile(a, 95)), 1),
+    }
 
 
 def _dir_bytes(path: Path) -> int:
