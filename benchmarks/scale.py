@@ -236,15 +236,28 @@ def write_negative_raster(src: Path, native: float, index: int, out_dir: Path) -
 
 
 # --------------------------------------------------------------------------------- build
-def build(size: int, enc: Any, *, quick: bool = False) -> tuple[Any, list[Layer]]:
-    """Build (or resume) the database of about ``size`` tiles; return its Settings."""
+def settings_for(label: str) -> Any:
+    """The Settings of the database ``label`` (a size, or "quick") under the cache."""
     from geoloc.config import Settings
+
+    return Settings(home=cache_dir() / f"db-{label}", database_url=None)
+
+
+def build(
+    size: int, enc: Any, *, quick: bool = False, ingest_missing: bool = True
+) -> tuple[Any, list[Layer]]:
+    """Build (or resume) the database of about ``size`` tiles; return its Settings.
+
+    ``ingest_missing`` False takes the database as it is (a build stopped part way).
+    """
     from geoloc.ingest import ingest
 
     root = cache_dir()
     label = "quick" if quick else str(size)
-    settings = Settings(home=root / f"db-{label}", database_url=None)
+    settings = settings_for(label)
     layers = plan(size, quick)
+    if not ingest_missing:
+        return settings, layers
     est = sum(la.est_tiles for la in layers)
     log(f"database {label}: {len(layers)} rasters, about {est} tiles, in {settings.home}")
     t0, done_tiles = time.perf_counter(), 0
@@ -328,7 +341,19 @@ def queries(n: int, seed: int = 0, quick: bool = False) -> list[Query]:
     for p in sorted(b.glob("neg_seneca_*.jpg")):
         # Seneca is a fixed-wing survey: a plausible GSD, what a caller would pass
         out.append(Query(p.stem, "negative", str(p), 0.05))
-    return out
+    return interleave(out)
+
+
+def interleave(qs: list[Query]) -> list[Query]:
+    """The queries with their kinds interleaved in proportion, so that an evaluation stopped
+    early (a long run under load) still holds every kind."""
+    kinds: dict[str, list[Query]] = {}
+    for q in qs:
+        kinds.setdefault(q.kind, []).append(q)
+    keyed = [
+        ((i + 0.5) / len(group), k, q) for k, group in kinds.items() for i, q in enumerate(group)
+    ]
+    return [q for _, _, q in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
 # --------------------------------------------------------------------------------- evaluate
@@ -404,9 +429,15 @@ def right_tiles(store: Any, lat: float, lon: float) -> set[int]:
 
 
 def evaluate(
-    settings: Any, enc: Any, qs: list[Query], preset: str = "accurate", **overrides: Any
+    settings: Any,
+    enc: Any,
+    qs: list[Query],
+    preset: str = "accurate",
+    records_path: Path | None = None,
+    **overrides: Any,
 ) -> list[dict[str, Any]]:
-    """Locate every query warm; one record per query."""
+    """Locate every query warm; one record per query (also appended to ``records_path`` as
+    JSON lines as they come, so a run stopped early keeps what it measured)."""
     from geoloc.localize import Localizer
     from tiling.crs import geodesic_distance_m
 
@@ -450,6 +481,9 @@ def evaluate(
                         float(geodesic_distance_m(fix.lon, fix.lat, q.lon, q.lat)), 2
                     )
             recs.append(rec)
+            if records_path is not None:
+                with records_path.open("a") as f:
+                    f.write(json.dumps({**rec, "rss_mb": _rss_mb()}) + "\n")
             log(
                 f"{q.name}: {fix.status} conf {fix.confidence:.2f} err {rec['error_m']} "
                 f"ranks {rec['ranks']} {fix.timings_ms.get('total', 0):.0f} ms"
@@ -570,8 +604,14 @@ def run(
     build_only: bool = False,
     preset: str = "accurate",
     out: Path | None = None,
+    no_build: bool = False,
+    from_records: bool = False,
 ) -> dict[str, Any]:
-    """Build every size, evaluate it, save the JSON and return it."""
+    """Build every size, evaluate it, save the JSON and return it.
+
+    ``no_build`` evaluates each database as it is; ``from_records`` only summarises the records
+    an evaluation stopped early left (``records-<preset>.jsonl`` in the database's home).
+    """
     import torch
 
     torch.set_num_threads(2)
@@ -586,15 +626,24 @@ def run(
         "note": "measured with other jobs on the 2 cores: latencies are under load",
         "sizes": {},
     }
-    qs = None if build_only else queries(n_queries, quick=quick)
+    qs = None if build_only or from_records else queries(n_queries, quick=quick)
     for size in sizes:
         t0 = time.perf_counter()
-        settings, layers = build(size, enc, quick=quick)
+        settings, layers = build(
+            size, enc, quick=quick, ingest_missing=not (no_build or from_records)
+        )
         build_s = time.perf_counter() - t0
-        if build_only or qs is None:
+        if build_only:
             continue
-        recs = evaluate(settings, enc, qs, preset=preset)
         label = "quick" if quick else str(size)
+        records_path = Path(settings.home) / f"records-{preset}.jsonl"
+        if from_records:
+            recs = [json.loads(line) for line in records_path.read_text().splitlines() if line]
+            result["stopped_early"] = True
+        else:
+            assert qs is not None
+            records_path.unlink(missing_ok=True)
+            recs = evaluate(settings, enc, qs, preset=preset, records_path=records_path)
         entry = {
             "target_tiles": size,
             "rasters": [la.name for la in layers],
@@ -645,11 +694,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="accurate")
     ap.add_argument("--build-only", action="store_true", help="build/resume, do not evaluate")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default in results/)")
+    ap.add_argument("--no-build", action="store_true", help="evaluate the databases as they are")
+    ap.add_argument(
+        "--from-records", action="store_true", help="summarise a stopped evaluation's records"
+    )
     args = ap.parse_args(argv)
     sizes = [300] if args.quick else [int(s) for s in args.sizes.split(",") if s]
     n = args.queries or (8 if args.quick else 60)
     res = run(
-        sizes, n, quick=args.quick, build_only=args.build_only, preset=args.preset, out=args.out
+        sizes,
+        n,
+        quick=args.quick,
+        build_only=args.build_only,
+        preset=args.preset,
+        out=args.out,
+        no_build=args.no_build,
+        from_records=args.from_records,
     )
     for label, e in res["sizes"].items():
         print(json.dumps({label: e["summary"]}, indent=1))
