@@ -434,18 +434,24 @@ def evaluate(
     qs: list[Query],
     preset: str = "accurate",
     records_path: Path | None = None,
-    **overrides: Any,
+    knobs: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Locate every query warm; one record per query (also appended to ``records_path`` as
-    JSON lines as they come, so a run stopped early keeps what it measured)."""
+    JSON lines as they come, so a run stopped early keeps what it measured).
+
+    ``knobs`` override pipeline keys of the preset (``top_n``, ``top_m``, ``rotations``,
+    ``heading_sweep``, ...), as a pipeline file would.
+    """
     from geoloc.localize import Localizer
+    from geoloc.localize.pipeline import from_dict
     from tiling.crs import geodesic_distance_m
 
+    pipeline = from_dict({"preset": preset, **(knobs or {})}, where="benchmarks.scale")
     recs: list[dict[str, Any]] = []
-    with Localizer.open(settings, encoder=enc, preset=preset) as loc:
+    with Localizer.open(settings, encoder=enc, pipeline=pipeline) as loc:
         loc.locate(qs[0].image, gsd=qs[0].gsd)  # warm-up (first-call allocations)
         for q in qs:
-            fix = loc.locate(q.image, gsd=q.gsd, name=q.name, **overrides)
+            fix = loc.locate(q.image, gsd=q.gsd, name=q.name)
             st = loc.last_state
             assert st is not None
             rec: dict[str, Any] = {
@@ -606,6 +612,7 @@ def run(
     out: Path | None = None,
     no_build: bool = False,
     from_records: bool = False,
+    knobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build every size, evaluate it, save the JSON and return it.
 
@@ -622,6 +629,7 @@ def run(
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "preset": preset,
+        "knobs": knobs or {},
         "queries": n_queries,
         "note": "measured with other jobs on the 2 cores: latencies are under load",
         "sizes": {},
@@ -636,14 +644,17 @@ def run(
         if build_only:
             continue
         label = "quick" if quick else str(size)
-        records_path = Path(settings.home) / f"records-{preset}.jsonl"
+        tag = preset + "".join(f"_{k}{v}" for k, v in sorted((knobs or {}).items()))
+        records_path = Path(settings.home) / f"records-{tag}.jsonl"
         if from_records:
             recs = [json.loads(line) for line in records_path.read_text().splitlines() if line]
             result["stopped_early"] = True
         else:
             assert qs is not None
             records_path.unlink(missing_ok=True)
-            recs = evaluate(settings, enc, qs, preset=preset, records_path=records_path)
+            recs = evaluate(
+                settings, enc, qs, preset=preset, records_path=records_path, knobs=knobs
+            )
         entry = {
             "target_tiles": size,
             "rasters": [la.name for la in layers],
@@ -698,7 +709,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--from-records", action="store_true", help="summarise a stopped evaluation's records"
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pipeline key of the preset (top_n, top_m, rotations, heading_sweep)",
+    )
     args = ap.parse_args(argv)
+    knobs = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     sizes = [300] if args.quick else [int(s) for s in args.sizes.split(",") if s]
     n = args.queries or (8 if args.quick else 60)
     res = run(
@@ -710,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         no_build=args.no_build,
         from_records=args.from_records,
+        knobs=knobs,
     )
     for label, e in res["sizes"].items():
         print(json.dumps({label: e["summary"]}, indent=1))
