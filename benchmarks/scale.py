@@ -44,6 +44,7 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,14 +146,19 @@ def plan(size: int, quick: bool = False) -> list[Layer]:
         src, g = ingested[0]
         return [*layers, Layer(f"{src.stem}_0.5_half", src, 0.5, "distractor", 100, 0, 0.5)]
     total = sum(la.est_tiles for la in layers)
-    # 0.5 m first, so that the map's GSD (the most common over the rasters) stays 0.5 m
-    for gsd in (0.5, 0.3, 1.0):
+    # 0.5 m first, and no other GSD with as many rasters: frames are scaled to the map's GSD,
+    # the most common one over the rasters, which must stay 0.5 m
+    count = Counter(la.gsd for la in layers)
+    for gsd in (0.5, 1.0, 0.3):
         for i, (src, g) in enumerate(ingested):
             if total >= size:
                 return layers
+            if gsd != MAP_GSD and count[gsd] + 1 >= count[MAP_GSD]:
+                break
             side = 2560 * g
             est = _est(side, side, gsd)
             layers.append(Layer(f"{src.stem}_{gsd:g}", src, gsd, "distractor", est, i))
+            count[gsd] += 1
             total += est
     return layers
 
