@@ -18,7 +18,7 @@ Queries (fixed seed): synthetic drone views of the Turku mosaic (heading unknown
 tilt, colour, blur, noise; :class:`geoloc.training.synthetic.ViewSynthesizer`), the real Brighton
 photos (``gt.csv``; GSD given), and negatives: views of held-out distractors and the two Seneca
 photos. For each database size the JSON has R@1/5/10/50 of the right tile (a tile at any GSD
-whose centre is within half its side of the truth) after each stage, the share within 5 m,
+whose footprint holds the truth) after each stage, the share within 5 m,
 wrong answers (status ok but more than 25 m off), no_match, negatives accepted, latency p50/p95
 per stage and per outcome, bytes per tile, the process RSS, and per-query records (confidence,
 inliers, margin) for the calibration in :mod:`benchmarks.scale_calibrate`.
@@ -422,14 +422,15 @@ def _rank(order: list[int], right: set[int]) -> int | None:
 
 
 def right_tiles(store: Any, lat: float, lon: float) -> set[int]:
-    """Ids of the tiles (any GSD) whose centre is within half their side of (lat, lon)."""
-    from tiling.crs import geodesic_distance_m
+    """Ids of the tiles (any GSD) whose footprint holds (lat, lon): the right tiles."""
+    from tiling.crs import from_lonlat
 
-    ids = store.within(lat, lon, 0.5 * TILE * 1.0 * math.sqrt(2))
+    ids = store.within(lat, lon, TILE * 1.0 * math.sqrt(2))  # the largest tile's half-diagonal
     out = set()
     for t in store.candidates(ids):
-        d = float(geodesic_distance_m(lon, lat, t.center_lon, t.center_lat))
-        if d <= 0.5 * t.tile_size * t.gsd_m:
+        x, y = from_lonlat(t.crs, lon, lat)
+        col, row = ~t.transform * (x, y)
+        if 0.0 <= col < t.tile_size and 0.0 <= row < t.tile_size:
             out.add(int(t.tile_id))
     return out
 
@@ -477,6 +478,7 @@ def evaluate(
                 "ranks": {},
             }
             if q.lat is not None and q.lon is not None:
+                rec["truth"] = [q.lat, q.lon]
                 right = right_tiles(loc.store, q.lat, q.lon)
                 rec["right_tiles"] = len(right)
                 for stage in ("recall", "rerank", "consistency"):

@@ -196,7 +196,7 @@ def test_real_distractors_true_found_held_out_rejected(
 
     settings, held_out = shared_distractor_db
     rgb = sample_rgb()
-    cx, cy = 700.0, 500.0
+    cx, cy = 1100.0, 600.0
     frame = view(rgb, cx, cy, 320, heading_deg=250.0, scale=0.8)
     lon, lat = truth_lonlat(cx, cy)
     other, _ = read_image(str(held_out))
