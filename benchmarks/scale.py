@@ -398,8 +398,10 @@ def storage(settings: Any) -> dict[str, Any]:
     finally:
         db.dispose()
     home = Path(settings.home)
-    index = sum(_dir_bytes(p) for p in home.glob("index*"))
-    feats = sum(_dir_bytes(p) for p in home.glob("feat*"))
+    # per-tile local features (when the ingest stores them) live in a "features" folder
+    # beside the Ω index files: counted apart from the index
+    feats = sum(_dir_bytes(p) for p in home.rglob("features") if p.is_dir())
+    index = sum(_dir_bytes(p) for p in home.glob("index*")) - feats
     total = pg + index + feats
     return {
         "tiles": tiles,
