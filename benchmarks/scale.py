@@ -651,6 +651,9 @@ def run(
             size, enc, quick=quick, ingest_missing=not (no_build or from_records)
         )
         build_s = time.perf_counter() - t0
+        # stop the server the ingest left behind, so the localizer starts its own (an ingest
+        # and a localizer in one process otherwise met a server shutting down)
+        _stop(settings)
         if build_only:
             continue
         label = "quick" if quick else str(size)
