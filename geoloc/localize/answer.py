@@ -7,6 +7,11 @@ footprint does not overlap it; a verification adds its inlier evidence; when the
 and nothing verified, the retrieval confidence is scaled down, so that a candidate that
 verifies beats one that only scores higher.
 
+With ``calibration`` set, the confidence is instead a logistic mapping of the same evidence,
+``sigmoid(bias + a log(1 + inliers) + b margin + c rmse_px)`` (inliers and RMSE are 0 when
+nothing verified), fitted on the scale benchmark so that a confidence reads as the share of such
+answers that are right (``benchmarks/scale_calibrate.py``).
+
 With a camera model and a solved pose, the ground point under the frame centre comes through the
 pose and the fix gains ``camera`` (the drone's position, height and attitude); otherwise
 ``camera`` is null and ``camera_reason`` says why. ``priors`` lists every prior used, with its
@@ -26,6 +31,19 @@ from geoloc.localize.state import Candidate, Fix, FrameState
 ANSWERS = ("verified", "refined", "tile-centre")
 
 
+def calibrated_confidence(
+    weights: tuple[float, float, float, float] | list[float],
+    *,
+    inliers: int,
+    margin: float,
+    rmse_px: float,
+) -> float:
+    """The logistic confidence ``sigmoid(bias + a log(1 + inliers) + b margin + c rmse_px)``."""
+    bias, a, b, c = (float(w) for w in weights)
+    z = bias + a * math.log1p(max(int(inliers), 0)) + b * float(margin) + c * float(rmse_px)
+    return float(1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0))))
+
+
 class Answer:
     """The last stage of the chain.
 
@@ -33,7 +51,9 @@ class Answer:
     ``margin_scale`` (the Φ-score margin that gives a retrieval confidence of 1),
     ``unverified_factor`` (scales the confidence of an answer that did not verify; with the
     default ``min_confidence`` such an answer is never ``ok``), ``inlier_scale`` (inliers for a
-    verification confidence of 1 - 1/e), ``candidates`` (how many the fix lists).
+    verification confidence of 1 - 1/e), ``candidates`` (how many the fix lists),
+    ``calibration`` (None, or ``(bias, a, b, c)`` of the logistic confidence in the module
+    docstring).
     """
 
     default_conf: ClassVar[dict[str, Any]] = {
@@ -43,6 +63,7 @@ class Answer:
         "unverified_factor": 0.45,
         "inlier_scale": 15.0,
         "candidates": 5,
+        "calibration": None,
     }
 
     def __init__(
@@ -115,6 +136,14 @@ class Answer:
             }
             for c in cands[: int(self.conf["candidates"])]
         ]
+        cal = self.conf["calibration"]
+        if cal is not None:
+            fix.confidence = calibrated_confidence(
+                cal,
+                inliers=m.result.inliers if m is not None else 0,
+                margin=conf_r,
+                rmse_px=float(m.result.rmse_px or 0.0) if m is not None else 0.0,
+            )
         fix.confidence = float(np.clip(fix.confidence, 0.0, 1.0))
         min_conf = float(self.conf["min_confidence"])
         fix.status = "ok" if fix.confidence >= min_conf else "no_match"

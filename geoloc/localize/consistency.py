@@ -255,3 +255,4 @@ class Consistency:
             for c in state.candidates[m:]:
                 c.final = float((1.0 - cs.weight) * c.score)
             state.candidates.sort(key=lambda c: -c.final)
+            state.trace["consistency"] = [c.tile_id for c in state.candidates]

@@ -122,6 +122,7 @@ class Localizer:
         if self.verify is not None:
             self.chain += [self.verify, self.pose]
         self.pipeline_info = self._describe(recall_plugin)
+        self.last_state: FrameState | None = None
 
     def _describe(self, recall_plugin: RecallStage) -> dict[str, Any]:
         """What every fix records about the pipeline (preset, chain, plugins and versions)."""
@@ -309,4 +310,5 @@ class Localizer:
         fix = self.answer.run(state, fix)
         fix.scale = self.prepare.scale_report(state)
         fix.timings_ms = state.timings_ms()
+        self.last_state = state  # for benchmarks and diagnostics (per-stage trace, candidates)
         return fix

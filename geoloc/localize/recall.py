@@ -188,3 +188,4 @@ class Recall:
                 self.store, state.omega, state.phi, req.top_n, allowed, req.prior
             )
             state.recalled = merge_headings(np.asarray(scores), np.asarray(ids), req.top_n)
+            state.trace["recall"] = [tid for tid, _, _ in state.recalled]

@@ -74,3 +74,4 @@ class Rerank:
                     cands.append(Candidate(t, o, o, h, o))
             cands.sort(key=lambda c: -c.score)
             state.candidates = cands
+            state.trace["rerank"] = [c.tile_id for c in cands]

@@ -204,6 +204,9 @@ class FrameState:
     message: str | None = None  # why the chain stopped early
     # pose
     pose: PoseResult | None = None
+    #: candidate tile ids in their order after each stage ("recall", "rerank", "consistency"),
+    #: for benchmarks that score recall per stage
+    trace: dict[str, list[int]] = field(default_factory=dict)
 
     @contextmanager
     def timer(self, key: str) -> Iterator[None]:
