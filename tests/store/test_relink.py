@@ -138,10 +138,13 @@ def test_missing_raster_among_several_answers_from_the_others(
     from geoloc.localize import Localizer
     from tiling.crs import geodesic_distance_m
 
-    # two overlapping crops of the sample: the frame lies on both
+    # two overlapping crops of the sample: the frame lies on both. Without stored local features
+    # verification reads the rasters' pixels, so the missing one costs its own candidates.
     first = crop_sample(tmp_path / "one.tif", 0, 0, 1300, 900)
     second = crop_sample(tmp_path / "two.tif", 600, 0, 1300, 900)
-    res = ingest([first, second], encoder=encoder, settings=pg_settings, progress=False)
+    res = ingest(
+        [first, second], encoder=encoder, settings=pg_settings, progress=False, features=False
+    )
     assert [r.status for r in res] == ["ingested"] * 2
     cx, cy = 1000.0, 450.0
     frame = write_jpeg(tmp_path / "f.jpg", view(sample_rgb(), cx, cy, 400))
@@ -192,3 +195,26 @@ def test_eval_records_a_frames_error_and_goes_on(
     assert broken["status"] == "error" and "broken.jpg" in broken["message"]
     assert good["status"] == "ok"
     assert out["results"][name]["frame_errors"] == 1
+
+
+def test_missing_raster_with_stored_features_still_answers(
+    pg_settings: Settings, tmp_path: Path, encoder: Any
+) -> None:
+    """With per-tile features in the store, verification needs no pixels: a raster moved away
+    after ingest still answers from its own tiles (only the photometric check is skipped)."""
+    from geoloc.localize import Localizer
+    from tiling.crs import geodesic_distance_m
+
+    only = crop_sample(tmp_path / "one.tif", 0, 0, 1300, 900)
+    res = ingest([only], encoder=encoder, settings=pg_settings, progress=False)
+    assert [r.status for r in res] == ["ingested"]
+    cx, cy = 600.0, 450.0
+    frame = write_jpeg(tmp_path / "f.jpg", view(sample_rgb(), cx, cy, 400))
+    lon, lat = truth_lonlat(cx, cy)
+    only.rename(tmp_path / "gone.tif")
+    with Localizer.open(pg_settings, encoder=encoder, preset="accurate") as lz:
+        fix = lz.locate(frame, gsd=0.28)
+    assert fix.status == "ok", fix.message
+    assert fix.orthomosaic == str(only)
+    assert fix.lon is not None and fix.lat is not None
+    assert geodesic_distance_m(fix.lon, fix.lat, lon, lat) < 5.0
