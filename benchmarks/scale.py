@@ -362,6 +362,54 @@ def interleave(qs: list[Query]) -> list[Query]:
     return [q for _, _, q in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
+def same_place(held: list[Path], ingested: list[Path], min_inliers: int = 60) -> dict[str, str]:
+    """Held-out distractors that show the same place as an ingested one (the Airbus set has a
+    few airports twice, at other dates): {held stem: ingested stem}. A view of such an image is
+    not a negative, since the database holds its place. SIFT + a RANSAC homography on 800 px
+    copies; the pairs are cached in the cache directory.
+    """
+    import cv2
+
+    cache = cache_dir() / "same_place.json"
+    known: dict[str, Any] = json.loads(cache.read_text()) if cache.exists() else {}
+    sift = cv2.SIFT_create(4000)
+    feats: dict[Path, Any] = {}
+
+    def features(path: Path) -> Any:
+        if path not in feats:
+            g = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            k = 800 / max(g.shape)
+            g = cv2.resize(g, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+            feats[path] = sift.detectAndCompute(g, None)
+        return feats[path]
+
+    out: dict[str, str] = {}
+    matcher = cv2.BFMatcher()
+    for h in held:
+        for i in ingested:
+            key = f"{h.stem}|{i.stem}"
+            if key not in known:
+                (k0, d0), (k1, d1) = features(h), features(i)
+                inl = 0
+                if d0 is not None and d1 is not None and len(k0) > 8 and len(k1) > 8:
+                    good = [
+                        m
+                        for m, n in matcher.knnMatch(d0, d1, k=2)
+                        if m.distance < 0.75 * n.distance
+                    ]
+                    if len(good) >= 8:
+                        a = np.float32([k0[m.queryIdx].pt for m in good])
+                        b = np.float32([k1[m.trainIdx].pt for m in good])
+                        _, mask = cv2.findHomography(a, b, cv2.RANSAC, 5.0)
+                        inl = int(mask.sum()) if mask is not None else 0
+                known[key] = inl
+            if int(known[key]) >= min_inliers:
+                out[h.stem] = i.stem
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(known, indent=0) + "\n")
+    return out
+
+
 # --------------------------------------------------------------------------------- evaluate
 def _pct(values: list[float]) -> dict[str, float] | None:
     if not values:
@@ -510,11 +558,22 @@ def evaluate(
     return recs
 
 
-def summarize(recs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The per-size figures from the per-query records."""
+def summarize(recs: list[dict[str, Any]], twins: dict[str, str] | None = None) -> dict[str, Any]:
+    """The per-size figures from the per-query records.
+
+    ``twins`` ({held-out stem: ingested stem}, :func:`same_place`) names held-out images whose
+    place is in the database after all: their views are counted apart, not as negatives.
+    """
     out: dict[str, Any] = {}
+    twins = twins or {}
+
+    def twin(r: dict[str, Any]) -> str | None:
+        stem = re.sub(r"^neg_|_\d+$", "", str(r["name"]))
+        return twins.get(stem)
+
     pos = [r for r in recs if r["kind"] != "negative"]
-    neg = [r for r in recs if r["kind"] == "negative"]
+    neg = [r for r in recs if r["kind"] == "negative" and twin(r) is None]
+    same = [r for r in recs if r["kind"] == "negative" and twin(r) is not None]
     for kind in ("synthetic", "brighton"):
         rs = [r for r in pos if r["kind"] == kind]
         if not rs:
@@ -541,6 +600,12 @@ def summarize(recs: list[dict[str, Any]]) -> dict[str, Any]:
         out["negatives"] = {
             "queries": len(neg),
             "accepted": round(sum(r["status"] == "ok" for r in neg) / len(neg), 3),
+        }
+    if same:
+        out["same_place_held_out"] = {
+            "queries": len(same),
+            "accepted": sum(r["status"] == "ok" for r in same),
+            "twins": sorted({f"{r['name']} ~ {twin(r)}" for r in same}),
         }
     stages: dict[str, list[float]] = {}
     by_outcome: dict[str, list[float]] = {"located": [], "rejected": []}
@@ -668,12 +733,15 @@ def run(
             recs = evaluate(
                 settings, enc, qs, preset=preset, records_path=records_path, knobs=knobs
             )
+        held = [p for p, _ in distractors()[1]]
+        ingested_src = sorted({la.source for la in layers if la.kind == "distractor"})
+        twins = same_place(held, ingested_src)
         entry = {
             "target_tiles": size,
             "rasters": [la.name for la in layers],
             "build_s_this_run": round(build_s, 1),
             "storage": storage(settings),
-            "summary": summarize(recs),
+            "summary": summarize(recs, twins),
             "records": recs,
             "load_average": os.getloadavg(),
         }
