@@ -133,6 +133,7 @@ def run(
     workers: int | None = None,
     runtime: str = "auto",
     mosaic_only: bool = False,
+    features: bool = True,
 ) -> dict[str, Any]:
     """Measure ingest throughput (and, with ``sweep``, the GSD sweep); save and return them.
 
@@ -159,6 +160,7 @@ def run(
     home = Path(tempfile.mkdtemp(prefix="geoloc-bench-ingest-", dir="/tmp"))
     out: dict[str, Any] = {"encoder": encoder, "batch_size": batch_size, "rasters": []}
     out["load_average_1min"] = {"start": round(os.getloadavg()[0], 2)}
+    out["features"] = features
     try:
         settings = Settings(home=home, database_url=None)
         enc = load_encoder(encoder)
@@ -181,6 +183,7 @@ def run(
                 progress=False,
                 gsd=gsd,
                 stride=stride,
+                features=features,
             )
             if res.status != "ingested":
                 raise RuntimeError(f"{path}: ingest {res.status}: {res.message}")
@@ -210,6 +213,7 @@ def run(
                     "db_write": round(tm.db_s / wall, 3),
                     "faiss_add": round(tm.faiss_add_s / wall, 3),
                     "faiss_save": round(tm.faiss_save_s / wall, 3),
+                    "features": round((tm.features_s + tm.features_save_s) / wall, 3),
                     "recover_and_lock": round((tm.recover_s + tm.lock_wait_s) / wall, 3),
                 },
                 "seconds": {k: round(v, 3) for k, v in vars(tm).items()},
@@ -224,6 +228,7 @@ def run(
                     gsd=gsd,
                     stride=stride,
                     force=True,
+                    features=features,
                     cluster=cluster,
                     workers=workers,
                 )
@@ -262,6 +267,8 @@ def run(
         name = name.replace(".json", "_ray.json")
     if runtime != "auto":
         name = name.replace(".json", f"_{runtime}.json")
+    if not features:
+        name = name.replace(".json", "_nofeatures.json")
     prev = RESULTS / name
     if not sweep and prev.is_file():
         with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -293,6 +300,9 @@ if __name__ == "__main__":
     )
     ap.add_argument("--runtime", default="auto", help="encoder backbone: auto | torch | onnx")
     ap.add_argument("--mosaic", action="store_true", help="only the Turku mosaic")
+    ap.add_argument(
+        "--no-features", action="store_true", help="ingest without the per-tile local features"
+    )
     a = ap.parse_args()
     res = run(
         full=a.full,
@@ -303,5 +313,6 @@ if __name__ == "__main__":
         workers=2 if a.ray and a.workers is None else a.workers,
         runtime=a.runtime,
         mosaic_only=a.mosaic,
+        features=not a.no_features,
     )
     print(json.dumps(res, indent=2))
