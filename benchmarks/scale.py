@@ -698,7 +698,6 @@ def run(
 
     torch.set_num_threads(2)
     from geoloc.models import load_encoder
-
     from geoloc.models.runtime import use_runtime
 
     enc = load_encoder("sgmnet")

@@ -23,7 +23,7 @@ A pipeline file::
     verify_top = 20              # candidates the feature cascade checks (coarse first)
 
     [recall]
-    name = "faiss"
+    name = "pgvector"            # Φ k-NN (HNSW); "faiss": Ω in the FAISS index
 
     [verify]
     name = "sift"
@@ -110,7 +110,7 @@ class PipelineConfig:
     verify_budget_ms: float = _default("verify_budget_ms")
     verify_features: str = _default("verify_features")
     verify_top: int = _default("verify_top")
-    recall: StageConfig = field(default_factory=lambda: StageConfig("faiss"))
+    recall: StageConfig = field(default_factory=lambda: StageConfig("pgvector"))
     rerank: StageConfig | None = field(default_factory=lambda: StageConfig("phi-cosine"))
     consistency: StageConfig | None = field(default_factory=lambda: StageConfig("node-centroid"))
     verify: StageConfig | None = field(default_factory=lambda: StageConfig("xfeat-lighterglue"))
@@ -218,7 +218,7 @@ def _toml_value(v: Any) -> str:
 
 #: Named presets: overrides of the stages' defaults (``accurate`` is the defaults).
 PRESETS: dict[str, dict[str, Any]] = {
-    # Ω recall + Φ rerank over the rotation search; the top tile's centre, no verification.
+    # Φ recall over the rotation search; the top tile's centre, no verification.
     "fast": {
         "answer": "tile-centre",
         "min_confidence": 0.2,
@@ -235,6 +235,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the top tile's centre as the answer; no rotation search, no verification.
     "seed": {
         "rotations": 1,
+        "recall": {"name": "faiss"},
         "answer": "tile-centre",
         "min_confidence": 0.0,
         "heading_sweep": False,

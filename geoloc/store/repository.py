@@ -2,7 +2,8 @@
 
 Every function takes an open :class:`~geoloc.store.database.Database`. Only tiles of orthomosaics
 whose status is ``complete`` are returned by the search-side helpers
-(:func:`complete_tile_ids`, :func:`fetch_candidates`, :func:`tile_ids_within`, :func:`knn_phi`).
+(:func:`complete_tile_ids`, :func:`fetch_candidates`, :func:`tile_ids_within`, :func:`knn_phi`,
+:func:`phi_of`).
 """
 
 from __future__ import annotations
@@ -553,29 +554,127 @@ def tile_ids_within(
     return np.sort(arr[d <= radius_m, 0].astype(np.int64))
 
 
+#: Restrictions up to this many tiles are scored exactly (their Φ fetched), not by the HNSW
+#: index, whose filtered scan can stop before it reaches the few allowed tiles.
+EXACT_PHI_MAX = 20_000
+
+
 def knn_phi(
-    db: Database, encoder_id: int, query: np.ndarray, k: int = 10, ef_search: int = 100
+    db: Database,
+    encoder_id: int,
+    query: np.ndarray,
+    k: int = 10,
+    ef_search: int = 100,
+    allowed_ids: np.ndarray | None = None,
 ) -> list[tuple[int, float]]:
     """The ``k`` complete tiles nearest to ``query`` by Φ cosine distance (HNSW index).
 
-    Returns ``(tile_id, cosine_distance)`` pairs, nearest first.
+    Returns ``(tile_id, cosine_distance)`` pairs, nearest first. ``allowed_ids`` restricts the
+    search to those tiles.
     """
-    q = pad_phi(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
-    from pgvector import HalfVector
+    return knn_phi_many(
+        db, encoder_id, np.asarray(query).reshape(1, -1), k, ef_search, allowed_ids
+    )[0]
 
+
+def knn_phi_many(
+    db: Database,
+    encoder_id: int,
+    queries: np.ndarray,
+    k: int = 10,
+    ef_search: int = 100,
+    allowed_ids: np.ndarray | None = None,
+) -> list[list[tuple[int, float]]]:
+    """:func:`knn_phi` of each row of ``queries`` (one transaction for all of them).
+
+    Without a restriction the HNSW index answers (``ef_search`` is raised to ``k`` so a query
+    can return ``k`` tiles); a restriction of up to :data:`EXACT_PHI_MAX` tiles is scored
+    exactly, a larger one by the index with its filter.
+    """
+    q = pad_phi(np.asarray(queries, dtype=np.float32).reshape(len(queries), -1))
+    if allowed_ids is not None:
+        allowed = np.unique(np.asarray(allowed_ids, dtype=np.int64))
+        if allowed.size == 0:
+            return [[] for _ in range(q.shape[0])]
+        if allowed.size <= EXACT_PHI_MAX:
+            return _exact_phi(db, encoder_id, q, k, allowed)
+    from pgvector import HalfVector
+    from sqlalchemy import any_, bindparam, literal_column, select
+    from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+
+    t, o, e = TileRow.__table__, Orthomosaic.__table__, TileEmbedding.__table__
+    dist = e.c.phi.cosine_distance(bindparam("q"))
+    stmt = (
+        select(e.c.tile_id, dist.label("d"))
+        .join_from(e, t, t.c.id == e.c.tile_id)
+        .join(o, o.c.id == t.c.orthomosaic_id)
+        .where(e.c.encoder_id == bindparam("e"), o.c.status == literal_column("'complete'"))
+        .order_by(dist)
+        .limit(bindparam("k"))
+    )
+    if allowed_ids is not None:
+        stmt = stmt.where(e.c.tile_id == any_(bindparam("ids", type_=ARRAY(BIGINT))))
+    params: dict[str, Any] = {"e": encoder_id, "k": int(k)}
+    if allowed_ids is not None:
+        params["ids"] = [int(i) for i in allowed]
+    out: list[list[tuple[int, float]]] = []
     with db.engine.begin() as conn:
-        conn.execute(_text("SELECT set_config('hnsw.ef_search', :v, true)"), {"v": str(ef_search)})
+        ef = str(max(int(ef_search), int(k)))
+        conn.execute(_text("SELECT set_config('hnsw.ef_search', :v, true)"), {"v": ef})
         conn.execute(_text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
-        rows = conn.execute(
-            _text(
-                "SELECT e.tile_id, e.phi <=> CAST(:q AS halfvec) AS d FROM tile_embeddings e"
-                " JOIN tiles t ON t.id = e.tile_id JOIN orthomosaics o ON o.id = t.orthomosaic_id"
-                " WHERE e.encoder_id = :e AND o.status = 'complete'"
-                " ORDER BY e.phi <=> CAST(:q AS halfvec) LIMIT :k"
-            ),
-            {"q": HalfVector(q).to_text(), "e": encoder_id, "k": k},
-        ).all()
-    return [(int(r.tile_id), float(r.d)) for r in rows]
+        for row in q:
+            rows = conn.execute(stmt, {**params, "q": HalfVector(row)}).all()
+            out.append([(int(r.tile_id), float(r.d)) for r in rows])
+    return out
+
+
+def _exact_phi(
+    db: Database, encoder_id: int, q: np.ndarray, k: int, allowed: np.ndarray
+) -> list[list[tuple[int, float]]]:
+    """Exact cosine distances of ``q`` to the Φ of the allowed complete tiles."""
+    ids, phi = phi_of(db, encoder_id, allowed)
+    if ids.size == 0:
+        return [[] for _ in range(q.shape[0])]
+    qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    pn = phi / np.maximum(np.linalg.norm(phi, axis=1, keepdims=True), 1e-12)
+    d = 1.0 - qn @ pn.T
+    kk = min(int(k), ids.size)
+    out = []
+    for row in d:
+        top = np.argpartition(row, kk - 1)[:kk] if kk < ids.size else np.arange(ids.size)
+        top = top[np.lexsort((ids[top], row[top]))]
+        out.append([(int(ids[j]), float(row[j])) for j in top])
+    return out
+
+
+def phi_of(
+    db: Database, encoder_id: int, tile_ids: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, Φ as float32 ``(n, PHI_DIM)``) of those tiles of complete orthomosaics, by id."""
+    from sqlalchemy import any_, bindparam, literal_column, select
+    from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+
+    t, o, e = TileRow.__table__, Orthomosaic.__table__, TileEmbedding.__table__
+    stmt = (
+        select(e.c.tile_id, e.c.phi)
+        .join_from(e, t, t.c.id == e.c.tile_id)
+        .join(o, o.c.id == t.c.orthomosaic_id)
+        .where(
+            e.c.encoder_id == bindparam("e"),
+            o.c.status == literal_column("'complete'"),
+            e.c.tile_id == any_(bindparam("ids", type_=ARRAY(BIGINT))),
+        )
+        .order_by(e.c.tile_id)
+    )
+    ids = [int(i) for i in np.asarray(tile_ids, dtype=np.int64).ravel()]
+    with db.engine.connect() as conn:
+        rows = conn.execute(stmt, {"e": encoder_id, "ids": ids}).all()
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, PHI_DIM), dtype=np.float32)
+    return (
+        np.array([r.tile_id for r in rows], dtype=np.int64),
+        np.stack([np.asarray(r.phi, dtype=np.float32) for r in rows]),
+    )
 
 
 def tile_refs(db: Database, encoder_id: int, complete_only: bool = True) -> list[TileRef]:

@@ -298,9 +298,34 @@ class TileStore:
         )
         return np.asarray(scores), np.asarray(ids)
 
-    def knn_phi(self, phi: np.ndarray, k: int, ef_search: int = 100) -> list[tuple[int, float]]:
+    def knn_phi(
+        self,
+        phi: np.ndarray,
+        k: int,
+        ef_search: int = 100,
+        allowed_ids: np.ndarray | None = None,
+    ) -> list[tuple[int, float]]:
         """The ``k`` tiles nearest by Φ cosine distance (pgvector HNSW): ``(id, distance)``."""
-        return repo.knn_phi(self._db, self.encoder_id, phi, k=k, ef_search=ef_search)
+        return repo.knn_phi(self._db, self.encoder_id, phi, k, ef_search, allowed_ids)
+
+    def search_phi(
+        self,
+        phi: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None = None,
+        ef_search: int = 100,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Φ top-``k`` of each row of ``phi`` (H, P), like :meth:`search` for Ω: (cosine
+        scores (H, k), tile ids (H, k)), best first, missing = (-inf, -1). A restriction
+        (``allowed_ids``) of a few thousand tiles is scored exactly, a larger search by HNSW."""
+        phi = np.asarray(phi, dtype=np.float32).reshape(len(phi), -1)
+        hits = repo.knn_phi_many(self._db, self.encoder_id, phi, k, ef_search, allowed_ids)
+        scores = np.full((phi.shape[0], k), -np.inf, dtype=np.float32)
+        ids = np.full((phi.shape[0], k), -1, dtype=np.int64)
+        for h, row in enumerate(hits):
+            for j, (tid, dist) in enumerate(row[:k]):
+                scores[h, j], ids[h, j] = 1.0 - dist, tid
+        return scores, ids
 
     def candidates(self, tile_ids: Sequence[int] | np.ndarray) -> list[Candidate]:
         """The tiles with these ids, in input order; unknown or incomplete ones are left out."""

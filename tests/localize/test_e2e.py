@@ -65,6 +65,17 @@ def test_rotated_scaled_shifted_jittered(loc: Any, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
+def loc_faiss(ingested: Any, encoder: Any) -> Any:
+    """The accurate chain with Ω recall: the one that holds the FAISS index in memory."""
+    from geoloc.localize import Localizer
+    from geoloc.localize.pipeline import from_dict
+
+    cfg = from_dict({"preset": "accurate", "recall": {"name": "faiss"}}, where="test")
+    with Localizer.open(ingested, encoder=encoder, pipeline=cfg) as lz:
+        yield lz
+
+
+@pytest.fixture(scope="module")
 def unrelated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real photo that is not aerial imagery at all (ships with matplotlib)."""
     from matplotlib import cbook
@@ -78,11 +89,13 @@ def unrelated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_warm_localizer_reopens_an_index_saved_by_another_process(
-    loc: Any, ingested: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    loc_faiss: Any, ingested: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An ingest while a Localizer is warm saves a new index generation: the next locate
     uses it (tiles ingested meanwhile can answer) instead of the copy it opened."""
     from geoloc.store import OmegaIndex
+
+    loc = loc_faiss
 
     before = loc.store.index
     other = OmegaIndex.open(ingested, before.encoder_sha256, mmap=False)

@@ -261,6 +261,6 @@ def test_plugins_list_reads_the_one_group_table() -> None:
     assert defaults()["geoloc.verify"] == (cfg.verify.name,)  # type: ignore[union-attr]
     assert defaults()["geoloc.priors"] == tuple(p.name for p in cfg.priors)
     marked = {(r["group"], r["name"]) for r in rows if r["default"]}
-    assert ("geoloc.recall", "faiss") in marked and ("geoloc.recall", "pgvector") not in marked
+    assert ("geoloc.recall", "pgvector") in marked and ("geoloc.recall", "faiss") not in marked
     for group in plugins.GROUPS:  # every table entry names a Protocol that exists
         assert plugins.protocol_members(plugins.protocol(group))
