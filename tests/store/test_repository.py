@@ -110,6 +110,32 @@ def test_knn_phi_matches_exact_cosine(database: Database) -> None:
     assert got[0][0] == ids[17]
 
 
+def test_knn_phi_many_batches_headings_and_restricts_exactly(database: Database) -> None:
+    """Several queries in one call give what one query each gives; a restriction returns only
+    the allowed tiles, in exact cosine order, however far they are from the query."""
+    enc = register_encoder(database)
+    rng = np.random.default_rng(4)
+    tiles = make_tiles(10, 20)
+    phi = unit(rng, len(tiles), 1024)
+    _, ids = ingest_fake(database, enc, tiles, phi)
+    q = np.stack([phi[5] + 0.2 * unit(rng, 1, 1024)[0], phi[150] + 0.2 * unit(rng, 1, 1024)[0]])
+    many = repo.knn_phi_many(database, enc, q, k=8, ef_search=200)
+    assert [[t for t, _ in h] for h in many] == [
+        [t for t, _ in repo.knn_phi(database, enc, row, k=8, ef_search=200)] for row in q
+    ]
+    assert many[0][0][0] == ids[5] and many[1][0][0] == ids[150]
+    # the allowed tiles are the ones LEAST like query 0: an index scan would not reach them
+    sims = phi @ (q[0] / np.linalg.norm(q[0]))
+    far = np.asarray(ids)[np.argsort(sims)[:12]]
+    got = repo.knn_phi_many(database, enc, q, k=5, allowed_ids=far)
+    order = np.argsort(-sims[np.argsort(sims)[:12]])[:5]
+    assert [t for t, _ in got[0]] == far[order].tolist()
+    assert all(t in set(far.tolist()) for h in got for t, _ in h)
+    d0 = 1.0 - float(sims[list(ids).index(got[0][0][0])])
+    assert got[0][0][1] == pytest.approx(d0, abs=2e-3)  # halfvec rounding
+    assert repo.knn_phi_many(database, enc, q, k=5, allowed_ids=np.zeros(0)) == [[], []]
+
+
 def test_ingest_lock_serialises_writers(database: Database) -> None:
     events: list[str] = []
     inside = threading.Event()
