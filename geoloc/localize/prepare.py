@@ -1,5 +1,12 @@
-"""Frame preparation: load the frame, bring it to the map's GSD, rotate it under each heading
-hypothesis and encode the batch with the database's encoder.
+"""Frame preparation: load the frame, bring it to the GSD of each plausible GSD layer of the
+store, rotate it under each heading hypothesis and encode the batch with the database's encoder.
+
+A store may hold several GSD layers (``TileStore.layers``: a 5 cm survey beside 0.5 m satellite
+tiles). With the frame's GSD known, the frame is prepared once per layer it is plausible for:
+enlarged at most :data:`MAX_UPSCALE` times and, shrunk, still covering :data:`MIN_TILE_COVER`
+of a tile; when no layer is plausible, the one needing the least resize. Each such
+:class:`~geoloc.localize.state.FrameView` is what recall, rerank, consistency and verification of
+that layer's tiles compare against. One layer is prepared exactly as before.
 
 Timed as ``load`` (decode, GSD and heading from the caller or EXIF/XMP, the camera model and
 its preparation: undistortion, rectification to nadir when the pitch is known), ``rotate``
@@ -16,6 +23,9 @@ When nothing gives the GSD, the frame is searched at a few scales (``scales``): 
 assumes its shorter side spans one tile, and when the chain verifies nothing at one hypothesis
 the localizer asks :meth:`FramePreparation.next_scale` for the next. The verified match then
 measures the GSD (and, with a camera model, the altitude): :meth:`FramePreparation.scale_report`.
+A hypothesis is in tile widths, not metres, so it gives the same pixels for every GSD layer of
+one tile size: those layers share one view (one encoding) and recall searches them together;
+the verified candidate's layer turns the match into metres.
 """
 
 from __future__ import annotations
@@ -230,7 +240,8 @@ class FramePreparation:
         """The answer's ``scale``: the hypotheses tried and what the verified one gives.
 
         ``gsd_m`` is the prepared frame's ground pixel size measured by the verified match (the
-        hypothesis's resize times the homography's local scale), ``altitude_m`` that GSD times
+        matched candidate's layer GSD times the hypothesis's resize and the homography's local
+        scale), ``altitude_m`` that GSD times
         the (virtual nadir) camera's focal length when the frame has a camera model.
         """
         search = state.scale_search

@@ -1,7 +1,9 @@
 """Recall (``geoloc.recall``): the first candidate tiles of a frame, merged over its headings.
 
 The :class:`Recall` stage intersects the priors' restrictions, asks its recall plugin for the
-top-N tiles of each heading hypothesis and keeps, per tile, its best score and that heading.
+top-N tiles of each heading hypothesis and keeps, per tile, its best score and that heading. In a
+store of several GSD layers it does so per view of the frame (the frame prepared at a layer's
+GSD), restricted to that view's layers' tiles, and merges the lists by score.
 Built-in plugins: ``faiss`` (Ω in the FAISS index), ``pgvector`` (Φ k-NN in Postgres) and
 ``near-position`` (the tiles around a predicted position, for a tracker: no global search).
 """
