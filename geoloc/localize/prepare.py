@@ -51,8 +51,10 @@ if TYPE_CHECKING:
 #: be blurrier than the layer's tiles and lack the detail they are matched by.
 MAX_UPSCALE = 2.0
 #: ... nor on a layer at whose GSD its shorter side covers less than this share of a tile: the
-#: encoder would see mostly padding. Shrinking is otherwise fine (a 3 cm photo at 0.5 m/px).
-MIN_TILE_COVER = 0.5
+#: encoder's tile-sized crop would be mostly padding no tile has, and such encodings outscore
+#: the right layer's tiles. Shrinking is otherwise fine (a 4000 x 2250 photo at 2 cm/px covers a
+#: 0.1 m tile, not a 0.3 m one).
+MIN_TILE_COVER = 0.75
 
 
 def _np(x: Any) -> np.ndarray:
@@ -160,7 +162,7 @@ class FramePreparation:
             if (
                 fr.gsd_m is None
                 or len(state.layers) == 1
-                or (f <= MAX_UPSCALE and short * f >= MIN_TILE_COVER * la.tile_px)
+                or (f <= MAX_UPSCALE and short * f >= MIN_TILE_COVER * la.tile_px - 0.5)
             ):
                 keep.append(i)
         if not keep:
