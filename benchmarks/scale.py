@@ -688,8 +688,12 @@ def run(
     no_build: bool = False,
     from_records: bool = False,
     knobs: dict[str, Any] | None = None,
+    save_results: bool = True,
 ) -> dict[str, Any]:
     """Build every size, evaluate it, save the JSON and return it.
+
+    ``save_results`` False writes ``out`` only (not the per-size results and plots the README
+    quotes): a run on another cache (``--cache``).
 
     ``no_build`` evaluates each database as it is; ``from_records`` only summarises the records
     an evaluation stopped early left (``records-<preset>.jsonl`` in the database's home).
@@ -749,7 +753,7 @@ def run(
             "load_average": os.getloadavg(),
         }
         result["sizes"][label] = entry
-        if not quick:
+        if not quick and save_results:
             RESULTS.mkdir(parents=True, exist_ok=True)
             one = dict(result, sizes={label: entry})
             (RESULTS / f"scale_{label}.json").write_text(json.dumps(one, indent=1) + "\n")
@@ -760,7 +764,7 @@ def run(
         out = out or RESULTS / ("scale_quick.json" if quick else "scale.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
-        if not quick:
+        if not quick and save_results:
             plot(merged())
     return result
 
@@ -800,7 +804,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a pipeline key of the preset (top_n, top_m, rotations, heading_sweep)",
     )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="rasters and databases under this folder (default $GEOLOC_SCALE_CACHE or the "
+        "per-user cache); with it only --out is written, not the results the README quotes",
+    )
     args = ap.parse_args(argv)
+    if args.cache is not None:
+        os.environ["GEOLOC_SCALE_CACHE"] = str(args.cache)
+        if args.out is None and not args.build_only:
+            ap.error("--cache needs --out (the README's results are not overwritten)")
     knobs = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     sizes = [300] if args.quick else [int(s) for s in args.sizes.split(",") if s]
     n = args.queries or (8 if args.quick else 60)
@@ -814,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         no_build=args.no_build,
         from_records=args.from_records,
         knobs=knobs,
+        save_results=args.cache is None,
     )
     for label, e in res["sizes"].items():
         print(json.dumps({label: e["summary"]}, indent=1))

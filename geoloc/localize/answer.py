@@ -81,17 +81,21 @@ class Answer:
         self.rotations = int(rotations)
         self.map_gsd_m = float(map_gsd_m)
 
-    def margin_confidence(self, cands: list[Candidate]) -> float:
-        """Margin between the best and the next candidate whose footprint does not overlap."""
+    def margin_confidence(
+        self, cands: list[Candidate], tile_ground_m: float | None = None
+    ) -> float:
+        """Margin between the best and the next candidate whose footprint does not overlap
+        (``tile_ground_m``: the best one's tile side on the ground, default the map's)."""
         if len(cands) < 2:
             return 1.0
         from tiling.crs import geodesic_distance_m
 
+        ground = self.tile_ground_m if tile_ground_m is None else float(tile_ground_m)
         b = cands[0].tile
         for c in cands[1:]:
             t = c.tile
             d = float(geodesic_distance_m(b.center_lon, b.center_lat, t.center_lon, t.center_lat))
-            if d >= self.tile_ground_m:
+            if d >= ground:
                 margin = (cands[0].final - c.final) / float(self.conf["margin_scale"])
                 return float(np.clip(margin, 0.0, 1.0))
         return 1.0
@@ -103,8 +107,8 @@ class Answer:
             fix.message = state.message
             return fix
         cands = state.candidates
-        conf_r = self.margin_confidence(cands)
         top, m = cands[0], state.match
+        conf_r = self.margin_confidence(cands, self._ground(state, top))
         answer = top
         if m is not None:
             answer = m.candidate
@@ -117,7 +121,8 @@ class Answer:
             if pose is not None and pose.ok and pose.ground_lat is not None:
                 assert pose.ground_lon is not None
                 lat, lon = pose.ground_lat, pose.ground_lon
-                fix.error_m_est = max(float(pose.ground_error_m_est or 0.0), self.map_gsd_m)
+                gsd = state.gsd_of(answer) if len(state.layers) > 1 else self.map_gsd_m
+                fix.error_m_est = max(float(pose.ground_error_m_est or 0.0), gsd)
             fix.heading_deg = float((m.heading_deg - float(m.result.rotation_deg or 0.0)) % 360.0)
             fix.verification = m.as_dict()
         else:
@@ -158,6 +163,12 @@ class Answer:
                 )
         return fix
 
+    def _ground(self, state: FrameState, cand: Candidate) -> float:
+        """Tile side on the ground (m) of the candidate's GSD layer (the map's by default)."""
+        if len(state.layers) > 1:
+            return float(state.layers[cand.layer].tile_ground_m)
+        return self.tile_ground_m
+
     def _camera(self, state: FrameState, fix: Fix) -> None:
         """``camera``/``camera_reason`` and ``priors`` of the fix."""
         prep, pose = state.prep, state.pose
@@ -178,7 +189,8 @@ class Answer:
         """The top candidate's centre, or its refined point; sets method, error and heading."""
         lat, lon = float(top.tile.center_lat), float(top.tile.center_lon)
         fix.method = "tile-centre"
-        fix.error_m_est = 0.5 * self.tile_ground_m
+        ground = self._ground(state, top)
+        fix.error_m_est = 0.5 * ground
         cs = self.consistency
         if self.conf["answer"] in ("refined", "verified") and top.node_match is not None:
             assert cs is not None  # a node match comes from the consistency stage
@@ -188,7 +200,7 @@ class Answer:
                     rc[0] * top.tile.tile_size, rc[1] * top.tile.tile_size
                 )
                 fix.method = "refined"
-                fix.error_m_est = 0.35 * self.tile_ground_m
+                fix.error_m_est = 0.35 * ground
         known = state.frame is not None and state.frame.heading_deg is not None
         fix.heading_deg = (
             float(state.headings[top.heading_idx]) if self.rotations > 1 or known else None

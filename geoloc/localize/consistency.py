@@ -243,10 +243,19 @@ class Consistency:
             m = state.request.top_m
             for c in state.candidates[:m]:
                 h = c.heading_idx
+                # the frame as prepared for the candidate's GSD layer (one view: the state's)
+                v = state.view(c.layer) if len(state.views) > 1 else None
+                phi = state.phi if v is None or v.phi is None else v.phi
+                areas = state.node_areas if v is None or v.node_areas is None else v.node_areas
+                cents = (
+                    state.node_centroids
+                    if v is None or v.node_centroids is None
+                    else v.node_centroids
+                )
                 c.node_match = cs.score(
-                    state.phi[h],
-                    state.node_areas[h],
-                    state.node_centroids[h],
+                    phi[h],
+                    areas[h],
+                    cents[h],
                     c.tile.phi,
                     c.tile.node_areas,
                     c.tile.node_centroids,

@@ -2,9 +2,11 @@
 
 ``locate`` runs a chain of stages over one :class:`~geoloc.localize.state.FrameState`:
 
-1. :class:`~geoloc.localize.prepare.FramePreparation`: load the frame, bring it to the map's
-   GSD, rotate it under each heading hypothesis (one when the heading is known), encode;
-2. :class:`~geoloc.localize.recall.Recall`: top-N tiles per heading, merged over the headings;
+1. :class:`~geoloc.localize.prepare.FramePreparation`: load the frame, bring it to the GSD of
+   each of the store's GSD layers it is plausible for, rotate it under each heading hypothesis
+   (one when the heading is known), encode;
+2. :class:`~geoloc.localize.recall.Recall`: top-N tiles per heading (per layer, among that
+   layer's tiles), merged over the headings (and layers);
 3. :class:`~geoloc.localize.rerank.Rerank`: the tiles' records, re-ordered by Φ;
 4. :class:`~geoloc.localize.consistency.Consistency`: node-centroid agreement on the top-M;
 5. :class:`~geoloc.localize.schedule.VerificationScheduler`: local-feature verification of the
@@ -95,6 +97,7 @@ class Localizer:
             priors,
             map_gsd_m=self.map_gsd_m,
             tile_px=self.tile_px,
+            layers=lambda: getattr(store, "layers", []),
         )
         self.recall = Recall(config.stage_conf(Recall), recall_plugin, priors, store)
         self.rerank = Rerank({}, _build("rerank", config.rerank), store)
@@ -234,8 +237,14 @@ class Localizer:
         self.close()
 
     @property
+    def layers(self) -> list[Any]:
+        """The store's GSD layers (:class:`~geoloc.store.tile_store.GsdLayer`), main first;
+        ``map_gsd_m``, ``tile_px`` and ``tile_ground_m`` are the main layer's."""
+        return list(self.store.layers)
+
+    @property
     def tile_ground_m(self) -> float:
-        """Side of one tile on the ground (m)."""
+        """Side of one tile on the ground (m) of the main GSD layer."""
         return self.tile_px * self.map_gsd_m
 
     # -------------------------------------------------------------------------------- locate

@@ -1,7 +1,9 @@
 """Recall (``geoloc.recall``): the first candidate tiles of a frame, merged over its headings.
 
 The :class:`Recall` stage intersects the priors' restrictions, asks its recall plugin for the
-top-N tiles of each heading hypothesis and keeps, per tile, its best score and that heading.
+top-N tiles of each heading hypothesis and keeps, per tile, its best score and that heading. In a
+store of several GSD layers it does so per view of the frame (the frame prepared at a layer's
+GSD), restricted to that view's layers' tiles, and merges the lists by score.
 Built-in plugins: ``faiss`` (Ω in the FAISS index), ``pgvector`` (Φ k-NN in Postgres) and
 ``near-position`` (the tiles around a predicted position, for a tracker: no global search).
 """
@@ -172,7 +174,11 @@ class Recall:
         self.store = store
 
     def run(self, state: FrameState) -> None:
-        """Fill ``state.recalled``, or stop when the priors leave no tile."""
+        """Fill ``state.recalled``, or stop when the priors leave no tile.
+
+        With several GSD layers, each view of the frame (prepared at its layers' GSD) recalls
+        among its layers' tiles only, and the lists are merged by score.
+        """
         req = state.request
         assert state.omega is not None and state.phi is not None
         with state.timer("recall"):
@@ -180,8 +186,51 @@ class Recall:
             if allowed is not None and allowed.size == 0:
                 state.stop("no tile lies within the prior")
                 return
-            scores, ids = self.stage.recall(
-                self.store, state.omega, state.phi, req.top_n, allowed, req.prior
-            )
-            state.recalled = merge_headings(np.asarray(scores), np.asarray(ids), req.top_n)
+            views = state.views
+            if len(views) <= 1 and len(state.layers) <= 1:
+                scores, ids = self.stage.recall(
+                    self.store, state.omega, state.phi, req.top_n, allowed, req.prior
+                )
+                state.recalled = merge_headings(np.asarray(scores), np.asarray(ids), req.top_n)
+            else:
+                merged: list[tuple[int, float, int]] = []
+                for v in views:
+                    assert v.omega is not None and v.phi is not None
+                    scores, ids = self._recall_layers(v.layers, v.omega, v.phi, allowed, state)
+                    merged += merge_headings(scores, ids, req.top_n)
+                merged.sort(key=lambda r: -r[1])
+                state.recalled = merged[: req.top_n]
             state.trace["recall"] = [tid for tid, _, _ in state.recalled]
+
+    def _recall_layers(
+        self,
+        layers: tuple[int, ...],
+        omega: np.ndarray,
+        phi: np.ndarray,
+        allowed: np.ndarray | None,
+        state: FrameState,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The plugin's top-N among the tiles of ``layers`` (and the priors' ``allowed``)."""
+        req = state.request
+        k = req.top_n
+        if len(layers) == len(state.layers):  # every layer: the priors' restriction only
+            return _arrays(self.stage.recall(self.store, omega, phi, k, allowed, req.prior))
+        ids = np.asarray(self.store.layer_tile_ids(layers), dtype=np.int64)
+        total = sum(la.tiles for la in state.layers)
+        if allowed is not None or 2 * ids.size <= total:
+            # few tiles (or a prior): an exact search among them
+            restrict = ids if allowed is None else np.intersect1d(ids, allowed)
+            if restrict.size == 0:
+                return _empty(omega.shape[0], k)
+            return _arrays(self.stage.recall(self.store, omega, phi, k, restrict, req.prior))
+        # most of the store: a restricted search would cost more than searching everything for
+        # as many more tiles as the other layers could take, then dropping theirs
+        kk = int(min(k + max(total - ids.size, 0), 4 * k + 64))
+        scores, got = _arrays(self.stage.recall(self.store, omega, phi, kk, None, req.prior))
+        keep = np.isin(got, ids)
+        scores, got = np.where(keep, scores, -np.inf), np.where(keep, got, -1)
+        return scores.astype(np.float32), got.astype(np.int64)
+
+
+def _arrays(res: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(res[0]), np.asarray(res[1])

@@ -1,4 +1,5 @@
-"""Map regions around candidate tiles, read at the map's GSD for verification and plots.
+"""Map regions around candidate tiles, read at the map's GSD (or a candidate's GSD layer) for
+verification and plots.
 
 A raster that is missing or unreadable does not fail the frame: its candidates get an *unavailable*
 region (zero pixels, all masked: the same thing verification sees for a region entirely beyond a
@@ -35,7 +36,7 @@ class MapRegions:
         self.gsd_m = float(gsd_m)
         self.cache_size = int(cache_size)
         self._rasters: dict[str, Any] = {}
-        self._regions: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, Any]] = {}
+        self._regions: dict[tuple[int, int, float], tuple[np.ndarray, np.ndarray, Any]] = {}
         #: rasters that could not be opened or read, with why (each warned about once)
         self.unavailable: dict[str, str] = {}
         self._bundles: dict[str, Any] = {}  # path -> BundleRegions, or None for a raster
@@ -67,8 +68,11 @@ class MapRegions:
             why if path not in why else why.replace(f"{path}: ", ""),
         )
 
-    def around(self, tile: Any, size_px: int) -> tuple[np.ndarray, np.ndarray, Any]:
-        """Pixels (H, W, 3), valid mask and transform of the region centred on ``tile``.
+    def around(
+        self, tile: Any, size_px: int, gsd_m: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Pixels (H, W, 3), valid mask and transform of the region centred on ``tile``, at
+        ``gsd_m`` (default: the map's GSD).
 
         When the tile's raster is missing or unreadable the region is unavailable: zero pixels
         with an all-False mask (no match can be accepted on it).
@@ -78,7 +82,8 @@ class MapRegions:
         from geoloc.errors import GeolocError
         from tiling import TilingError
 
-        key = (int(tile.tile_id), int(size_px))
+        gsd = self.gsd_m if gsd_m is None else float(gsd_m)
+        key = (int(tile.tile_id), int(size_px), gsd)
         hit = self._regions.get(key)
         if hit is not None:
             return hit
@@ -88,11 +93,11 @@ class MapRegions:
         try:
             stored = self._bundle(path)
             if stored is not None:
-                out = stored.around(int(tile.tile_id), int(size_px), self.gsd_m)
+                out = stored.around(int(tile.tile_id), int(size_px), gsd)
                 self._remember(key, out)
                 return out
             px, mask, t = self.raster(path).read_region(
-                tile.center_lon, tile.center_lat, size_px, self.gsd_m
+                tile.center_lon, tile.center_lat, size_px, gsd
             )
         except (OSError, TilingError, RasterioError, GeolocError) as exc:
             self._mark_unavailable(path, exc)
@@ -101,7 +106,9 @@ class MapRegions:
         self._remember(key, out)
         return out
 
-    def _remember(self, key: tuple[int, int], out: tuple[np.ndarray, np.ndarray, Any]) -> None:
+    def _remember(
+        self, key: tuple[int, int, float], out: tuple[np.ndarray, np.ndarray, Any]
+    ) -> None:
         self._regions[key] = out
         while len(self._regions) > self.cache_size:
             self._regions.pop(next(iter(self._regions)))

@@ -59,19 +59,29 @@ class Rerank:
             return
         with state.timer("rerank"):
             omega = {tid: (s, h) for tid, s, h in state.recalled}
+            layer = [state.layer_of(t) for t in tiles]
             cands: list[Candidate] = []
             if self.stage is not None:
                 assert state.phi is not None
                 tile_phi = np.stack([t.phi for t in tiles]).astype(np.float32)
-                s = np.asarray(self.stage.rerank(state.phi, tile_phi))  # (H, N)
+                if len(state.views) <= 1:
+                    s = np.asarray(self.stage.rerank(state.phi, tile_phi))  # (H, N)
+                else:  # each tile against the frame as prepared for its GSD layer
+                    s = np.empty((state.phi.shape[0], len(tiles)), dtype=np.float32)
+                    for v in state.views:
+                        cols = [j for j, la in enumerate(layer) if state.view(la) is v]
+                        if cols:
+                            assert v.phi is not None
+                            s[:, cols] = np.asarray(self.stage.rerank(v.phi, tile_phi[cols]))
                 best_h = s.argmax(axis=0)
                 for j, t in enumerate(tiles):
                     sc = float(s[best_h[j], j])
-                    cands.append(Candidate(t, omega[t.tile_id][0], sc, int(best_h[j]), sc))
+                    c = Candidate(t, omega[t.tile_id][0], sc, int(best_h[j]), sc, layer=layer[j])
+                    cands.append(c)
             else:
-                for t in tiles:
+                for j, t in enumerate(tiles):
                     o, h = omega[t.tile_id]
-                    cands.append(Candidate(t, o, o, h, o))
+                    cands.append(Candidate(t, o, o, h, o, layer=layer[j]))
             cands.sort(key=lambda c: -c.score)
             state.candidates = cands
             state.trace["rerank"] = [c.tile_id for c in cands]

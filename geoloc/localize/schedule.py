@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -177,28 +177,28 @@ class VerificationScheduler:
         return attempts
 
     def run(self, state: FrameState) -> None:
-        """Try the plan on the top-M candidates; set ``state.match`` to the first that verifies."""
+        """Try the plan on the top-M candidates; set ``state.match`` to the first that verifies.
+
+        Each candidate is verified at its GSD layer: its region is read at the layer's GSD and
+        matched against the frame as prepared for that layer.
+        """
         if state.stopped:
             return
         assert state.image is not None and state.mask is not None and state.frame is not None
-        img = state.image
         state.verifying = True
         sweep = bool(self.conf["heading_sweep"]) and not heading_known(state)
         if state.scale_search is not None and state.scale_search.index > 0:
             sweep = False  # the heading sweep runs at the first scale hypothesis only (its cost)
-        # the frame at map scale, cropped to at most 2 tiles (the region holds it with margin)
-        crop = int(min(max(img.shape[:2]), 2 * self.tile_px))
-        region_px = int(min(1024, max(2 * self.tile_px, self.tile_px + crop)))
         state.budget_ms = float(self.conf["verify_budget_ms"])
         fr = self.feature_regions
         if fr is not None:
             assert isinstance(self.verifier, HomographyVerifier)
             with state.timer("verify"):
-                self._cascade(state, fr, self.verifier, crop, region_px, sweep)
+                self._cascade(state, fr, self.verifier, sweep)
             return
         attempts = self.plan(state.candidates[: state.request.top_m], state.headings, sweep)
         scale_known = state.frame.gsd_m is not None
-        frame_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, Any, Any]] = {}
+        frame_cache: dict[tuple[int, int, float], tuple[np.ndarray, np.ndarray, Any, Any]] = {}
         budget_s = state.budget_ms / 1e3
         t_start = time.perf_counter()
         with state.timer("verify"):
@@ -207,9 +207,10 @@ class VerificationScheduler:
                     log.debug("verification budget of %.0f ms spent after %d", budget_s * 1e3, n)
                     state.budget_stopped_after = n
                     return
-                r, m, feats, chain = self._frame_at(state, verifier, h, crop, frame_cache)
+                at = self._at(state, cand)
+                r, m, feats, chain = self._frame_at(state, at, verifier, h, frame_cache)
                 with state.timer("verify.read_region"):
-                    region, rmask, rt = self.regions.around(cand.tile, region_px)
+                    region, rmask, rt = self.regions.around(cand.tile, at.region_px, at.gsd_m)
                 with state.timer("verify.match"):
                     res = verifier.verify(
                         r,
@@ -217,7 +218,7 @@ class VerificationScheduler:
                         region,
                         rmask,
                         scale_known=scale_known,
-                        region_key=("t", cand.tile_id, region_px),
+                        region_key=("t", cand.tile_id, at.region_px),
                         frame_features=feats,
                     )
                 if not res.accepted or res.centre_xy is None:
@@ -225,44 +226,68 @@ class VerificationScheduler:
                         "tile %d heading %.0f %s: %s", cand.tile_id, h, verifier.name, res.reason
                     )
                     continue
-                state.match = self._match(cand, h, res, rt, n + 1, chain)
+                state.match = self._match(cand, h, res, rt, n + 1, chain, at.gsd_m)
                 return
+
+    def _at(self, state: FrameState, cand: Candidate) -> _LayerFrame:
+        """The frame prepared for the candidate's GSD layer, and the crop and region sizes."""
+        if state.views:
+            v = state.view(cand.layer)
+            img, mask, chain = v.image, v.mask, v.chain
+            tile_px = state.layers[cand.layer].tile_px if state.layers else self.tile_px
+            gsd = state.gsd_of(cand)
+        else:  # a state prepared without GSD layers: the map's
+            assert state.image is not None and state.mask is not None
+            img, mask = state.image, state.mask
+            chain = state.prep.chain if state.prep is not None else None
+            tile_px, gsd = self.tile_px, self.regions.gsd_m
+        # the frame cropped to at most 2 tiles (the region holds it with margin)
+        crop = int(min(max(img.shape[:2]), 2 * tile_px))
+        region_px = int(min(1024, max(2 * tile_px, tile_px + crop)))
+        return _LayerFrame(img, mask, chain, gsd, crop, region_px)
 
     def _frame_at(
         self,
         state: FrameState,
+        at: _LayerFrame,
         verifier: Verifier | HomographyVerifier,
         h: float,
-        crop: int,
-        cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, Any, Any]],
+        cache: dict[tuple[int, int, float], tuple[np.ndarray, np.ndarray, Any, Any]],
     ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
-        """The frame rotated north-up under heading ``h``, cropped, with its features (cached
-        per verifier and heading) and its pixel chain."""
-        key = (id(verifier), h)
+        """The frame (as prepared for a layer) rotated north-up under heading ``h``, cropped,
+        with its features (cached per layer view, verifier and heading) and its pixel chain."""
+        key = (id(at.image), id(verifier), h)
         if key not in cache:
-            assert state.image is not None and state.mask is not None
-            img, mask = state.image, state.mask
+            img, mask, crop = at.image, at.mask, at.crop
             with state.timer("verify.frame_features"):
                 r, m = frames.rotate_to_north(img, mask, h)
                 chain = None
-                if state.prep is not None:
+                if at.chain is not None:
                     rot = frames.rotation_matrix(img.shape[1], img.shape[0], -h)
                     x0, y0 = frames.centre_crop_origin(r.shape[1], r.shape[0], crop)
-                    chain = state.prep.chain.copy().then(rot).then_crop(x0, y0)
+                    chain = at.chain.copy().then(rot).then_crop(x0, y0)
                 r, m = frames.centre_crop(r, crop), frames.centre_crop(m, crop)
                 cache[key] = (r, m, verifier.extract_frame_features(r, m), chain)
         return cache[key]
 
     def _match(
-        self, cand: Candidate, h: float, res: Any, rt: Any, attempts: int, chain: Any
+        self,
+        cand: Candidate,
+        h: float,
+        res: Any,
+        rt: Any,
+        attempts: int,
+        chain: Any,
+        gsd_m: float,
     ) -> Match:
-        """The answer of an accepted verification: its centre in lon/lat."""
+        """The answer of an accepted verification: its centre in lon/lat (the region at
+        ``gsd_m``)."""
         from tiling.crs import to_lonlat
 
         assert res.centre_xy is not None
         x, y = rt @ (res.centre_xy[0] + 0.5, res.centre_xy[1] + 0.5)
         lon, lat = to_lonlat(cand.tile.crs, x, y)
-        err_m = float(res.error_px()) * self.regions.gsd_m
+        err_m = float(res.error_px()) * float(gsd_m)
         return Match(
             cand, h, res, float(lat), float(lon), err_m, attempts, region_transform=rt, chain=chain
         )
@@ -272,15 +297,13 @@ class VerificationScheduler:
         state: FrameState,
         fr: FeatureRegions,
         v: HomographyVerifier,
-        crop: int,
-        region_px: int,
         sweep: bool,
     ) -> None:
         """The cascade over tile features (see the module docstring)."""
         assert state.frame is not None
         scale_known = state.frame.gsd_m is not None
         cands = state.candidates[: max(int(self.conf["verify_top"]), state.request.top_m)]
-        frame_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, Any, Any]] = {}
+        frame_cache: dict[tuple[int, int, float], tuple[np.ndarray, np.ndarray, Any, Any]] = {}
         budget_s = state.budget_ms / 1e3
         t_start = time.perf_counter()
         checked: set[tuple[int, float]] = set()
@@ -303,13 +326,14 @@ class VerificationScheduler:
                     break
                 checked.add((cand.tile_id, h))
                 n += 1
-                f0 = self._frame_at(state, v, h, crop, frame_cache)[2]
+                at = self._at(state, cand)
+                f0 = self._frame_at(state, at, v, h, frame_cache)[2]
                 with state.timer("verify.region_features"):
-                    rf = fr.around(cand.tile, region_px)
+                    rf = fr.around(cand.tile, at.region_px, at.gsd_m)
                 with state.timer("verify.coarse"):
                     c = v.coarse(f0, rf.features, scale_known=scale_known)
                 if c.passed:
-                    out.append(_Scored(c, cand, h, rf))
+                    out.append(_Scored(c, cand, h, rf, at))
                 else:
                     log.debug("tile %d heading %.0f coarse: %s", cand.tile_id, h, c.reason)
             # best coarse evidence first; rank order breaks ties
@@ -324,7 +348,8 @@ class VerificationScheduler:
                     state.budget_stopped_after = n
                     return True
                 fine_runs += 1
-                r, m, f0, chain = self._frame_at(state, v, sc.heading, crop, frame_cache)
+                at = sc.at
+                r, m, f0, chain = self._frame_at(state, at, v, sc.heading, frame_cache)
                 with state.timer("verify.match"):
                     f1 = sc.coarse.footprint(
                         sc.region.features, (r.shape[1], r.shape[0]), FOOTPRINT_MARGIN_PX
@@ -332,7 +357,9 @@ class VerificationScheduler:
                     res = v.verify_features(f0, f1, r, m, scale_known=scale_known)
                 if res.accepted:
                     with state.timer("verify.read_region"):
-                        px, pmask, _rt = self.regions.around(sc.candidate.tile, region_px)
+                        px, pmask, _rt = self.regions.around(
+                            sc.candidate.tile, at.region_px, at.gsd_m
+                        )
                     if pmask.any():  # the map's pixels are readable: the photometric check
                         res = v.photometric_check(res, r, m, px, pmask)
                 if not res.accepted or res.centre_xy is None:
@@ -341,7 +368,7 @@ class VerificationScheduler:
                     )
                     continue
                 state.match = self._match(
-                    sc.candidate, sc.heading, res, sc.region.transform, n, chain
+                    sc.candidate, sc.heading, res, sc.region.transform, n, chain, at.gsd_m
                 )
                 return True
             return False
@@ -364,15 +391,32 @@ class VerificationScheduler:
         fine(coarse(pairs)[0])
 
 
+class _LayerFrame(NamedTuple):
+    """The frame as prepared for a candidate's GSD layer and the verification sizes there."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    chain: Any
+    gsd_m: float
+    crop: int
+    region_px: int
+
+
 class _Scored:
     """A candidate that passed the coarse check, with its region (for the learned matcher)."""
 
-    __slots__ = ("coarse", "candidate", "heading", "region")
+    __slots__ = ("coarse", "candidate", "heading", "region", "at")
 
     def __init__(
-        self, coarse: CoarseCheck, candidate: Candidate, heading: float, region: RegionFeatures
+        self,
+        coarse: CoarseCheck,
+        candidate: Candidate,
+        heading: float,
+        region: RegionFeatures,
+        at: _LayerFrame,
     ) -> None:
         self.coarse, self.candidate, self.heading, self.region = coarse, candidate, heading, region
+        self.at = at
 
 
 def stored_features_match(store: Any, kind: str) -> bool:

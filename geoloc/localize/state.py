@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from geoloc.localize.frame import Frame
     from geoloc.localize.priors import Prior
     from geoloc.localize.verify import Verification
+    from geoloc.store.tile_store import GsdLayer
 
 
 @dataclass
@@ -111,6 +112,8 @@ class Candidate:
     heading_idx: int
     final: float
     node_match: NodeMatch | None = None
+    #: the store's GSD layer of the tile (index into ``FrameState.layers``)
+    layer: int = 0
 
     @property
     def tile_id(self) -> int:
@@ -174,6 +177,28 @@ class ScaleSearch:
 
 
 @dataclass
+class FrameView:
+    """The frame prepared at one scale: what recall, rerank, consistency and verification of the
+    ``layers`` (indices into ``FrameState.layers``) compare against their tiles.
+
+    ``factor`` is the resize from the prepared frame to ``image``; ``chain`` the pixel chain of
+    the captured frame to ``image`` (None without a camera preparation); ``omega`` (H, D),
+    ``phi`` (H, P), ``node_areas`` (H, K), ``node_centroids`` (H, K, 2) its encodings, one row
+    per heading hypothesis.
+    """
+
+    factor: float
+    layers: tuple[int, ...]
+    image: np.ndarray
+    mask: np.ndarray
+    chain: PixelChain | None = None
+    omega: np.ndarray | None = None
+    phi: np.ndarray | None = None
+    node_areas: np.ndarray | None = None
+    node_centroids: np.ndarray | None = None
+
+
+@dataclass
 class FrameState:
     """Everything known about one frame while the chain runs (see the module docstring)."""
 
@@ -193,6 +218,11 @@ class FrameState:
     phi: np.ndarray | None = None  # (H, P)
     node_areas: np.ndarray | None = None  # (H, K)
     node_centroids: np.ndarray | None = None  # (H, K, 2)
+    #: the store's GSD layers (main first) and the frame prepared for them; image, mask,
+    #: map_scale and the encodings above are those of ``views[0]`` (the main layer's when it is
+    #: searched)
+    layers: list[GsdLayer] = field(default_factory=list)
+    views: list[FrameView] = field(default_factory=list)
     # recall -> rerank -> consistency
     recalled: list[tuple[int, float, int]] = field(default_factory=list)  # id, Ω score, heading
     candidates: list[Candidate] = field(default_factory=list)
@@ -207,6 +237,29 @@ class FrameState:
     #: candidate tile ids in their order after each stage ("recall", "rerank", "consistency"),
     #: for benchmarks that score recall per stage
     trace: dict[str, list[int]] = field(default_factory=dict)
+
+    def view(self, layer: int) -> FrameView:
+        """The frame as prepared for GSD layer ``layer`` (recall only returns tiles of layers
+        with a view; the first view otherwise)."""
+        for v in self.views:
+            if layer in v.layers:
+                return v
+        return self.views[0]
+
+    def layer_of(self, tile: Any) -> int:
+        """The index of ``tile``'s GSD layer: its orthomosaic's, else the nearest GSD's."""
+        oid = int(tile.orthomosaic_id)
+        for i, la in enumerate(self.layers):
+            if oid in la.orthomosaic_ids:
+                return i
+        if not self.layers:
+            return 0
+        g = float(tile.gsd_m)
+        return min(range(len(self.layers)), key=lambda i: abs(self.layers[i].gsd_m - g))
+
+    def gsd_of(self, cand: Candidate) -> float:
+        """The map GSD (m/px) the candidate's region and its frame view are at."""
+        return float(self.layers[cand.layer].gsd_m) if self.layers else float(cand.tile.gsd_m)
 
     @contextmanager
     def timer(self, key: str) -> Iterator[None]:

@@ -74,7 +74,7 @@ class StoredTileFeatures:
 class ExtractedTileFeatures:
     """Tile features extracted from the rasters with the verifier's matcher, kept per tile.
 
-    Each tile is read at the map's GSD from ``regions`` (so bundles with regions work too) and
+    Each tile is read at its own GSD from ``regions`` (so bundles with regions work too) and
     keeps its best ``max_per_tile`` keypoints; :class:`FeatureRegions` keeps each from the tile
     nearest to it, as the stored features were cut at ingest. An LRU keeps ``cache_size`` tiles.
     """
@@ -118,12 +118,13 @@ class ExtractedTileFeatures:
 
     def _extract(self, tile: Any) -> TileKeypoints | None:
         ts = int(tile.tile_size)
-        rgb, mask, _t = self._regions.around(tile, ts)
+        # the tile at its own GSD: its pixels, whichever GSD layer it is of
+        rgb, mask, _t = self._regions.around(tile, ts, float(tile.gsd_m))
         if not mask.any():
             return None
         f = self._matcher.extract(rgb, mask, top_k=self.DETECT_TOP_K)
-        # region pixels -> tile pixels (the region is the tile, at the map's GSD)
-        k = self._regions.gsd_m / float(tile.gsd_m)
+        # region pixels -> tile pixels (the region is the tile, at the tile's GSD)
+        k = 1.0
         xy = (f.keypoints.astype(np.float64) + 0.5 - ts / 2.0) * k + ts / 2.0 - 0.5
         desc = np.asarray(f.descriptors, dtype=np.float32)
         score = np.asarray(f.extra.get("scores", np.ones(len(f), np.float32)), np.float32)
@@ -167,16 +168,18 @@ class FeatureRegions:
         self.max_keypoints = int(max_keypoints)
         self.cache_size = int(cache_size)
         self._tiles: OrderedDict[int, Any] = OrderedDict()
-        self._near: OrderedDict[tuple[int, int], tuple[int, ...]] = OrderedDict()
+        self._near: OrderedDict[tuple[int, int, float], tuple[int, ...]] = OrderedDict()
 
-    def neighbourhood(self, tile: Any, size_px: int) -> list[Any]:
-        """Tile records of the same orthomosaic whose pixels can fall in the region."""
-        key = (int(tile.tile_id), int(size_px))
+    def neighbourhood(self, tile: Any, size_px: int, gsd_m: float | None = None) -> list[Any]:
+        """Tile records of the same orthomosaic whose pixels can fall in the region (of
+        ``size_px`` at ``gsd_m``, default the map's GSD)."""
+        gsd = self.map_gsd_m if gsd_m is None else float(gsd_m)
+        key = (int(tile.tile_id), int(size_px), gsd)
         ids = self._near.get(key)
         if ids is None:
             ts_m = float(tile.tile_size) * float(tile.gsd_m)
             # region corner to centre, plus a tile's half diagonal
-            radius = (size_px * self.map_gsd_m + ts_m) / 2.0 * 1.4143
+            radius = (size_px * gsd + ts_m) / 2.0 * 1.4143
             near = self.store.within(float(tile.center_lat), float(tile.center_lon), radius)
             recs = self._records(near)
             ids = tuple(
@@ -205,17 +208,19 @@ class FeatureRegions:
             self._tiles.popitem(last=False)
         return out
 
-    def around(self, tile: Any, size_px: int) -> RegionFeatures:
-        """The region of ``size_px`` around ``tile`` from its neighbourhood's features."""
+    def around(self, tile: Any, size_px: int, gsd_m: float | None = None) -> RegionFeatures:
+        """The region of ``size_px`` around ``tile`` at ``gsd_m`` (default: the map's GSD, else
+        the candidate's GSD layer) from its neighbourhood's features."""
         import torch
 
-        tiles = self.neighbourhood(tile, size_px)
+        gsd = self.map_gsd_m if gsd_m is None else float(gsd_m)
+        tiles = self.neighbourhood(tile, size_px, gsd)
         feats = self.source.features(tiles)
         ts = float(tile.tile_size)
         present = {(int(t.row), int(t.col)) for t in tiles if int(t.tile_id) in feats}
         origin = np.asarray(grid_origin(tile), dtype=np.float64)
         s = _stride(tiles, tile)
-        k = self.map_gsd_m / float(tile.gsd_m)
+        k = gsd / float(tile.gsd_m)
         xs, ds, ss, used = [], [], [], []
         for t in tiles:
             f = feats.get(int(t.tile_id))
@@ -252,7 +257,7 @@ class FeatureRegions:
             (int(size_px), int(size_px)),
         )
         return RegionFeatures(
-            f_out, region_transform(tile, size_px, self.map_gsd_m), tuple(used), int(size_px)
+            f_out, region_transform(tile, size_px, gsd), tuple(used), int(size_px)
         )
 
 

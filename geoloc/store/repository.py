@@ -455,6 +455,29 @@ def complete_tile_ids(db: Database, encoder_id: int) -> np.ndarray:
         return np.fromiter((int(i) for i in ids), dtype=np.int64)
 
 
+def tile_ids_of_orthomosaics(
+    db: Database, encoder_id: int, orthomosaic_ids: Sequence[int]
+) -> np.ndarray:
+    """Sorted int64 ids of the encoder's tiles of these complete orthomosaics."""
+    from sqlalchemy import any_, bindparam, select
+    from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+
+    t, o, e = TileRow.__table__, Orthomosaic.__table__, TileEmbedding.__table__
+    stmt = (
+        select(t.c.id)
+        .join_from(t, o, o.c.id == t.c.orthomosaic_id)
+        .join(e, (e.c.tile_id == t.c.id) & (e.c.encoder_id == bindparam("e")))
+        .where(
+            o.c.id == any_(bindparam("o", type_=ARRAY(BIGINT))),
+            o.c.status == "complete",
+        )
+        .order_by(t.c.id)
+    )
+    with db.engine.connect() as conn:
+        ids = conn.execute(stmt, {"e": encoder_id, "o": [int(i) for i in orthomosaic_ids]})
+        return np.fromiter((int(i) for i in ids.scalars()), dtype=np.int64)
+
+
 def fetch_candidates(
     db: Database, encoder_id: int, tile_ids: Sequence[int] | np.ndarray
 ) -> list[Candidate]:

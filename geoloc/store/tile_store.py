@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Candidate",
     "FeatureSpec",
+    "GsdLayer",
     "RasterRecord",
     "TileKeypoints",
     "TileRecord",
@@ -81,6 +82,59 @@ class WriteTimings:
     faiss_add_s: float = 0.0
     faiss_save_s: float = 0.0
     features_save_s: float = 0.0
+
+
+#: Orthomosaics whose tile GSDs differ by less than this (relative) form one GSD layer: a frame
+#: scaled to one of them is within the scale tolerance of every matcher for the others.
+LAYER_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class GsdLayer:
+    """Tiles of one ground sampling distance: the complete orthomosaics tiled at ``gsd_m``
+    (within :data:`LAYER_TOLERANCE`) with ``tile_px`` tiles; ``tiles`` is their tile count."""
+
+    gsd_m: float
+    tile_px: int
+    orthomosaic_ids: tuple[int, ...]
+    tiles: int
+
+    @property
+    def tile_ground_m(self) -> float:
+        """Side of one tile on the ground (m)."""
+        return self.tile_px * self.gsd_m
+
+
+def gsd_layers(orthos: Sequence[repo.OrthomosaicRow]) -> list[GsdLayer]:
+    """The GSD layers of these orthomosaics (complete ones only), most tiles first.
+
+    A layer's GSD is that of its orthomosaics holding the most tiles (rounded to the µm, as
+    ingest records it); ties between layers go to the finer GSD.
+    """
+    rows = sorted(
+        (
+            (round(float(o.target_gsd_m or o.gsd_m), 6), int(o.tile_size), o)
+            for o in orthos
+            if o.status == "complete"
+        ),
+        key=lambda r: (r[1], r[0], r[2].id),
+    )
+    groups: list[list[tuple[float, int, repo.OrthomosaicRow]]] = []
+    for r in rows:
+        g = groups[-1] if groups else None
+        if g is not None and g[0][1] == r[1] and r[0] <= g[0][0] * (1.0 + LAYER_TOLERANCE):
+            g.append(r)
+        else:
+            groups.append([r])
+    layers = []
+    for g in groups:
+        per_gsd: Counter[float] = Counter()
+        for gsd, _px, o in g:
+            per_gsd[gsd] += max(int(o.tiles_kept), 0)
+        gsd = max(sorted(per_gsd), key=lambda k: per_gsd[k])
+        ids = tuple(sorted(int(o.id) for _, _, o in g))
+        layers.append(GsdLayer(gsd, g[0][1], ids, sum(per_gsd.values())))
+    return sorted(layers, key=lambda la: (-la.tiles, la.gsd_m))
 
 
 class TileStore:
@@ -104,6 +158,8 @@ class TileStore:
         self._index = index
         self.map_gsd_m = float(map_gsd_m)
         self.tile_px = int(tile_px)
+        self._layers: list[GsdLayer] | None = None  # read on first use, again after a re-open
+        self._layer_ids: dict[tuple[int, ...], np.ndarray] = {}
         self._reopen_failed = False  # warned once that a re-saved index did not open
         self._omega_dim: int | None = None  # set by for_encoder: the write side's Ω width
         self._lock: contextlib.ExitStack | None = None
@@ -284,6 +340,25 @@ class TileStore:
         return self._index
 
     # ------------------------------------------------------------------------------- reading
+    @property
+    def layers(self) -> list[GsdLayer]:
+        """The store's GSD layers, the main one (most tiles: ``map_gsd_m``) first."""
+        if self._layers is None:
+            self._layers = gsd_layers(repo.list_orthomosaics(self._db, self.encoder_id))
+            self._layer_ids = {}
+        return self._layers
+
+    def layer_tile_ids(self, layers: Sequence[int]) -> np.ndarray:
+        """Sorted int64 ids of the tiles of these layers (indices into :attr:`layers`)."""
+        key = tuple(sorted({int(i) for i in layers}))
+        hit = self._layer_ids.get(key)
+        if hit is None:
+            ls = self.layers
+            orthos = sorted({o for i in key for o in ls[i].orthomosaic_ids})
+            hit = repo.tile_ids_of_orthomosaics(self._db, self.encoder_id, orthos)
+            self._layer_ids[key] = hit
+        return hit
+
     def search(
         self, omega: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -390,6 +465,7 @@ class TileStore:
             self._reopen_failed = True
             return False
         self._index, self._reopen_failed = fresh, False
+        self._layers = None  # an ingest may have added an orthomosaic (or a GSD)
         log.info("Ω index changed on disk: re-opened (%d tiles)", len(fresh))
         return True
 
@@ -709,20 +785,17 @@ class TileStore:
 
 
 def _map_grid(db: Database, encoder_id: int, *, warn: bool) -> tuple[float, int]:
-    """Most common (GSD, tile size) over the encoder's complete orthomosaics; (0, 0) if none."""
-    orthos = [o for o in repo.list_orthomosaics(db, encoder_id) if o.status == "complete"]
-    if not orthos:
+    """(GSD, tile size) of the main GSD layer (the most tiles); (0, 0) if nothing is complete."""
+    layers = gsd_layers(repo.list_orthomosaics(db, encoder_id))
+    if not layers:
         return 0.0, 0
-    gsds = Counter(round(float(o.target_gsd_m or o.gsd_m), 6) for o in orthos)
-    sizes = Counter(int(o.tile_size) for o in orthos)
-    map_gsd = gsds.most_common(1)[0][0]
-    if warn and len(gsds) > 1:
-        log.warning(
-            "orthomosaics ingested at %d different GSDs; frames are scaled to %.3f m/px",
-            len(gsds),
-            map_gsd,
+    if warn and len(layers) > 1:
+        log.info(
+            "%d GSD layers: %s; frames are searched at each plausible one",
+            len(layers),
+            ", ".join(f"{la.gsd_m:g} m/px ({la.tiles} tiles)" for la in layers),
         )
-    return map_gsd, sizes.most_common(1)[0][0]
+    return layers[0].gsd_m, layers[0].tile_px
 
 
 def _open_features(directory: Path) -> FeatureStore:
