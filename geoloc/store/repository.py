@@ -579,7 +579,7 @@ def tile_ids_within(
 
 #: Restrictions up to this many tiles are scored exactly (their Φ fetched), not by the HNSW
 #: index, whose filtered scan can stop before it reaches the few allowed tiles.
-EXACT_PHI_MAX = 20_000
+EXACT_PHI_MAX = 2_048
 
 
 def knn_phi(

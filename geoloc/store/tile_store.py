@@ -52,6 +52,7 @@ from geoloc.errors import (
     IndexError_,
 )
 from geoloc.store import repository as repo
+from geoloc.store.omega_format import meta_stamp
 from geoloc.store.records import Candidate, RasterRecord, TileRecord, TileRef
 from geoloc.store.tile_features import FeatureSpec, FeatureStore, TileKeypoints
 
@@ -167,6 +168,9 @@ class TileStore:
         self._writing_stride = 0  # grid stride (output px) of the raster being written
         self._features: FeatureStore | None = None  # opened on first use
         self.write_timings = WriteTimings()
+        # every ingest ends by saving the Ω index: a reader without it in memory still watches
+        # its sidecar to learn that orthomosaics (maybe a new GSD layer) were added
+        self._omega_stamp = None if index is not None else meta_stamp(self._omega_dir())
 
     # ------------------------------------------------------------------------------- opening
     @classmethod
@@ -413,9 +417,12 @@ class TileStore:
     @property
     def features_dir(self) -> Path:
         """Folder of the per-tile local features (inside the encoder's Ω index folder)."""
+        return FeatureStore.path_for(self._omega_dir())
+
+    def _omega_dir(self) -> Path:
         from geoloc.store.faiss_store import OmegaIndex
 
-        return FeatureStore.path_for(OmegaIndex.path_for(self._settings, self.encoder_sha256))
+        return OmegaIndex.path_for(self._settings, self.encoder_sha256)
 
     def _feature_store(self) -> FeatureStore:
         if self._features is None:
@@ -453,7 +460,13 @@ class TileStore:
             except GeolocError as exc:
                 log.warning("features changed on disk but cannot be re-opened, kept: %s", exc)
         index = self._index
-        if index is None or not index.changed_on_disk():
+        if index is None:
+            stamp = meta_stamp(self._omega_dir())
+            if stamp != self._omega_stamp:
+                self._omega_stamp, self._layers = stamp, None
+                self._layer_ids.clear()
+            return False
+        if not index.changed_on_disk():
             return False
         from geoloc.store.faiss_store import OmegaIndex
 

@@ -152,3 +152,33 @@ def test_a_view_of_each_layer_is_located_on_its_layer(
         assert fix.status == "ok" and st.match is not None and st.match.candidate.layer == 0
         assert fix.lat is not None and fix.lon is not None
         assert float(geodesic_distance_m(fix.lon, fix.lat, lon, lat)) <= 5.0
+
+
+def test_a_warm_localizer_without_the_omega_index_sees_a_layer_ingested_meanwhile(
+    pg_server: Any, encoder: Any, tmp_path: Path
+) -> None:
+    """Φ recall keeps no Ω index in memory; the layers still follow an ingest that adds a GSD."""
+    from geoloc.config import Settings
+    from geoloc.ingest import ingest
+    from geoloc.localize import Localizer
+
+    fine = write_fake(tmp_path / "fine.tif", procedural_scene(7, size=784), FINE_GSD, 1)
+    name = pg_server.create_database()
+    settings = Settings(home=tmp_path / "home", database_url=pg_server.url_for(name))
+    try:
+        (res,) = ingest(
+            [SAMPLE_RASTER], encoder=encoder, settings=settings, gsd=0.5, progress=False
+        )
+        assert res.status == "ingested", res
+        with Localizer.open(settings, encoder=encoder) as loc:
+            assert loc.store.index is None  # the default recall searches Φ in Postgres
+            assert [la.gsd_m for la in loc.store.layers] == [0.5]
+            assert loc.store.reopen_if_changed() is False
+            (res,) = ingest(
+                [fine], encoder=encoder, settings=settings, gsd=FINE_GSD, progress=False
+            )
+            assert res.status == "ingested", res
+            loc.store.reopen_if_changed()
+            assert [la.gsd_m for la in loc.store.layers] == [0.5, FINE_GSD]
+    finally:
+        pg_server.drop_database(name)
