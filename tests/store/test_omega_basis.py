@@ -166,7 +166,7 @@ def test_freeze_after_zero_keeps_the_basis_growing() -> None:
     rng = np.random.default_rng(8)
     basis = GrowingBasis(D, target_dim=8, max_dim=16, freeze_after=0)
     stored = np.zeros((0, 0), np.float32)
-    for s in range(6):
+    for _ in range(6):
         step = basis.fold(unit(rng, 10, D), frozen=basis.frozen)
         assert step.grown  # random vectors always leave the span
         stored = np.pad(stored, ((0, 0), (0, basis.dim - stored.shape[1])))
