@@ -378,15 +378,6 @@ class _DriverFeatures:
         return self.store.add(tiles, *arrays, features=feats)
 
 
-def _use_runtime(enc: Any, runtime: str) -> str:
-    """Put the backbone of ``enc`` on ``runtime`` (ONNX exports cached per user)."""
-    from geoloc.models.runtime import use_runtime
-
-    used = use_runtime(enc, runtime)
-    log.debug("encoder runtime: %s", used)
-    return used
-
-
 @contextlib.contextmanager
 def _distributed(
     cluster: str,
@@ -478,7 +469,7 @@ def ingest(
     if batch_size < 1:
         raise IngestError(f"--batch-size must be >= 1, got {batch_size}")
     policy_for(224, gsd, stride, min_valid)  # validate the options before any heavy work
-    from geoloc.models.runtime import check_runtime, default_runtime
+    from geoloc.models.runtime import check_runtime, default_runtime, load_for_inference
 
     runtime = default_runtime() if runtime is None else check_runtime(runtime)
     settings = settings or Settings.from_env()
@@ -497,17 +488,13 @@ def ingest(
     if not rasters:
         return results
 
-    from geoloc.models import load_encoder
     from geoloc.store import TileStore
     from geoloc.store.database import open_database
 
     db = open_database(settings)  # first: an unreachable database fails fast
     try:
         if isinstance(encoder, str):
-            enc = load_encoder(encoder, checkpoint=checkpoint)
-            if hasattr(enc, "optimize_for_inference"):
-                enc.optimize_for_inference()
-            _use_runtime(enc, runtime)
+            enc = load_for_inference(encoder, checkpoint, runtime)
         else:
             enc = encoder  # an already loaded encoder (tests, benchmarks, notebooks)
         policy = policy_for(int(enc.input_size), gsd, stride, min_valid)
