@@ -334,15 +334,14 @@ class _Ingester:
         if self.distributed is not None:
             from geoloc.ingest.distributed import write_bands
 
-            add = self.store.add if extract is None else _DriverFeatures(raster, cfg, extract, self)
+            # the actors extract the features from the pixels they read (None: they make none)
+            spec = None if extract is None else extract.spec
             kept = write_bands(
-                self.distributed.bands(str(path), cfg, grid, self.batch_size),
-                add,
+                self.distributed.bands(str(path), cfg, grid, self.batch_size, features=spec),
+                self.store.add,
                 self.batch_size,
                 on_position=self.progress.update,
             )
-            if extract is not None:
-                res.timings.features_s = extract.seconds
             self.progress.finish()
             return kept
         t = encode_stream(
@@ -356,26 +355,6 @@ class _Ingester:
         res.timings.features_s = t.features_s
         self.progress.finish()
         return kept
-
-
-class _DriverFeatures:
-    """``TileStore.add`` for a ``--cluster`` ingest that also stores local features: the driver
-    re-reads each batch's tiles (the workers return records, not pixels) and extracts them, so
-    the features equal those of a single-process ingest."""
-
-    def __init__(self, raster: Any, cfg: Any, extract: Any, ingester: _Ingester) -> None:
-        self.raster, self.cfg, self.extract, self.store = raster, cfg, extract, ingester.store
-
-    def __call__(self, tiles: list[Any], *arrays: Any) -> list[int]:
-        import numpy as np
-
-        from geoloc.ingest.distributed import read_band
-
-        rows = (min(t.row for t in tiles), max(t.row for t in tiles) + 1) if tiles else (0, 0)
-        cells = {(t.row, t.col): t for t in read_band(self.raster, self.cfg, rows)}
-        read = [cells[(t.row, t.col)] for t in tiles]
-        feats = self.extract(read, np.stack([t.pixels for t in read])) if read else []
-        return self.store.add(tiles, *arrays, features=feats)
 
 
 @contextlib.contextmanager
