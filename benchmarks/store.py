@@ -5,7 +5,8 @@ Usage: ``python -m benchmarks.store [--full]``; writes ``benchmarks/results/stor
 1. Real Ω/Φ: tiles of the bundled sample (and ``../shared/data/turku/sat_map_*.tif`` when
    present) at the ingest defaults (224 px, stride 112, GSD max(0.5, native)), encoded by SGM-Net.
 2. Ω compression on real tiles: :class:`OmegaIndex` at its defaults vs exact 50,176-d inner
-   product, held-out tiles as queries: recall@10 and 10-recall@100.
+   product, held-out tiles as queries: recall@10 and 10-recall@100; and what freezing the basis
+   after ``freeze_after`` vectors costs against a basis that never freezes (``--freeze`` alone).
 3. pgvector on synthetic Φ drawn to match the real Φ statistics (mean, top principal directions
    and their variances, isotropic rest): insert rate through ``repository.add_tiles`` (binary
    COPY, HNSW index present, batches of 1,000), bytes per tile on disk, HNSW k-NN p50/p95 and
@@ -189,6 +190,65 @@ def omega_compression(
             row["bytes_per_tile"] = row["faiss_bytes_per_tile"] + row["refine_bytes_per_tile"]
             out["configs"].append(row)
             print(f"omega {name}: {json.dumps(row)}", flush=True)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+#: ``freeze_after`` values compared by :func:`omega_freeze` (0: the basis never freezes).
+FREEZE_AFTER = (0, 512, 1024, 2048)
+
+
+def omega_freeze(
+    omega: np.ndarray, values: tuple[int, ...] = FREEZE_AFTER, n_queries: int = 300
+) -> dict[str, Any]:
+    """What freezing the Ω basis costs in recall, on real Ω added in raster order.
+
+    Same held-out queries as :func:`omega_compression`. Per ``freeze_after``: recall@1/@10 of
+    the final (refined) search vs exact 50,176-d inner product, top-1 and top-10 agreement with
+    the basis that never freezes (``freeze_after=0``), the vectors the basis had seen when it
+    froze (``fit_count``), its residual energy, and the add rate (tiles/s, this machine's
+    load).
+    """
+    from geoloc.config import Settings
+    from geoloc.store.omega_index import OmegaIndex
+
+    rng = np.random.default_rng(0)
+    held = np.zeros(len(omega), dtype=bool)
+    held[rng.choice(len(omega), n_queries, replace=False)] = True
+    q, x = omega[held], omega[~held]
+    truth = np.argsort(-(q @ x.T), axis=1)[:, :10]
+    out: dict[str, Any] = {"tiles": int(len(x)), "queries": int(len(q)), "rows": []}
+    ref: np.ndarray | None = None
+    for value in values:
+        home = Path(tempfile.mkdtemp(prefix="geoloc-bench-freeze-", dir="/tmp"))
+        try:
+            ix = OmegaIndex.open(
+                Settings(home=home), "b" * 64, omega_dim=omega.shape[1], freeze_after=value
+            )
+            t0 = time.perf_counter()
+            frozen_at = None
+            for s in range(0, len(x), 16):
+                ix.add(np.arange(s, min(s + 16, len(x)), dtype=np.int64), x[s : s + 16])
+                if frozen_at is None and ix._basis.frozen:
+                    frozen_at = ix.fit_count
+            info = ix.info()
+            add_s = time.perf_counter() - t0
+            _, found = ix.search(q, 10)
+            if ref is None:
+                ref = found
+            row = {
+                "freeze_after": value,
+                "frozen_at_vectors": frozen_at,
+                "recall_at_1": float(np.mean(found[:, 0] == truth[:, 0])),
+                "recall_at_10": _recall(found, truth),
+                "top1_agreement_vs_growing": float(np.mean(found[:, 0] == ref[:, 0])),
+                "top10_agreement_vs_growing": _recall(found, ref),
+                "residual_energy": float(info["residual_energy"]),
+                "add_tiles_per_s": len(x) / add_s,
+            }
+            out["rows"].append(row)
+            print(f"omega freeze: {json.dumps(row)}", flush=True)
         finally:
             shutil.rmtree(home, ignore_errors=True)
     return out
@@ -614,6 +674,7 @@ def run_omega() -> dict[str, Any]:
         }
     }
     out["omega_compression_real"] = omega_compression(omega)
+    out["omega_freeze_real"] = omega_freeze(omega)
     out["omega_search_at_scale"] = omega_search_at_scale(omega, [10_000, 100_000])
     return out
 
@@ -653,9 +714,20 @@ if __name__ == "__main__":
         action="store_true",
         help="only the Ω sections (real-tile compression, search at scale); merged into the JSON",
     )
+    ap.add_argument(
+        "--freeze",
+        action="store_true",
+        help="only the Ω basis freeze comparison (real tiles); merged into the JSON",
+    )
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    if args.omega_only:
+    if args.freeze:
+        path = RESULTS / "store.json"
+        merged = json.loads(path.read_text()) if path.exists() else {}
+        merged["omega_freeze_real"] = omega_freeze(encode_real_multi()[0])
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(merged, indent=2) + "\n")
+    elif args.omega_only:
         path = RESULTS / "store.json"
         merged = json.loads(path.read_text()) if path.exists() else {}
         merged.update(run_omega())

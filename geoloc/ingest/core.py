@@ -334,15 +334,14 @@ class _Ingester:
         if self.distributed is not None:
             from geoloc.ingest.distributed import write_bands
 
-            add = self.store.add if extract is None else _DriverFeatures(raster, cfg, extract, self)
+            # the actors extract the features from the pixels they read (None: they make none)
+            spec = None if extract is None else extract.spec
             kept = write_bands(
-                self.distributed.bands(str(path), cfg, grid, self.batch_size),
-                add,
+                self.distributed.bands(str(path), cfg, grid, self.batch_size, features=spec),
+                self.store.add,
                 self.batch_size,
                 on_position=self.progress.update,
             )
-            if extract is not None:
-                res.timings.features_s = extract.seconds
             self.progress.finish()
             return kept
         t = encode_stream(
@@ -356,35 +355,6 @@ class _Ingester:
         res.timings.features_s = t.features_s
         self.progress.finish()
         return kept
-
-
-class _DriverFeatures:
-    """``TileStore.add`` for a ``--cluster`` ingest that also stores local features: the driver
-    re-reads each batch's tiles (the workers return records, not pixels) and extracts them, so
-    the features equal those of a single-process ingest."""
-
-    def __init__(self, raster: Any, cfg: Any, extract: Any, ingester: _Ingester) -> None:
-        self.raster, self.cfg, self.extract, self.store = raster, cfg, extract, ingester.store
-
-    def __call__(self, tiles: list[Any], *arrays: Any) -> list[int]:
-        import numpy as np
-
-        from geoloc.ingest.distributed import read_band
-
-        rows = (min(t.row for t in tiles), max(t.row for t in tiles) + 1) if tiles else (0, 0)
-        cells = {(t.row, t.col): t for t in read_band(self.raster, self.cfg, rows)}
-        read = [cells[(t.row, t.col)] for t in tiles]
-        feats = self.extract(read, np.stack([t.pixels for t in read])) if read else []
-        return self.store.add(tiles, *arrays, features=feats)
-
-
-def _use_runtime(enc: Any, runtime: str) -> str:
-    """Put the backbone of ``enc`` on ``runtime`` (ONNX exports cached per user)."""
-    from geoloc.models.runtime import use_runtime
-
-    used = use_runtime(enc, runtime)
-    log.debug("encoder runtime: %s", used)
-    return used
 
 
 @contextlib.contextmanager
@@ -478,7 +448,7 @@ def ingest(
     if batch_size < 1:
         raise IngestError(f"--batch-size must be >= 1, got {batch_size}")
     policy_for(224, gsd, stride, min_valid)  # validate the options before any heavy work
-    from geoloc.models.runtime import check_runtime, default_runtime
+    from geoloc.models.runtime import check_runtime, default_runtime, load_for_inference
 
     runtime = default_runtime() if runtime is None else check_runtime(runtime)
     settings = settings or Settings.from_env()
@@ -497,17 +467,13 @@ def ingest(
     if not rasters:
         return results
 
-    from geoloc.models import load_encoder
     from geoloc.store import TileStore
     from geoloc.store.database import open_database
 
     db = open_database(settings)  # first: an unreachable database fails fast
     try:
         if isinstance(encoder, str):
-            enc = load_encoder(encoder, checkpoint=checkpoint)
-            if hasattr(enc, "optimize_for_inference"):
-                enc.optimize_for_inference()
-            _use_runtime(enc, runtime)
+            enc = load_for_inference(encoder, checkpoint, runtime)
         else:
             enc = encoder  # an already loaded encoder (tests, benchmarks, notebooks)
         policy = policy_for(int(enc.input_size), gsd, stride, min_valid)

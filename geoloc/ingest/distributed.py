@@ -3,10 +3,12 @@
 ``geoloc ingest PATH... --cluster auto|ray://HOST:PORT [--workers N]``. The grid of a raster is
 cut into *bands* (consecutive tile rows); each band is a task of one of ``N`` encoder actors,
 which opens the raster from its path (every worker must see the same path), reads the band's
-tiles with rasterio, encodes them and returns the tile records with Ω/Φ/areas/centroids. The
-driver is the ONE writer: it takes the bands back in grid order and hands them to the same
-:class:`~geoloc.store.TileStore` ``begin/add/commit`` as the single-process ingest, in batches
-of the same size, so tile ids, the FAISS index and the database are those of a local run.
+tiles with rasterio, encodes them and returns the tile records with Ω/Φ/areas/centroids (and,
+when the store keeps them, each tile's local features, extracted from the pixels the actor has
+already read: the driver reads no pixels). The driver is the ONE writer: it takes the bands
+back in grid order and hands them to the same :class:`~geoloc.store.TileStore`
+``begin/add/commit`` as the single-process ingest, in batches of the same size, so tile ids,
+the FAISS index and the database are those of a local run.
 
 Failures: an actor killed mid-band is restarted by Ray and its band retried
 (``max_restarts``/``max_task_retries``); a killed driver leaves an ``ingesting`` orthomosaic that
@@ -32,7 +34,11 @@ from geoloc.errors import IngestError
 
 if TYPE_CHECKING:
     from geoloc.store.records import TileRecord
+    from geoloc.store.tile_features import FeatureSpec
     from tiling import Grid, TileConfig
+
+#: per tile (xy tile px, desc, score), as :class:`geoloc.ingest.features.TileFeatures` makes
+FeatureTuple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 log = logging.getLogger("geoloc.ingest")
 
@@ -45,7 +51,7 @@ IN_FLIGHT_PER_WORKER = 2
 ACTOR_NAME = "geoloc-encode-{}"
 NAMESPACE = "geoloc"
 
-__all__ = ["BandResult", "DistributedEncoder", "check_cluster", "ray_cluster"]
+__all__ = ["BandFeatures", "BandResult", "DistributedEncoder", "check_cluster", "ray_cluster"]
 
 
 def check_cluster(cluster: str) -> str:
@@ -99,7 +105,8 @@ def ray_cluster(cluster: str, workers: int | None = None) -> Iterator[None]:
 
 @dataclass
 class BandResult:
-    """What an actor returns for one band: kept tiles (grid order) and their encoder outputs."""
+    """What an actor returns for one band: kept tiles (grid order), their encoder outputs and,
+    when asked for, their local features (one tuple per tile)."""
 
     tiles: list[TileRecord]
     omega: np.ndarray
@@ -107,6 +114,19 @@ class BandResult:
     node_areas: np.ndarray
     node_centroids: np.ndarray
     weights_sha256: str
+    features: list[FeatureTuple] | None = None
+
+
+@dataclass(frozen=True)
+class BandFeatures:
+    """What an actor needs to extract a band's stored features: the store's spec and the grid
+    shape the core cells are cut from (:class:`geoloc.ingest.features.TileFeatures`)."""
+
+    spec: FeatureSpec
+    rows: int
+    cols: int
+    tile_size: int
+    stride: int
 
 
 def band_rows(grid: Grid, band_tiles: int | None = None) -> list[tuple[int, int]]:
@@ -173,29 +193,51 @@ class EncodeWorker:
         return os.getpid()
 
     def encode_band(
-        self, path: str, cfg: TileConfig, rows: tuple[int, int], batch_size: int
+        self,
+        path: str,
+        cfg: TileConfig,
+        rows: tuple[int, int],
+        batch_size: int,
+        features: BandFeatures | None = None,
     ) -> BandResult:
-        """Read and encode the kept tiles of rows ``[r0, r1)`` of the raster at ``path``."""
+        """Read and encode the kept tiles of rows ``[r0, r1)`` of the raster at ``path``; with
+        ``features``, also extract each tile's stored local features from the same pixels."""
         from geoloc.ingest.stream import as_array
         from geoloc.store.records import TileRecord
         from tiling import open_raster
 
+        extract = None
+        if features is not None:
+            from geoloc.ingest.features import TileFeatures
+
+            extract = TileFeatures(
+                features.spec,
+                rows=features.rows,
+                cols=features.cols,
+                tile_size=features.tile_size,
+                stride=features.stride,
+            )
         with open_raster(path) as raster:
             tiles = read_band(raster, cfg, rows)
         outs: list[tuple[np.ndarray, ...]] = []
+        feats: list[FeatureTuple] = []
         for i in range(0, len(tiles), batch_size):
             chunk = tiles[i : i + batch_size]
-            o = self.encoder.encode(np.stack([t.pixels for t in chunk]))
+            pixels = np.stack([t.pixels for t in chunk])
+            o = self.encoder.encode(pixels)
             outs.append(
                 tuple(as_array(x) for x in (o.omega, o.phi, o.node_areas, o.node_centroids))
             )
+            if extract is not None:
+                feats.extend(extract(chunk, pixels))
         enc = self.encoder
+        band_feats = None if extract is None else feats
         if not outs:
             empty = np.zeros((0, int(enc.omega_dim)), np.float32)
-            return BandResult([], empty, empty, empty, empty, str(enc.weights_sha256))
+            return BandResult([], empty, empty, empty, empty, str(enc.weights_sha256), band_feats)
         om, phi, areas, cents = (np.concatenate([o[k] for o in outs]) for k in range(4))
         records = [TileRecord.from_tile(t) for t in tiles]
-        return BandResult(records, om, phi, areas, cents, str(enc.weights_sha256))
+        return BandResult(records, om, phi, areas, cents, str(enc.weights_sha256), band_feats)
 
 
 class DistributedEncoder:
@@ -266,13 +308,24 @@ class DistributedEncoder:
         self.close()
 
     def bands(
-        self, path: str, cfg: TileConfig, grid: Grid, batch_size: int
+        self,
+        path: str,
+        cfg: TileConfig,
+        grid: Grid,
+        batch_size: int,
+        features: FeatureSpec | None = None,
     ) -> Iterator[tuple[BandResult, int]]:
         """Yield ``(band result, grid position reached)`` in grid order; a band whose actor died
-        is retried by Ray; a band that keeps failing raises :class:`IngestError`."""
+        is retried by Ray; a band that keeps failing raises :class:`IngestError`. With
+        ``features`` (the store's spec) the actors also return each tile's local features."""
         import ray
         from ray.exceptions import RayError
 
+        band_feats = None
+        if features is not None:
+            band_feats = BandFeatures(
+                features, int(grid.rows), int(grid.cols), int(grid.tile_size), int(grid.stride)
+            )
         todo = deque(band_rows(grid))
         pending: deque[tuple[Any, tuple[int, int]]] = deque()
         limit = len(self.actors) * (1 + IN_FLIGHT_PER_WORKER)
@@ -282,7 +335,8 @@ class DistributedEncoder:
                 rows = todo.popleft()
                 a = self.actors[i % len(self.actors)]
                 i += 1
-                pending.append((a.encode_band.remote(path, cfg, rows, batch_size), rows))
+                ref = a.encode_band.remote(path, cfg, rows, batch_size, band_feats)
+                pending.append((ref, rows))
             ref, rows = pending.popleft()
             try:
                 res: BandResult = ray.get(ref)
@@ -303,12 +357,14 @@ class DistributedEncoder:
 
 def write_bands(
     source: Iterator[tuple[BandResult, int]],
-    add: Callable[[list[Any], np.ndarray, np.ndarray, np.ndarray, np.ndarray], Any],
+    add: Callable[..., Any],
     batch_size: int,
     on_position: Callable[[int], None] | None = None,
 ) -> int:
-    """Hand the bands' tiles to ``add`` in batches of ``batch_size`` (the batches of a local
-    ingest, so both write the same rows in the same transactions); returns the tiles written."""
+    """Hand the bands' tiles to ``add(tiles, omega, phi, areas, centroids, features=...)`` in
+    batches of ``batch_size`` (the batches of a local ingest, so both write the same rows in the
+    same transactions; ``features`` None when the bands carry none); returns the tiles
+    written."""
     buf: list[BandResult] = []
     n_buf = 0
     written = 0
@@ -322,15 +378,23 @@ def write_bands(
             np.concatenate([getattr(b, k) for b in buf])
             for k in ("omega", "phi", "node_areas", "node_centroids")
         ]
+        feats = None
+        if buf[0].features is not None:
+            feats = [f for b in buf for f in (b.features or [])]
         cut = len(tiles) if final else (len(tiles) // batch_size) * batch_size
         for s in range(0, cut, batch_size):
             e = min(cut, s + batch_size)
-            add(tiles[s:e], *(a[s:e] for a in arrays))
+            add(
+                tiles[s:e],
+                *(a[s:e] for a in arrays),
+                features=None if feats is None else feats[s:e],
+            )
             log.debug("ingest: batch of %d tiles written", e - s)
         written += cut
         rest = tiles[cut:]
         om, phi, areas, cents = (a[cut:] for a in arrays)
-        buf = [BandResult(rest, om, phi, areas, cents, "")] if rest else []
+        rest_feats = None if feats is None else feats[cut:]
+        buf = [BandResult(rest, om, phi, areas, cents, "", rest_feats)] if rest else []
         n_buf = len(rest)
 
     for band, position in source:

@@ -38,12 +38,15 @@ def rebuild_index(
     checkpoint: str | Path | None = None,
     batch_size: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    runtime: str | None = None,
     **index_kwargs: Any,
 ) -> OmegaIndex:
     """Re-create the Ω index of ``store``'s encoder from the rasters; return the saved index.
 
-    ``model`` is a loaded encoder (default: ``load_encoder(name, checkpoint)``); its weights
-    must be the ones the tiles were ingested with. Runs under the ingest lock; the new index
+    ``model`` is a loaded encoder (default: the encoder by name with ``checkpoint``, loaded as
+    ingest loads it: :func:`geoloc.models.runtime.load_for_inference` on ``runtime``, None for
+    ``GEOLOC_ENCODER_RUNTIME`` or ``auto``); its weights must be the ones the tiles were
+    ingested with. Runs under the ingest lock; the new index
     replaces the old one atomically when complete. ``progress(done, total)`` is called per
     batch; ``index_kwargs`` are :class:`~geoloc.store.OmegaIndex` parameters.
     """
@@ -52,9 +55,9 @@ def rebuild_index(
 
     encoder = repo.get_encoder(store.db, store.encoder_id)
     if model is None:
-        from geoloc.models import load_encoder
+        from geoloc.models.runtime import load_for_inference
 
-        model = load_encoder(encoder.name, checkpoint=checkpoint)
+        model = load_for_inference(encoder.name, checkpoint, runtime)
     if str(model.weights_sha256) != encoder.weights_sha256:
         raise EncoderMismatchError(
             f"encoder {encoder.name} loaded with weights {str(model.weights_sha256)[:12]}, but "

@@ -187,3 +187,20 @@ def use_runtime(encoder: Any, runtime: str = "auto", cache_dir: Path | None = No
     object.__setattr__(encoder, "_onnx_backbone", session)
     log.info("encoder backbone on ONNX Runtime (%s, max |Δ| %.1e)", path.name, diff)
     return "onnx"
+
+
+def load_for_inference(
+    name: str, checkpoint: str | Path | None = None, runtime: str | None = None
+) -> Any:
+    """Encoder ``name`` (head weights from ``checkpoint``) optimised for inference, its backbone
+    on ``runtime`` (None: :func:`default_runtime`): what ingest and ``index rebuild`` encode with,
+    so both produce Ω on the same runtime."""
+    from geoloc.models import load_encoder
+
+    runtime = default_runtime() if runtime is None else check_runtime(runtime)
+    enc = load_encoder(name, checkpoint=checkpoint)
+    if hasattr(enc, "optimize_for_inference"):
+        enc.optimize_for_inference()
+    used = use_runtime(enc, runtime)
+    log.debug("encoder %s runtime: %s", name, used)
+    return enc

@@ -13,6 +13,11 @@ is stored as its coordinates ``c = B x`` (its *code*) and a query ``q`` is score
 * when ``d`` would exceed ``max_dim`` the basis is truncated to the ``target_dim`` principal
   directions of the uncentred second moment of all codes (a PCA kept up to date incrementally,
   with the moment matrix ``d x d``), and every stored code is rotated into the new basis;
+* once a truncation has seen ``freeze_after`` vectors the basis is frozen (FAISS's "train on a
+  sample, then add"): growing it costs several products with ``omega_dim``-wide rows per chunk
+  and a rewrite of every stored code, where a frozen basis costs one projection, and the
+  principal directions of a few times ``max_dim`` vectors change little with more of them (the
+  refine codes, trained at the first truncation, re-score what the codes miss);
 * once the index holds more than ``ivf_threshold`` vectors it becomes an IVF index and the basis
   is frozen: vectors whose residual is large then lose accuracy, which the residual energy
   (:attr:`GrowingBasis.residual_energy`) reports and a rebuild repairs.
@@ -34,6 +39,9 @@ DEFAULT_NPROBE = 128
 #: The IVF index is re-trained (nlist ~ 4 sqrt(n)) when it holds this many times the vectors it
 #: was trained at (50k -> 400k -> 3.2M with the defaults).
 IVF_RETRAIN_FACTOR = 8
+#: Vectors a truncation must have seen before the basis is frozen (0: it never freezes). With
+#: the default ``max_dim`` the first truncation (at ``max_dim + ADD_CHUNK`` vectors) freezes it.
+DEFAULT_FREEZE_AFTER = 512
 #: Residual-energy tolerance below which a vector is considered inside the basis.
 RESIDUAL_TOL = 1e-6
 #: Largest chunk of vectors folded into the basis at once (bounds memory and the Gram matrix).
@@ -87,7 +95,8 @@ class GrowingBasis:
 
     ``residual_sum`` / ``residual_n`` accumulate the energy of added vectors that the basis does
     not hold (0 while the index is exact); ``fit_count`` is the number of codes at the last
-    truncation or IVF training.
+    truncation or IVF training; once it reaches ``freeze_after`` (> 0) the basis is
+    :attr:`frozen`.
     """
 
     def __init__(
@@ -101,8 +110,10 @@ class GrowingBasis:
         residual_sum: float = 0.0,
         residual_n: int = 0,
         fit_count: int = 0,
+        freeze_after: int = DEFAULT_FREEZE_AFTER,
     ) -> None:
         self.omega_dim = int(omega_dim)
+        self.freeze_after = int(freeze_after)
         self.target_dim = int(target_dim)
         self.max_dim = int(max_dim)
         self.basis: np.ndarray = (
@@ -134,6 +145,11 @@ class GrowingBasis:
         return self.residual_sum / max(1, self.residual_n)
 
     @property
+    def frozen(self) -> bool:
+        """True once a truncation has seen ``freeze_after`` vectors: new vectors are projected."""
+        return 0 < self.freeze_after <= self.fit_count
+
+    @property
     def too_wide(self) -> bool:
         """True when the basis holds more than ``max_dim`` directions: time to truncate."""
         return self.dim > self.max_dim
@@ -156,6 +172,8 @@ class GrowingBasis:
         """
         b = self.basis
         x_energy = np.maximum(_row_energy(x).astype(np.float64), 1e-30)
+        if frozen and b.shape[0]:
+            return self._project_frozen(x, x_energy)
         if b.shape[0]:
             coords = x @ b.T
             resid = x - coords @ b
@@ -171,6 +189,21 @@ class GrowingBasis:
         self.moment += coords.T.astype(np.float64) @ coords.astype(np.float64)
         self.moment_dirty = True
         return Fold(coords.astype(np.float32), grown=False)
+
+    def _project_frozen(self, x: np.ndarray, x_energy: np.ndarray) -> Fold:
+        """The codes of ``x`` in the frozen basis; their residual energy from the code norms.
+
+        The basis rows are orthonormal, so ``|x - B^T B x|^2 = |x|^2 - |B x|^2``: one product
+        with the ``omega_dim``-wide rows instead of two.
+        """
+        coords = x @ self.basis.T
+        c64 = coords.astype(np.float64)
+        energy = np.maximum(x_energy - _row_energy(c64), 0.0) / x_energy
+        self.residual_sum += float(energy.sum())
+        self.residual_n += int(energy.size)
+        self.moment += c64.T @ c64
+        self.moment_dirty = True
+        return Fold(np.ascontiguousarray(coords, dtype=np.float32), grown=False)
 
     def _reorthogonalise(self, coords: np.ndarray, resid: np.ndarray, energy: np.ndarray) -> None:
         """A second projection (in place) for the rows that one pass leaves inaccurate.

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from geoloc.errors import IndexError_
-from geoloc.store.omega_basis import GrowingBasis
+from geoloc.store.omega_basis import DEFAULT_FREEZE_AFTER, GrowingBasis
 from geoloc.store.refine import (
     DEFAULT_REFINE_BITS,
     DEFAULT_REFINE_CHANNELS,
@@ -43,7 +43,7 @@ from geoloc.store.refine import (
     layout,
 )
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Refine segments kept before neighbouring small ones are merged at a save.
 MAX_REFINE_SEGMENTS = 16
 REBUILD_HINT = "run `geoloc index rebuild`"
@@ -58,6 +58,7 @@ PARAM_KEYS = (
     "refine_bits",
     "refine_channels",
     "refine_k",
+    "freeze_after",
 )
 #: ``files`` keys of the refine codes besides the segment list.
 REFINE_KEYS = ("refine_ids", "refine_norms", "refineq")
@@ -152,8 +153,18 @@ def _v2_to_v3(meta: dict[str, Any]) -> None:
         files["refine"] = [files["refine"]]
 
 
+def _v3_to_v4(meta: dict[str, Any]) -> None:
+    # the basis grew with every add; now it freezes once a truncation has seen enough vectors,
+    # and an older index (which has seen at least as many) takes the default from its next add
+    meta["params"].setdefault("freeze_after", DEFAULT_FREEZE_AFTER)
+
+
 #: ``_UPGRADES[n]`` lifts a format-``n`` meta (in place) to format ``n + 1``.
-_UPGRADES: dict[int, Callable[[dict[str, Any]], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+_UPGRADES: dict[int, Callable[[dict[str, Any]], None]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}
 
 
 def upgrade(meta: dict[str, Any], *, path: str | None = None) -> dict[str, Any]:

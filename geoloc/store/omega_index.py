@@ -37,6 +37,7 @@ from geoloc.errors import IndexError_
 from geoloc.store import omega_format as fmt
 from geoloc.store.omega_basis import (
     ADD_CHUNK,
+    DEFAULT_FREEZE_AFTER,
     DEFAULT_IVF_THRESHOLD,
     DEFAULT_NPROBE,
     DEFAULT_OMEGA_DIM,
@@ -83,6 +84,7 @@ class OmegaIndex:
         refine_bits: int = DEFAULT_REFINE_BITS,
         refine_channels: int = DEFAULT_REFINE_CHANNELS,
         refine_k: int = DEFAULT_REFINE_K,
+        freeze_after: int = DEFAULT_FREEZE_AFTER,
         encoder_id: int | None = None,
     ) -> None:
         if target_dim < 1 or omega_dim < 1:
@@ -92,7 +94,10 @@ class OmegaIndex:
         self.encoder_id = encoder_id
         target = int(min(target_dim, omega_dim))
         self._basis = GrowingBasis(
-            int(omega_dim), target, int(min(max_dim or 2 * target, omega_dim))
+            int(omega_dim),
+            target,
+            int(min(max_dim or 2 * target, omega_dim)),
+            freeze_after=int(freeze_after),
         )
         self.ivf_threshold = int(ivf_threshold)
         self.nprobe = int(nprobe)
@@ -133,6 +138,11 @@ class OmegaIndex:
     def max_dim(self) -> int:
         """Code dimension past which the basis is truncated."""
         return self._basis.max_dim
+
+    @property
+    def freeze_after(self) -> int:
+        """Vectors a truncation must have seen before the basis freezes (0: never)."""
+        return self._basis.freeze_after
 
     @property
     def fit_count(self) -> int:
@@ -235,6 +245,7 @@ class OmegaIndex:
             residual_sum=side.residual_sum,
             residual_n=side.residual_n,
             fit_count=side.fit_count,
+            freeze_after=self.freeze_after,
         )
         self._index = fmt.load_faiss(directory, side, mmap=mmap)
         if self._index is not None:
@@ -299,6 +310,7 @@ class OmegaIndex:
                 "refine_bits": self.refine_bits,
                 "refine_channels": self.refine_channels,
                 "refine_k": self.refine_k,
+                "freeze_after": self.freeze_after,
             },
             "exact": self.is_exact,
             "refine": None if self._refine is None else self._refine.state(),
@@ -507,7 +519,7 @@ class OmegaIndex:
     def _add_chunk(self, ids: np.ndarray, x: np.ndarray) -> None:
         if self._refine is not None:
             self._refine.add(ids, x)
-        step = self._basis.fold(x, frozen=self._index_type != "flat")
+        step = self._basis.fold(x, frozen=self._index_type != "flat" or self._basis.frozen)
         if not step.grown:
             self._index_add(ids, step.codes)
             return

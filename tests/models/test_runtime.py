@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from geoloc.errors import ConfigError
-from geoloc.models import Encoder, build_encoder
-from geoloc.models.runtime import check_runtime, default_cache_dir, default_runtime, use_runtime
+from geoloc.models import Encoder, build_encoder, load_encoder
+from geoloc.models.runtime import (
+    check_runtime,
+    default_cache_dir,
+    default_runtime,
+    load_for_inference,
+    use_runtime,
+)
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -88,3 +94,18 @@ def test_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("GEOLOC_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert default_cache_dir() == tmp_path / "x" / "geoloc" / "onnx"
+
+
+def test_load_for_inference_follows_the_ingest_runtime(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiles: np.ndarray
+) -> None:
+    monkeypatch.setenv("GEOLOC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GEOLOC_ENCODER_RUNTIME", "onnx")
+    fast = load_for_inference("sgmnet")  # the environment's runtime, as ingest and rebuild use
+    assert fast.optimized and "_onnx_backbone" in fast.__dict__
+    _assert_matches(fast, load_encoder("sgmnet"), tiles[:2])  # the shipped weights
+    plain = load_for_inference("sgmnet", runtime="torch")  # an explicit runtime wins
+    assert plain.optimized and "_onnx_backbone" not in plain.__dict__
+    monkeypatch.setenv("GEOLOC_ENCODER_RUNTIME", "tensorrt")
+    with pytest.raises(ConfigError, match="encoder runtime 'tensorrt'"):
+        load_for_inference("sgmnet")

@@ -278,3 +278,30 @@ def test_a_reloaded_index_continues_as_the_one_that_saved_it(settings: Settings)
     s2, f2 = reopened.search(q, 8)
     np.testing.assert_array_equal(f1, f2)
     np.testing.assert_allclose(s1, s2, atol=1e-6)
+
+
+def test_frozen_basis_stops_growing_and_survives_a_reload(settings: Settings) -> None:
+    rng = np.random.default_rng(11)
+    x = low_rank(rng, 900, rank=24)
+    ids = np.arange(900, dtype=np.int64)
+    kw = {"omega_dim": D, "target_dim": 32, "refine_dims": 0}
+    ix = OmegaIndex.open(settings, SHA, freeze_after=300, **kw)
+    for s in range(0, 600, 16):
+        ix.add(ids[s : min(s + 16, 600)], x[s : min(s + 16, 600)])
+    assert ix.dim == 32 and ix.fit_count >= 300 and ix._basis.frozen
+    frozen_rows = np.array(ix._basis.basis)
+    ix.save()
+    again = OmegaIndex.open(settings, SHA)
+    assert again.freeze_after == 300 and again.info()["params"]["freeze_after"] == 300
+    again.add(ids[600:], x[600:])
+    again.save()
+    assert again.dim == 32 and len(again) == 900
+    np.testing.assert_array_equal(np.asarray(again._basis.basis), frozen_rows)
+    q = x[rng.choice(900, 30, replace=False)] + 0.05 * unit(rng, 30, D)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    _, found = again.search(q, 10)
+    assert recall_at(found, ids[exact_topk(x, q, 10)]) >= 0.95
+    # the same vectors with a basis that never freezes: it keeps re-fitting
+    growing = OmegaIndex.open(Settings(home=settings.home / "g"), SHA, freeze_after=0, **kw)
+    growing.add(ids, x)
+    assert growing.dim <= growing.max_dim and growing.fit_count == 900

@@ -131,3 +131,46 @@ def test_hard_chunks_keep_the_basis_orthonormal_and_the_codes_exact(case: str) -
     np.testing.assert_allclose(b @ b.T, np.eye(basis.dim), atol=2e-5)
     np.testing.assert_allclose(stored @ b, np.concatenate([first, chunk]), atol=2e-5)
     assert basis.within_tolerance
+
+
+def test_basis_freezes_at_the_first_truncation_past_freeze_after() -> None:
+    rng = np.random.default_rng(7)
+    basis = GrowingBasis(D, target_dim=8, max_dim=16, freeze_after=30)
+    x = unit(rng, 80, D)
+    stored = np.zeros((0, 0), np.float32)
+    fits = []
+    for s in range(0, 60, 10):
+        step = basis.fold(x[s : s + 10], frozen=basis.frozen)
+        if step.grown:
+            stored = np.pad(stored, ((0, 0), (0, basis.dim - stored.shape[1])))
+        stored = np.concatenate([stored, step.codes])
+        if basis.too_wide:
+            stored = basis.truncate(stored)
+            fits.append(basis.fit_count)
+    # truncations at 20 and 30 vectors seen (16 + 10 > max_dim); frozen from the second on
+    assert fits == [20, 30] and basis.frozen and basis.dim == 8
+    frozen_rows = basis.basis.copy()
+    before_sum, before_n = basis.residual_sum, basis.residual_n
+    step = basis.fold(x[60:80], frozen=basis.frozen)
+    assert not step.grown and basis.dim == 8
+    np.testing.assert_array_equal(basis.basis, frozen_rows)
+    np.testing.assert_allclose(step.codes, x[60:80] @ frozen_rows.T, atol=1e-6)
+    # residual energy from the code norms equals the explicit residual's
+    resid = x[60:80] - step.codes @ frozen_rows
+    expected = np.einsum("ij,ij->i", resid, resid).sum()
+    assert basis.residual_sum - before_sum == pytest.approx(expected, rel=1e-4)
+    assert basis.residual_n - before_n == 20
+
+
+def test_freeze_after_zero_keeps_the_basis_growing() -> None:
+    rng = np.random.default_rng(8)
+    basis = GrowingBasis(D, target_dim=8, max_dim=16, freeze_after=0)
+    stored = np.zeros((0, 0), np.float32)
+    for _ in range(6):
+        step = basis.fold(unit(rng, 10, D), frozen=basis.frozen)
+        assert step.grown  # random vectors always leave the span
+        stored = np.pad(stored, ((0, 0), (0, basis.dim - stored.shape[1])))
+        stored = np.concatenate([stored, step.codes])
+        if basis.too_wide:
+            stored = basis.truncate(stored)
+    assert not basis.frozen and basis.fit_count == 60

@@ -12,7 +12,7 @@ import pytest
 
 from geoloc.errors import IndexError_
 from geoloc.store import omega_format as fmt
-from geoloc.store.omega_basis import GrowingBasis
+from geoloc.store.omega_basis import DEFAULT_FREEZE_AFTER, GrowingBasis
 from geoloc.store.refine import DEFAULT_REFINE_DIMS, DEFAULT_REFINE_K
 
 from .helpers import unit
@@ -83,9 +83,20 @@ def test_upgrade_lifts_a_format_2_sidecar() -> None:
     old["format"] = 2
     old["files"]["refine"] = "refine.2.npy"  # one refine file
     new = fmt.upgrade(old)
-    assert new["files"]["refine"] == ["refine.2.npy"] and new["format"] == 3
-    assert new["params"] == old["params"]  # format 2 already had the refine parameters
+    assert new["files"]["refine"] == ["refine.2.npy"] and new["format"] == fmt.FORMAT_VERSION
+    # format 2 already had the refine parameters; format 4 added the freeze
+    assert new["params"] == {**old["params"], "freeze_after": DEFAULT_FREEZE_AFTER}
     assert old["files"]["refine"] == "refine.2.npy"
+
+
+def test_upgrade_lifts_a_format_3_sidecar() -> None:
+    old = meta_v3()
+    new = fmt.upgrade(old)
+    assert new["format"] == 4 and new["params"]["freeze_after"] == DEFAULT_FREEZE_AFTER
+    assert "freeze_after" not in old["params"] and new["files"] == old["files"]
+    frozen = copy.deepcopy(new)
+    frozen["params"]["freeze_after"] = 0  # a sidecar's own value is kept
+    assert fmt.upgrade(frozen)["params"]["freeze_after"] == 0
 
 
 def test_upgrade_refuses_a_newer_format() -> None:
@@ -137,7 +148,7 @@ def _basis(rng: np.random.Generator, n: int) -> GrowingBasis:
 
 
 def _body(count: int, dim: int) -> dict[str, Any]:
-    meta = meta_v3()
+    meta = fmt.upgrade(meta_v3())  # the body of a current index
     body = {k: meta[k] for k in ("encoder_id", "encoder_sha256", "index_type", "params")}
     return {**body, "omega_dim": 64, "dim": dim, "count": count, "created": meta["created"]}
 

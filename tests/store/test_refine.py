@@ -11,6 +11,7 @@ import pytest
 from geoloc.config import Settings
 from geoloc.errors import IndexError_
 from geoloc.store.faiss_store import OmegaIndex
+from geoloc.store.omega_format import FORMAT_VERSION
 from geoloc.store.refine import DEFAULT_REFINE_BITS, RefineCodes, RefineQuantizer
 
 from .helpers import recall_at
@@ -123,7 +124,7 @@ def test_refine_codes_persist_memory_mapped_and_keep_growing(settings: Settings)
     assert {"refine", "refine_ids", "refine_norms", "refineq"} <= set(files)
     before = ix.search(x[:8], 10)
     again = OmegaIndex.open(settings, SHA)
-    assert again.has_refine and again.info()["format"] == 3
+    assert again.has_refine and again.info()["format"] == FORMAT_VERSION
     assert isinstance(again._refine, RefineCodes)
     assert isinstance(again._refine.codes, np.memmap)  # read only for the candidates
     after = again.search(x[:8], 10)
@@ -196,8 +197,8 @@ def test_format_1_index_loads_without_refine_and_says_rebuild(settings: Settings
     old.add(ids[150:], x[150:])
     assert not old.has_refine and len(old) == 200
     old.save()
-    assert OmegaIndex.open(settings, SHA).info()["format"] == 3
-    meta["format"] = 4
+    assert OmegaIndex.open(settings, SHA).info()["format"] == FORMAT_VERSION
+    meta["format"] = FORMAT_VERSION + 1
     (d / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(IndexError_, match="newer"):
         OmegaIndex.open(settings, SHA)
@@ -279,7 +280,7 @@ def test_format_2_index_with_one_refine_file_loads(settings: Settings) -> None:
     np.testing.assert_array_equal(before[1], after[1])
     old.add(np.arange(1000, 1010), x[:10] * 0.5 + x[10:20] * 0.5)
     old.save()
-    assert old.info()["files"]["refine"][0] == name and old.info()["format"] == 3
+    assert old.info()["files"]["refine"][0] == name and old.info()["format"] == FORMAT_VERSION
 
 
 def test_removing_every_tile_keeps_the_refine_quantizer(settings: Settings) -> None:
