@@ -20,7 +20,7 @@ A pipeline file::
     heading_sweep = true         # try other headings when the best ones do not verify
     verify_budget_ms = 0         # stop verifying after this long (0: try every candidate)
     verify_features = "auto"     # auto | stored | extract | raster: what regions are made of
-    verify_top = 20              # candidates the feature cascade checks (coarse first)
+    verify_top = 50              # candidates the feature cascade checks (coarse first)
 
     [recall]
     name = "pgvector"            # Φ k-NN (HNSW); "faiss": Ω in the FAISS index

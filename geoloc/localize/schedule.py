@@ -89,7 +89,7 @@ class VerificationScheduler:
         "verify_budget_ms": 0.0,
         "sweep_top": 2,
         "verify_features": "auto",
-        "verify_top": 20,
+        "verify_top": 50,
         "region_keypoints": 2048,
         "tile_keypoints": 256,
     }

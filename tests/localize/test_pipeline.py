@@ -29,13 +29,13 @@ def test_presets_stage_chains() -> None:
     assert set(PRESETS) == {"fast", "accurate", "realtime", "seed"}
     assert preset("fast").stage_chain() == [
         "rotations:8",
-        "recall:faiss",
+        "recall:pgvector",
         "rerank:phi-cosine",
         "answer:tile-centre",
     ]
     assert preset("accurate").stage_chain() == [
         "rotations:8",
-        "recall:faiss",
+        "recall:pgvector",
         "rerank:phi-cosine",
         "consistency:node-centroid",
         "verify:xfeat-lighterglue",
