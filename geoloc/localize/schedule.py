@@ -329,7 +329,9 @@ class VerificationScheduler:
                     f1 = sc.coarse.footprint(
                         sc.region.features, (r.shape[1], r.shape[0]), FOOTPRINT_MARGIN_PX
                     )
-                    res = v.verify_features(f0, f1, r, m, scale_known=scale_known)
+                    res = v.verify_features(
+                        f0, f1, r, m, scale_known=scale_known, guide=sc.coarse.model
+                    )
                 if res.accepted:
                     with state.timer("verify.read_region"):
                         px, pmask, _rt = self.regions.around(sc.candidate.tile, region_px)
