@@ -119,3 +119,47 @@ def test_bad_parameters() -> None:
         sift(min_inlers=3)
     with pytest.raises(ConfigError, match="min_inliers"):
         sift(min_inliers=2)
+
+
+# frame pixel -> region pixel of the heading-0 frame of ``_frame`` (220 px centred on CX, CY)
+GUIDE = np.array([[1.0, 0.0, CX - 110.0 - R0X], [0.0, 1.0, CY - 110.0 - R0Y]])
+
+
+def test_guided_matches_lie_where_the_guide_puts_them(
+    xfeat: HomographyVerifier, region: np.ndarray
+) -> None:
+    fr = _frame(0.0)
+    f0 = xfeat.extract_frame_features(fr, np.ones(fr.shape[:2], bool))
+    f1 = xfeat.region_features(region, np.ones(region.shape[:2], bool), key=None)
+    i0, i1 = xfeat.guided_matches(f0, f1, GUIDE)
+    assert i0.size >= 30
+    assert len(set(i1.tolist())) == i1.size  # one region keypoint per frame keypoint
+    pred = f0.keypoints[i0] + GUIDE[:, 2]
+    assert np.all(np.hypot(*(pred - f1.keypoints[i1]).T) <= xfeat.guided_radius_px)
+
+
+def test_guide_rescues_a_learned_match_that_found_nothing(region: np.ndarray) -> None:
+    # LighterGlue asked for a confidence it never reaches: its matches are empty, as on the
+    # small frames whose learned matches vanish at some rotations
+    v = xfeat_lighterglue(max_keypoints=1024, min_conf=1.01, fallback="none")
+    fr = _frame(0.0)
+    ones, rones = np.ones(fr.shape[:2], bool), np.ones(region.shape[:2], bool)
+    f0 = v.extract_frame_features(fr, ones)
+    f1 = v.region_features(region, rones, key=None)
+    plain = v.verify_features(
+        f0, f1, fr, ones, scale_known=True, region_rgb=region, region_mask=rones
+    )
+    assert not plain.accepted and plain.matches == 0
+    res = v.verify_features(
+        f0, f1, fr, ones, scale_known=True, region_rgb=region, region_mask=rones, guide=GUIDE
+    )
+    assert res.accepted, res.reason
+    assert res.matcher == "xfeat-lighterglue+guided"
+    assert res.centre_xy is not None
+    assert np.hypot(res.centre_xy[0] - (CX - R0X), res.centre_xy[1] - (CY - R0Y)) < 2.0
+    # a guide to the wrong place finds no consistent matches there
+    wrong = GUIDE + np.array([[0.0, 0.0, 90.0], [0.0, 0.0, -60.0]])
+    bad = v.verify_features(
+        f0, f1, fr, ones, scale_known=True, region_rgb=region, region_mask=rones, guide=wrong
+    )
+    assert not bad.accepted
