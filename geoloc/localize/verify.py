@@ -404,7 +404,8 @@ class HomographyVerifier:
     matcher (:meth:`coarse`): ``coarse_min_inliers``, ``coarse_min_cos``, ``coarse_ransac_px``
     and ``coarse_min_spread`` (the inliers' narrowest spread as a share of the frame's side);
     ``guided_radius_px`` / ``guided_min_cos``: how far from the coarse model's prediction a guided
-    match may lie and how alike its descriptors must be.
+    match may lie and how alike its descriptors must be; ``coarse_min_inliers_oriented`` /
+    ``coarse_known_rotation_deg``: the coarse check of a frame whose heading is known.
     """
 
     name = "homography"
@@ -421,6 +422,8 @@ class HomographyVerifier:
         "coarse_min_spread": 0.03,
         "guided_radius_px": 6.0,
         "guided_min_cos": 0.5,
+        "coarse_min_inliers_oriented": 6,
+        "coarse_known_rotation_deg": 10.0,
     }
 
     def __init__(self, matcher: LocalMatcher, **conf: Any) -> None:
@@ -442,6 +445,8 @@ class HomographyVerifier:
         self.coarse_min_spread = float(c["coarse_min_spread"])
         self.guided_radius_px = float(c["guided_radius_px"])
         self.guided_min_cos = float(c["guided_min_cos"])
+        self.coarse_min_inliers_oriented = int(c["coarse_min_inliers_oriented"])
+        self.coarse_known_rotation_deg = float(c["coarse_known_rotation_deg"])
         #: the kind of stored tile features this verifier can match (None: pixels only)
         self.feature_kind: str | None = "xfeat" if matcher.name == "xfeat-lighterglue" else None
         self._cache: OrderedDict[Hashable, Features] = OrderedDict()
@@ -492,13 +497,21 @@ class HomographyVerifier:
             region_mask=region_mask,
         )
 
-    def coarse(self, f0: Features, f1: Features, *, scale_known: bool) -> CoarseCheck:
+    def coarse(
+        self, f0: Features, f1: Features, *, scale_known: bool, rotation_known: bool = False
+    ) -> CoarseCheck:
         """The cheap check before the learned matcher: mutual nearest neighbours + a similarity.
 
         Mutual nearest neighbours of the descriptors (one matrix product; cosine at least
         ``coarse_min_cos``), then a RANSAC similarity; it passes with ``coarse_min_inliers``
         inliers and, when the frame's GSD is known, a scale within ``scale_range``. A frame of
         another place, or at a heading the descriptors do not tolerate, leaves a few inliers.
+
+        ``rotation_known`` (the frame was turned north-up with a known heading, not a
+        hypothesis): a similarity that also turns by at most ``coarse_known_rotation_deg``
+        passes with ``coarse_min_inliers_oriented``; chance seldom fits a model that agrees
+        with the known scale and heading both, and a frame much smaller than a tile has few
+        mutual matches to give.
         """
         import cv2
 
@@ -514,7 +527,7 @@ class HomographyVerifier:
         rows = np.arange(d0.shape[0])
         mutual = (i[j] == rows) & (sim[rows, j] >= self.coarse_min_cos)
         out.matches = int(mutual.sum())
-        if out.matches < max(4, self.coarse_min_inliers):
+        if out.matches < max(4, min(self.coarse_min_inliers, self.coarse_min_inliers_oriented)):
             out.reason = f"{out.matches} mutual matches"
             return out
         p0 = f0.keypoints[mutual].astype(np.float64)
@@ -530,8 +543,12 @@ class HomographyVerifier:
         out.scale = float(math.hypot(m[0, 0], m[1, 0]))
         lo, hi = self.scale_range if scale_known else (0.33, 3.0)
         spread = _spread(p0[inl.ravel().astype(bool)]) / max(1.0, float(min(f0.image_size)))
-        if out.inliers < self.coarse_min_inliers:
-            out.reason = f"{out.inliers} coarse inliers < {self.coarse_min_inliers}"
+        need = self.coarse_min_inliers
+        turn = abs(math.degrees(math.atan2(m[1, 0], m[0, 0])))
+        if rotation_known and scale_known and turn <= self.coarse_known_rotation_deg:
+            need = min(need, self.coarse_min_inliers_oriented)
+        if out.inliers < need:
+            out.reason = f"{out.inliers} coarse inliers < {need}"
         elif spread < self.coarse_min_spread:
             # inliers on a line (a symmetric structure matching itself) fix no 2-D position
             out.reason = f"coarse inliers on a line (spread {spread:.2f})"
