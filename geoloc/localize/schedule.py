@@ -279,6 +279,7 @@ class VerificationScheduler:
         """The cascade over tile features (see the module docstring)."""
         assert state.frame is not None
         scale_known = state.frame.gsd_m is not None
+        oriented = heading_known(state)  # the frame is north-up by its heading, not a guess
         cands = state.candidates[: max(int(self.conf["verify_top"]), state.request.top_m)]
         frame_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray, Any, Any]] = {}
         budget_s = state.budget_ms / 1e3
@@ -307,7 +308,7 @@ class VerificationScheduler:
                 with state.timer("verify.region_features"):
                     rf = fr.around(cand.tile, region_px)
                 with state.timer("verify.coarse"):
-                    c = v.coarse(f0, rf.features, scale_known=scale_known)
+                    c = v.coarse(f0, rf.features, scale_known=scale_known, rotation_known=oriented)
                 if c.passed:
                     out.append(_Scored(c, cand, h, rf))
                 else:
