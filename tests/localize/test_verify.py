@@ -7,7 +7,13 @@ import pytest
 
 from geoloc.errors import ConfigError
 from geoloc.localize.frame import rotate_to_north
-from geoloc.localize.verify import HomographyVerifier, Verifier, sift, xfeat_lighterglue
+from geoloc.localize.verify import (
+    Features,
+    HomographyVerifier,
+    Verifier,
+    sift,
+    xfeat_lighterglue,
+)
 from tests.localize.views import map_at, view
 
 # map at 0.56 m/px; region 400 px around (500, 300); the frame is centred at (530, 280)
@@ -163,3 +169,39 @@ def test_guide_rescues_a_learned_match_that_found_nothing(region: np.ndarray) ->
         f0, f1, fr, ones, scale_known=True, region_rgb=region, region_mask=rones, guide=wrong
     )
     assert not bad.accepted
+
+
+def _coarse_pair(turn_deg: float, consistent: int) -> tuple[Features, Features]:
+    """Frame/region features where ``consistent`` keypoints map by a shift turned ``turn_deg``
+    and the rest match unrelated places (descriptors equal across each match)."""
+    rng = np.random.default_rng(1)
+    n = 40
+    desc = rng.normal(size=(n, 64)).astype(np.float32)
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    p0 = rng.uniform(10, 150, size=(n, 2))
+    a = np.deg2rad(turn_deg)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    p1 = rng.uniform(0, 400, size=(n, 2))  # unrelated places
+    p1[:consistent] = p0[:consistent] @ rot.T + [120.0, 80.0]
+    f0 = Features(p0.astype(np.float32), desc, (160, 160))
+    f1 = Features(p1.astype(np.float32), desc.copy(), (400, 400))
+    return f0, f1
+
+
+def test_coarse_check_of_a_known_heading_asks_fewer_inliers_that_agree_with_it(
+    sift_v: HomographyVerifier,
+) -> None:
+    f0, f1 = _coarse_pair(2.0, 7)
+    assert not sift_v.coarse(f0, f1, scale_known=True).passed  # 7 < coarse_min_inliers
+    oriented = sift_v.coarse(f0, f1, scale_known=True, rotation_known=True)
+    assert oriented.passed, oriented.reason
+    assert oriented.inliers >= 7
+    # a model turned far from the known heading gets no discount
+    f0, f1 = _coarse_pair(35.0, 7)
+    assert not sift_v.coarse(f0, f1, scale_known=True, rotation_known=True).passed
+    # nor does a frame whose scale is a guess
+    f0, f1 = _coarse_pair(2.0, 7)
+    assert not sift_v.coarse(f0, f1, scale_known=False, rotation_known=True).passed
+    # below the oriented minimum nothing passes
+    f0, f1 = _coarse_pair(2.0, 4)
+    assert not sift_v.coarse(f0, f1, scale_known=True, rotation_known=True).passed
