@@ -23,7 +23,9 @@ Usage: ``python -m benchmarks.camera [--n 40] [--matcher sift|xfeat-lighterglue]
 embedded database, each rendered view is written as a JPEG with its camera file and located by
 :meth:`geoloc.localize.Localizer.locate` with the camera, pitch and altitude known, once with the
 heading known and once with the 8-heading sweep (same process, same views: the latency of both).
-Writes ``benchmarks/results/camera_e2e.json``.
+Each located view's pose is also solved again from the same match without the refinement at
+frame resolution (``*_unrefined``: the before/after of the refinement within one run).
+Writes ``benchmarks/results/camera_e2e.json`` (``camera_e2e_n{N}.json`` for another ``--n``).
 """
 
 from __future__ import annotations
@@ -450,6 +452,43 @@ def _e2e_views(n: int, seed: int) -> list[tuple[Any, Any]]:
     return out
 
 
+def _unrefined(
+    loc: Any,
+    p: Any,
+    camera_lonlat: tuple[float, float],
+    ground_lonlat: tuple[float, float],
+    heading: float,
+) -> dict[str, float]:
+    """The same match's pose solved without the refinement at frame resolution (``*_unrefined``
+    errors), for the before/after of the refinement within one run; and its time."""
+    from tiling.crs import geodesic_distance_m
+
+    state = loc.last_state
+    if state is None or state.match is None or state.pose is None:
+        return {}
+    refined = state.pose
+    out: dict[str, float] = {}
+    if "pose.refine" in state.timings_ms():
+        out["refine_ms"] = state.timings_ms()["pose.refine"]
+    loc.pose.conf["refine"] = False
+    try:
+        loc.pose.run(state)
+        r = state.pose
+    finally:
+        loc.pose.conf["refine"] = True
+        state.pose = refined
+    if r is None or not r.ok or r.lon is None or r.lat is None or r.alt_agl_m is None:
+        return out
+    out["camera_m_unrefined"] = float(geodesic_distance_m(r.lon, r.lat, *camera_lonlat))
+    out["altitude_pct_unrefined"] = 100.0 * abs(r.alt_agl_m - p.z) / p.z
+    out["heading_deg_unrefined"] = _angle_err(r.heading_deg or 0.0, heading)
+    if r.ground_lon is not None and r.ground_lat is not None:
+        out["ground_m_unrefined"] = float(
+            geodesic_distance_m(r.ground_lon, r.ground_lat, *ground_lonlat)
+        )
+    return out
+
+
 def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
     """Rendered oblique views through the whole locate chain; see the module docstring."""
     import shutil
@@ -511,6 +550,7 @@ def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
                         row["heading_deg"] = _angle_err(c["heading_deg"], heading)
                     else:
                         row["reason"] = fix.camera_reason
+                    row.update(_unrefined(loc, p, (lon, lat), (glon, glat), heading))
                     rows[mode].append(row)
                     print(mode, i, row, flush=True)
     finally:
@@ -526,13 +566,19 @@ def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
             "altitude_pct": _stats([r["altitude_pct"] for r in rs if "altitude_pct" in r]),
             "heading_deg": _stats([r["heading_deg"] for r in rs if "heading_deg" in r]),
             "ground_point_m": _stats([r["ground_m"] for r in ok if "ground_m" in r]),
+            "unrefined": {
+                key: _stats([r[f"{key}_unrefined"] for r in rs if f"{key}_unrefined" in r])
+                for key in ("camera_m", "altitude_pct", "heading_deg", "ground_m")
+            },
+            "refine_ms": _stats([r["refine_ms"] for r in rs if "refine_ms" in r]),
             "total_ms": _stats([r["total_ms"] for r in rs]),
             "rows": rs,
         }
     out["seconds"] = time.perf_counter() - t0
     out["load_average"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "camera_e2e.json").write_text(json.dumps(out, indent=2) + "\n")
+    name = "camera_e2e" if n == 10 else f"camera_e2e_n{n}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 
@@ -554,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("camera_position_m", "altitude_pct", "heading_deg", "ground_point_m"):
                 st = r[key]
                 print(f"  {key:20s} median {st['median']}  p90 {st['p90']}  max {st['max']}")
+            for key, st in r["unrefined"].items():
+                print(f"  {key + ' unrefined':20s} median {st['median']}  p90 {st['p90']}")
             print(f"  total_ms median {r['total_ms']['median']}")
         return 0
     s = run(a.full, a.n, a.matcher, a.map_gsd, a.seed)

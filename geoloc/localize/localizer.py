@@ -121,7 +121,7 @@ class Localizer:
             map_gsd_m=self.map_gsd_m,
         )
         self.chain: list[ChainStage] = [self.prepare, self.recall, self.rerank, self.consistency]
-        self.pose = PoseStage({}, dem=dem)
+        self.pose = PoseStage({}, dem=dem, regions=self.regions)
         if self.verify is not None:
             self.chain += [self.verify, self.pose]
         self.pipeline_info = self._describe(recall_plugin)

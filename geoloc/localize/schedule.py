@@ -302,6 +302,7 @@ class VerificationScheduler:
         """The cascade over tile features (see the module docstring)."""
         assert state.frame is not None
         scale_known = state.frame.gsd_m is not None
+        oriented = heading_known(state)  # the frame is north-up by its heading, not a guess
         cands = state.candidates[: max(int(self.conf["verify_top"]), state.request.top_m)]
         frame_cache: dict[tuple[int, int, float], tuple[np.ndarray, np.ndarray, Any, Any]] = {}
         budget_s = state.budget_ms / 1e3
@@ -331,7 +332,7 @@ class VerificationScheduler:
                 with state.timer("verify.region_features"):
                     rf = fr.around(cand.tile, at.region_px, at.gsd_m)
                 with state.timer("verify.coarse"):
-                    c = v.coarse(f0, rf.features, scale_known=scale_known)
+                    c = v.coarse(f0, rf.features, scale_known=scale_known, rotation_known=oriented)
                 if c.passed:
                     out.append(_Scored(c, cand, h, rf, at))
                 else:
@@ -354,7 +355,9 @@ class VerificationScheduler:
                     f1 = sc.coarse.footprint(
                         sc.region.features, (r.shape[1], r.shape[0]), FOOTPRINT_MARGIN_PX
                     )
-                    res = v.verify_features(f0, f1, r, m, scale_known=scale_known)
+                    res = v.verify_features(
+                        f0, f1, r, m, scale_known=scale_known, guide=sc.coarse.model
+                    )
                 if res.accepted:
                     with state.timer("verify.read_region"):
                         px, pmask, _rt = self.regions.around(

@@ -354,6 +354,15 @@ def _warped_ncc(
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
+def _unit(desc: Any) -> np.ndarray:
+    """Descriptors (a torch tensor or an array) as float32 rows of unit length."""
+    if hasattr(desc, "detach"):
+        desc = desc.detach().cpu().numpy()
+    d = np.asarray(desc, dtype=np.float32)
+    n = np.linalg.norm(d, axis=1, keepdims=True)
+    return np.asarray(d / np.maximum(n, 1e-12))
+
+
 def _spread(pts: np.ndarray) -> float:
     """The points' standard deviation along their narrowest direction (pixels)."""
     if pts.shape[0] < 3:
@@ -393,7 +402,10 @@ class HomographyVerifier:
     photometric check that rejects a matcher's confident matches on an unrelated image);
     ``cache_size`` map regions whose features are kept. The cheap check before the learned
     matcher (:meth:`coarse`): ``coarse_min_inliers``, ``coarse_min_cos``, ``coarse_ransac_px``
-    and ``coarse_min_spread`` (the inliers' narrowest spread as a share of the frame's side).
+    and ``coarse_min_spread`` (the inliers' narrowest spread as a share of the frame's side);
+    ``guided_radius_px`` / ``guided_min_cos``: how far from the coarse model's prediction a guided
+    match may lie and how alike its descriptors must be; ``coarse_min_inliers_oriented`` /
+    ``coarse_known_rotation_deg``: the coarse check of a frame whose heading is known.
     """
 
     name = "homography"
@@ -408,6 +420,10 @@ class HomographyVerifier:
         "coarse_min_cos": 0.8,
         "coarse_ransac_px": 4.0,
         "coarse_min_spread": 0.03,
+        "guided_radius_px": 6.0,
+        "guided_min_cos": 0.5,
+        "coarse_min_inliers_oriented": 6,
+        "coarse_known_rotation_deg": 10.0,
     }
 
     def __init__(self, matcher: LocalMatcher, **conf: Any) -> None:
@@ -427,6 +443,10 @@ class HomographyVerifier:
         self.coarse_min_cos = float(c["coarse_min_cos"])
         self.coarse_ransac_px = float(c["coarse_ransac_px"])
         self.coarse_min_spread = float(c["coarse_min_spread"])
+        self.guided_radius_px = float(c["guided_radius_px"])
+        self.guided_min_cos = float(c["guided_min_cos"])
+        self.coarse_min_inliers_oriented = int(c["coarse_min_inliers_oriented"])
+        self.coarse_known_rotation_deg = float(c["coarse_known_rotation_deg"])
         #: the kind of stored tile features this verifier can match (None: pixels only)
         self.feature_kind: str | None = "xfeat" if matcher.name == "xfeat-lighterglue" else None
         self._cache: OrderedDict[Hashable, Features] = OrderedDict()
@@ -477,13 +497,21 @@ class HomographyVerifier:
             region_mask=region_mask,
         )
 
-    def coarse(self, f0: Features, f1: Features, *, scale_known: bool) -> CoarseCheck:
+    def coarse(
+        self, f0: Features, f1: Features, *, scale_known: bool, rotation_known: bool = False
+    ) -> CoarseCheck:
         """The cheap check before the learned matcher: mutual nearest neighbours + a similarity.
 
         Mutual nearest neighbours of the descriptors (one matrix product; cosine at least
         ``coarse_min_cos``), then a RANSAC similarity; it passes with ``coarse_min_inliers``
         inliers and, when the frame's GSD is known, a scale within ``scale_range``. A frame of
         another place, or at a heading the descriptors do not tolerate, leaves a few inliers.
+
+        ``rotation_known`` (the frame was turned north-up with a known heading, not a
+        hypothesis): a similarity that also turns by at most ``coarse_known_rotation_deg``
+        passes with ``coarse_min_inliers_oriented``; chance seldom fits a model that agrees
+        with the known scale and heading both, and a frame much smaller than a tile has few
+        mutual matches to give.
         """
         import cv2
 
@@ -499,7 +527,7 @@ class HomographyVerifier:
         rows = np.arange(d0.shape[0])
         mutual = (i[j] == rows) & (sim[rows, j] >= self.coarse_min_cos)
         out.matches = int(mutual.sum())
-        if out.matches < max(4, self.coarse_min_inliers):
+        if out.matches < max(4, min(self.coarse_min_inliers, self.coarse_min_inliers_oriented)):
             out.reason = f"{out.matches} mutual matches"
             return out
         p0 = f0.keypoints[mutual].astype(np.float64)
@@ -515,8 +543,12 @@ class HomographyVerifier:
         out.scale = float(math.hypot(m[0, 0], m[1, 0]))
         lo, hi = self.scale_range if scale_known else (0.33, 3.0)
         spread = _spread(p0[inl.ravel().astype(bool)]) / max(1.0, float(min(f0.image_size)))
-        if out.inliers < self.coarse_min_inliers:
-            out.reason = f"{out.inliers} coarse inliers < {self.coarse_min_inliers}"
+        need = self.coarse_min_inliers
+        turn = abs(math.degrees(math.atan2(m[1, 0], m[0, 0])))
+        if rotation_known and scale_known and turn <= self.coarse_known_rotation_deg:
+            need = min(need, self.coarse_min_inliers_oriented)
+        if out.inliers < need:
+            out.reason = f"{out.inliers} coarse inliers < {need}"
         elif spread < self.coarse_min_spread:
             # inliers on a line (a symmetric structure matching itself) fix no 2-D position
             out.reason = f"coarse inliers on a line (spread {spread:.2f})"
@@ -553,20 +585,85 @@ class HomographyVerifier:
         scale_known: bool,
         region_rgb: np.ndarray | None = None,
         region_mask: np.ndarray | None = None,
+        guide: np.ndarray | None = None,
     ) -> Verification:
         """Match features of the frame and of a region, fit the model, apply the acceptance rules.
 
         ``f1.image_size`` is the region's size. The photometric (NCC) check needs the region's
         pixels: without them (a region assembled from stored features) it is left to the caller
         (:attr:`Verification.ncc` stays 0).
-        """
-        import cv2
 
+        ``guide`` is the coarse check's similarity (2, 3; frame -> region pixels). When the
+        learned matcher's matches do not verify, they are found again guided by it
+        (:meth:`guided_matches`) and verified by the same rules: on a frame much smaller than a
+        tile the learned matcher's output changes from many matches to none with a few degrees
+        of rotation, while the descriptors near the predicted positions still agree.
+        """
         res = Verification(accepted=False, keypoints=(len(f0), len(f1)), matcher=self.name)
         if len(f0) < 8 or len(f1) < 8:
             res.reason = "too few keypoints"
             return res
         i0, i1 = self.matcher.match(f0, f1)
+        res = self._verify_matches(
+            res, f0, f1, i0, i1, frame_rgb, frame_mask, scale_known, region_rgb, region_mask
+        )
+        if res.accepted or guide is None:
+            return res
+        g0, g1 = self.guided_matches(f0, f1, guide)
+        if g0.size <= i0.size:
+            return res
+        again = Verification(
+            accepted=False, keypoints=(len(f0), len(f1)), matcher=f"{self.name}+guided"
+        )
+        again = self._verify_matches(
+            again, f0, f1, g0, g1, frame_rgb, frame_mask, scale_known, region_rgb, region_mask
+        )
+        if not again.accepted:
+            again.reason = f"{res.reason}; guided: {again.reason}"
+        return again
+
+    def guided_matches(
+        self, f0: Features, f1: Features, guide: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mutual best descriptor matches among keypoint pairs that ``guide`` puts close together.
+
+        ``guide`` (2, 3) maps frame pixels to region pixels; a pair counts when the region
+        keypoint lies within ``guided_radius_px`` of the frame keypoint's predicted position and
+        their descriptors' cosine is at least ``guided_min_cos`` (lower than the coarse check's:
+        the position does most of the selecting). Returns (i0, i1) indices.
+        """
+        empty = np.zeros(0, int), np.zeros(0, int)
+        if len(f0) == 0 or len(f1) == 0:
+            return empty
+        d0 = _unit(f0.descriptors)
+        d1 = _unit(f1.descriptors)
+        a = np.asarray(guide, dtype=np.float64)
+        pred = f0.keypoints.astype(np.float64) @ a[:, :2].T + a[:, 2]
+        k1 = f1.keypoints.astype(np.float64)
+        d2 = ((pred[:, None, :] - k1[None, :, :]) ** 2).sum(axis=2)
+        sim = np.where(d2 <= self.guided_radius_px**2, d0 @ d1.T, -np.inf)
+        j = sim.argmax(axis=1)
+        i = sim.argmax(axis=0)
+        rows = np.arange(len(f0))
+        keep = (i[j] == rows) & (sim[rows, j] >= self.guided_min_cos)
+        return rows[keep], j[keep]
+
+    def _verify_matches(
+        self,
+        res: Verification,
+        f0: Features,
+        f1: Features,
+        i0: np.ndarray,
+        i1: np.ndarray,
+        frame_rgb: np.ndarray,
+        frame_mask: np.ndarray,
+        scale_known: bool,
+        region_rgb: np.ndarray | None,
+        region_mask: np.ndarray | None,
+    ) -> Verification:
+        """Fit the model on the matches (i0, i1) and apply the acceptance rules."""
+        import cv2
+
         res.matches = int(i0.size)
         if i0.size < max(8, self.min_inliers):
             res.reason = f"{i0.size} matches"

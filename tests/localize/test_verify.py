@@ -7,7 +7,13 @@ import pytest
 
 from geoloc.errors import ConfigError
 from geoloc.localize.frame import rotate_to_north
-from geoloc.localize.verify import HomographyVerifier, Verifier, sift, xfeat_lighterglue
+from geoloc.localize.verify import (
+    Features,
+    HomographyVerifier,
+    Verifier,
+    sift,
+    xfeat_lighterglue,
+)
 from tests.localize.views import map_at, view
 
 # map at 0.56 m/px; region 400 px around (500, 300); the frame is centred at (530, 280)
@@ -119,3 +125,83 @@ def test_bad_parameters() -> None:
         sift(min_inlers=3)
     with pytest.raises(ConfigError, match="min_inliers"):
         sift(min_inliers=2)
+
+
+# frame pixel -> region pixel of the heading-0 frame of ``_frame`` (220 px centred on CX, CY)
+GUIDE = np.array([[1.0, 0.0, CX - 110.0 - R0X], [0.0, 1.0, CY - 110.0 - R0Y]])
+
+
+def test_guided_matches_lie_where_the_guide_puts_them(
+    xfeat: HomographyVerifier, region: np.ndarray
+) -> None:
+    fr = _frame(0.0)
+    f0 = xfeat.extract_frame_features(fr, np.ones(fr.shape[:2], bool))
+    f1 = xfeat.region_features(region, np.ones(region.shape[:2], bool), key=None)
+    i0, i1 = xfeat.guided_matches(f0, f1, GUIDE)
+    assert i0.size >= 30
+    assert len(set(i1.tolist())) == i1.size  # one region keypoint per frame keypoint
+    pred = f0.keypoints[i0] + GUIDE[:, 2]
+    assert np.all(np.hypot(*(pred - f1.keypoints[i1]).T) <= xfeat.guided_radius_px)
+
+
+def test_guide_rescues_a_learned_match_that_found_nothing(region: np.ndarray) -> None:
+    # LighterGlue asked for a confidence it never reaches: its matches are empty, as on the
+    # small frames whose learned matches vanish at some rotations
+    v = xfeat_lighterglue(max_keypoints=1024, min_conf=1.01, fallback="none")
+    fr = _frame(0.0)
+    ones, rones = np.ones(fr.shape[:2], bool), np.ones(region.shape[:2], bool)
+    f0 = v.extract_frame_features(fr, ones)
+    f1 = v.region_features(region, rones, key=None)
+    plain = v.verify_features(
+        f0, f1, fr, ones, scale_known=True, region_rgb=region, region_mask=rones
+    )
+    assert not plain.accepted and plain.matches == 0
+    res = v.verify_features(
+        f0, f1, fr, ones, scale_known=True, region_rgb=region, region_mask=rones, guide=GUIDE
+    )
+    assert res.accepted, res.reason
+    assert res.matcher == "xfeat-lighterglue+guided"
+    assert res.centre_xy is not None
+    assert np.hypot(res.centre_xy[0] - (CX - R0X), res.centre_xy[1] - (CY - R0Y)) < 2.0
+    # a guide to the wrong place finds no consistent matches there
+    wrong = GUIDE + np.array([[0.0, 0.0, 90.0], [0.0, 0.0, -60.0]])
+    bad = v.verify_features(
+        f0, f1, fr, ones, scale_known=True, region_rgb=region, region_mask=rones, guide=wrong
+    )
+    assert not bad.accepted
+
+
+def _coarse_pair(turn_deg: float, consistent: int) -> tuple[Features, Features]:
+    """Frame/region features where ``consistent`` keypoints map by a shift turned ``turn_deg``
+    and the rest match unrelated places (descriptors equal across each match)."""
+    rng = np.random.default_rng(1)
+    n = 40
+    desc = rng.normal(size=(n, 64)).astype(np.float32)
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    p0 = rng.uniform(10, 150, size=(n, 2))
+    a = np.deg2rad(turn_deg)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    p1 = rng.uniform(0, 400, size=(n, 2))  # unrelated places
+    p1[:consistent] = p0[:consistent] @ rot.T + [120.0, 80.0]
+    f0 = Features(p0.astype(np.float32), desc, (160, 160))
+    f1 = Features(p1.astype(np.float32), desc.copy(), (400, 400))
+    return f0, f1
+
+
+def test_coarse_check_of_a_known_heading_asks_fewer_inliers_that_agree_with_it(
+    sift_v: HomographyVerifier,
+) -> None:
+    f0, f1 = _coarse_pair(2.0, 7)
+    assert not sift_v.coarse(f0, f1, scale_known=True).passed  # 7 < coarse_min_inliers
+    oriented = sift_v.coarse(f0, f1, scale_known=True, rotation_known=True)
+    assert oriented.passed, oriented.reason
+    assert oriented.inliers >= 7
+    # a model turned far from the known heading gets no discount
+    f0, f1 = _coarse_pair(35.0, 7)
+    assert not sift_v.coarse(f0, f1, scale_known=True, rotation_known=True).passed
+    # nor does a frame whose scale is a guess
+    f0, f1 = _coarse_pair(2.0, 7)
+    assert not sift_v.coarse(f0, f1, scale_known=False, rotation_known=True).passed
+    # below the oriented minimum nothing passes
+    f0, f1 = _coarse_pair(2.0, 4)
+    assert not sift_v.coarse(f0, f1, scale_known=True, rotation_known=True).passed

@@ -1,0 +1,118 @@
+"""Sub-pixel refinement of verified frame <-> map correspondences at the frame's resolution.
+
+The verifier matches the frame resampled to the map's GSD, so each inlier carries about a map
+pixel of keypoint noise on both sides; on a tilted view that noise trades pitch for position.
+:func:`refine_on_map` keeps each inlier's point in the full-resolution frame fixed and finds
+where exactly that point lies on the map: the frame around the point is rendered onto the map's
+pixel grid through the current frame -> map homography (blurred first, so the rendering averages
+the frame's finer pixels as the map's coarser ones do), and the rendered patch is searched for in
+the map by normalised cross-correlation within a few pixels, the peak interpolated to sub-pixel.
+A point whose patch is flat, whose peak is weak or lies on the search border, or whose patch
+leaves the map, is not refined (``keep`` is False).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MapRefinement", "refine_on_map"]
+
+
+@dataclass
+class MapRefinement:
+    """Refined map points (N, 2; map pixels, pixel-centre convention), which were refined
+    (``keep``), and each point's correlation peak (``ncc``; 0 when not searched)."""
+
+    map_px: np.ndarray
+    keep: np.ndarray
+    ncc: np.ndarray
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    import cv2
+
+    if rgb.ndim == 2:
+        return rgb.astype(np.float32)
+    return np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.float32)
+
+
+def _peak_offset(a: float, b: float, c: float) -> float:
+    """Sub-pixel offset of a parabola's vertex through (-1, a), (0, b), (1, c)."""
+    den = a - 2.0 * b + c
+    return 0.0 if abs(den) < 1e-9 else float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+
+
+def refine_on_map(
+    frame_rgb: np.ndarray,
+    frame_px: np.ndarray,
+    frame_to_map: np.ndarray,
+    map_rgb: np.ndarray,
+    map_mask: np.ndarray | None = None,
+    *,
+    half_px: int = 8,
+    search_px: int = 3,
+    min_ncc: float = 0.6,
+) -> MapRefinement:
+    """Where each frame point ``frame_px`` (N, 2; pixels of ``frame_rgb``) lies on the map.
+
+    ``frame_to_map`` (3x3) maps frame pixels to map pixels (both pixel-centre convention); it
+    needs to be right within ``search_px`` map pixels. Each patch is (2 ``half_px`` + 1) map
+    pixels square. Points not refined keep the homography's prediction in ``map_px``.
+    """
+    import cv2
+
+    pts = np.asarray(frame_px, dtype=np.float64).reshape(-1, 2)
+    h = np.asarray(frame_to_map, dtype=np.float64)
+    n = len(pts)
+    hom = np.column_stack([pts, np.ones(n)]) @ h.T
+    pred = hom[:, :2] / hom[:, 2:3]
+    out = MapRefinement(pred.copy(), np.zeros(n, bool), np.zeros(n))
+    if n == 0:
+        return out
+    inv = np.linalg.inv(h)
+    # frame pixels per map pixel at the points: the blur that makes the rendering map-like
+    step = pred + [1.0, 0.0]
+    back = np.column_stack([step, np.ones(n)]) @ inv.T
+    per_map = np.median(np.hypot(*(back[:, :2] / back[:, 2:3] - pts).T))
+    frame = _gray(frame_rgb)
+    if per_map > 1.0:
+        frame = cv2.GaussianBlur(frame, (0, 0), 0.45 * float(per_map))
+    mp = _gray(map_rgb)
+    valid = np.ones(mp.shape, bool) if map_mask is None else np.asarray(map_mask, bool)
+    fh, fw = frame.shape
+    mh, mw = mp.shape
+    r, hp = int(search_px), int(half_px)
+    s = np.arange(-hp, hp + 1, dtype=np.float64)
+    sx, sy = np.meshgrid(s, s)
+    for k in range(n):
+        u0 = pred[k]
+        # the frame rendered on the map grid around the point's predicted map position
+        g = np.stack([u0[0] + sx, u0[1] + sy, np.ones_like(sx)], axis=-1) @ inv.T
+        gx, gy = (
+            (g[..., 0] / g[..., 2]).astype(np.float32),
+            (g[..., 1] / g[..., 2]).astype(np.float32),
+        )
+        if gx.min() < 0 or gy.min() < 0 or gx.max() > fw - 1 or gy.max() > fh - 1:
+            continue
+        tpl = cv2.remap(frame, gx, gy, cv2.INTER_LINEAR)
+        if float(tpl.std()) < 2.0:  # a flat patch fixes no position
+            continue
+        cx, cy = int(round(u0[0])), int(round(u0[1]))
+        x0, y0, x1, y1 = cx - hp - r, cy - hp - r, cx + hp + r + 1, cy + hp + r + 1
+        if x0 < 0 or y0 < 0 or x1 > mw or y1 > mh or not valid[y0:y1, x0:x1].all():
+            continue
+        res = cv2.matchTemplate(mp[y0:y1, x0:x1], tpl, cv2.TM_CCOEFF_NORMED)
+        j, i = np.unravel_index(int(np.argmax(res)), res.shape)
+        peak = float(res[j, i])
+        out.ncc[k] = peak
+        if peak < min_ncc or not (0 < i < 2 * r and 0 < j < 2 * r):
+            continue
+        dx = _peak_offset(float(res[j, i - 1]), peak, float(res[j, i + 1]))
+        dy = _peak_offset(float(res[j - 1, i]), peak, float(res[j + 1, i]))
+        # the template's centre is the frame point: placed at result (i, j) it sits on map
+        # pixel (cx - r + i, cy - r + j)
+        out.map_px[k] = (cx - r + i + dx, cy - r + j + dy)
+        out.keep[k] = True
+    return out
