@@ -110,9 +110,11 @@ def test_warm_localizer_reopens_an_index_saved_by_another_process(
     # a sidecar that cannot be read (say, a newer geoloc's format): keep answering, warn once
     meta = Path(again.directory) / "meta.json"
     good = meta.read_text()
-    assert '"format": 3' in good
+    from geoloc.store.omega_format import FORMAT_VERSION
+
+    assert f'"format": {FORMAT_VERSION}' in good
     tmp = meta.with_suffix(".tmp")
-    tmp.write_text(good.replace('"format": 3', '"format": 99'))
+    tmp.write_text(good.replace(f'"format": {FORMAT_VERSION}', '"format": 99'))
     tmp.replace(meta)
     try:
         with caplog.at_level(logging.WARNING, logger="geoloc.store.tile_store"):

@@ -48,8 +48,10 @@ def _index_dir(settings: Settings, encoder: Any) -> Path:
     return OmegaIndex.path_for(settings, encoder.weights_sha256)
 
 
-def _locate(cli: Callable[..., Result], settings: Settings, frame: Path) -> Result:
-    return cli(settings, "locate", str(frame), "--gsd", "0.28", "--preset", "fast")
+def _locate(
+    cli: Callable[..., Result], settings: Settings, frame: Path, preset: str = "fast"
+) -> Result:
+    return cli(settings, "locate", str(frame), "--gsd", "0.28", "--preset", preset)
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
@@ -64,7 +66,8 @@ def test_damaged_faiss_index_says_rebuild_and_rebuild_restores_it(
 
     settings = clone()
     before = snapshot(settings)
-    ok = _locate(cli, settings, frame)
+    # `seed` recalls by Ω, so it reads the FAISS index; the other presets search Φ in Postgres
+    ok = _locate(cli, settings, frame, "seed")
     assert ok.code == 0, ok.err
     answer = json.loads(ok.out)
     d = _index_dir(settings, encoder)
@@ -74,18 +77,20 @@ def test_damaged_faiss_index_says_rebuild_and_rebuild_restores_it(
         (faiss_file,) = d.glob("omega.*.faiss")
         data = faiss_file.read_bytes()
         faiss_file.write_bytes(data[: len(data) // 2])
-    res = _locate(cli, settings, frame)
+    res = _locate(cli, settings, frame, "seed")
     assert res.code == 1 and res.out == "", (res.out, res.err)
     (line,) = res.err_lines
     assert line.startswith("geoloc: error: ") and "geoloc index rebuild" in line, line
     assert "Traceback" not in res.err
+    phi = _locate(cli, settings, frame)  # Φ recall does not need the Ω index
+    assert phi.code == 0 and json.loads(phi.out)["status"] == "ok", phi.err
     verify = cli(settings, "index", "verify")
     assert verify.code == 1 and "geoloc index rebuild" in verify.err, verify.err
     rebuilt = cli(settings, "index", "rebuild")
     assert rebuilt.code == 0, rebuilt.err
     assert json.loads(rebuilt.out)["ok"] is True
     assert snapshot(settings) == before  # same rows, same FAISS ids, verify passes
-    again = _locate(cli, settings, frame)
+    again = _locate(cli, settings, frame, "seed")
     assert again.code == 0, again.err
     fixed = json.loads(again.out)
     assert fixed["tile_id"] == answer["tile_id"]
