@@ -23,7 +23,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ORDER = ("roofline", "encoders", "tiler", "store", "ingest", "locate", "camera")
 
 
-def _commit() -> str:
+def git_commit() -> str:
+    """The checked-out commit (short), or "unknown"."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -39,7 +40,7 @@ def machine() -> dict[str, Any]:
 
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "commit": _commit(),
+        "commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),

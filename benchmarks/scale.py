@@ -702,6 +702,7 @@ def run(
 
     torch.set_num_threads(2)
     from geoloc.models import load_encoder
+    from benchmarks.run_all import git_commit
     from geoloc.models.runtime import use_runtime
 
     enc = load_encoder("sgmnet")
@@ -713,7 +714,8 @@ def run(
         "preset": preset,
         "knobs": knobs or {},
         "queries": n_queries,
-        "note": "measured with other jobs on the 2 cores: latencies are under load",
+        "commit": git_commit(),
+        "note": "latencies are wall clock on this machine: load_average (per size) says what else ran",
         "sizes": {},
     }
     qs = None if build_only or from_records else queries(n_queries, quick=quick)
