@@ -701,8 +701,8 @@ def run(
     import torch
 
     torch.set_num_threads(2)
-    from geoloc.models import load_encoder
     from benchmarks.run_all import git_commit
+    from geoloc.models import load_encoder
     from geoloc.models.runtime import use_runtime
 
     enc = load_encoder("sgmnet")
