@@ -715,7 +715,7 @@ def run(
         "knobs": knobs or {},
         "queries": n_queries,
         "commit": git_commit(),
-        "note": "latencies are wall clock on this machine: load_average (per size) says what else ran",
+        "note": "wall-clock latencies: load_average (per size) says what else ran",
         "sizes": {},
     }
     qs = None if build_only or from_records else queries(n_queries, quick=quick)
