@@ -630,6 +630,7 @@ def plot(results: dict[str, Any], out_dir: Path = IMG) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     runs = sorted(results["sizes"].values(), key=lambda r: r["storage"]["tiles"])
     if not runs:
@@ -645,6 +646,7 @@ def plot(results: dict[str, Any], out_dir: Path = IMG) -> list[Path]:
     wrong = [r["summary"].get("synthetic", {}).get("wrong_over_25m", np.nan) for r in runs]
     ax.plot(tiles, wrong, "x:", color="red", label="wrong > 25 m (synthetic)")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap
     ax.set_ylim(0, 1)
     ax.set_xlabel("tiles in the database")
     ax.set_ylabel("share of queries")
@@ -664,9 +666,10 @@ def plot(results: dict[str, Any], out_dir: Path = IMG) -> list[Path]:
         ]
         ax.plot(tiles, ys, style, label=f"p95, {outcome}")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap
     ax.set_xlabel("tiles in the database")
     ax.set_ylabel("seconds")
-    ax.set_title("locate latency, p95 (under load)")
+    ax.set_title("locate latency, p95 (2 CPU cores)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     p = out_dir / "scale_latency.png"
