@@ -26,9 +26,12 @@ always reads pixels) the plan is a cascade over the top ``verify_top`` candidate
 2. the survivors, best coarse score first, go to the learned matcher with the region's keypoints
    inside the frame's coarse footprint; the first one accepted (and, when the map's pixels can
    be read, passing the photometric check) answers: every survivor left scored lower in the
-   coarse check. Candidates are taken heading by heading (in the order of each heading's best
-   candidate), so a frame found at its best heading never pays for the frame's features at
-   other headings;
+   coarse check of its chunk. Candidates are taken heading by heading (in the order of each
+   heading's best candidate), so a frame found at its best heading never pays for the frame's
+   features at other headings, and within a heading in rank-order chunks of
+   :data:`CASCADE_CHUNK`, so a right candidate near the top never waits for the regions of all
+   the others; when the learned matcher's matches fail, matches are found again near where the
+   coarse similarity puts them (``+guided``);
 3. only when none is accepted, the heading sweep, again coarse first.
 
 A frame of another place therefore costs coarse checks only. The SIFT fallback needs pixels:
@@ -59,6 +62,8 @@ from geoloc.localize.verify import CoarseCheck, HomographyVerifier, Verifier
 
 #: Margin around the frame's coarse footprint within which region keypoints go to the matcher.
 FOOTPRINT_MARGIN_PX = 32.0
+#: Candidates of one heading group coarse-checked before the learned matcher tries their survivors.
+CASCADE_CHUNK = 10
 
 #: Where the cascade's tile features come from (see the module docstring).
 FEATURE_MODES = ("auto", "stored", "extract", "raster")
@@ -383,9 +388,12 @@ class VerificationScheduler:
         for c in cands:
             groups.setdefault(state.headings[c.heading_idx], []).append(c)
         for h, group in groups.items():
-            survivors, stopped = coarse([(c, h) for c in group])
-            if fine(survivors) or stopped:
-                return
+            # in rank-order chunks: a known heading puts every candidate in one group, and the
+            # right one is usually near the top, so its region should not wait for all the others
+            for i in range(0, len(group), CASCADE_CHUNK):
+                survivors, stopped = coarse([(c, h) for c in group[i : i + CASCADE_CHUNK]])
+                if fine(survivors) or stopped:
+                    return
         if not sweep or not cands:
             return
         h0 = state.headings[cands[0].heading_idx]
