@@ -1,6 +1,7 @@
 """Confidence calibration from the scale benchmark's per-query records.
 
-Reads ``benchmarks/results/scale_<size>.json`` (every size found, or the files given), and
+Reads ``benchmarks/results/scale_<size>.json`` (every size found, or the files given; the held-out
+views of an ingested place, which the benchmark counts apart, are left out), and
 
 - draws the reliability diagram of the confidence the chain reports (confidence bins against the
   share of answers that are right: within 25 m of the truth; a negative is never right) into
@@ -42,8 +43,11 @@ def load(paths: list[Path] | None = None) -> list[dict[str, Any]]:
     recs: list[dict[str, Any]] = []
     for p in paths:
         for label, entry in json.loads(p.read_text())["sizes"].items():
-            for r in entry["records"]:
-                recs.append({**r, "size": label})
+            held = entry.get("summary", {}).get("same_place_held_out", {}).get("twins", [])
+            # a held-out view whose place the database holds after all (another date of an
+            # ingested image) has no truth and is no negative: the benchmark counts it apart
+            same = {str(t).split(" ~ ")[0] for t in held}
+            recs.extend({**r, "size": label} for r in entry["records"] if r["name"] not in same)
     return recs
 
 
