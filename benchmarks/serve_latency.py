@@ -21,7 +21,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,22 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.serving import free_port, pct, teardown
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SAMPLE = REPO / "data" / "sample" / "turku_utm34n_0.28m.tif"
-
-
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return round(s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))], 1)
-
-
-def _free(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_video(path: Path, frames: list[Any], fps: float) -> Path:
@@ -106,7 +94,7 @@ def run(
         (res,) = ingest([SAMPLE], settings=settings, progress=False)
         if res.status != "ingested":
             raise RuntimeError(f"{SAMPLE}: ingest {res.status}: {res.message}")
-        udp, port = _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM)
+        udp, port = free_port(socket.SOCK_DGRAM), free_port()
         peer = mavutil.mavlink_connection(f"udpin:127.0.0.1:{udp}", source_system=1)
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
@@ -157,9 +145,9 @@ def run(
             {
                 "messages": len(lat_ms),
                 "latency_ms": {
-                    "p50": _pct(lat_ms, 50),
-                    "p95": _pct(lat_ms, 95),
-                    "max": _pct(lat_ms, 100),
+                    "p50": pct(lat_ms, 50),
+                    "p95": pct(lat_ms, 95),
+                    "max": pct(lat_ms, 100),
                 },
                 "target_p95_ms": 500.0,
                 "frames_read": src.get("frames_read"),
@@ -175,15 +163,9 @@ def run(
     finally:
         if peer is not None:
             peer.close()
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                out["serve_exit_on_sigterm"] = server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        embedded.stop(settings)
-        shutil.rmtree(home, ignore_errors=True)
+        code = teardown(server, settings, home)
+        if code is not None:
+            out["serve_exit_on_sigterm"] = code
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serve_latency.json").write_text(json.dumps(out, indent=2) + "\n")
     return out

@@ -21,8 +21,6 @@ import csv
 import datetime as _dt
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,23 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.serving import free_port, pct, teardown
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SAMPLE = REPO / "data" / "sample" / "turku_utm34n_0.28m.tif"
 FRAMES = REPO / "data" / "sample" / "frames"
-
-
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return round(s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))], 1)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _frames() -> list[tuple[bytes, float, str]]:
@@ -87,7 +74,7 @@ def run(
         if res.status != "ingested":
             raise RuntimeError(f"{SAMPLE}: ingest {res.status}: {res.message}")
         sample = _frames()
-        port = _port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         t0 = time.perf_counter()
         server = subprocess.Popen(
@@ -119,7 +106,7 @@ def run(
         # warm, one client at a time
         with httpx.Client() as c:
             warm = [post(c, i)[0] for i in range(len(sample))]
-        out["warm_post_ms_p50"] = _pct(warm, 50)
+        out["warm_post_ms_p50"] = pct(warm, 50)
         out["loadavg_at_warm"] = list(os.getloadavg())
         # cold, right after warm so both see the same machine: one CLI process for one frame,
         # model and index loaded from scratch
@@ -171,22 +158,16 @@ def run(
                 "errors": len(errors),
                 "error_samples": errors[:10],
                 "statuses": statuses,
-                "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "max": _pct(lat, 100)},
+                "latency_ms": {"p50": pct(lat, 50), "p95": pct(lat, 95), "max": pct(lat, 100)},
                 "wall_s": round(wall, 1),
                 "frames_per_s": round(clients * frames / wall, 3),
             }
         )
         out["loadavg_at_end"] = list(os.getloadavg())
     finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                out["serve_exit_on_sigterm"] = server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        embedded.stop(settings)
-        shutil.rmtree(home, ignore_errors=True)
+        code = teardown(server, settings, home)
+        if code is not None:
+            out["serve_exit_on_sigterm"] = code
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serve_load.json").write_text(json.dumps(out, indent=2) + "\n")
     return out
