@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from geoloc.config import Settings
 from geoloc.errors import DatabaseError, GeolocError, IngestError
 from geoloc.ingest.paths import expand_paths, sha256_file
-from geoloc.ingest.stream import Encoded, batches, encode_stream
+from geoloc.ingest.stream import WRITE_TILES, Encoded, batches, encode_stream
 from tiling.policy import DEFAULT_GSD_M, DEFAULT_MIN_VALID, DEFAULT_STRIDE_FRACTION, TilingPolicy
 
 if TYPE_CHECKING:
@@ -316,9 +316,9 @@ class _Ingester:
         self.progress.start(Path(path).name, int(len(grid)))
         extract = None
         if self.features is not None:
-            from geoloc.ingest.features import TileFeatures
+            from geoloc.ingest.features import StripFeatures
 
-            extract = TileFeatures(
+            extract = StripFeatures(
                 self.store.use_features(self.features),
                 rows=int(grid.rows),
                 cols=int(grid.cols),
@@ -339,7 +339,7 @@ class _Ingester:
             kept = write_bands(
                 self.distributed.bands(str(path), cfg, grid, self.batch_size, features=spec),
                 self.store.add,
-                self.batch_size,
+                WRITE_TILES,
                 on_position=self.progress.update,
             )
             self.progress.finish()

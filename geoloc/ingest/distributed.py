@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from geoloc.store.tile_features import FeatureSpec
     from tiling import Grid, TileConfig
 
-#: per tile (xy tile px, desc, score), as :class:`geoloc.ingest.features.TileFeatures` makes
+#: per tile (xy tile px, desc, score), as :class:`geoloc.ingest.features.StripFeatures` makes
 FeatureTuple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 log = logging.getLogger("geoloc.ingest")
@@ -120,7 +120,7 @@ class BandResult:
 @dataclass(frozen=True)
 class BandFeatures:
     """What an actor needs to extract a band's stored features: the store's spec and the grid
-    shape the core cells are cut from (:class:`geoloc.ingest.features.TileFeatures`)."""
+    shape the core cells are cut from (:class:`geoloc.ingest.features.StripFeatures`)."""
 
     spec: FeatureSpec
     rows: int
@@ -208,9 +208,9 @@ class EncodeWorker:
 
         extract = None
         if features is not None:
-            from geoloc.ingest.features import TileFeatures
+            from geoloc.ingest.features import StripFeatures
 
-            extract = TileFeatures(
+            extract = StripFeatures(
                 features.spec,
                 rows=features.rows,
                 cols=features.cols,
@@ -229,7 +229,9 @@ class EncodeWorker:
                 tuple(as_array(x) for x in (o.omega, o.phi, o.node_areas, o.node_centroids))
             )
             if extract is not None:
-                feats.extend(extract(chunk, pixels))
+                feats.extend(extract.add(chunk, pixels))
+        if extract is not None:
+            feats.extend(extract.finish())
         enc = self.encoder
         band_feats = None if extract is None else feats
         if not outs:
@@ -362,9 +364,9 @@ def write_bands(
     on_position: Callable[[int], None] | None = None,
 ) -> int:
     """Hand the bands' tiles to ``add(tiles, omega, phi, areas, centroids, features=...)`` in
-    batches of ``batch_size`` (the batches of a local ingest, so both write the same rows in the
-    same transactions; ``features`` None when the bands carry none); returns the tiles
-    written."""
+    hand-offs of ``batch_size`` tiles (ingest passes :data:`~geoloc.ingest.stream.WRITE_TILES`,
+    the hand-off of a local ingest; ``features`` None when the bands carry none); returns the
+    tiles written."""
     buf: list[BandResult] = []
     n_buf = 0
     written = 0

@@ -15,15 +15,16 @@ corrupt segment, an ingest with ``--no-features`` or on a cluster).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geoloc.errors import EncoderMismatchError, IndexError_
 from geoloc.ingest.paths import sha256_file
-from geoloc.ingest.stream import Encoded, batches, encode_stream
+from geoloc.ingest.stream import Batch, Encoded, FeatureTuple, batches, encode_stream
 
 if TYPE_CHECKING:
+    from geoloc.ingest.features import StripFeatures
     from geoloc.store import OmegaIndex, TileStore
     from geoloc.store import repository as repo
     from geoloc.store.tile_features import FeatureStore
@@ -124,6 +125,23 @@ def _stored_grid(ortho: repo.OrthomosaicRow) -> Any:
     )
 
 
+def _with_features(
+    source: Iterable[Batch], extract: StripFeatures
+) -> Iterator[tuple[list[Any], list[FeatureTuple]]]:
+    """``(tiles, their features)`` as the extractor answers (it holds tiles back until their
+    strip is complete), in the order of ``source``."""
+    held: list[Any] = []
+    for batch in source:
+        held += batch.tiles
+        feats = extract.add(batch.tiles, batch.pixels)
+        if feats:
+            yield held[: len(feats)], feats
+            held = held[len(feats) :]
+    feats = extract.finish()
+    if feats:
+        yield held[: len(feats)], feats
+
+
 def _check_seen(ortho: repo.OrthomosaicRow, seen: int, stored: int) -> None:
     if seen != stored:
         raise IndexError_(
@@ -147,7 +165,7 @@ def rebuild_features(
     without intact features. ``max_per_tile`` None keeps the stored setting (or the default).
     Runs under the ingest lock; the features are replaced atomically when complete.
     """
-    from geoloc.ingest.features import TileFeatures, feature_spec
+    from geoloc.ingest.features import StripFeatures, feature_spec
     from geoloc.ingest.pipeline import Prefetcher
     from tiling import open_raster
 
@@ -172,7 +190,7 @@ def rebuild_features(
 
             with open_raster(ortho.path) as raster:
                 grid = raster.grid(cfg)
-                extract = TileFeatures(
+                extract = StripFeatures(
                     spec,
                     rows=int(grid.rows),
                     cols=int(grid.cols),
@@ -181,10 +199,9 @@ def rebuild_features(
                 )
                 source = batches(raster, cfg, int(grid.cols), batch_size, keep=stored)
                 with Prefetcher(source, maxsize=3) as reader:
-                    for batch in reader:
-                        ids = [cells[(t.row, t.col)] for t in batch.tiles]
-                        feats = extract(batch.tiles, batch.pixels)
-                        store.readd_features(batch.tiles, ids, int(grid.stride), feats)
+                    for tiles, feats in _with_features(reader, extract):
+                        ids = [cells[(t.row, t.col)] for t in tiles]
+                        store.readd_features(tiles, ids, int(grid.stride), feats)
                         seen += len(ids)
                         done += len(ids)
                         if progress is not None:

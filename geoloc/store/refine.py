@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from geoloc.store.omega_basis import matmul
+
 #: Refine codes: channel-PCA dims per position vector (0 disables refining), bits per value
 #: (4 or 8), channels of the Ω map (SGM-Net: 256 x 14 x 14), candidates re-scored per query.
 DEFAULT_REFINE_DIMS = 96
@@ -134,7 +136,10 @@ class RefineQuantizer:
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Codes ``(n, code_size)`` uint8 of Ω vectors ``(n, omega_dim)``."""
         n = x.shape[0]
-        y = position_vectors(np.asarray(x, dtype=np.float32), self.channels) @ self.proj.T
+        # one product per tile of contiguous operands, (dims, C) @ (C, P): the transposed view
+        # of position_vectors would make the product fall off the BLAS path
+        maps = np.ascontiguousarray(x, dtype=np.float32).reshape(n, self.channels, -1)
+        y = matmul(self.proj, maps).transpose(0, 2, 1)  # (n, positions, dims)
         k = np.floor((y - self.lo) / self.step)
         np.clip(k, 0, self.levels - 1, out=k)
         codes = k.astype(np.uint8).reshape(n, -1)
