@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from geoloc.config import Settings
 from geoloc.errors import DatabaseError, GeolocError, IngestError
 from geoloc.ingest.paths import expand_paths, sha256_file
-from geoloc.ingest.stream import WRITE_TILES, Encoded, batches, encode_stream
+from geoloc.ingest.stream import Encoded, batches, encode_stream
 from tiling.policy import DEFAULT_GSD_M, DEFAULT_MIN_VALID, DEFAULT_STRIDE_FRACTION, TilingPolicy
 
 if TYPE_CHECKING:
@@ -339,7 +339,7 @@ class _Ingester:
             kept = write_bands(
                 self.distributed.bands(str(path), cfg, grid, self.batch_size, features=spec),
                 self.store.add,
-                WRITE_TILES,
+                self.batch_size,
                 on_position=self.progress.update,
             )
             self.progress.finish()

@@ -364,9 +364,9 @@ def write_bands(
     on_position: Callable[[int], None] | None = None,
 ) -> int:
     """Hand the bands' tiles to ``add(tiles, omega, phi, areas, centroids, features=...)`` in
-    hand-offs of ``batch_size`` tiles (ingest passes :data:`~geoloc.ingest.stream.WRITE_TILES`,
-    the hand-off of a local ingest; ``features`` None when the bands carry none); returns the
-    tiles written."""
+    batches of ``batch_size`` (the batches of a local ingest, so both write the same rows in the
+    same transactions; ``features`` None when the bands carry none); returns the tiles
+    written."""
     buf: list[BandResult] = []
     n_buf = 0
     written = 0

@@ -50,35 +50,6 @@ class Encoded:
     features: list[FeatureTuple] | None = None
 
 
-def merge(parts: list[Encoded]) -> Encoded:
-    """One :class:`Encoded` of consecutive ``parts`` (tiles in order; the last position)."""
-    if len(parts) == 1:
-        return parts[0]
-
-    def cat(name: str) -> np.ndarray | None:
-        arrays = [getattr(p, name) for p in parts]
-        return None if arrays[0] is None else np.concatenate(arrays)
-
-    feats = None
-    if parts[0].features is not None:
-        feats = [f for p in parts for f in (p.features or [])]
-    omega = cat("omega")
-    assert omega is not None
-    return Encoded(
-        [t for p in parts for t in p.tiles],
-        omega,
-        cat("phi"),
-        cat("node_areas"),
-        cat("node_centroids"),
-        parts[-1].position,
-        feats,
-    )
-
-
-#: Tiles per hand-off to the sink (one ``TileStore.add``, one transaction): a few encoder batches,
-#: so the per-transaction costs (round trips, the commit's WAL flush) are paid a few times less.
-WRITE_TILES = 64
-
 FeatureTuple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -136,10 +107,8 @@ def encode_stream(
     omega_only: bool = False,
     on_batch: Callable[[Batch], None] | None = None,
     features: FeatureExtractor | None = None,
-    write_tiles: int = WRITE_TILES,
 ) -> StreamTimings:
-    """Encode every batch of ``source`` and hand it to ``sink`` (run in a writer thread), in
-    hand-offs of about ``write_tiles`` tiles (whole batches, in order).
+    """Encode every batch of ``source`` and hand it to ``sink`` (run in a writer thread).
 
     ``omega_only`` keeps only Ω (a rebuild needs nothing else). ``on_batch`` is called in the
     main thread after each batch is encoded (progress). ``features`` (e.g.
@@ -149,32 +118,19 @@ def encode_stream(
     """
     timings = StreamTimings()
     reader: Prefetcher[Batch] = Prefetcher(source, maxsize=3)
-    pending: list[Encoded] = []  # ready for the sink
-    n_pending = 0
     waiting: deque[Encoded] = deque()  # encoded, some of their tiles' features not made yet
     made: list[FeatureTuple] = []  # features of the first tiles of ``waiting``
 
-    def write(parts: list[Encoded]) -> None:
-        sink(merge(parts))  # concatenated in the writer thread, off the encoder's
-
-    def hand_on(writer: BackgroundWorker[list[Encoded]], enc: Encoded) -> None:
-        nonlocal pending, n_pending
-        pending.append(enc)
-        n_pending += len(enc.tiles)
-        if n_pending >= write_tiles:
-            writer.submit(pending)
-            pending, n_pending = [], 0
-
-    def settle(writer: BackgroundWorker[list[Encoded]], new: list[FeatureTuple]) -> None:
+    def settle(writer: BackgroundWorker[Encoded], new: list[FeatureTuple]) -> None:
         nonlocal made
         made += new
         while waiting and len(made) >= len(waiting[0].tiles):
             enc = waiting.popleft()
             k = len(enc.tiles)
             enc.features, made = made[:k], made[k:]
-            hand_on(writer, enc)
+            writer.submit(enc)
 
-    with reader, BackgroundWorker(write, maxsize=2) as writer:
+    with reader, BackgroundWorker(sink, maxsize=2) as writer:
         for batch in reader:
             t0 = time.perf_counter()
             out = encoder.encode(batch.pixels)
@@ -189,7 +145,7 @@ def encode_stream(
             t1 = time.perf_counter()
             timings.encode_s += t1 - t0
             if features is None:
-                hand_on(writer, enc)
+                writer.submit(enc)
             else:
                 waiting.append(enc)
                 settle(writer, features.add(batch.tiles, batch.pixels))
@@ -205,8 +161,6 @@ def encode_stream(
                     f"the feature extractor answered {len(made)} tiles too many or "
                     f"{sum(len(e.tiles) for e in waiting)} too few"
                 )
-        if pending:
-            writer.submit(pending)
         writer.join()
     timings.read_s = reader.busy_s
     return timings

@@ -74,17 +74,17 @@ def orthonormal_rows(a: np.ndarray, passes: int = 2) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` of float32 matrices (views and transposes welcome), as a new float32 array.
+def matmul(a: np.ndarray, b: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """``a @ b`` in ``dtype`` (float32 or float64; views and transposes welcome), a new array.
 
     Runs on torch's BLAS: numpy's OpenBLAS is several times slower on the products this module
     makes (a few hundred rows against ``omega_dim``-deep operands), and those products run beside
     the encoder at ingest.
     """
-    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    a, b = np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype)
     if not (a.flags.writeable and b.flags.writeable):
         # a memory-mapped (read-only) operand: torch would warn; only queries take this path
-        return np.asarray(a @ b, dtype=np.float32)
+        return np.asarray(a @ b, dtype=dtype)
     import torch
 
     with torch.inference_mode():

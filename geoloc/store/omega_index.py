@@ -46,6 +46,7 @@ from geoloc.store.omega_basis import (
     ivf_due,
     ivf_nlist,
     ivf_training_rows,
+    matmul,
 )
 from geoloc.store.omega_format import FORMAT_VERSION, REBUILD_HINT, faiss_lib
 from geoloc.store.refine import (
@@ -548,11 +549,15 @@ class OmegaIndex:
         sel = training_rows(ids.size)
         t0 = time.perf_counter()
         quantizer = RefineQuantizer.train(
-            codes[sel] @ basis, self.refine_channels, self.refine_dims, self.refine_bits, seed=0
+            matmul(codes[sel], basis),
+            self.refine_channels,
+            self.refine_dims,
+            self.refine_bits,
+            seed=0,
         )
         refine = RefineCodes(quantizer)
         for s in range(0, ids.size, ADD_CHUNK):
-            refine.add(ids[s : s + ADD_CHUNK], codes[s : s + ADD_CHUNK] @ basis)
+            refine.add(ids[s : s + ADD_CHUNK], matmul(codes[s : s + ADD_CHUNK], basis))
         self._refine, self._refine_q_dirty = refine, True
         log.info(
             "Ω refine codes: %d B/tile for %d vectors (trained in %.1f s)",

@@ -122,10 +122,10 @@ class RefineQuantizer:
         if v.shape[0] > MAX_TRAIN_SAMPLES:
             rng = np.random.default_rng(seed)
             v = v[np.sort(rng.choice(v.shape[0], MAX_TRAIN_SAMPLES, replace=False))]
-        moment = v.T.astype(np.float64) @ v.astype(np.float64)
+        moment = matmul(v.T, v, np.float64)
         w, vec = np.linalg.eigh(moment)
         proj = vec[:, np.argsort(w)[::-1][:dims]].T.astype(np.float32)
-        y = v @ proj.T
+        y = matmul(v, proj.T)
         if bits == 4:
             lo, hi = np.quantile(y, [CLIP_4BIT, 1 - CLIP_4BIT], axis=0)
         else:
