@@ -316,9 +316,9 @@ class _Ingester:
         self.progress.start(Path(path).name, int(len(grid)))
         extract = None
         if self.features is not None:
-            from geoloc.ingest.features import StripFeatures
+            from geoloc.ingest.features import TileFeatures
 
-            extract = StripFeatures(
+            extract = TileFeatures(
                 self.store.use_features(self.features),
                 rows=int(grid.rows),
                 cols=int(grid.cols),

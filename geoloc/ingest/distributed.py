@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from geoloc.store.tile_features import FeatureSpec
     from tiling import Grid, TileConfig
 
-#: per tile (xy tile px, desc, score), as :class:`geoloc.ingest.features.StripFeatures` makes
+#: per tile (xy tile px, desc, score), as :class:`geoloc.ingest.features.TileFeatures` makes
 FeatureTuple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 log = logging.getLogger("geoloc.ingest")
@@ -120,7 +120,7 @@ class BandResult:
 @dataclass(frozen=True)
 class BandFeatures:
     """What an actor needs to extract a band's stored features: the store's spec and the grid
-    shape the core cells are cut from (:class:`geoloc.ingest.features.StripFeatures`)."""
+    shape the core cells are cut from (:class:`geoloc.ingest.features.TileFeatures`)."""
 
     spec: FeatureSpec
     rows: int
@@ -208,9 +208,9 @@ class EncodeWorker:
 
         extract = None
         if features is not None:
-            from geoloc.ingest.features import StripFeatures
+            from geoloc.ingest.features import TileFeatures
 
-            extract = StripFeatures(
+            extract = TileFeatures(
                 features.spec,
                 rows=features.rows,
                 cols=features.cols,

@@ -3,9 +3,12 @@
 :func:`extract_tile_features` is the pure per-image function; :class:`TileFeatures` extracts a
 batch of grid tiles at once (one XFeat forward pass) and keeps, per tile, the best-scored
 keypoints of its core cell (:func:`geoloc.store.tile_features.core_box`), so overlapping tiles do
-not store the same ground twice. :class:`StripFeatures` (ingest) gives the same per-tile result
+not store the same ground twice. :class:`StripFeatures` gives nearly the same per-tile result
 from one pass over each *strip* (up to :attr:`StripFeatures.span` neighbouring tiles of one grid
 row pasted together): the tiles overlap, so a strip has a few times fewer pixels than its tiles.
+Ingest still uses :class:`TileFeatures`: with strip features a mirrored view passed verification
+(``tests/localize/test_verify_features.py::test_mirrored_view_is_rejected``), so the switch waits
+until that is understood.
 The store turns the tile-pixel keypoints into orthomosaic-grid coordinates
 (:meth:`geoloc.store.TileStore.add`).
 """

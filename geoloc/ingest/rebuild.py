@@ -24,7 +24,7 @@ from geoloc.ingest.paths import sha256_file
 from geoloc.ingest.stream import Batch, Encoded, FeatureTuple, batches, encode_stream
 
 if TYPE_CHECKING:
-    from geoloc.ingest.features import StripFeatures
+    from geoloc.ingest.features import TileFeatures
     from geoloc.store import OmegaIndex, TileStore
     from geoloc.store import repository as repo
     from geoloc.store.tile_features import FeatureStore
@@ -126,10 +126,10 @@ def _stored_grid(ortho: repo.OrthomosaicRow) -> Any:
 
 
 def _with_features(
-    source: Iterable[Batch], extract: StripFeatures
+    source: Iterable[Batch], extract: TileFeatures
 ) -> Iterator[tuple[list[Any], list[FeatureTuple]]]:
-    """``(tiles, their features)`` as the extractor answers (it holds tiles back until their
-    strip is complete), in the order of ``source``."""
+    """``(tiles, their features)`` as the extractor answers (one may hold tiles back, see
+    :class:`geoloc.ingest.stream.FeatureExtractor`), in the order of ``source``."""
     held: list[Any] = []
     for batch in source:
         held += batch.tiles
@@ -165,7 +165,7 @@ def rebuild_features(
     without intact features. ``max_per_tile`` None keeps the stored setting (or the default).
     Runs under the ingest lock; the features are replaced atomically when complete.
     """
-    from geoloc.ingest.features import StripFeatures, feature_spec
+    from geoloc.ingest.features import TileFeatures, feature_spec
     from geoloc.ingest.pipeline import Prefetcher
     from tiling import open_raster
 
@@ -190,7 +190,7 @@ def rebuild_features(
 
             with open_raster(ortho.path) as raster:
                 grid = raster.grid(cfg)
-                extract = StripFeatures(
+                extract = TileFeatures(
                     spec,
                     rows=int(grid.rows),
                     cols=int(grid.cols),

@@ -23,7 +23,7 @@ def _store(settings: Settings, enc: Any) -> Any:
 def test_features_round_trip_in_the_grid_frame(
     pg_settings: Settings, crops: dict[str, Path], encoder: Any
 ) -> None:
-    from geoloc.ingest.features import StripFeatures
+    from geoloc.ingest.features import extract_tile_features
     from geoloc.store.tile_features import XFEAT_SPEC, core_box, grid_origin, grid_to_lonlat
     from tiling import TilingPolicy, open_raster
 
@@ -41,11 +41,6 @@ def test_features_round_trip_in_the_grid_frame(
         grid = r.grid(cfg)
         tiles = {(t.row, t.col): t for t in r.tiles(cfg)}
     st = grid.stride
-    # the same extraction (one pass per row strip) on the tiles' pixels, away from the store
-    strips = StripFeatures(XFEAT_SPEC, rows=grid.rows, cols=grid.cols, tile_size=224, stride=st)
-    order = list(tiles.values())
-    again = strips.add(order, np.stack([t.pixels for t in order])) + strips.finish()
-    redone = {(t.row, t.col): f for t, f in zip(order, again, strict=True)}
     total = 0
     for tid, kp in feats.items():
         c = cands[tid]
@@ -59,9 +54,12 @@ def test_features_round_trip_in_the_grid_frame(
         local = kp.xy - np.array([c.col * st, c.row * st], np.float32)
         assert (local[:, 0] >= x0).all() and (local[:, 0] < x1).all()
         assert (local[:, 1] >= y0).all() and (local[:, 1] < y1).all()
-        # the same extraction gives the stored keypoints back (int8
+        # the same extraction on the tile's pixels gives the stored keypoints back (int8
         # descriptors: cosine to the float ones near 1)
-        xy, desc, score = redone[(c.row, c.col)]
+        t = tiles[(c.row, c.col)]
+        xy, desc, score = extract_tile_features(
+            np.transpose(t.pixels, (1, 2, 0)), t.mask, spec=XFEAT_SPEC, box=(x0, y0, x1, y1)
+        )
         np.testing.assert_allclose(local, xy, atol=1.0 / 32)
         assert float((kp.desc * desc).sum(axis=1).min()) > 0.99
         np.testing.assert_allclose(kp.score, score, rtol=1e-2, atol=1e-4)
