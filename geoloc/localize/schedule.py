@@ -323,6 +323,14 @@ class VerificationScheduler:
             nonlocal n
             out: list[_Scored] = []
             stopped = False
+            # the neighbourhoods of the whole chunk in one record fetch per region size
+            sizes: dict[tuple[int, float], list[Any]] = {}
+            for cand, _h in pairs:
+                at = self._at(state, cand)
+                sizes.setdefault((at.region_px, at.gsd_m), []).append(cand.tile)
+            with state.timer("verify.region_features"):
+                for (size_px, gsd), tiles in sizes.items():
+                    fr.prefetch(tiles, size_px, gsd)
             for cand, h in pairs:
                 if (cand.tile_id, h) in checked:
                     continue
