@@ -257,3 +257,52 @@ def test_sift_has_no_feature_path(store: Any, regions: MapRegions) -> None:
         _ = _scheduler(store, v, regions, verify_features="extract").feature_regions
     with pytest.raises(ConfigError, match="verify_features must be one of"):
         _scheduler(store, v, regions, verify_features="pixels")
+
+
+def _same_region(a: Any, b: Any) -> bool:
+    return bool(
+        np.array_equal(a.features.keypoints, b.features.keypoints)
+        and np.array_equal(a.features.descriptors.numpy(), b.features.descriptors.numpy())
+        and a.tile_ids == b.tile_ids
+        and a.transform == b.transform
+    )
+
+
+def test_region_survives_evicted_tile_records(store: Any) -> None:
+    """A warm localizer's region cache stays right when the tile records behind a cached
+    neighbourhood were evicted: the region is the one a cold cache assembles, never an empty
+    one (the evicted records are fetched again)."""
+    tiles = store.candidates(store.within(*_centre_latlon(store), 1e4))
+    assert len(tiles) > 12
+    cold = FeatureRegions(store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
+    want = cold.around(tiles[0], 448)
+    assert len(want.features) > 0 and len(want.tile_ids) > 1
+    small = FeatureRegions(
+        store, StoredTileFeatures(store, cache_size=4), map_gsd_m=store.map_gsd_m, cache_size=8
+    )
+    assert _same_region(small.around(tiles[0], 448), want)
+    for t in tiles[1:]:  # evicts the first neighbourhood's tile records and decoded features
+        small.around(t, 448)
+    assert _same_region(small.around(tiles[0], 448), want)
+
+
+def test_prefetched_regions_equal_one_by_one(store: Any) -> None:
+    """A chunk's neighbourhoods looked up together give the regions looked up one by one, and
+    the chunk costs one record fetch."""
+    tiles = store.candidates(store.within(*_centre_latlon(store), 1e4))[:10]
+    one = FeatureRegions(store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
+    want = [one.around(t, 448) for t in tiles]
+    chunk = FeatureRegions(store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
+    fetches = Counted(store, "candidates")
+    try:
+        chunk.prefetch(tiles, 448)
+        got = [chunk.around(t, 448) for t in tiles]
+    finally:
+        fetches.undo()
+    assert fetches.calls == 1
+    assert all(_same_region(a, b) for a, b in zip(got, want, strict=True))
+
+
+def _centre_latlon(store: Any) -> tuple[float, float]:
+    lon, lat = truth_lonlat(CX, CY)
+    return lat, lon
