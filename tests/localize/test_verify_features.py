@@ -19,7 +19,7 @@ from geoloc.localize.priors import GnssRadiusPrior, HeadingPrior
 from geoloc.localize.recall import FaissRecall, Recall
 from geoloc.localize.regions import MapRegions
 from geoloc.localize.rerank import PhiCosineRerank, Rerank
-from geoloc.localize.schedule import VerificationScheduler
+from geoloc.localize.schedule import CASCADE_CHUNK, VerificationScheduler
 from geoloc.localize.state import FrameRequest, FrameState
 from geoloc.localize.tile_regions import FeatureRegions, StoredTileFeatures
 from geoloc.localize.verify import HomographyVerifier, xfeat_lighterglue
@@ -200,19 +200,32 @@ def test_mirrored_view_is_rejected(store: Any, encoder: Any, stored: Any) -> Non
 def test_elsewhere_is_rejected_by_the_coarse_check(
     store: Any, encoder: Any, verifier: Any, stored: Any, make: Any
 ) -> None:
-    state = _ranked(store, encoder, make())
-    assert state.candidates
-    coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
-    try:
-        stored.run(state)
-    finally:
-        coarse.undo()
-        glue.undo()
-    assert state.match is None
-    assert glue.calls == 0
-    top = min(len(state.candidates), stored.conf["verify_top"])
-    assert coarse.calls >= top  # every candidate checked, and the sweep on top
-    assert state.timings["verify.coarse"] > 0
+    ranked = _ranked(store, encoder, make())
+    assert ranked.candidates
+    calls = {}
+    for stop in (False, True):
+        state = _copy(ranked)
+        sched = _scheduler(store, verifier, stored.regions, first_round_stop=stop)
+        coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
+        try:
+            sched.run(state)
+        finally:
+            coarse.undo()
+            glue.undo()
+        assert state.match is None
+        assert glue.calls == 0
+        assert state.timings["verify.coarse"] > 0
+        calls[stop] = coarse.calls
+    top = min(len(ranked.candidates), stored.conf["verify_top"])
+    assert calls[False] >= top  # without the stop: every candidate checked, the sweep on top
+    # with it: the first round (each heading group's first chunk), then the sweep
+    groups: dict[int, int] = {}
+    for c in ranked.candidates[:top]:
+        groups[c.heading_idx] = groups.get(c.heading_idx, 0) + 1
+    first_round = sum(min(n, CASCADE_CHUNK) for n in groups.values())
+    assert first_round <= calls[True] <= calls[False]
+    if first_round < top:
+        assert calls[True] < calls[False]
 
 
 def test_features_absent_reads_pixels(
