@@ -34,14 +34,14 @@ always reads pixels) the plan is a cascade over the top ``verify_top`` candidate
    the best candidates of the other headings come before the weaker ones of the first. When the
    learned matcher's matches fail, matches are found again near where the coarse similarity
    puts them (``+guided``);
-3. with the heading unknown, when no candidate of the first round passed the coarse check (no
-   heading hypothesis gave any of its best candidates a plausible model), the later rounds are
-   skipped (``first_round_stop``);
+3. with the heading unknown and ``first_round_stop`` on, when no candidate of the first round
+   passed the coarse check (no heading hypothesis gave any of its best candidates a plausible
+   model), the later rounds are skipped: fewer checks for a frame of another place, but a hard
+   view whose only plausible candidate comes later is lost, so it is off by default;
 4. only when none is accepted, the heading sweep, again coarse first.
 
-A frame of another place therefore costs coarse checks only, and fewer of them than a full
-cascade. The SIFT fallback needs pixels: the cascade does not run it (the sweep over headings
-covers what it rescued: a wrong heading).
+A frame of another place therefore costs coarse checks only. The SIFT fallback needs pixels:
+the cascade does not run it (the sweep over headings covers what it rescued: a wrong heading).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class VerificationScheduler:
         "verify_top": 50,
         "region_keypoints": 2048,
         "tile_keypoints": 256,
-        "first_round_stop": True,
+        "first_round_stop": False,
     }
 
     def __init__(
