@@ -183,7 +183,8 @@ class Localizer:
         the stages.
 
         ``dem`` is a terrain raster (``--dem``) opened once for the pose stage (DemFileError).
-        ``encoder`` is a plugin name (``geoloc encoders list``) or an already loaded encoder.
+        ``encoder`` is a plugin name (``geoloc encoders list``), loaded on the runtime ingest uses
+        (:func:`geoloc.models.runtime.load_for_inference`), or an already loaded encoder.
 
         Raises ConfigError (bad preset / pipeline / plugin), EmptyDatabaseError (nothing
         ingested), EncoderMismatchError (the database was built with other encoder weights).
@@ -194,12 +195,13 @@ class Localizer:
             sc = getattr(config, stage)
             if sc is not None and sc.name not in plugins.available(f"geoloc.{stage}"):
                 plugins.load(f"geoloc.{stage}", sc.name)  # raises listing the valid ones
-        from geoloc.models import load_encoder
+        from geoloc.models.runtime import load_for_inference
         from geoloc.store import TileStore
 
         if isinstance(encoder, str):
-            enc = load_encoder(encoder, checkpoint=checkpoint)
-            enc.optimize_for_inference()
+            # the runtime ingest encodes with (ONNX Runtime when installed, GEOLOC_ENCODER_RUNTIME):
+            # the frame's encodings come from the backbone its tiles' came from, and it is faster
+            enc = load_for_inference(encoder, checkpoint)
         else:
             enc = encoder  # an encoder already loaded (tests, benchmarks, notebooks)
         # only an Ω search needs the FAISS index in memory

@@ -26,13 +26,19 @@ always reads pixels) the plan is a cascade over the top ``verify_top`` candidate
 2. the survivors, best coarse score first, go to the learned matcher with the region's keypoints
    inside the frame's coarse footprint; the first one accepted (and, when the map's pixels can
    be read, passing the photometric check) answers: every survivor left scored lower in the
-   coarse check of its chunk. Candidates are taken heading by heading (in the order of each
-   heading's best candidate), so a frame found at its best heading never pays for the frame's
-   features at other headings, and within a heading in rank-order chunks of
-   :data:`CASCADE_CHUNK`, so a right candidate near the top never waits for the regions of all
-   the others; when the learned matcher's matches fail, matches are found again near where the
-   coarse similarity puts them (``+guided``);
-3. only when none is accepted, the heading sweep, again coarse first.
+   coarse check of its chunk. Candidates are grouped by their best heading (groups in the order
+   of each heading's best candidate) and split into rank-order chunks of
+   :data:`CASCADE_CHUNK`; round r takes the r-th chunk of every group. A frame found at its
+   best heading never pays for the frame's features at other headings, a right candidate near
+   the top never waits for the regions of all the others, and when the first heading is wrong
+   the best candidates of the other headings come before the weaker ones of the first. When the
+   learned matcher's matches fail, matches are found again near where the coarse similarity
+   puts them (``+guided``);
+3. with the heading unknown and ``first_round_stop`` on, when no candidate of the first round
+   passed the coarse check (no heading hypothesis gave any of its best candidates a plausible
+   model), the later rounds are skipped: fewer checks for a frame of another place, but a hard
+   view whose only plausible candidate comes later is lost, so it is off by default;
+4. only when none is accepted, the heading sweep, again coarse first.
 
 A frame of another place therefore costs coarse checks only. The SIFT fallback needs pixels:
 the cascade does not run it (the sweep over headings covers what it rescued: a wrong heading).
@@ -83,7 +89,8 @@ class VerificationScheduler:
     (0: no limit), ``sweep_top`` (candidates tried at the sweep's headings),
     ``verify_features`` (one of :data:`FEATURE_MODES`), ``verify_top`` (candidates the cascade
     checks), ``region_keypoints`` (cap of a region's keypoints), ``tile_keypoints`` (keypoints
-    per tile when extracted here).
+    per tile when extracted here), ``first_round_stop`` (heading unknown: end the cascade before
+    its second round when no candidate of the first passed the coarse check).
 
     ``store`` (the tile store) is what the cascade reads tile records and features from; without
     it verification reads pixels.
@@ -97,6 +104,7 @@ class VerificationScheduler:
         "verify_top": 50,
         "region_keypoints": 2048,
         "tile_keypoints": 256,
+        "first_round_stop": False,
     }
 
     def __init__(
@@ -323,6 +331,14 @@ class VerificationScheduler:
             nonlocal n
             out: list[_Scored] = []
             stopped = False
+            # the neighbourhoods of the whole chunk in one record fetch per region size
+            sizes: dict[tuple[int, float], list[Any]] = {}
+            for cand, _h in pairs:
+                at = self._at(state, cand)
+                sizes.setdefault((at.region_px, at.gsd_m), []).append(cand.tile)
+            with state.timer("verify.region_features"):
+                for (size_px, gsd), tiles in sizes.items():
+                    fr.prefetch(tiles, size_px, gsd)
             for cand, h in pairs:
                 if (cand.tile_id, h) in checked:
                     continue
@@ -387,13 +403,26 @@ class VerificationScheduler:
         groups: dict[float, list[Candidate]] = {}
         for c in cands:
             groups.setdefault(state.headings[c.heading_idx], []).append(c)
-        for h, group in groups.items():
-            # in rank-order chunks: a known heading puts every candidate in one group, and the
-            # right one is usually near the top, so its region should not wait for all the others
-            for i in range(0, len(group), CASCADE_CHUNK):
-                survivors, stopped = coarse([(c, h) for c in group[i : i + CASCADE_CHUNK]])
+        # in rounds of rank-order chunks: round r checks the r-th chunk of every group, so the
+        # best candidates of every heading hypothesis come before the weaker ones of the first
+        # (a wrong first heading no longer makes the right tile wait for all its group), and a
+        # known heading (one group) still has its right tile near the top checked first
+        rounds = max((len(g) + CASCADE_CHUNK - 1) // CASCADE_CHUNK for g in groups.values())
+        passed = False
+        for r in range(rounds):
+            for h, group in groups.items():
+                chunk = group[r * CASCADE_CHUNK : (r + 1) * CASCADE_CHUNK]
+                if not chunk:
+                    continue
+                survivors, stopped = coarse([(c, h) for c in chunk])
+                passed = passed or bool(survivors)
                 if fine(survivors) or stopped:
                     return
+            if r == 0 and not passed and len(groups) > 1 and self.conf["first_round_stop"]:
+                # no heading hypothesis gave any of its best candidates a plausible model: the
+                # weaker candidates are not checked (the sweep below still tries other headings)
+                log.debug("no coarse model in the first round of %d candidates", len(checked))
+                break
         if not sweep or not cands:
             return
         h0 = state.headings[cands[0].heading_idx]

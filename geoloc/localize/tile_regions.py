@@ -60,15 +60,44 @@ class RegionFeatures:
 
 
 class StoredTileFeatures:
-    """The store's precomputed tile features (``store.features(ids)``)."""
+    """The store's precomputed tile features (``store.features(ids)``), decoded once per tile.
 
-    def __init__(self, store: Any, kind: str = "xfeat") -> None:
+    Neighbouring candidates share most of their tiles, and a warm localizer (serve, track) meets
+    the same tiles frame after frame: an LRU keeps ``cache_size`` decoded tiles. A tile's stored
+    features change only when the feature store is re-opened (an ingest or a rebuild saved new
+    ones), which gives a new ``store.feature_spec`` object: the cache is then emptied.
+    """
+
+    def __init__(self, store: Any, kind: str = "xfeat", cache_size: int = 2048) -> None:
         self._store = store
         self.kind = kind
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[int, Any] = OrderedDict()
+        self._spec: Any = None
 
     def features(self, tiles: Sequence[Any]) -> dict[int, Any]:
         """The stored features of these tiles."""
-        return dict(self._store.features([int(t.tile_id) for t in tiles]))
+        spec = self._store.feature_spec
+        if spec is not self._spec:
+            self._cache.clear()
+            self._spec = spec
+        ids = [int(t.tile_id) for t in tiles]
+        missing = [i for i in ids if i not in self._cache]
+        got = self._store.features(missing) if missing else {}
+        out: dict[int, Any] = {}
+        for i in ids:
+            f = self._cache.get(i)
+            if f is None:
+                f = got.get(i)
+                if f is None:
+                    continue
+                self._cache[i] = f
+            else:
+                self._cache.move_to_end(i)
+            out[i] = f
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
 
 
 class ExtractedTileFeatures:
@@ -175,38 +204,56 @@ class FeatureRegions:
         ``size_px`` at ``gsd_m``, default the map's GSD)."""
         gsd = self.map_gsd_m if gsd_m is None else float(gsd_m)
         key = (int(tile.tile_id), int(size_px), gsd)
-        ids = self._near.get(key)
-        if ids is None:
-            ts_m = float(tile.tile_size) * float(tile.gsd_m)
-            # region corner to centre, plus a tile's half diagonal
-            radius = (size_px * gsd + ts_m) / 2.0 * 1.4143
-            near = self.store.within(float(tile.center_lat), float(tile.center_lon), radius)
-            recs = self._records(near)
-            ids = tuple(
-                int(r.tile_id) for r in recs if int(r.orthomosaic_id) == int(tile.orthomosaic_id)
-            )
-            if int(tile.tile_id) not in ids:
-                self._tiles[int(tile.tile_id)] = tile
-                ids = (int(tile.tile_id), *ids)
-            self._near[key] = ids
-            while len(self._near) > self.cache_size:
-                self._near.popitem(last=False)
+        self.prefetch([tile], size_px, gsd)
+        ids = self._near[key]
+        if any(i not in self._tiles for i in ids):  # records evicted since: fetch them again
+            self._fetch([i for i in ids if i not in self._tiles])
         return [self._tiles[i] for i in ids if i in self._tiles] or [tile]
 
-    def _records(self, ids: np.ndarray) -> list[Any]:
-        missing = [int(i) for i in ids if int(i) not in self._tiles]
-        if missing:
-            for r in self.store.candidates(missing):
-                self._tiles[int(r.tile_id)] = r
-        out = []
-        for i in ids:
-            r = self._tiles.get(int(i))
-            if r is not None:
-                self._tiles.move_to_end(int(i))
-                out.append(r)
+    def prefetch(self, tiles: Sequence[Any], size_px: int, gsd_m: float | None = None) -> None:
+        """Look up the neighbourhoods of these candidate tiles (regions of ``size_px`` at
+        ``gsd_m``), fetching the records of all their new neighbours in one store query: a
+        cascade chunk then costs one record fetch, not one per candidate."""
+        gsd = self.map_gsd_m if gsd_m is None else float(gsd_m)
+        pending: dict[tuple[int, int, float], tuple[Any, np.ndarray]] = {}
+        for t in tiles:
+            key = (int(t.tile_id), int(size_px), gsd)
+            if key in self._near:
+                self._near.move_to_end(key)
+            elif key not in pending:
+                ts_m = float(t.tile_size) * float(t.gsd_m)
+                # region corner to centre, plus a tile's half diagonal
+                radius = (size_px * gsd + ts_m) / 2.0 * 1.4143
+                near = self.store.within(float(t.center_lat), float(t.center_lon), radius)
+                pending[key] = (t, np.asarray(near, dtype=np.int64))
+        if not pending:
+            return
+        for t, _near in pending.values():
+            self._tiles[int(t.tile_id)] = t
+        wanted = {int(i) for _t, near in pending.values() for i in near}
+        for i in wanted & self._tiles.keys():
+            self._tiles.move_to_end(i)
+        self._fetch(sorted(wanted - self._tiles.keys()))
+        for key, (t, near) in pending.items():
+            oid = int(t.orthomosaic_id)
+            ids = tuple(
+                int(i)
+                for i in near
+                if int(i) in self._tiles and int(self._tiles[int(i)].orthomosaic_id) == oid
+            )
+            if int(t.tile_id) not in ids:
+                ids = (int(t.tile_id), *ids)
+            self._near[key] = ids
+        while len(self._near) > self.cache_size:
+            self._near.popitem(last=False)
         while len(self._tiles) > self.cache_size:
             self._tiles.popitem(last=False)
-        return out
+
+    def _fetch(self, ids: Sequence[int]) -> None:
+        """The records of these tile ids into the cache (most recent last)."""
+        if ids:
+            for r in self.store.candidates(list(ids)):
+                self._tiles[int(r.tile_id)] = r
 
     def around(self, tile: Any, size_px: int, gsd_m: float | None = None) -> RegionFeatures:
         """The region of ``size_px`` around ``tile`` at ``gsd_m`` (default: the map's GSD, else
@@ -221,33 +268,30 @@ class FeatureRegions:
         origin = np.asarray(grid_origin(tile), dtype=np.float64)
         s = _stride(tiles, tile)
         k = gsd / float(tile.gsd_m)
-        xs, ds, ss, used = [], [], [], []
-        for t in tiles:
-            f = feats.get(int(t.tile_id))
-            if f is None or len(f.xy) == 0:
-                continue
-            xy = np.asarray(f.xy, dtype=np.float64)
+        # every neighbour's keypoints in one array, with the (col, row) of the tile they are of
+        have = [t for t in tiles if int(t.tile_id) in feats and len(feats[int(t.tile_id)].xy)]
+        if have:
+            fs = [feats[int(t.tile_id)] for t in have]
+            counts = np.array([len(f.xy) for f in fs])
+            owner = np.repeat(np.arange(len(have)), counts)
+            xy = np.concatenate([np.asarray(f.xy, dtype=np.float64) for f in fs])
+            colrow = np.array([(int(t.col), int(t.row)) for t in have], dtype=np.int64)[owner]
             # keep each keypoint from the tile whose centre is nearest (the grid cell it is in)
             cell = np.floor((xy + 0.5 - ts / 2.0) / s + 0.5).astype(np.int64)
-            own = (cell[:, 0] == int(t.col)) & (cell[:, 1] == int(t.row))
-            if len(present) > 1:
-                absent = np.array(
-                    [(int(r), int(c)) not in present for c, r in cell], dtype=bool
-                ).reshape(-1)
-                own |= absent
+            own = (cell == colrow).all(axis=1)
+            if len(present) > 1:  # ... or from any tile when that cell's tile has no features
+                rc = np.array(sorted(present), dtype=np.int64).reshape(-1, 2)
+                own |= ~np.isin(_cell_key(cell[:, 1], cell[:, 0]), _cell_key(rc[:, 0], rc[:, 1]))
             # grid pixel -> candidate tile pixel corner -> region pixel (centre convention)
-            p = ((xy[own] + 0.5 - origin) - ts / 2.0) / k + size_px / 2.0 - 0.5
-            inside = (p[:, 0] >= 0) & (p[:, 1] >= 0) & (p[:, 0] < size_px) & (p[:, 1] < size_px)
-            if not inside.any():
-                continue
-            xs.append(p[inside])
-            ds.append(np.asarray(f.desc, dtype=np.float32)[own][inside])
-            ss.append(np.asarray(f.score, dtype=np.float32)[own][inside])
-            used.append(int(t.tile_id))
-        if xs:
-            xy_r, desc, score = np.concatenate(xs), np.concatenate(ds), np.concatenate(ss)
+            p = ((xy + 0.5 - origin) - ts / 2.0) / k + size_px / 2.0 - 0.5
+            keep = own & (p >= 0).all(axis=1) & (p < size_px).all(axis=1)
+            xy_r = p[keep]
+            desc = np.concatenate([np.asarray(f.desc, dtype=np.float32) for f in fs])[keep]
+            score = np.concatenate([np.asarray(f.score, dtype=np.float32) for f in fs])[keep]
+            used = [int(have[i].tile_id) for i in np.unique(owner[keep])]
         else:
             xy_r, desc, score = np.zeros((0, 2)), np.zeros((0, 64), np.float32), np.zeros(0)
+            used = []
         if len(score) > self.max_keypoints:
             top = np.argsort(-score, kind="stable")[: self.max_keypoints]
             xy_r, desc = xy_r[top], desc[top]
@@ -259,6 +303,11 @@ class FeatureRegions:
         return RegionFeatures(
             f_out, region_transform(tile, size_px, gsd), tuple(used), int(size_px)
         )
+
+
+def _cell_key(row: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """One int64 per grid cell (row, col), for set membership in numpy."""
+    return np.asarray((row.astype(np.int64) << 32) + (col.astype(np.int64) + (1 << 31)))
 
 
 def _stride(tiles: Sequence[Any], tile: Any) -> float:

@@ -243,6 +243,25 @@ def test_empty_database_and_encoder_mismatch(pg_settings: Any, ingested: Any) ->
         Localizer.open(ingested, encoder=other)
 
 
+@pytest.mark.parametrize("runtime", ["auto", "torch"])
+def test_open_by_name_encodes_on_the_ingest_runtime(
+    ingested: Any, runtime: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Localizer opened by encoder name runs the backbone where ingest does: ONNX Runtime when
+    installed, torch when GEOLOC_ENCODER_RUNTIME says so; the frame is located either way."""
+    from geoloc.localize import Localizer
+    from geoloc.models.runtime import onnx_available
+
+    monkeypatch.setenv("GEOLOC_ENCODER_RUNTIME", runtime)
+    cx, cy = 1000.0, 600.0
+    with Localizer.open(ingested, encoder="sgmnet") as lz:
+        on_onnx = "_onnx_backbone" in lz.encoder.__dict__
+        fix = lz.locate(view(sample_rgb(), cx, cy, 400, heading_deg=20.0), gsd=0.28)
+    assert on_onnx == (runtime == "auto" and onnx_available())
+    assert fix.status == "ok"
+    assert _dist(fix, *truth_lonlat(cx, cy)) < 5.0
+
+
 def _cli(argv: list[str], settings: Any, monkeypatch: pytest.MonkeyPatch) -> int:
     from geoloc.cli.main import main
 

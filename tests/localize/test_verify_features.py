@@ -19,7 +19,7 @@ from geoloc.localize.priors import GnssRadiusPrior, HeadingPrior
 from geoloc.localize.recall import FaissRecall, Recall
 from geoloc.localize.regions import MapRegions
 from geoloc.localize.rerank import PhiCosineRerank, Rerank
-from geoloc.localize.schedule import VerificationScheduler
+from geoloc.localize.schedule import CASCADE_CHUNK, VerificationScheduler
 from geoloc.localize.state import FrameRequest, FrameState
 from geoloc.localize.tile_regions import FeatureRegions, StoredTileFeatures
 from geoloc.localize.verify import HomographyVerifier, xfeat_lighterglue
@@ -200,19 +200,32 @@ def test_mirrored_view_is_rejected(store: Any, encoder: Any, stored: Any) -> Non
 def test_elsewhere_is_rejected_by_the_coarse_check(
     store: Any, encoder: Any, verifier: Any, stored: Any, make: Any
 ) -> None:
-    state = _ranked(store, encoder, make())
-    assert state.candidates
-    coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
-    try:
-        stored.run(state)
-    finally:
-        coarse.undo()
-        glue.undo()
-    assert state.match is None
-    assert glue.calls == 0
-    top = min(len(state.candidates), stored.conf["verify_top"])
-    assert coarse.calls >= top  # every candidate checked, and the sweep on top
-    assert state.timings["verify.coarse"] > 0
+    ranked = _ranked(store, encoder, make())
+    assert ranked.candidates
+    calls = {}
+    for stop in (False, True):
+        state = _copy(ranked)
+        sched = _scheduler(store, verifier, stored.regions, first_round_stop=stop)
+        coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
+        try:
+            sched.run(state)
+        finally:
+            coarse.undo()
+            glue.undo()
+        assert state.match is None
+        assert glue.calls == 0
+        assert state.timings["verify.coarse"] > 0
+        calls[stop] = coarse.calls
+    top = min(len(ranked.candidates), stored.conf["verify_top"])
+    assert calls[False] >= top  # without the stop: every candidate checked, the sweep on top
+    # with it: the first round (each heading group's first chunk), then the sweep
+    groups: dict[int, int] = {}
+    for c in ranked.candidates[:top]:
+        groups[c.heading_idx] = groups.get(c.heading_idx, 0) + 1
+    first_round = sum(min(n, CASCADE_CHUNK) for n in groups.values())
+    assert first_round <= calls[True] <= calls[False]
+    if first_round < top:
+        assert calls[True] < calls[False]
 
 
 def test_features_absent_reads_pixels(
@@ -257,3 +270,52 @@ def test_sift_has_no_feature_path(store: Any, regions: MapRegions) -> None:
         _ = _scheduler(store, v, regions, verify_features="extract").feature_regions
     with pytest.raises(ConfigError, match="verify_features must be one of"):
         _scheduler(store, v, regions, verify_features="pixels")
+
+
+def _same_region(a: Any, b: Any) -> bool:
+    return bool(
+        np.array_equal(a.features.keypoints, b.features.keypoints)
+        and np.array_equal(a.features.descriptors.numpy(), b.features.descriptors.numpy())
+        and a.tile_ids == b.tile_ids
+        and a.transform == b.transform
+    )
+
+
+def test_region_survives_evicted_tile_records(store: Any) -> None:
+    """A warm localizer's region cache stays right when the tile records behind a cached
+    neighbourhood were evicted: the region is the one a cold cache assembles, never an empty
+    one (the evicted records are fetched again)."""
+    tiles = store.candidates(store.within(*_centre_latlon(store), 1e4))
+    assert len(tiles) > 12
+    cold = FeatureRegions(store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
+    want = cold.around(tiles[0], 448)
+    assert len(want.features) > 0 and len(want.tile_ids) > 1
+    small = FeatureRegions(
+        store, StoredTileFeatures(store, cache_size=4), map_gsd_m=store.map_gsd_m, cache_size=8
+    )
+    assert _same_region(small.around(tiles[0], 448), want)
+    for t in tiles[1:]:  # evicts the first neighbourhood's tile records and decoded features
+        small.around(t, 448)
+    assert _same_region(small.around(tiles[0], 448), want)
+
+
+def test_prefetched_regions_equal_one_by_one(store: Any) -> None:
+    """A chunk's neighbourhoods looked up together give the regions looked up one by one, and
+    the chunk costs one record fetch."""
+    tiles = store.candidates(store.within(*_centre_latlon(store), 1e4))[:10]
+    one = FeatureRegions(store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
+    want = [one.around(t, 448) for t in tiles]
+    chunk = FeatureRegions(store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
+    fetches = Counted(store, "candidates")
+    try:
+        chunk.prefetch(tiles, 448)
+        got = [chunk.around(t, 448) for t in tiles]
+    finally:
+        fetches.undo()
+    assert fetches.calls == 1
+    assert all(_same_region(a, b) for a, b in zip(got, want, strict=True))
+
+
+def _centre_latlon(store: Any) -> tuple[float, float]:
+    lon, lat = truth_lonlat(CX, CY)
+    return lat, lon
