@@ -630,21 +630,34 @@ def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
     return out
 
 
+def _strip_xmp(path: Path) -> None:
+    """Blank any XMP packet in a JPEG in place (same length, so the file stays valid)."""
+    data = bytearray(path.read_bytes())
+    start = data.find(b"<x:xmpmeta")
+    end = data.find(b"</x:xmpmeta>", start)
+    if start >= 0 and end > start:
+        end += len(b"</x:xmpmeta>")
+        data[start:end] = b" " * (end - start)
+        path.write_bytes(bytes(data))
+
+
 def run_real_e2e() -> dict[str, Any] | None:
     """The 8 real DJI photos of ``brighton_beach`` through the whole locate chain.
 
     The map (``map_pointcloud_10cm.tif``) is ingested into an embedded database of its own;
     each photo is located by :meth:`geoloc.localize.Localizer.locate` as a user would run
     ``geoloc locate DJI_0019.JPG --gsd G``: the camera from the photo's EXIF, its known ``gsd_m``,
-    once with the 8-heading sweep and once with the registered heading. The ground point under
-    the centre is compared with the registration (``reg_lat/reg_lon``), the camera with the
-    photo's GNSS position (``lat/lon``), as :func:`real_photos` does. Writes
+    once with the 8-heading sweep and once with the registered heading; and once as today's chain
+    without a camera model (``no_camera``: the same JPEG with its EXIF and XMP removed). The
+    ground point under the centre is compared with the registration (``reg_lat/reg_lon``), the
+    camera with the photo's GNSS position (``lat/lon``), as :func:`real_photos` does. Writes
     ``benchmarks/results/camera_real_e2e.json``.
     """
     import csv
     import shutil
     import tempfile
 
+    import piexif
     import torch
 
     from geoloc.config import Settings
@@ -662,7 +675,11 @@ def run_real_e2e() -> dict[str, Any] | None:
     t0 = time.perf_counter()
     home = Path(tempfile.mkdtemp(prefix="geoloc-bench-camera-real-", dir="/tmp"))
     settings = Settings(home=home, database_url=None)
-    rows: dict[str, list[dict[str, Any]]] = {"heading_sweep": [], "heading_known": []}
+    rows: dict[str, list[dict[str, Any]]] = {
+        "heading_sweep": [],
+        "heading_known": [],
+        "no_camera": [],
+    }
     try:
         enc = load_encoder("sgmnet")
         enc.optimize_for_inference()
@@ -671,10 +688,15 @@ def run_real_e2e() -> dict[str, Any] | None:
         )
         with Localizer.open(settings, encoder=enc) as loc:
             for i, row in enumerate(truth):
+                # today's chain: the same JPEG bytes without EXIF/XMP, so no camera model is found
+                bare = home / row["name"]
+                piexif.remove(str(BRIGHTON / row["name"]), str(bare))
+                _strip_xmp(bare)
                 modes = list(rows) if i % 2 == 0 else list(rows)[::-1]
                 for mode in modes:
                     known = float(row["heading_deg"]) if mode == "heading_known" else None
-                    fix = loc.locate(BRIGHTON / row["name"], gsd=float(row["gsd_m"]), heading=known)
+                    path = bare if mode == "no_camera" else BRIGHTON / row["name"]
+                    fix = loc.locate(path, gsd=float(row["gsd_m"]), heading=known, name=row["name"])
                     out: dict[str, Any] = {
                         "name": row["name"],
                         "status": fix.status,
@@ -751,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         real = run_real_e2e()
         if real is None:
             raise SystemExit(f"{BRIGHTON}: not found")
-        for mode in ("heading_sweep", "heading_known"):
+        for mode in ("heading_sweep", "heading_known", "no_camera"):
             r = real[mode]
             print(f"brighton {mode}: located {r['located']}/{real['photos']}, solved {r['solved']}")
             for key in ("ground_vs_registration_m", "camera_vs_gnss_m", "alt_agl_m", "total_ms"):
