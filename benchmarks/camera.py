@@ -618,7 +618,9 @@ def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
         }
     out["nadir_twin"] = {
         "located": sum(1 for r in nadir_rows if r["status"] == "ok"),
-        "ground_point_m": _stats([r["ground_m"] for r in nadir_rows if "ground_m" in r]),
+        "ground_point_m": _stats(
+            [r["ground_m"] for r in nadir_rows if r["status"] == "ok" and "ground_m" in r]
+        ),
         "total_ms": _stats([r["total_ms"] for r in nadir_rows]),
         "rows": nadir_rows,
     }
