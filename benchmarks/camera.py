@@ -25,7 +25,14 @@ embedded database, each rendered view is written as a JPEG with its camera file 
 heading known and once with the 8-heading sweep (same process, same views: the latency of both).
 Each located view's pose is also solved again from the same match without the refinement at
 frame resolution (``*_unrefined``: the before/after of the refinement within one run).
+Each view also has a nadir twin (straight down from the same height over the same centre ground
+point, same heading) located as today's chain takes a nadir frame: no camera model, its GSD known,
+the heading swept; the located shares of both are compared within the run.
 Writes ``benchmarks/results/camera_e2e.json`` (``camera_e2e_n{N}.json`` for another ``--n``).
+
+``--real-e2e`` runs the 8 real brighton photos through the whole chain (:func:`run_real_e2e`):
+the camera from their EXIF, their ``gsd_m`` known, heading swept and known. Writes
+``benchmarks/results/camera_real_e2e.json``.
 """
 
 from __future__ import annotations
@@ -434,21 +441,33 @@ def run(
     return summary
 
 
-def _e2e_views(n: int, seed: int) -> list[tuple[Any, Any]]:
-    """``n`` rendered views (camera, view) that lie wholly on the bundled sample."""
-    from geoloc.camera import camera_from_hfov
+def _e2e_views(n: int, seed: int) -> list[tuple[Any, Any, Any]]:
+    """``n`` rendered views (camera, view, nadir twin) that lie wholly on the bundled sample.
+
+    The nadir twin looks straight down from the same height above the view's centre ground
+    point, with the same heading: the view as today's chain (no camera model) is asked to take
+    it, so the located share of oblique views is compared with nadir views of the same places.
+    """
+    from geoloc.camera import CameraPose, camera_from_hfov
     from geoloc.camera.render import random_pose, render_view
 
     rng = np.random.default_rng(seed)
     cam = camera_from_hfov(60.0, 640, 480)
-    out: list[tuple[Any, Any]] = []
+    out: list[tuple[Any, Any, Any]] = []
     tries = 0
     while len(out) < n and tries < 50 * n:
         tries += 1
         pose = random_pose(SAMPLE, rng, tilt_deg=(0.0, 45.0), altitude_m=(60.0, 150.0), margin_m=40)
         view = render_view(SAMPLE, cam, pose)
-        if view.mask.mean() > 0.99:  # the sample is small: keep views that see only the map
-            out.append((cam, view))
+        if view.mask.mean() <= 0.99:  # the sample is small: keep views that see only the map
+            continue
+        heading = pose.angles()[0]
+        gx, gy = view.centre_ground()
+        twin = render_view(
+            SAMPLE, cam, CameraPose.from_angles(gx, gy, pose.z, heading, -90.0, 0.0, pose.crs)
+        )
+        if twin.mask.mean() > 0.99:
+            out.append((cam, view, twin))
     return out
 
 
@@ -489,6 +508,23 @@ def _unrefined(
     return out
 
 
+def _nadir_twin(loc: Any, home: Path, i: int, cam: Any, twin: Any) -> dict[str, Any]:
+    """Today's chain on the nadir twin: no camera model, the nadir GSD known, heading swept."""
+    from PIL import Image
+
+    from tiling.crs import geodesic_distance_m, to_lonlat
+
+    frame = home / f"nadir_{i}.jpg"
+    Image.fromarray(twin.rgb).save(frame, quality=92)
+    gsd = twin.pose.z / float(cam.K[0, 0])  # nadir pinhole: metres per pixel at the ground
+    fix = loc.locate(frame, gsd=gsd)
+    row: dict[str, Any] = {"status": fix.status, "total_ms": fix.timings_ms["total"]}
+    if fix.lat is not None and fix.lon is not None:
+        glon, glat = to_lonlat(twin.pose.crs, *twin.centre_ground())
+        row["ground_m"] = float(geodesic_distance_m(fix.lon, fix.lat, glon, glat))
+    return row
+
+
 def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
     """Rendered oblique views through the whole locate chain; see the module docstring."""
     import shutil
@@ -509,13 +545,14 @@ def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="geoloc-bench-camera-", dir="/tmp"))
     settings = Settings(home=home, database_url=None)
     rows: dict[str, list[dict[str, Any]]] = {"heading_known": [], "heading_sweep": []}
+    nadir_rows: list[dict[str, Any]] = []
     try:
         enc = load_encoder("sgmnet")
         enc.optimize_for_inference()
         ingest([SAMPLE], encoder=enc, settings=settings, progress=False)
         views = _e2e_views(n, seed)
         with Localizer.open(settings, encoder=enc) as loc:
-            for i, (cam, view) in enumerate(views):
+            for i, (cam, view, twin) in enumerate(views):
                 frame = home / f"view_{i}.jpg"
                 Image.fromarray(view.rgb).save(frame, quality=92)
                 cam_file = home / "camera.json"
@@ -556,6 +593,8 @@ def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
                     row.update(_unrefined(loc, p, (lon, lat), (glon, glat), heading))
                     rows[mode].append(row)
                     print(mode, i, row, flush=True)
+                nadir_rows.append(_nadir_twin(loc, home, i, cam, twin))
+                print("nadir_twin", i, nadir_rows[-1], flush=True)
     finally:
         embedded.stop(settings)
         shutil.rmtree(home, ignore_errors=True)
@@ -577,12 +616,144 @@ def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
             "total_ms": _stats([r["total_ms"] for r in rs]),
             "rows": rs,
         }
+    out["nadir_twin"] = {
+        "located": sum(1 for r in nadir_rows if r["status"] == "ok"),
+        "ground_point_m": _stats(
+            [r["ground_m"] for r in nadir_rows if r["status"] == "ok" and "ground_m" in r]
+        ),
+        "total_ms": _stats([r["total_ms"] for r in nadir_rows]),
+        "rows": nadir_rows,
+    }
     out["seconds"] = time.perf_counter() - t0
     out["load_average"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "camera_e2e" if n == 10 else f"camera_e2e_n{n}"
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     return out
+
+
+def _strip_xmp(path: Path) -> None:
+    """Blank any XMP packet in a JPEG in place (same length, so the file stays valid)."""
+    data = bytearray(path.read_bytes())
+    start = data.find(b"<x:xmpmeta")
+    end = data.find(b"</x:xmpmeta>", start)
+    if start >= 0 and end > start:
+        end += len(b"</x:xmpmeta>")
+        data[start:end] = b" " * (end - start)
+        path.write_bytes(bytes(data))
+
+
+def run_real_e2e() -> dict[str, Any] | None:
+    """The 8 real DJI photos of ``brighton_beach`` through the whole locate chain.
+
+    The map (``map_pointcloud_10cm.tif``) is ingested into an embedded database of its own;
+    each photo is located by :meth:`geoloc.localize.Localizer.locate` as a user would run
+    ``geoloc locate DJI_0019.JPG --gsd G``: the camera from the photo's EXIF, its known ``gsd_m``,
+    once with the 8-heading sweep and once with the registered heading; and once as today's chain
+    without a camera model (``no_camera``: the same JPEG with its EXIF and XMP removed). The
+    ground point under the centre is compared with the registration (``reg_lat/reg_lon``), the
+    camera with the photo's GNSS position (``lat/lon``), as :func:`real_photos` does. Writes
+    ``benchmarks/results/camera_real_e2e.json``.
+    """
+    import csv
+    import shutil
+    import tempfile
+
+    import piexif
+    import torch
+
+    from geoloc.config import Settings
+    from geoloc.ingest import ingest
+    from geoloc.localize import Localizer
+    from geoloc.models import load_encoder
+    from geoloc.store import embedded
+    from tiling.crs import geodesic_distance_m
+
+    if not (BRIGHTON / "gt.csv").exists():
+        return None
+    with (BRIGHTON / "gt.csv").open(newline="") as fh:
+        truth = [r for r in csv.DictReader(fh) if r["inside_map"] == "true"]
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    home = Path(tempfile.mkdtemp(prefix="geoloc-bench-camera-real-", dir="/tmp"))
+    settings = Settings(home=home, database_url=None)
+    rows: dict[str, list[dict[str, Any]]] = {
+        "heading_sweep": [],
+        "heading_known": [],
+        "no_camera": [],
+    }
+    try:
+        enc = load_encoder("sgmnet")
+        enc.optimize_for_inference()
+        ingest(
+            [BRIGHTON / "map_pointcloud_10cm.tif"], encoder=enc, settings=settings, progress=False
+        )
+        with Localizer.open(settings, encoder=enc) as loc:
+            for i, row in enumerate(truth):
+                # today's chain: the same JPEG bytes without EXIF/XMP, so no camera model is found
+                bare = home / row["name"]
+                piexif.remove(str(BRIGHTON / row["name"]), str(bare))
+                _strip_xmp(bare)
+                modes = list(rows) if i % 2 == 0 else list(rows)[::-1]
+                for mode in modes:
+                    known = float(row["heading_deg"]) if mode == "heading_known" else None
+                    path = bare if mode == "no_camera" else BRIGHTON / row["name"]
+                    fix = loc.locate(path, gsd=float(row["gsd_m"]), heading=known, name=row["name"])
+                    out: dict[str, Any] = {
+                        "name": row["name"],
+                        "status": fix.status,
+                        "total_ms": fix.timings_ms["total"],
+                        "solved": fix.camera is not None,
+                    }
+                    if fix.lat is not None and fix.lon is not None:
+                        out["ground_vs_registration_m"] = float(
+                            geodesic_distance_m(
+                                fix.lon, fix.lat, float(row["reg_lon"]), float(row["reg_lat"])
+                            )
+                        )
+                    c = fix.camera
+                    if c is not None:
+                        out["camera_vs_gnss_m"] = float(
+                            geodesic_distance_m(
+                                c["lon"], c["lat"], float(row["lon"]), float(row["lat"])
+                            )
+                        )
+                        out["alt_agl_m"] = c["alt_agl_m"]
+                        out["relative_altitude_m"] = float(row["altitude_m"])
+                        out["heading_err_deg"] = _angle_err(
+                            c["heading_deg"], float(row["heading_deg"])
+                        )
+                        out["error_m_est"] = c.get("error_m_est")
+                    else:
+                        out["reason"] = fix.camera_reason
+                    rows[mode].append(out)
+                    print(mode, out, flush=True)
+    finally:
+        embedded.stop(settings)
+        shutil.rmtree(home, ignore_errors=True)
+    res: dict[str, Any] = {"photos": len(truth)}
+    for mode, rs in rows.items():
+        ok = [r for r in rs if r["status"] == "ok"]
+        res[mode] = {
+            "located": len(ok),
+            "solved": sum(1 for r in rs if r["solved"]),
+            **{
+                key: _stats([r[key] for r in ok if key in r])
+                for key in (
+                    "ground_vs_registration_m",
+                    "camera_vs_gnss_m",
+                    "alt_agl_m",
+                    "heading_err_deg",
+                    "total_ms",
+                )
+            },
+            "rows": rs,
+        }
+    res["seconds"] = time.perf_counter() - t0
+    res["load_average"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "camera_real_e2e.json").write_text(json.dumps(res, indent=2) + "\n")
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -594,7 +765,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--map-gsd", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--e2e", action="store_true", help="the full locate chain (see run_e2e)")
+    p.add_argument(
+        "--real-e2e",
+        action="store_true",
+        help="the brighton photos through the chain (run_real_e2e)",
+    )
     a = p.parse_args(argv)
+    if a.real_e2e:
+        real = run_real_e2e()
+        if real is None:
+            raise SystemExit(f"{BRIGHTON}: not found")
+        for mode in ("heading_sweep", "heading_known", "no_camera"):
+            r = real[mode]
+            print(f"brighton {mode}: located {r['located']}/{real['photos']}, solved {r['solved']}")
+            for key in ("ground_vs_registration_m", "camera_vs_gnss_m", "alt_agl_m", "total_ms"):
+                st = r[key]
+                print(f"  {key:26s} median {st['median']}  p90 {st['p90']}  max {st['max']}")
+        return 0
     if a.e2e:
         e = run_e2e(a.n or 10, a.seed)
         for mode in ("heading_known", "heading_sweep"):
@@ -606,6 +793,11 @@ def main(argv: list[str] | None = None) -> int:
             for key, st in r["unrefined"].items():
                 print(f"  {key + ' unrefined':20s} median {st['median']}  p90 {st['p90']}")
             print(f"  total_ms median {r['total_ms']['median']}")
+        t = e["nadir_twin"]
+        print(
+            f"nadir twins (no camera model): located {t['located']}/{e['views']}, ground median "
+            f"{t['ground_point_m']['median']}, total_ms median {t['total_ms']['median']}"
+        )
         return 0
     s = run(a.full, a.n, a.matcher, a.map_gsd, a.seed)
     for key in (

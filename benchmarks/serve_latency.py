@@ -30,26 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.serving import free_port, pct, teardown
+from benchmarks.video import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SAMPLE = REPO / "data" / "sample" / "turku_utm34n_0.28m.tif"
-
-
-def write_video(path: Path, frames: list[Any], fps: float) -> Path:
-    """Lossless FFV1 in Matroska at ``fps``."""
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=int(fps))
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "bgr0"
-        for rgb in frames:
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(pkt)
-        for pkt in stream.encode():
-            out.mux(pkt)
-    return path
 
 
 def run(
@@ -84,7 +69,7 @@ def run(
     fl = flight(seconds)
     step = max(1, int(round(FLIGHT_FPS / fps)))
     frames = fl["frames"][::step]
-    video = write_video(home / "flight.mkv", frames, fps)
+    video = write_video(home / "flight.mkv", frames, fps, codec="ffv1", pix_fmt="bgr0")
     lon0, lat0 = fl["truth"][0]
     out["video_frames"] = len(frames)
     server = None

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.video import write_video
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "turku_utm34n_0.28m.tif"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -83,22 +85,6 @@ def flight(seconds: float, seed: int = 0) -> dict[str, Any]:
     return {"frames": frames, "times": times, "truth": truth, "gsd": gsds, "black": black}
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: float = FPS) -> Path:
-    """H.264 (libx264, yuv420p) at PyAV's default quality."""
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=int(fps))
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "yuv420p"
-        for rgb in frames:
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(pkt)
-        for pkt in stream.encode():
-            out.mux(pkt)
-    return path
-
-
 def _dist(lon: float, lat: float, tl: tuple[float, float]) -> float:
     from tiling.crs import geodesic_distance_m
 
@@ -136,7 +122,7 @@ def run(seconds: float = 20.0, locate_every: int = 20) -> dict[str, Any]:
         ingest([SAMPLE], encoder=enc, settings=settings, progress=False)
         from geoloc.track.sources import iter_frames
 
-        video = write_video(home / "flight.mp4", fl["frames"])
+        video = write_video(home / "flight.mp4", fl["frames"], FPS)
         out["video"] = {"codec": "libx264 (default quality)", "bytes": video.stat().st_size}
         lon0, lat0 = fl["truth"][0]
         fixes = []

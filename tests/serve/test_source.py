@@ -25,18 +25,9 @@ pytestmark = pytest.mark.timeout(1800)
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
     """Lossless FFV1 in Matroska (the tracker's first fix is the subject, not JPEG loss)."""
-    import av
+    from benchmarks.video import write_video as write
 
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=int(fps))
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "bgr0"
-        for rgb in frames:
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(pkt)
-        for pkt in stream.encode():
-            out.mux(pkt)
-    return path
+    return write(path, frames, fps, codec="ffv1", pix_fmt="bgr0")
 
 
 def test_video_source_tracks_drops_and_reaches_the_autopilot(service: Any, tmp_path: Path) -> None:

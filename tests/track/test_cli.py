@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from benchmarks.video import write_video
 from tests.localize.conftest import write_jpeg
 from tests.track.flight import Flight, errors_m
 
@@ -32,25 +33,6 @@ def _cli(argv: list[str], settings: Any, monkeypatch: pytest.MonkeyPatch) -> int
 def _start(flight: Flight) -> str:
     lon, lat = flight.truth[0]
     return f"{lat},{lon},150"
-
-
-def _write_video(
-    path: Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264"
-) -> Path:
-    """A normally encoded video: ``codec`` (H.264 by default) at PyAV's default quality."""
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=fps)
-        assert isinstance(stream, av.VideoStream)
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "yuv420p"
-        for rgb in frames:
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(pkt)
-        for pkt in stream.encode():
-            out.mux(pkt)
-    return path
 
 
 def _write_frame(path: Path, rgb: np.ndarray, exif: bytes | None = None) -> Path:
@@ -138,7 +120,7 @@ def test_video_decodes_and_tracks(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     short_flight = _head(short_flight, N)
-    video = _write_video(tmp_path / f"flight.{ext}", short_flight.frames, codec=codec)
+    video = write_video(tmp_path / f"flight.{ext}", short_flight.frames, 10, codec=codec)
     out = tmp_path / "track.csv"
     code = _cli(
         ["track", str(video), "--fps", "5", "--start", _start(short_flight), "--gsd", "0.28",
