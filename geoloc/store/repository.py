@@ -48,6 +48,8 @@ class EncoderRow:
     omega_dim: int
     phi_dim: int
     created_at: datetime | None
+    #: the store keeps this encoder's Ω FAISS index (``geoloc ingest --omega``)
+    has_omega: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,10 @@ def get_or_create_encoder(
     weights_sha256: str,
     omega_dim: int,
     phi_dim: int,
+    has_omega: bool = True,
 ) -> int:
-    """Id of the encoder ``(name, weights_sha256)``, registering it on first use."""
+    """Id of the encoder ``(name, weights_sha256)``, registering it on first use (keeping an Ω
+    index when ``has_omega``; an existing row keeps its setting)."""
     if not 0 < phi_dim <= PHI_DIM:
         raise DatabaseError(
             f"encoder {name}: phi_dim {phi_dim} is not in 1..{PHI_DIM} (tile_embeddings.phi width)"
@@ -109,11 +113,18 @@ def get_or_create_encoder(
     with db.engine.begin() as conn:
         row = conn.execute(
             _text(
-                "INSERT INTO encoders (name, config, weights_sha256, omega_dim, phi_dim) "
-                "VALUES (:n, CAST(:c AS jsonb), :s, :o, :p) "
+                "INSERT INTO encoders (name, config, weights_sha256, omega_dim, phi_dim, "
+                "has_omega) VALUES (:n, CAST(:c AS jsonb), :s, :o, :p, :h) "
                 "ON CONFLICT (name, weights_sha256) DO NOTHING RETURNING id"
             ),
-            {"n": name, "c": json.dumps(config), "s": weights_sha256, "o": omega_dim, "p": phi_dim},
+            {
+                "n": name,
+                "c": json.dumps(config),
+                "s": weights_sha256,
+                "o": omega_dim,
+                "p": phi_dim,
+                "h": bool(has_omega),
+            },
         ).first()
         if row is None:
             row = conn.execute(
@@ -140,7 +151,33 @@ def _encoder(row: Any) -> EncoderRow:
         omega_dim=int(row.omega_dim),
         phi_dim=int(row.phi_dim),
         created_at=row.created_at,
+        has_omega=bool(row.has_omega),
     )
+
+
+def set_encoder_omega(db: Database, encoder_id: int, has_omega: bool) -> None:
+    """Record whether the store keeps this encoder's Ω index (after the index is saved, or
+    before it is deleted: the flag never claims an index that is not on disk)."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            _text("UPDATE encoders SET has_omega = :h WHERE id = :i"),
+            {"h": bool(has_omega), "i": encoder_id},
+        )
+
+
+def orthomosaics_stamp(db: Database, encoder_id: int) -> tuple[int, int, str]:
+    """(count, highest id, latest finish) of this encoder's complete orthomosaics: changes
+    whenever an ingest completes or a delete removes one (a warm reader's re-read signal)."""
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            _text(
+                "SELECT count(*) AS n, coalesce(max(id), 0) AS top, "
+                "coalesce(max(finished_at)::text, '') AS last FROM orthomosaics "
+                "WHERE encoder_id = :e AND status = 'complete'"
+            ),
+            {"e": encoder_id},
+        ).one()
+    return int(row.n), int(row.top), str(row.last)
 
 
 def list_encoders(db: Database) -> list[EncoderRow]:

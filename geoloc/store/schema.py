@@ -18,6 +18,7 @@ from typing import Any
 from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -66,6 +67,9 @@ class Encoder(Base):
     weights_sha256: Mapped[str] = mapped_column(String(64))
     omega_dim: Mapped[int] = mapped_column(Integer)
     phi_dim: Mapped[int] = mapped_column(Integer)
+    # whether the store keeps this encoder's Ω FAISS index: only Ω recall (the ``seed`` preset)
+    # reads it, so an ingest may leave it out (``--no-omega``) and a rebuild may add it later
+    has_omega: Mapped[bool] = mapped_column(Boolean, server_default="true")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
