@@ -81,11 +81,18 @@ def test_alembic_check_reports_no_drift(pg_settings: Settings) -> None:
 def test_hnsw_index_and_extension_exist(database: Database) -> None:
     with database.engine.connect() as conn:
         idx = conn.execute(
-            text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_tile_embeddings_phi_hnsw'")
+            text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_tile_embeddings_phi_bq'")
         ).scalar_one()
         ext = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'"))
         assert ext.scalar_one()
-    assert "hnsw" in idx and "halfvec_cosine_ops" in idx
+        storage = conn.execute(
+            text(
+                "SELECT attstorage FROM pg_attribute WHERE attrelid = 'tile_embeddings'::regclass "
+                "AND attname = 'phi'"
+            )
+        ).scalar_one()
+    assert "hnsw" in idx and "binary_quantize" in idx and "bit_hamming_ops" in idx
+    assert storage == "p"  # Φ in the row, not TOASTed
 
 
 def test_external_database_behind_head_is_refused(pg_server) -> None:  # type: ignore[no-untyped-def]
