@@ -4,6 +4,8 @@ verify, layer re-reads, the Ω-recall error and adding the index later; on a rea
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,3 +193,29 @@ def test_a_warm_reader_without_omega_sees_a_new_layer(pg_settings: Settings) -> 
         assert [la.gsd_m for la in reader.layers] == [0.3]
     finally:
         reader.close()
+
+
+def test_a_bundle_of_a_store_without_omega_round_trips(
+    pg_settings: Settings, pg_server: Any, tmp_path: Path
+) -> None:
+    from geoloc.ingest.bundle import export_bundle
+    from geoloc.store.bundle import import_bundle, verify_bundle
+
+    rng = np.random.default_rng(7)
+    with _writer(pg_settings, omega=False) as store, store.locked():
+        ids = _ingest_one(store, rng)
+    export_bundle(pg_settings, tmp_path / "lean", regions=False)
+    files = verify_bundle(tmp_path / "lean")["files"]
+    assert "index/features/meta.json" in files and "index/meta.json" not in files
+    name = pg_server.create_database()
+    try:
+        target = Settings(home=tmp_path / "companion", database_url=pg_server.url_for(name))
+        import_bundle(target, tmp_path / "lean")
+        with TileStore.for_registered(target) as store:
+            assert not store.has_omega
+            report = store.verify()
+            assert report.ok and report.db_count == len(ids) == report.features_count
+        with pytest.raises(NoOmegaIndexError):
+            TileStore.open(target, encoder_sha256=SHA_A)
+    finally:
+        pg_server.drop_database(name)
