@@ -85,14 +85,18 @@ def test_hnsw_index_and_extension_exist(database: Database) -> None:
         ).scalar_one()
         ext = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'"))
         assert ext.scalar_one()
-        storage = conn.execute(
-            text(
-                "SELECT attstorage FROM pg_attribute WHERE attrelid = 'tile_embeddings'::regclass "
-                "AND attname = 'phi'"
-            )
-        ).scalar_one()
+        storage = dict(
+            conn.execute(
+                text(
+                    "SELECT attname, attstorage FROM pg_attribute WHERE attrelid = "
+                    "'tile_embeddings'::regclass AND attname IN ('phi', 'node_areas', "
+                    "'node_centroids')"
+                )
+            ).all()
+        )
     assert "hnsw" in idx and "binary_quantize" in idx and "bit_hamming_ops" in idx
-    assert storage == "p"  # Φ in the row, not TOASTed
+    # Φ and the node arrays in the row, not TOASTed
+    assert storage == {"phi": "p", "node_areas": "m", "node_centroids": "m"}
 
 
 def test_external_database_behind_head_is_refused(pg_server) -> None:  # type: ignore[no-untyped-def]
