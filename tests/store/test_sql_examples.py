@@ -122,9 +122,7 @@ def test_knn_query_uses_the_hnsw_index(filled: Any, which: str) -> None:
         plan = "\n".join(r[0] for r in cur.fetchall())
     finally:
         raw.close()
-    assert "Index Scan using ix_tile_embeddings_phi_bq" in plan, re.sub(
-        r"\[[^]]*\]", "[..]", plan
-    )
+    assert "Index Scan using ix_tile_embeddings_phi_bq" in plan, re.sub(r"\[[^]]*\]", "[..]", plan)
 
 
 def test_size_query_runs(filled: Any) -> None:
