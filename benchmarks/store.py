@@ -464,7 +464,7 @@ def pgvector_bench(phi_model: Matched, sizes: list[int], n_queries: int = 50) ->
                     )
                 }
                 hnsw_b = conn.execute(
-                    text("SELECT pg_relation_size('ix_tile_embeddings_phi_hnsw')")
+                    text("SELECT pg_relation_size('ix_tile_embeddings_phi_bq')")
                 ).scalar_one()
             x = np.concatenate(all_phi)
             ids_arr = np.asarray(all_ids)

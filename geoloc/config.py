@@ -9,6 +9,8 @@ Environment variables:
   Use the ``postgresql+psycopg2://`` driver name.
 - ``GEOLOC_FEATURES``: ``0``/``off``/``false``/``no`` makes ingest skip the per-tile local features
   (verification then reads the rasters); ``GEOLOC_FEATURES_MAX``: keypoints kept per tile.
+- ``GEOLOC_OMEGA``: ``1``/``on`` makes ingest keep the Ω FAISS index (needed by ``--preset
+  seed``), ``0``/``off`` leaves it out; unset: a new store's default, an existing one's setting.
 """
 
 from __future__ import annotations
@@ -40,20 +42,29 @@ class Settings:
     features: bool = True
     #: keypoints kept per tile; None: the feature store's default (``GEOLOC_FEATURES_MAX``)
     features_max: int | None = None
+    #: ingest keeps the Ω FAISS index (``GEOLOC_OMEGA``); None: the store's setting (a new
+    #: store: ``geoloc.store.tile_store.DEFAULT_OMEGA``)
+    omega: bool | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Read ``GEOLOC_HOME``, ``GEOLOC_DATABASE_URL``, ``GEOLOC_FEATURES`` and
-        ``GEOLOC_FEATURES_MAX`` from the environment."""
+        """Read ``GEOLOC_HOME``, ``GEOLOC_DATABASE_URL``, ``GEOLOC_FEATURES``,
+        ``GEOLOC_FEATURES_MAX`` and ``GEOLOC_OMEGA`` from the environment."""
         home = os.environ.get("GEOLOC_HOME")
         url = os.environ.get("GEOLOC_DATABASE_URL") or None
         flag = os.environ.get("GEOLOC_FEATURES", "").strip().lower()
         fmax = os.environ.get("GEOLOC_FEATURES_MAX", "").strip()
+        omega = os.environ.get("GEOLOC_OMEGA", "").strip().lower()
         return cls(
             home=Path(home).expanduser().resolve() if home else _default_home(),
             database_url=url,
             features=flag not in ("0", "off", "false", "no"),
             features_max=int(fmax) if fmax.isdigit() else None,
+            omega=True
+            if omega in ("1", "on", "true", "yes")
+            else False
+            if omega in ("0", "off", "false", "no")
+            else None,
         )
 
     @property

@@ -21,6 +21,7 @@ __all__ = [
     "ImageReadError",
     "IndexError_",
     "IngestError",
+    "NoOmegaIndexError",
     "OneLineError",
     "SyntheticError",
     "TrainError",
@@ -44,6 +45,15 @@ class DatabaseError(GeolocError):
 
 class IndexError_(GeolocError):
     """The FAISS index is missing, corrupt or disagrees with the database."""
+
+
+class NoOmegaIndexError(IndexError_):
+    """Ω recall (the ``seed`` preset) asked of a store ingested without its Ω index.
+
+    The store is as it was built, so the CLI exits 2 (a usage error, like a bad option).
+    """
+
+    exit_code = 2
 
 
 class EncoderMismatchError(GeolocError):

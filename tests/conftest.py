@@ -16,6 +16,32 @@ pytest_plugins = ["tests.fixtures_db", "tests.fixtures_extpg"]
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """New stores keep their Ω index throughout the suite, in this process and in CLI
+    subprocesses (also for session and module fixtures): most of it checks FAISS, features and
+    database together (crashes, verify, rebuild, bundles, ``--preset seed``). Tests marked
+    ``default_omega`` get the product default of a new store instead: no Ω index."""
+    config.addinivalue_line(
+        "markers",
+        "default_omega: run with the product default for the Ω index (a new store keeps none)",
+    )
+    import geoloc.store.tile_store as tile_store
+
+    tile_store.DEFAULT_OMEGA = True
+    os.environ["GEOLOC_OMEGA"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _default_omega(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The product default for tests marked ``default_omega``."""
+    if request.node.get_closest_marker("default_omega") is None:
+        return
+    import geoloc.store.tile_store as tile_store
+
+    monkeypatch.setattr(tile_store, "DEFAULT_OMEGA", False)
+    monkeypatch.delenv("GEOLOC_OMEGA", raising=False)
+
+
 def crop_sample(dst: Path, col_off: int, row_off: int, width: int, height: int) -> Path:
     """Write a GeoTIFF crop of the bundled sample (its own georeference, same CRS and GSD)."""
     import rasterio

@@ -283,6 +283,12 @@ def register(app: typer.Typer) -> None:
         features_max: int | None = typer.Option(
             None, "--max-per-tile", min=1, help="With --features: keypoints kept per tile."
         ),
+        omega: bool = typer.Option(
+            False,
+            "--omega",
+            help="Build the Ω index of a store ingested with --no-omega (which keeps it from "
+            "then on: needed by --preset seed).",
+        ),
     ) -> None:
         """Recreate the FAISS index (or, with --features, the per-tile features) from the
         database by re-reading tiles from their rasters."""
@@ -303,7 +309,11 @@ def register(app: typer.Typer) -> None:
                 )
             else:
                 rebuild_index(
-                    store, checkpoint=checkpoint, batch_size=batch_size, progress=progress
+                    store,
+                    checkpoint=checkpoint,
+                    batch_size=batch_size,
+                    progress=progress,
+                    add_omega=omega,
                 )
             report = store.verify()
         _echo_json(report.as_dict())
@@ -313,7 +323,8 @@ def register(app: typer.Typer) -> None:
 
     @index_app.command("info")
     def info_cmd(encoder: str | None = encoder_opt) -> None:
-        """Print the index sidecar (JSON): dims, count, type, parameters, files."""
+        """Print the index sidecar (JSON): dims, count, type, parameters, files; ``omega``
+        null for a store without Ω index."""
         from geoloc.store import OmegaIndex, open_database
         from geoloc.store.maintenance import resolve_encoder
 
@@ -323,12 +334,15 @@ def register(app: typer.Typer) -> None:
             enc = resolve_encoder(db, encoder)
         finally:
             db.dispose()
-        ix = OmegaIndex.open(settings, enc.weights_sha256, create=False)
-        info = ix.info()
-        info["encoder"] = enc.name
         from geoloc.store.tile_features import FeatureStore
 
-        fdir = FeatureStore.path_for(ix.directory)
+        if enc.has_omega:
+            ix = OmegaIndex.open(settings, enc.weights_sha256, create=False)
+            info = ix.info()
+        else:  # ingested with --no-omega: only the features live in the folder
+            info = {"omega": None}
+        info["encoder"] = enc.name
+        fdir = FeatureStore.path_for(OmegaIndex.path_for(settings, enc.weights_sha256))
         info["features"] = FeatureStore.open(fdir).info() if FeatureStore.exists(fdir) else None
         _echo_json(info)
 

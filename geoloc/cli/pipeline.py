@@ -60,10 +60,18 @@ def register(app: typer.Typer) -> None:
             None,
             "--features-max",
             min=1,
-            help="Keypoints kept per tile (default 64; a store with features keeps its own).",
+            help="Keypoints kept per tile (default 48; a store with features keeps its own).",
+        ),
+        omega: bool | None = typer.Option(
+            None,
+            "--omega/--no-omega",
+            help="Keep the Ω FAISS index, which only `--preset seed` reads (default: off for a "
+            "new store, also GEOLOC_OMEGA=1; a store with tiles keeps its setting; `geoloc "
+            "index rebuild --omega` adds it later).",
         ),
     ) -> int:
-        """Ingest orthomosaics: tiles + embeddings into the database, Ω into the FAISS index.
+        """Ingest orthomosaics: tiles + embeddings into the database (Ω into the FAISS index
+        with --omega).
 
         Prints a JSON array (one object per raster: id, path, status ingested|skipped|failed,
         tiles kept/skipped, seconds) on stdout. Exit 1 when any raster failed; 130 on Ctrl-C
@@ -85,6 +93,7 @@ def register(app: typer.Typer) -> None:
             workers=workers,
             features=False if no_features else None,
             features_max=features_max,
+            omega=omega,
         )
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         failed = sum(r.status == "failed" for r in results)

@@ -74,10 +74,13 @@ def export_bundle(
                 revision = current_revision(conn)
             _copy_out(db, tmp / "tables", store.encoder_id, [o.id for o in orthos])
             index_dir = OmegaIndex.path_for(settings, enc.weights_sha256)
-            if not (index_dir / "meta.json").is_file():
+            if enc.has_omega and not (index_dir / "meta.json").is_file():
                 raise ConfigError(f"no Ω index for encoder {enc.name}", path=str(index_dir))
             _check_features(FeatureStore.path_for(index_dir), ids, need_all=not regions)
-            shutil.copytree(index_dir, tmp / "index")
+            if index_dir.is_dir():
+                shutil.copytree(index_dir, tmp / "index")
+            else:  # a store without Ω index and without features
+                (tmp / "index").mkdir()
             size = region_size_px(store.tile_px)
             reader = MapRegions(store.map_gsd_m, cache_size=1)
             by_ortho = {o.id: o for o in orthos}

@@ -402,6 +402,7 @@ def ingest(
     features: bool | None = None,
     features_max: int | None = None,
     runtime: str | None = None,
+    omega: bool | None = None,
 ) -> list[IngestResult]:
     """Ingest rasters (files, directories walked recursively, globs) into the tile store.
 
@@ -430,6 +431,9 @@ def ingest(
         runtime: backbone runtime of an encoder loaded by name (``auto`` | ``torch`` | ``onnx``,
             :mod:`geoloc.models.runtime`; default ``GEOLOC_ENCODER_RUNTIME`` or ``auto``). An
             encoder passed in already loaded keeps the runtime it has.
+        omega: keep the Ω FAISS index (only ``--preset seed`` reads it); None:
+            ``settings.omega`` (``GEOLOC_OMEGA``), else the store's setting, a new store's
+            :data:`geoloc.store.tile_store.DEFAULT_OMEGA`. A store with tiles keeps its own.
 
     Returns:
         One ``failed`` :class:`IngestResult` per input path that yielded no raster, then one
@@ -485,6 +489,7 @@ def ingest(
             omega_dim=int(enc.omega_dim),
             phi_dim=int(enc.phi_dim),
             db=db,
+            omega=settings.omega if omega is None else omega,
         )
     except BaseException:
         db.dispose()

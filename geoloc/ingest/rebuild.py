@@ -40,6 +40,7 @@ def rebuild_index(
     batch_size: int = 16,
     progress: Callable[[int, int], None] | None = None,
     runtime: str | None = None,
+    add_omega: bool = False,
     **index_kwargs: Any,
 ) -> OmegaIndex:
     """Re-create the Ω index of ``store``'s encoder from the rasters; return the saved index.
@@ -49,12 +50,21 @@ def rebuild_index(
     ``GEOLOC_ENCODER_RUNTIME`` or ``auto``); its weights must be the ones the tiles were
     ingested with. Runs under the ingest lock; the new index
     replaces the old one atomically when complete. ``progress(done, total)`` is called per
-    batch; ``index_kwargs`` are :class:`~geoloc.store.OmegaIndex` parameters.
+    batch; ``index_kwargs`` are :class:`~geoloc.store.OmegaIndex` parameters. ``add_omega``
+    builds the index of a store ingested without one (``--no-omega``), which keeps it from then
+    on; without it such a store is a NoOmegaIndexError.
     """
     from geoloc.store import repository as repo
     from tiling import open_raster
 
     encoder = repo.get_encoder(store.db, store.encoder_id)
+    if not (encoder.has_omega or add_omega):
+        from geoloc.errors import NoOmegaIndexError
+
+        raise NoOmegaIndexError(
+            f"{store.db.url}: the store of encoder {encoder.name} has no Ω index (ingested "
+            "with --no-omega): `geoloc index rebuild --omega` adds it"
+        )
     if model is None:
         from geoloc.models.runtime import load_for_inference
 
@@ -68,7 +78,7 @@ def rebuild_index(
     with store.locked():
         plan = store.tiles_to_readd()
         total, done = sum(len(cells) for _, cells in plan), 0
-        store.reset_index(**index_kwargs)
+        store.reset_index(add_omega=add_omega, **index_kwargs)
         for ortho, cells in plan:
             cfg = _stored_grid(ortho)
             seen = 0

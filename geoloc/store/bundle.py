@@ -270,6 +270,11 @@ def _copy_in(db: Database, root: Path) -> None:
                         "FROM _bundle_enc ON CONFLICT DO NOTHING"
                     )
                 )
+                # an encoder registered before (no orthomosaics yet) takes the bundle's Ω setting
+                cur.execute(
+                    "UPDATE encoders e SET has_omega = b.has_omega FROM _bundle_enc b "
+                    "WHERE e.id = b.id"
+                )
                 continue
             cur.copy_expert(
                 schema_sql(f"COPY {table} ({', '.join(cols)}) FROM STDIN WITH (FORMAT binary)"),

@@ -37,6 +37,8 @@ class VerifyReport:
     index_count: int
     missing_in_index: list[int] = field(default_factory=list)
     extra_in_index: list[int] = field(default_factory=list)
+    #: the store keeps an Ω index (False: ingested with ``--no-omega``, nothing to compare)
+    has_omega: bool = True
     #: the per-tile local features (absent: a store without features, nothing to check)
     features_exists: bool = False
     features_spec: dict[str, Any] | None = None
@@ -47,7 +49,8 @@ class VerifyReport:
 
     @property
     def index_ok(self) -> bool:
-        """True when FAISS and the database hold exactly the same ids."""
+        """True when FAISS and the database hold exactly the same ids (or the store keeps no
+        Ω index)."""
         return not self.missing_in_index and not self.extra_in_index
 
     @property
@@ -91,6 +94,7 @@ class VerifyReport:
             "encoder": self.encoder_name,
             "weights_sha256": self.weights_sha256,
             "index_dir": self.index_dir,
+            "has_omega": self.has_omega,
             "index_exists": self.index_exists,
             "db_count": self.db_count,
             "index_count": self.index_count,
@@ -139,10 +143,11 @@ def resolve_encoder(db: Database, spec: str | None) -> repo.EncoderRow:
 
 
 def verify_index(db: Database, settings: Settings, encoder: repo.EncoderRow) -> VerifyReport:
-    """Compare the FAISS ids of ``encoder`` with its complete tiles in the database."""
+    """Compare the FAISS ids of ``encoder`` with its complete tiles in the database (a store
+    without Ω: only its features)."""
     db_ids = repo.complete_tile_ids(db, encoder.id)
     exists = OmegaIndex.exists(settings, encoder.weights_sha256)
-    if exists:
+    if exists and encoder.has_omega:
         ix_ids = OmegaIndex.open(settings, encoder.weights_sha256, create=False).ids()
     else:
         ix_ids = np.zeros(0, dtype=np.int64)
@@ -154,8 +159,9 @@ def verify_index(db: Database, settings: Settings, encoder: repo.EncoderRow) -> 
         index_exists=exists,
         db_count=int(db_ids.size),
         index_count=int(ix_ids.size),
-        missing_in_index=np.setdiff1d(db_ids, ix_ids).tolist(),
+        missing_in_index=np.setdiff1d(db_ids, ix_ids).tolist() if encoder.has_omega else [],
         extra_in_index=np.setdiff1d(ix_ids, db_ids).tolist(),
+        has_omega=encoder.has_omega,
     )
     _verify_features(report, settings, encoder.weights_sha256, db_ids)
     return report

@@ -91,6 +91,18 @@ class RasterRecord:
         )
 
 
+#: Decimals of the lon/lat in a stored tile footprint: 1e-7 degree is about 1 cm on the ground,
+#: far below a pixel, and half the text of full float precision.
+FOOTPRINT_DECIMALS = 7
+
+
+def footprint_text(geometry: Any) -> str:
+    """WKT of a tile footprint (a shapely geometry) at :data:`FOOTPRINT_DECIMALS`."""
+    import shapely
+
+    return str(shapely.to_wkt(geometry, rounding_precision=FOOTPRINT_DECIMALS, trim=True))
+
+
 @dataclass(frozen=True)
 class TileRecord:
     """One tile as stored: its ``tiles`` columns except ``id`` and ``orthomosaic_id``.
@@ -122,7 +134,7 @@ class TileRecord:
             col=int(tile.col),
             center_lat=float(tile.center_lat),
             center_lon=float(tile.center_lon),
-            footprint_wkt=str(tile.footprint.wkt),
+            footprint_wkt=footprint_text(tile.footprint),
             gsd_m=float(tile.gsd_m),
             valid_fraction=float(tile.valid_fraction),
             window=(float(w.col_off), float(w.row_off), float(w.width), float(w.height)),

@@ -24,7 +24,15 @@ from sqlalchemy.exc import DBAPIError
 from geoloc.errors import DatabaseError
 from geoloc.store import codec
 from geoloc.store.records import Candidate, TileRecord, TileRef, crs_text, geodesic_m
-from geoloc.store.schema import PHI_DIM, STATUSES, Encoder, Orthomosaic, TileEmbedding, TileRow
+from geoloc.store.schema import (
+    PHI_BQ,
+    PHI_DIM,
+    STATUSES,
+    Encoder,
+    Orthomosaic,
+    TileEmbedding,
+    TileRow,
+)
 
 if TYPE_CHECKING:
     from geoloc.store.database import Database
@@ -48,6 +56,8 @@ class EncoderRow:
     omega_dim: int
     phi_dim: int
     created_at: datetime | None
+    #: the store keeps this encoder's Ω FAISS index (``geoloc ingest --omega``)
+    has_omega: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,8 +110,10 @@ def get_or_create_encoder(
     weights_sha256: str,
     omega_dim: int,
     phi_dim: int,
+    has_omega: bool = True,
 ) -> int:
-    """Id of the encoder ``(name, weights_sha256)``, registering it on first use."""
+    """Id of the encoder ``(name, weights_sha256)``, registering it on first use (keeping an Ω
+    index when ``has_omega``; an existing row keeps its setting)."""
     if not 0 < phi_dim <= PHI_DIM:
         raise DatabaseError(
             f"encoder {name}: phi_dim {phi_dim} is not in 1..{PHI_DIM} (tile_embeddings.phi width)"
@@ -109,11 +121,18 @@ def get_or_create_encoder(
     with db.engine.begin() as conn:
         row = conn.execute(
             _text(
-                "INSERT INTO encoders (name, config, weights_sha256, omega_dim, phi_dim) "
-                "VALUES (:n, CAST(:c AS jsonb), :s, :o, :p) "
+                "INSERT INTO encoders (name, config, weights_sha256, omega_dim, phi_dim, "
+                "has_omega) VALUES (:n, CAST(:c AS jsonb), :s, :o, :p, :h) "
                 "ON CONFLICT (name, weights_sha256) DO NOTHING RETURNING id"
             ),
-            {"n": name, "c": json.dumps(config), "s": weights_sha256, "o": omega_dim, "p": phi_dim},
+            {
+                "n": name,
+                "c": json.dumps(config),
+                "s": weights_sha256,
+                "o": omega_dim,
+                "p": phi_dim,
+                "h": bool(has_omega),
+            },
         ).first()
         if row is None:
             row = conn.execute(
@@ -140,7 +159,33 @@ def _encoder(row: Any) -> EncoderRow:
         omega_dim=int(row.omega_dim),
         phi_dim=int(row.phi_dim),
         created_at=row.created_at,
+        has_omega=bool(row.has_omega),
     )
+
+
+def set_encoder_omega(db: Database, encoder_id: int, has_omega: bool) -> None:
+    """Record whether the store keeps this encoder's Ω index (after the index is saved, or
+    before it is deleted: the flag never claims an index that is not on disk)."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            _text("UPDATE encoders SET has_omega = :h WHERE id = :i"),
+            {"h": bool(has_omega), "i": encoder_id},
+        )
+
+
+def orthomosaics_stamp(db: Database, encoder_id: int) -> tuple[int, int, str]:
+    """(count, highest id, latest finish) of this encoder's complete orthomosaics: changes
+    whenever an ingest completes or a delete removes one (a warm reader's re-read signal)."""
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            _text(
+                "SELECT count(*) AS n, coalesce(max(id), 0) AS top, "
+                "coalesce(max(finished_at)::text, '') AS last FROM orthomosaics "
+                "WHERE encoder_id = :e AND status = 'complete'"
+            ),
+            {"e": encoder_id},
+        ).one()
+    return int(row.n), int(row.top), str(row.last)
 
 
 def list_encoders(db: Database) -> list[EncoderRow]:
@@ -582,6 +627,11 @@ def tile_ids_within(
 EXACT_PHI_MAX = 2_048
 
 
+#: Nearest tiles by Hamming distance of Φ's sign bits that a global search re-ranks by the
+#: halfvec cosine: enough that the re-ranked top 50 keeps the recall of an exact search.
+PHI_BQ_CANDIDATES = 400
+
+
 def knn_phi(
     db: Database,
     encoder_id: int,
@@ -610,9 +660,10 @@ def knn_phi_many(
 ) -> list[list[tuple[int, float]]]:
     """:func:`knn_phi` of each row of ``queries`` (one transaction for all of them).
 
-    Without a restriction the HNSW index answers (``ef_search`` is raised to ``k`` so a query
-    can return ``k`` tiles); a restriction of up to :data:`EXACT_PHI_MAX` tiles is scored
-    exactly, a larger one by the index with its filter.
+    Without a restriction the HNSW index over Φ's sign bits gives the
+    :data:`PHI_BQ_CANDIDATES` nearest by Hamming distance (``ef_search`` raised to match), which
+    are re-ranked by the halfvec cosine; a restriction of up to :data:`EXACT_PHI_MAX` tiles is
+    scored exactly, a larger one by the index with its filter.
     """
     q = pad_phi(np.asarray(queries, dtype=np.float32).reshape(len(queries), -1))
     if allowed_ids is not None:
@@ -622,27 +673,31 @@ def knn_phi_many(
         if allowed.size <= EXACT_PHI_MAX:
             return _exact_phi(db, encoder_id, q, k, allowed)
     from pgvector import HalfVector
-    from sqlalchemy import any_, bindparam, literal_column, select
+    from pgvector.sqlalchemy import HALFVEC
+    from sqlalchemy import bindparam
     from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 
-    t, o, e = TileRow.__table__, Orthomosaic.__table__, TileEmbedding.__table__
-    dist = e.c.phi.cosine_distance(bindparam("q"))
-    stmt = (
-        select(e.c.tile_id, dist.label("d"))
-        .join_from(e, t, t.c.id == e.c.tile_id)
-        .join(o, o.c.id == t.c.orthomosaic_id)
-        .where(e.c.encoder_id == bindparam("e"), o.c.status == literal_column("'complete'"))
-        .order_by(dist)
-        .limit(bindparam("k"))
-    )
+    only = " AND e.tile_id = ANY(:ids)" if allowed_ids is not None else ""
+    # the inner ORDER BY repeats the index expression (PHI_BQ) so the HNSW index answers it;
+    # only constants of this module and schema.py are formatted in, every value is a parameter
+    stmt = _text(
+        "SELECT c.tile_id, c.phi <=> CAST(:q AS halfvec) AS d FROM ("  # noqa: S608
+        " SELECT e.tile_id, e.phi FROM tile_embeddings e"
+        " JOIN tiles t ON t.id = e.tile_id JOIN orthomosaics o ON o.id = t.orthomosaic_id"
+        f" WHERE e.encoder_id = :e AND o.status = 'complete'{only}"
+        f" ORDER BY {PHI_BQ.replace('phi', 'e.phi')}"
+        " <~> binary_quantize(CAST(:q AS halfvec)) LIMIT :n"
+        ") c ORDER BY d, c.tile_id LIMIT :k"
+    ).bindparams(bindparam("q", type_=HALFVEC(PHI_DIM)))
     if allowed_ids is not None:
-        stmt = stmt.where(e.c.tile_id == any_(bindparam("ids", type_=ARRAY(BIGINT))))
-    params: dict[str, Any] = {"e": encoder_id, "k": int(k)}
+        stmt = stmt.bindparams(bindparam("ids", type_=ARRAY(BIGINT)))
+    n = max(int(k), PHI_BQ_CANDIDATES)
+    params: dict[str, Any] = {"e": encoder_id, "k": int(k), "n": n}
     if allowed_ids is not None:
         params["ids"] = [int(i) for i in allowed]
     out: list[list[tuple[int, float]]] = []
     with db.engine.begin() as conn:
-        ef = str(max(int(ef_search), int(k)))
+        ef = str(min(max(int(ef_search), n), 1000))  # pgvector's ef_search ceiling is 1,000
         conn.execute(_text("SELECT set_config('hnsw.ef_search', :v, true)"), {"v": ef})
         conn.execute(_text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
         for row in q:

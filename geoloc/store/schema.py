@@ -2,10 +2,13 @@
 
 Tables: ``encoders``, ``orthomosaics`` (one row per raster *and* encoder, with its ingest status),
 ``tiles`` (one row per kept tile, with what is needed to re-read its pixels) and
-``tile_embeddings`` (Φ as ``halfvec(1024)`` with an HNSW cosine index, node areas and centroids).
+``tile_embeddings`` (Φ as ``halfvec(1024)`` with an HNSW index over its sign bits, node areas
+and centroids).
 
-Φ is stored as ``halfvec`` rather than ``vector``: the HNSW index is smaller and builds faster,
-and cosine k-NN recall is unchanged at float16 precision (``benchmarks/store.py`` measures both).
+Φ is stored as ``halfvec`` rather than ``vector``: half the bytes, and cosine k-NN recall is
+unchanged at float16 precision (``benchmarks/store.py`` measures both). The HNSW index holds
+``binary_quantize(phi)`` (:data:`PHI_BQ`, 1 bit per dimension); a search takes the nearest by
+Hamming distance and re-ranks them by the halfvec cosine (:func:`repository.knn_phi_many`).
 Φ narrower than :data:`PHI_DIM` is zero-padded (cosine unchanged). The FAISS id of a tile's Ω is
 its tile id, so no column maps one to the other.
 """
@@ -18,6 +21,7 @@ from typing import Any
 from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -29,12 +33,16 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: Width of the ``tile_embeddings.phi`` column (HNSW on halfvec indexes up to 4,000 dims).
 PHI_DIM = 1024
+
+#: The expression the Φ HNSW index is built on (sign bits); queries must repeat it exactly.
+PHI_BQ = f"(binary_quantize(phi)::bit({PHI_DIM}))"
 
 #: Ingest states of an orthomosaic; only ``complete`` ones are ever searched.
 STATUSES = ("ingesting", "complete", "failed")
@@ -66,6 +74,9 @@ class Encoder(Base):
     weights_sha256: Mapped[str] = mapped_column(String(64))
     omega_dim: Mapped[int] = mapped_column(Integer)
     phi_dim: Mapped[int] = mapped_column(Integer)
+    # whether the store keeps this encoder's Ω FAISS index: only Ω recall (the ``seed`` preset)
+    # reads it, so an ingest may leave it out (``--no-omega``) and a rebuild may add it later
+    has_omega: Mapped[bool] = mapped_column(Boolean, server_default="true")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -135,12 +146,14 @@ class TileEmbedding(Base):
 
     __tablename__ = "tile_embeddings"
     __table_args__ = (
+        # HNSW over the sign bits of Φ (128 B per tile instead of the 2 KiB halfvec): recall
+        # takes the nearest by Hamming distance and re-ranks them by the halfvec cosine
         Index(
-            "ix_tile_embeddings_phi_hnsw",
-            "phi",
+            "ix_tile_embeddings_phi_bq",
+            text(PHI_BQ),
             postgresql_using="hnsw",
             postgresql_with={"m": 16, "ef_construction": 64},
-            postgresql_ops={"phi": "halfvec_cosine_ops"},
+            postgresql_ops={PHI_BQ: "bit_hamming_ops"},
         ),
         Index("ix_tile_embeddings_encoder", "encoder_id"),
     )
@@ -151,6 +164,7 @@ class TileEmbedding(Base):
     encoder_id: Mapped[int] = mapped_column(
         ForeignKey("encoders.id", ondelete="CASCADE"), primary_key=True
     )
+    # storage PLAIN (migration 0004): in the row, not a TOAST chunk pair per tile
     phi: Mapped[Any] = mapped_column(HALFVEC(PHI_DIM))
     node_areas: Mapped[list[float]] = mapped_column(ARRAY(REAL))
     node_centroids: Mapped[list[float]] = mapped_column(ARRAY(REAL))  # K x 2 flattened (x, y)

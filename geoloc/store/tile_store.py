@@ -50,9 +50,9 @@ from geoloc.errors import (
     EncoderMismatchError,
     GeolocError,
     IndexError_,
+    NoOmegaIndexError,
 )
 from geoloc.store import repository as repo
-from geoloc.store.omega_format import meta_stamp
 from geoloc.store.records import Candidate, RasterRecord, TileRecord, TileRef
 from geoloc.store.tile_features import FeatureSpec, FeatureStore, TileKeypoints
 
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_OMEGA",
     "Candidate",
     "FeatureSpec",
     "GsdLayer",
@@ -84,6 +85,10 @@ class WriteTimings:
     faiss_save_s: float = 0.0
     features_save_s: float = 0.0
 
+
+#: Whether a new store keeps the Ω FAISS index. Only Ω recall (the ``seed`` preset) reads it;
+#: the default chain recalls by Φ in Postgres, and the index is most of the bytes per tile.
+DEFAULT_OMEGA = False
 
 #: Orthomosaics whose tile GSDs differ by less than this (relative) form one GSD layer: a frame
 #: scaled to one of them is within the scale tolerance of every matcher for the others.
@@ -151,11 +156,15 @@ class TileStore:
         index: OmegaIndex | None,
         map_gsd_m: float,
         tile_px: int,
+        has_omega: bool = True,
     ) -> None:
         self._db = db
         self._settings = settings
         self.encoder_id = int(encoder_id)
         self.encoder_sha256 = encoder_sha256
+        #: the store keeps the Ω index (written by ingest, read by Ω recall); recorded per
+        #: encoder in the database (``encoders.has_omega``)
+        self.has_omega = bool(has_omega)
         self._index = index
         self.map_gsd_m = float(map_gsd_m)
         self.tile_px = int(tile_px)
@@ -166,11 +175,12 @@ class TileStore:
         self._lock: contextlib.ExitStack | None = None
         self._writing: int | None = None  # orthomosaic id between begin and commit/abort
         self._writing_stride = 0  # grid stride (output px) of the raster being written
+        self._adding_omega = False  # a rebuild adds the Ω index to a store without one
         self._features: FeatureStore | None = None  # opened on first use
         self.write_timings = WriteTimings()
-        # every ingest ends by saving the Ω index: a reader without it in memory still watches
-        # its sidecar to learn that orthomosaics (maybe a new GSD layer) were added
-        self._omega_stamp = None if index is not None else meta_stamp(self._omega_dir())
+        # a reader without the Ω index in memory learns from the database that orthomosaics
+        # (maybe a new GSD layer) were added or removed, whether or not the store keeps Ω
+        self._ortho_stamp = None if index is not None else repo.orthomosaics_stamp(db, encoder_id)
 
     # ------------------------------------------------------------------------------- opening
     @classmethod
@@ -185,8 +195,9 @@ class TileStore:
         """Open the database and (``omega=True``) the encoder's Ω index for searching.
 
         Raises EncoderMismatchError when the database holds tiles of other encoder weights only,
-        EmptyDatabaseError when nothing is ingested for this encoder, IndexError_ when ``omega``
-        and the index is missing or corrupt, DatabaseError when the database is unreachable.
+        EmptyDatabaseError when nothing is ingested for this encoder, NoOmegaIndexError when
+        ``omega`` and the store was ingested without its Ω index, IndexError_ when ``omega`` and
+        the index is missing or corrupt, DatabaseError when the database is unreachable.
         """
         from geoloc.store.database import open_database
 
@@ -224,6 +235,12 @@ class TileStore:
                 f"{db.url}: no complete orthomosaic for encoder {label}: "
                 "run `geoloc ingest RASTER` first"
             )
+        if omega and not row.has_omega:
+            raise NoOmegaIndexError(
+                f"{db.url}: the store of encoder {label} has no Ω index (ingested with "
+                "--no-omega), which Ω recall (--preset seed) needs: run `geoloc index rebuild "
+                "--omega`, or use a preset that recalls by Φ (fast, accurate, realtime)"
+            )
         map_gsd, tile_px = _map_grid(db, row.id, warn=True)
         index = None
         if omega:
@@ -238,6 +255,7 @@ class TileStore:
             index=index,
             map_gsd_m=map_gsd,
             tile_px=tile_px,
+            has_omega=row.has_omega,
         )
 
     @classmethod
@@ -251,13 +269,17 @@ class TileStore:
         omega_dim: int,
         phi_dim: int,
         db: Database | None = None,
+        omega: bool | None = None,
     ) -> TileStore:
         """Open the store to write tiles of this encoder (registered on first use).
 
         The database may be empty; ``map_gsd_m``/``tile_px`` are those of what is already
         complete (0 when nothing is). ``db`` is an already open database to take over (closed
-        with the store). DatabaseError when it is unreachable or the encoder is registered with
-        other dimensions.
+        with the store). ``omega``: keep the Ω index (None: as the store is; a new store
+        :data:`DEFAULT_OMEGA`). A store without
+        complete tiles takes the setting; one with tiles keeps its own (a warning says so:
+        ``geoloc index rebuild --omega`` adds the index to a store). DatabaseError when it is
+        unreachable or the encoder is registered with other dimensions.
         """
         from geoloc.store.database import open_database
 
@@ -271,8 +293,10 @@ class TileStore:
                 weights_sha256=weights_sha256,
                 omega_dim=int(omega_dim),
                 phi_dim=int(phi_dim),
+                has_omega=DEFAULT_OMEGA if omega is None else bool(omega),
             )
             gsd, px = _map_grid(db, encoder_id, warn=False)
+            has_omega = _omega_setting(db, encoder_id, omega)
         except BaseException:
             db.dispose()
             raise
@@ -284,6 +308,7 @@ class TileStore:
             index=None,
             map_gsd_m=gsd,
             tile_px=px,
+            has_omega=has_omega,
         )
         store._omega_dim = int(omega_dim)
         return store
@@ -371,7 +396,12 @@ class TileStore:
         Best first; missing results are ``-inf`` / ``-1``. ``allowed_ids`` restricts the search.
         """
         if self._index is None:
-            raise IndexError_("the tile store was opened without its Ω index (omega=False)")
+            raise IndexError_(
+                "the tile store was opened without its Ω index (omega=False)"
+                if self.has_omega
+                else "the store has no Ω index (ingested with --no-omega): "
+                "run `geoloc index rebuild --omega`"
+            )
         scores, ids = self._index.search(
             np.ascontiguousarray(omega, dtype=np.float32), k, allowed_ids=allowed_ids
         )
@@ -461,10 +491,9 @@ class TileStore:
                 log.warning("features changed on disk but cannot be re-opened, kept: %s", exc)
         index = self._index
         if index is None:
-            stamp = meta_stamp(self._omega_dir())
-            if stamp != self._omega_stamp:
-                self._omega_stamp, self._layers = stamp, None
-                self._layer_ids.clear()
+            stamp = repo.orthomosaics_stamp(self._db, self.encoder_id)
+            if stamp != self._ortho_stamp:
+                self._ortho_stamp, self._layers = stamp, None
             return False
         if not index.changed_on_disk():
             return False
@@ -506,6 +535,11 @@ class TileStore:
     def _write_index(self) -> OmegaIndex:
         """This encoder's index to write into, loaded fresh from disk on first use after
         :meth:`recover`/:meth:`abort` (another process may have saved it meanwhile)."""
+        if not self.has_omega:
+            raise IndexError_(
+                f"{self._db.url}: the store has no Ω index (ingested with --no-omega): "
+                "run `geoloc index rebuild --omega`"
+            )
         if self._index is None:
             from geoloc.store.faiss_store import OmegaIndex
 
@@ -524,7 +558,7 @@ class TileStore:
         with self.locked():
             self._index = None
             self._features = None
-            _reconcile(self._db, self.encoder_id, self._write_index())
+            _reconcile(self._db, self.encoder_id, self._write_index() if self.has_omega else None)
             _reconcile_features(self._db, self.encoder_id, self._feature_store())
             for other in repo.list_encoders(self._db):
                 if other.id == self.encoder_id:
@@ -532,7 +566,7 @@ class TileStore:
                 if not repo.incomplete_orthomosaics(self._db, other.id):
                     continue
                 sha = other.weights_sha256
-                exists = OmegaIndex.exists(self._settings, sha)
+                exists = other.has_omega and OmegaIndex.exists(self._settings, sha)
                 _reconcile(
                     self._db, other.id, OmegaIndex.open(self._settings, sha) if exists else None
                 )
@@ -573,9 +607,10 @@ class TileStore:
         self._need_lock("delete")
         removed = np.asarray(repo.delete_orthomosaic(self._db, int(orthomosaic_id)), np.int64)
         if removed.size:
-            index = self._write_index()
-            index.remove(removed)
-            index.save()
+            if self.has_omega:
+                index = self._write_index()
+                index.remove(removed)
+                index.save()
             feats = self._feature_store()
             if feats.remove(removed):
                 feats.save()
@@ -599,7 +634,8 @@ class TileStore:
                 why = "--force" if old.sha256 == raster.sha256 else "the file changed"
                 log.info("replacing orthomosaic %d of %s (%s)", old.id, old.path, why)
                 self.delete(int(old.id))
-        self._write_index()
+        if self.has_omega:
+            self._write_index()
         oid = repo.begin_orthomosaic(
             self._db,
             path=path,
@@ -664,14 +700,16 @@ class TileStore:
         features: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
     ) -> list[int]:
         """Add a batch of tiles of the raster being written: rows + Φ by one binary COPY, Ω to
-        the in-memory index, ``features`` (per tile: keypoints xy in *tile* pixels,
-        pixel-centre convention, descriptors, scores; after :meth:`use_features`) to the
-        in-memory feature store (both saved by :meth:`commit`). Returns the new tile ids."""
+        the in-memory index (when the store keeps one), ``features`` (per tile: keypoints xy in
+        *tile* pixels, pixel-centre convention, descriptors, scores; after
+        :meth:`use_features`) to the in-memory feature store (both saved by :meth:`commit`).
+        Returns the new tile ids."""
         oid = self._current("add")
         t0 = time.perf_counter()
         ids = repo.add_tiles(self._db, oid, self.encoder_id, tiles, phi, node_areas, node_centroids)
         t1 = time.perf_counter()
-        self._write_index().add(np.asarray(ids, dtype=np.int64), omega)
+        if self.has_omega:
+            self._write_index().add(np.asarray(ids, dtype=np.int64), omega)
         if features is not None:
             recs = [TileRecord.from_tile(t) for t in tiles]
             st = self._writing_stride
@@ -682,12 +720,14 @@ class TileStore:
         return ids
 
     def commit(self, kept: int, skipped: int) -> None:
-        """Save the index atomically, *then* mark the orthomosaic complete (searchable)."""
+        """Save the index atomically (when the store keeps Ω) and the features, *then* mark the
+        orthomosaic complete (searchable)."""
         oid = self._current("commit")
-        t0 = time.perf_counter()
-        self._write_index().save()
-        self.write_timings.faiss_save_s = time.perf_counter() - t0
-        log.debug("orthomosaic %d: FAISS saved", oid)
+        if self.has_omega:
+            t0 = time.perf_counter()
+            self._write_index().save()
+            self.write_timings.faiss_save_s = time.perf_counter() - t0
+            log.debug("orthomosaic %d: FAISS saved", oid)
         feats = self._features
         if feats is not None and feats.dirty:
             t1 = time.perf_counter()
@@ -729,12 +769,20 @@ class TileStore:
             if o.status == "complete" and o.id in by_ortho
         ]
 
-    def reset_index(self, **index_kwargs: Any) -> None:
+    def reset_index(self, *, add_omega: bool = False, **index_kwargs: Any) -> None:
         """Start an empty index for this encoder (replaces the saved one at :meth:`save_index`);
-        ``index_kwargs`` are :class:`OmegaIndex` parameters."""
+        ``index_kwargs`` are :class:`OmegaIndex` parameters. A store without Ω needs
+        ``add_omega`` (it keeps the index from :meth:`save_index` on)."""
         self._need_lock("reset_index")
         from geoloc.store.faiss_store import OmegaIndex
 
+        if not self.has_omega and not add_omega:
+            raise NoOmegaIndexError(
+                f"{self._db.url}: the store has no Ω index (ingested with --no-omega): "
+                "`geoloc index rebuild --omega` adds it"
+            )
+        self._adding_omega = not self.has_omega
+        self.has_omega = True  # the writes of the rebuild go to the new index
         enc = repo.get_encoder(self._db, self.encoder_id)
         self._index = OmegaIndex.create(
             self._settings,
@@ -794,6 +842,9 @@ class TileStore:
         self._need_lock("save_index")
         index = self._write_index()
         index.save()
+        if self._adding_omega:  # saved first: the flag never names an index not on disk
+            repo.set_encoder_omega(self._db, self.encoder_id, True)
+            self._adding_omega = False
         return index
 
 
@@ -809,6 +860,30 @@ def _map_grid(db: Database, encoder_id: int, *, warn: bool) -> tuple[float, int]
             ", ".join(f"{la.gsd_m:g} m/px ({la.tiles} tiles)" for la in layers),
         )
     return layers[0].gsd_m, layers[0].tile_px
+
+
+def _omega_setting(db: Database, encoder_id: int, omega: bool | None) -> bool:
+    """Whether the writer keeps the Ω index: the request on a store without complete tiles
+    (recorded), else the store's own setting (warned when the request differs)."""
+    enc = repo.get_encoder(db, encoder_id)
+    if omega is None or bool(omega) == enc.has_omega:
+        return enc.has_omega
+    if repo.complete_tile_ids(db, encoder_id).size == 0:
+        repo.set_encoder_omega(db, encoder_id, bool(omega))
+        return bool(omega)
+    if omega:
+        log.warning(
+            "the store of encoder %s has no Ω index: kept without (`geoloc index rebuild "
+            "--omega` adds it)",
+            enc.name,
+        )
+    else:
+        log.warning(
+            "the store of encoder %s keeps its Ω index: kept it (a store with tiles keeps its "
+            "setting)",
+            enc.name,
+        )
+    return enc.has_omega
 
 
 def _open_features(directory: Path) -> FeatureStore:

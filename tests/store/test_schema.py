@@ -81,11 +81,22 @@ def test_alembic_check_reports_no_drift(pg_settings: Settings) -> None:
 def test_hnsw_index_and_extension_exist(database: Database) -> None:
     with database.engine.connect() as conn:
         idx = conn.execute(
-            text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_tile_embeddings_phi_hnsw'")
+            text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_tile_embeddings_phi_bq'")
         ).scalar_one()
         ext = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'"))
         assert ext.scalar_one()
-    assert "hnsw" in idx and "halfvec_cosine_ops" in idx
+        storage = dict(
+            conn.execute(
+                text(
+                    "SELECT attname, attstorage FROM pg_attribute WHERE attrelid = "
+                    "'tile_embeddings'::regclass AND attname IN ('phi', 'node_areas', "
+                    "'node_centroids')"
+                )
+            ).all()
+        )
+    assert "hnsw" in idx and "binary_quantize" in idx and "bit_hamming_ops" in idx
+    # Φ and the node arrays in the row, not TOASTed
+    assert storage == {"phi": "p", "node_areas": "m", "node_centroids": "m"}
 
 
 def test_external_database_behind_head_is_refused(pg_server) -> None:  # type: ignore[no-untyped-def]
@@ -273,6 +284,91 @@ def test_migration_0002_drops_faiss_id_and_downgrade_restores_it(pg_server) -> N
         with engine.connect() as conn:
             got = conn.execute(text("SELECT tile_id, faiss_id FROM tile_embeddings")).all()
         assert [tuple(r) for r in got] == [(7, 7)]
+        upgrade(url)
+    finally:
+        engine.dispose()
+        pg_server.drop_database(name)
+
+
+def test_migrations_0003_0004_from_the_previous_head(pg_server) -> None:  # type: ignore[no-untyped-def]
+    """A database at 0002 with tiles: the encoder keeps its Ω index (has_omega), Φ gets the
+    sign-bit HNSW index and PLAIN storage, footprints lose the digits below 1e-7 degree; the
+    Φ search answers; downgrade restores the halfvec index."""
+    name = pg_server.create_database(migrated=False)
+    url = pg_server.url_for(name)
+    engine = make_engine(url)
+    rng = np.random.default_rng(11)
+    phi = unit(rng, 3, 1024)
+    long_fp = "POLYGON ((22.460581186029273 60.403959838218405, 22.46053614780106 60.4029))"
+    try:
+        upgrade(url, "0002")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO encoders (id, name, config, weights_sha256, omega_dim, phi_dim)"
+                    " VALUES (1, 'e', '{}', :s, 4, 1024)"
+                ),
+                {"s": "a" * 64},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO orthomosaics (id, encoder_id, path, sha256, crs, width, height,"
+                    " gsd_m, min_lon, min_lat, max_lon, max_lat, footprint_wkt, tile_size, stride,"
+                    " status) VALUES (1, 1, '/r.tif', :s, 'EPSG:4326', 1, 1, 1, 0, 0, 1, 1, 'P',"
+                    " 1, 1, 'complete')"
+                ),
+                {"s": "b" * 64},
+            )
+            for i in range(3):
+                conn.execute(
+                    text(
+                        "INSERT INTO tiles (id, orthomosaic_id, row, col, center_lat, center_lon,"
+                        ' footprint_wkt, gsd_m, valid_fraction, "window", transform, tile_size)'
+                        " VALUES (:i, 1, 0, :i, 0, 0, :fp, 1, 1, '{0,0,1,1}',"
+                        " '{1,0,0,0,-1,0}', 1)"
+                    ),
+                    {"i": i + 1, "fp": long_fp},
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO tile_embeddings (tile_id, encoder_id, phi, node_areas,"
+                        " node_centroids) VALUES (:i, 1, CAST(:p AS halfvec), '{1}', '{0,0}')"
+                    ),
+                    {"i": i + 1, "p": "[" + ",".join(f"{v:.6f}" for v in phi[i]) + "]"},
+                )
+        upgrade(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT has_omega FROM encoders")).scalar_one() is True
+            idx = {
+                r[0]
+                for r in conn.execute(
+                    text("SELECT indexname FROM pg_indexes WHERE tablename = 'tile_embeddings'")
+                )
+            }
+            fps = set(conn.execute(text("SELECT footprint_wkt FROM tiles")).scalars())
+            storage = conn.execute(
+                text(
+                    "SELECT attstorage FROM pg_attribute WHERE attname = 'phi' AND "
+                    "attrelid = 'tile_embeddings'::regclass"
+                )
+            ).scalar_one()
+        assert "ix_tile_embeddings_phi_bq" in idx and "ix_tile_embeddings_phi_hnsw" not in idx
+        assert fps == {"POLYGON ((22.4605811 60.4039598, 22.4605361 60.4029))"}
+        assert storage == "p"
+        db = Database(engine=engine, raw_url=url, embedded=False)
+        hits = repo.knn_phi(db, 1, phi[1], k=3)
+        assert [h[0] for h in hits][0] == 2 and len(hits) == 3
+        downgrade(url, "0002")
+        with engine.connect() as conn:
+            idx = {
+                r[0]
+                for r in conn.execute(
+                    text("SELECT indexname FROM pg_indexes WHERE tablename = 'tile_embeddings'")
+                )
+            }
+            cols = {c["name"] for c in inspect(engine).get_columns("encoders")}
+        assert "ix_tile_embeddings_phi_hnsw" in idx and "ix_tile_embeddings_phi_bq" not in idx
+        assert "has_omega" not in cols
         upgrade(url)
     finally:
         engine.dispose()

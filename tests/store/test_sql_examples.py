@@ -106,7 +106,10 @@ def test_nearest_to_a_query_vector(filled: Any) -> None:
 def test_knn_query_uses_the_hnsw_index(filled: Any, which: str) -> None:
     db, _, phi, _ = filled
     if which == "plain":
-        sql = "SELECT tile_id FROM tile_embeddings ORDER BY phi <=> CAST(%(q)s AS halfvec) LIMIT 10"
+        sql = (
+            "SELECT tile_id FROM tile_embeddings ORDER BY binary_quantize(phi)::bit(1024) <~> "
+            "binary_quantize(CAST(%(q)s AS halfvec)) LIMIT 10"
+        )
     else:
         sql = to_psycopg(sql_blocks()[3]).strip().rstrip(";").split(";")[-1]
     raw = db.engine.raw_connection()
@@ -119,9 +122,7 @@ def test_knn_query_uses_the_hnsw_index(filled: Any, which: str) -> None:
         plan = "\n".join(r[0] for r in cur.fetchall())
     finally:
         raw.close()
-    assert "Index Scan using ix_tile_embeddings_phi_hnsw" in plan, re.sub(
-        r"\[[^]]*\]", "[..]", plan
-    )
+    assert "Index Scan using ix_tile_embeddings_phi_bq" in plan, re.sub(r"\[[^]]*\]", "[..]", plan)
 
 
 def test_size_query_runs(filled: Any) -> None:
@@ -130,6 +131,6 @@ def test_size_query_runs(filled: Any) -> None:
     assert {r[0] for r in rows} == {
         "tiles",
         "tile_embeddings",
-        "ix_tile_embeddings_phi_hnsw",
+        "ix_tile_embeddings_phi_bq",
         "ix_tiles_center",
     }

@@ -40,7 +40,7 @@ def _feats(rng: np.random.Generator, n_tiles: int, n: int = 40) -> list[Feat]:
     ]
 
 
-def _writer(settings: Settings) -> TileStore:
+def _writer(settings: Settings, *, omega: bool = True) -> TileStore:
     return TileStore.for_encoder(
         settings,
         name="fake",
@@ -48,6 +48,7 @@ def _writer(settings: Settings) -> TileStore:
         weights_sha256=SHA_A,
         omega_dim=OMEGA_D,
         phi_dim=1024,
+        omega=omega,
     )
 
 

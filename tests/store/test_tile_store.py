@@ -133,7 +133,7 @@ def test_reopen_if_changed_sees_another_writers_save(
 
 
 # ------------------------------------------------------------------------------ write side
-def _writer(settings: Settings) -> TileStore:
+def _writer(settings: Settings, *, omega: bool = True) -> TileStore:
     return TileStore.for_encoder(
         settings,
         name="fake",
@@ -141,6 +141,7 @@ def _writer(settings: Settings) -> TileStore:
         weights_sha256=SHA_A,
         omega_dim=OMEGA_D,
         phi_dim=1024,
+        omega=omega,
     )
 
 
