@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--features-max",
             min=1,
-            help="Keypoints kept per tile (default 48; a store with features keeps its own).",
+            help="Keypoints kept per tile (default 64; a store with features keeps its own).",
         ),
         omega: bool | None = typer.Option(
             None,

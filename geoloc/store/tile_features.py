@@ -78,10 +78,8 @@ __all__ = [
 #: Folder of the feature store inside the encoder's Ω index folder.
 FEATURES_DIR = "features"
 FORMAT_VERSION = 1
-#: Keypoints kept per tile (in its core cell, best score first) unless the ingest says otherwise:
-#: the most that keeps a store of Φ, features and no Ω index within 8 KiB per tile, and as many
-#: frames located as 64 did on the scale benchmark.
-DEFAULT_MAX_PER_TILE = 48
+#: Keypoints kept per tile (in its core cell, best score first) unless the ingest says otherwise.
+DEFAULT_MAX_PER_TILE = 64
 #: Fixed-point steps per pixel of the stored tile-local coordinates (uint16).
 XY_SCALE = 32
 #: Segments kept before neighbouring small ones are merged at a save.
