@@ -9,7 +9,8 @@ ratio in CPU seconds per tile of this process (robust to other load on the machi
 Postgres server's CPU is not counted) and the share of wall time per stage (read =
 tiler in the reader thread, encode, DB write = binary COPY, FAISS add, FAISS save, recovery and
 lock). Stages overlap (threads), so shares can sum to more than 1. JSON in
-``benchmarks/results/ingest.json``.
+``benchmarks/results/ingest.json``. ``--omega`` keeps the Ω FAISS index (a new store keeps none
+unless asked), ``--no-features`` skips the per-tile local features.
 
 ``--gsd-sweep`` (``run(sweep=True)``) also measures retrieval by Ω against the ingest GSD
 (0.28 / 0.5 / 0.75 m/px), the evidence behind the default ingest GSD: see :func:`gsd_sweep`.
@@ -134,6 +135,7 @@ def run(
     runtime: str = "auto",
     mosaic_only: bool = False,
     features: bool = True,
+    omega: bool = False,
 ) -> dict[str, Any]:
     """Measure ingest throughput (and, with ``sweep``, the GSD sweep); save and return them.
 
@@ -161,6 +163,7 @@ def run(
     out: dict[str, Any] = {"encoder": encoder, "batch_size": batch_size, "rasters": []}
     out["load_average_1min"] = {"start": round(os.getloadavg()[0], 2)}
     out["features"] = features
+    out["omega"] = omega
     try:
         settings = Settings(home=home, database_url=None)
         enc = load_encoder(encoder)
@@ -184,6 +187,7 @@ def run(
                 gsd=gsd,
                 stride=stride,
                 features=features,
+                omega=omega,
             )
             if res.status != "ingested":
                 raise RuntimeError(f"{path}: ingest {res.status}: {res.message}")
@@ -229,6 +233,7 @@ def run(
                     stride=stride,
                     force=True,
                     features=features,
+                    omega=omega,
                     cluster=cluster,
                     workers=workers,
                 )
@@ -269,6 +274,8 @@ def run(
         name = name.replace(".json", f"_{runtime}.json")
     if not features:
         name = name.replace(".json", "_nofeatures.json")
+    if omega:
+        name = name.replace(".json", "_omega.json")
     prev = RESULTS / name
     if not sweep and prev.is_file():
         with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -303,6 +310,9 @@ if __name__ == "__main__":
     ap.add_argument(
         "--no-features", action="store_true", help="ingest without the per-tile local features"
     )
+    ap.add_argument(
+        "--omega", action="store_true", help="keep the Ω FAISS index (a new store keeps none)"
+    )
     a = ap.parse_args()
     res = run(
         full=a.full,
@@ -314,5 +324,6 @@ if __name__ == "__main__":
         runtime=a.runtime,
         mosaic_only=a.mosaic,
         features=not a.no_features,
+        omega=a.omega,
     )
     print(json.dumps(res, indent=2))

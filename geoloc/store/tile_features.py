@@ -79,6 +79,8 @@ __all__ = [
 FEATURES_DIR = "features"
 FORMAT_VERSION = 1
 #: Keypoints kept per tile (in its core cell, best score first) unless the ingest says otherwise.
+#: 48 would keep a store without Ω within 8 KiB per tile, but then a view of an unseen place
+#: passed verification in the distractor test (tests/localize/test_scale_distractors.py).
 DEFAULT_MAX_PER_TILE = 64
 #: Fixed-point steps per pixel of the stored tile-local coordinates (uint16).
 XY_SCALE = 32
