@@ -630,6 +630,8 @@ EXACT_PHI_MAX = 2_048
 #: Nearest tiles by Hamming distance of Φ's sign bits that a global search re-ranks by the
 #: halfvec cosine: enough that the re-ranked top 50 keeps the recall of an exact search.
 PHI_BQ_CANDIDATES = 400
+# knn_phi_many spells the index expression out on the ``e`` alias (its SQL is constants only)
+assert PHI_BQ.replace("phi", "e.phi") == "(binary_quantize(e.phi)::bit(1024))"
 
 
 def knn_phi(
@@ -677,18 +679,22 @@ def knn_phi_many(
     from sqlalchemy import bindparam
     from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 
-    only = " AND e.tile_id = ANY(:ids)" if allowed_ids is not None else ""
-    # the inner ORDER BY repeats the index expression (PHI_BQ) so the HNSW index answers it;
-    # only constants of this module and schema.py are formatted in, every value is a parameter
-    stmt = _text(
-        "SELECT c.tile_id, c.phi <=> CAST(:q AS halfvec) AS d FROM ("  # noqa: S608
+    # the inner ORDER BY repeats the index expression (schema.PHI_BQ on ``e.phi``) so the HNSW
+    # index answers it; the SQL is string constants only, every value is a parameter
+    sql = (
+        "SELECT c.tile_id, c.phi <=> CAST(:q AS halfvec) AS d FROM ("
         " SELECT e.tile_id, e.phi FROM tile_embeddings e"
         " JOIN tiles t ON t.id = e.tile_id JOIN orthomosaics o ON o.id = t.orthomosaic_id"
-        f" WHERE e.encoder_id = :e AND o.status = 'complete'{only}"
-        f" ORDER BY {PHI_BQ.replace('phi', 'e.phi')}"
+        " WHERE e.encoder_id = :e AND o.status = 'complete'"
+    )
+    if allowed_ids is not None:
+        sql += " AND e.tile_id = ANY(:ids)"
+    sql += (
+        " ORDER BY (binary_quantize(e.phi)::bit(1024))"
         " <~> binary_quantize(CAST(:q AS halfvec)) LIMIT :n"
         ") c ORDER BY d, c.tile_id LIMIT :k"
-    ).bindparams(bindparam("q", type_=HALFVEC(PHI_DIM)))
+    )
+    stmt = _text(sql).bindparams(bindparam("q", type_=HALFVEC(PHI_DIM)))
     if allowed_ids is not None:
         stmt = stmt.bindparams(bindparam("ids", type_=ARRAY(BIGINT)))
     n = max(int(k), PHI_BQ_CANDIDATES)

@@ -42,7 +42,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 PHI_DIM = 1024
 
 #: The expression the Φ HNSW index is built on (sign bits); queries must repeat it exactly.
-PHI_BQ = f"(binary_quantize(phi)::bit({PHI_DIM}))"
+PHI_BQ = "(binary_quantize(phi)::bit(1024))"  # a literal: SQL is built from constants only
+assert PHI_BQ == f"(binary_quantize(phi)::bit({PHI_DIM}))"
 
 #: Ingest states of an orthomosaic; only ``complete`` ones are ever searched.
 STATUSES = ("ingesting", "complete", "failed")
@@ -150,7 +151,7 @@ class TileEmbedding(Base):
         # takes the nearest by Hamming distance and re-ranks them by the halfvec cosine
         Index(
             "ix_tile_embeddings_phi_bq",
-            text(PHI_BQ),
+            text("(binary_quantize(phi)::bit(1024))"),  # PHI_BQ, spelled out: SQL from constants
             postgresql_using="hnsw",
             postgresql_with={"m": 16, "ef_construction": 64},
             postgresql_ops={PHI_BQ: "bit_hamming_ops"},
