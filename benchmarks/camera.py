@@ -38,10 +38,12 @@ the camera from their EXIF, their ``gsd_m`` known, heading swept and known. Writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -525,79 +527,89 @@ def _nadir_twin(loc: Any, home: Path, i: int, cam: Any, twin: Any) -> dict[str, 
     return row
 
 
-def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
-    """Rendered oblique views through the whole locate chain; see the module docstring."""
+@contextlib.contextmanager
+def _localizer_on(raster: Path, prefix: str) -> Iterator[tuple[Any, Path]]:
+    """A warm Localizer over ``raster`` ingested into a throw-away embedded database, and the
+    temporary home it lives in (removed afterwards)."""
     import shutil
     import tempfile
 
     import torch
-    from PIL import Image
 
     from geoloc.config import Settings
     from geoloc.ingest import ingest
     from geoloc.localize import Localizer
     from geoloc.models import load_encoder
     from geoloc.store import embedded
-    from tiling.crs import geodesic_distance_m, to_lonlat
 
     torch.set_num_threads(2)
-    t0 = time.perf_counter()
-    home = Path(tempfile.mkdtemp(prefix="geoloc-bench-camera-", dir="/tmp"))
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     settings = Settings(home=home, database_url=None)
-    rows: dict[str, list[dict[str, Any]]] = {"heading_known": [], "heading_sweep": []}
-    nadir_rows: list[dict[str, Any]] = []
     try:
         enc = load_encoder("sgmnet")
         enc.optimize_for_inference()
-        ingest([SAMPLE], encoder=enc, settings=settings, progress=False)
-        views = _e2e_views(n, seed)
+        ingest([raster], encoder=enc, settings=settings, progress=False)
         with Localizer.open(settings, encoder=enc) as loc:
-            for i, (cam, view, twin) in enumerate(views):
-                frame = home / f"view_{i}.jpg"
-                Image.fromarray(view.rgb).save(frame, quality=92)
-                cam_file = home / "camera.json"
-                cam_file.write_text(
-                    json.dumps({"K": cam.K.tolist(), "width": cam.width, "height": cam.height})
-                )
-                p = view.pose
-                heading, pitch, roll = p.angles()
-                lon, lat = to_lonlat(p.crs, p.x, p.y)
-                glon, glat = to_lonlat(p.crs, *view.centre_ground())
-                # the second locate of a view reuses the map regions the first one read:
-                # alternate which mode goes first so neither gets the warm caches every time
-                modes = list(rows) if i % 2 == 0 else list(rows)[::-1]
-                for mode in modes:
-                    fix = loc.locate(
-                        frame,
-                        camera=cam_file,
-                        pitch=pitch,
-                        roll=roll,
-                        altitude_m=p.z,
-                        heading=heading if mode == "heading_known" else None,
-                    )
-                    c = fix.camera
-                    row: dict[str, Any] = {
-                        "status": fix.status,
-                        "tilt_deg": 90.0 + pitch,
-                        "total_ms": fix.timings_ms["total"],
-                        "solved": c is not None,
-                    }
-                    if fix.lat is not None and fix.lon is not None:
-                        row["ground_m"] = float(geodesic_distance_m(fix.lon, fix.lat, glon, glat))
-                    if c is not None:
-                        row["camera_m"] = float(geodesic_distance_m(c["lon"], c["lat"], lon, lat))
-                        row["altitude_pct"] = 100.0 * abs(c["alt_agl_m"] - p.z) / p.z
-                        row["heading_deg"] = _angle_err(c["heading_deg"], heading)
-                    else:
-                        row["reason"] = fix.camera_reason
-                    row.update(_unrefined(loc, p, (lon, lat), (glon, glat), heading))
-                    rows[mode].append(row)
-                    print(mode, i, row, flush=True)
-                nadir_rows.append(_nadir_twin(loc, home, i, cam, twin))
-                print("nadir_twin", i, nadir_rows[-1], flush=True)
+            yield loc, home
     finally:
         embedded.stop(settings)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def run_e2e(n: int = 10, seed: int = 0) -> dict[str, Any]:
+    """Rendered oblique views through the whole locate chain; see the module docstring."""
+    from PIL import Image
+
+    from tiling.crs import geodesic_distance_m, to_lonlat
+
+    t0 = time.perf_counter()
+    rows: dict[str, list[dict[str, Any]]] = {"heading_known": [], "heading_sweep": []}
+    nadir_rows: list[dict[str, Any]] = []
+    with _localizer_on(SAMPLE, "geoloc-bench-camera-") as (loc, home):
+        views = _e2e_views(n, seed)
+        for i, (cam, view, twin) in enumerate(views):
+            frame = home / f"view_{i}.jpg"
+            Image.fromarray(view.rgb).save(frame, quality=92)
+            cam_file = home / "camera.json"
+            cam_file.write_text(
+                json.dumps({"K": cam.K.tolist(), "width": cam.width, "height": cam.height})
+            )
+            p = view.pose
+            heading, pitch, roll = p.angles()
+            lon, lat = to_lonlat(p.crs, p.x, p.y)
+            glon, glat = to_lonlat(p.crs, *view.centre_ground())
+            # the second locate of a view reuses the map regions the first one read:
+            # alternate which mode goes first so neither gets the warm caches every time
+            modes = list(rows) if i % 2 == 0 else list(rows)[::-1]
+            for mode in modes:
+                fix = loc.locate(
+                    frame,
+                    camera=cam_file,
+                    pitch=pitch,
+                    roll=roll,
+                    altitude_m=p.z,
+                    heading=heading if mode == "heading_known" else None,
+                )
+                c = fix.camera
+                row: dict[str, Any] = {
+                    "status": fix.status,
+                    "tilt_deg": 90.0 + pitch,
+                    "total_ms": fix.timings_ms["total"],
+                    "solved": c is not None,
+                }
+                if fix.lat is not None and fix.lon is not None:
+                    row["ground_m"] = float(geodesic_distance_m(fix.lon, fix.lat, glon, glat))
+                if c is not None:
+                    row["camera_m"] = float(geodesic_distance_m(c["lon"], c["lat"], lon, lat))
+                    row["altitude_pct"] = 100.0 * abs(c["alt_agl_m"] - p.z) / p.z
+                    row["heading_deg"] = _angle_err(c["heading_deg"], heading)
+                else:
+                    row["reason"] = fix.camera_reason
+                row.update(_unrefined(loc, p, (lon, lat), (glon, glat), heading))
+                rows[mode].append(row)
+                print(mode, i, row, flush=True)
+            nadir_rows.append(_nadir_twin(loc, home, i, cam, twin))
+            print("nadir_twin", i, nadir_rows[-1], flush=True)
     out: dict[str, Any] = {"views": n, "raster": SAMPLE.name, "seed": seed}
     for mode, rs in rows.items():
         ok = [r for r in rs if r["status"] == "ok"]
@@ -656,81 +668,62 @@ def run_real_e2e() -> dict[str, Any] | None:
     ``benchmarks/results/camera_real_e2e.json``.
     """
     import csv
-    import shutil
-    import tempfile
 
     import piexif
-    import torch
 
-    from geoloc.config import Settings
-    from geoloc.ingest import ingest
-    from geoloc.localize import Localizer
-    from geoloc.models import load_encoder
-    from geoloc.store import embedded
     from tiling.crs import geodesic_distance_m
 
     if not (BRIGHTON / "gt.csv").exists():
         return None
     with (BRIGHTON / "gt.csv").open(newline="") as fh:
         truth = [r for r in csv.DictReader(fh) if r["inside_map"] == "true"]
-    torch.set_num_threads(2)
     t0 = time.perf_counter()
-    home = Path(tempfile.mkdtemp(prefix="geoloc-bench-camera-real-", dir="/tmp"))
-    settings = Settings(home=home, database_url=None)
     rows: dict[str, list[dict[str, Any]]] = {
         "heading_sweep": [],
         "heading_known": [],
         "no_camera": [],
     }
-    try:
-        enc = load_encoder("sgmnet")
-        enc.optimize_for_inference()
-        ingest(
-            [BRIGHTON / "map_pointcloud_10cm.tif"], encoder=enc, settings=settings, progress=False
-        )
-        with Localizer.open(settings, encoder=enc) as loc:
-            for i, row in enumerate(truth):
-                # today's chain: the same JPEG bytes without EXIF/XMP, so no camera model is found
-                bare = home / row["name"]
-                piexif.remove(str(BRIGHTON / row["name"]), str(bare))
-                _strip_xmp(bare)
-                modes = list(rows) if i % 2 == 0 else list(rows)[::-1]
-                for mode in modes:
-                    known = float(row["heading_deg"]) if mode == "heading_known" else None
-                    path = bare if mode == "no_camera" else BRIGHTON / row["name"]
-                    fix = loc.locate(path, gsd=float(row["gsd_m"]), heading=known, name=row["name"])
-                    out: dict[str, Any] = {
-                        "name": row["name"],
-                        "status": fix.status,
-                        "total_ms": fix.timings_ms["total"],
-                        "solved": fix.camera is not None,
-                    }
-                    if fix.lat is not None and fix.lon is not None:
-                        out["ground_vs_registration_m"] = float(
-                            geodesic_distance_m(
-                                fix.lon, fix.lat, float(row["reg_lon"]), float(row["reg_lat"])
-                            )
+    with _localizer_on(BRIGHTON / "map_pointcloud_10cm.tif", "geoloc-bench-camera-real-") as (
+        loc,
+        home,
+    ):
+        for i, row in enumerate(truth):
+            # today's chain: the same JPEG bytes without EXIF/XMP, so no camera model is found
+            bare = home / row["name"]
+            piexif.remove(str(BRIGHTON / row["name"]), str(bare))
+            _strip_xmp(bare)
+            modes = list(rows) if i % 2 == 0 else list(rows)[::-1]
+            for mode in modes:
+                known = float(row["heading_deg"]) if mode == "heading_known" else None
+                path = bare if mode == "no_camera" else BRIGHTON / row["name"]
+                fix = loc.locate(path, gsd=float(row["gsd_m"]), heading=known, name=row["name"])
+                out: dict[str, Any] = {
+                    "name": row["name"],
+                    "status": fix.status,
+                    "total_ms": fix.timings_ms["total"],
+                    "solved": fix.camera is not None,
+                }
+                if fix.lat is not None and fix.lon is not None:
+                    out["ground_vs_registration_m"] = float(
+                        geodesic_distance_m(
+                            fix.lon, fix.lat, float(row["reg_lon"]), float(row["reg_lat"])
                         )
-                    c = fix.camera
-                    if c is not None:
-                        out["camera_vs_gnss_m"] = float(
-                            geodesic_distance_m(
-                                c["lon"], c["lat"], float(row["lon"]), float(row["lat"])
-                            )
+                    )
+                c = fix.camera
+                if c is not None:
+                    out["camera_vs_gnss_m"] = float(
+                        geodesic_distance_m(
+                            c["lon"], c["lat"], float(row["lon"]), float(row["lat"])
                         )
-                        out["alt_agl_m"] = c["alt_agl_m"]
-                        out["relative_altitude_m"] = float(row["altitude_m"])
-                        out["heading_err_deg"] = _angle_err(
-                            c["heading_deg"], float(row["heading_deg"])
-                        )
-                        out["error_m_est"] = c.get("error_m_est")
-                    else:
-                        out["reason"] = fix.camera_reason
-                    rows[mode].append(out)
-                    print(mode, out, flush=True)
-    finally:
-        embedded.stop(settings)
-        shutil.rmtree(home, ignore_errors=True)
+                    )
+                    out["alt_agl_m"] = c["alt_agl_m"]
+                    out["relative_altitude_m"] = float(row["altitude_m"])
+                    out["heading_err_deg"] = _angle_err(c["heading_deg"], float(row["heading_deg"]))
+                    out["error_m_est"] = c.get("error_m_est")
+                else:
+                    out["reason"] = fix.camera_reason
+                rows[mode].append(out)
+                print(mode, out, flush=True)
     res: dict[str, Any] = {"photos": len(truth)}
     for mode, rs in rows.items():
         ok = [r for r in rs if r["status"] == "ok"]
