@@ -12,7 +12,9 @@ run and on one machine state:
    matmuls);
 3. whole-encoder images/s at batch 16 at each thread count for: eager, the shipped
    ``optimize_for_inference()`` (frozen trace), the folded model untraced, ``torch.compile`` of the
-   folded model, and ONNX Runtime when it is importable; each with its largest |Ω - Ω_eager|.
+   folded model, ONNX Runtime and OpenVINO when importable (the whole folded model, and the
+   shipped path: the backbone on that runtime, the head in torch); each with its largest
+   |Ω - Ω_eager|.
 
 Every timing is taken twice: wall clock, and process CPU time divided by the thread count. On a
 machine shared with other work the CPU-time figure is the one that approximates an idle run
@@ -237,12 +239,17 @@ def variants(
         except Exception as exc:  # noqa: BLE001 - a lever that does not run here is a result
             runners[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
     ort_model = _onnx_export(folded, xc)
-    hybrid = _hybrid(x.shape[-1])
+    hybrid = _hybrid("onnx")
+    hybrid_ov = _hybrid("openvino")
     rows: list[dict[str, Any]] = []
     for n in thread_counts:
         local = dict(runners)
         local["onnxruntime (CPU EP) of the folded model"] = _ort_runner(ort_model, xc, n)
+        local["openvino (CPU, latency hint, f32) of the folded model"] = _ov_runner(
+            ort_model, xc, n
+        )
         local["geoloc runtime onnx (backbone on ONNX Runtime, head torch)"] = hybrid(n, xc)
+        local["geoloc runtime openvino (backbone on OpenVINO, head torch)"] = hybrid_ov(n, xc)
         for name, fn in local.items():
             row: dict[str, Any] = {"variant": name, "threads": n, **extra.get(name, {})}
             if isinstance(fn, str):
@@ -263,13 +270,13 @@ def variants(
     return rows
 
 
-def _hybrid(size: int) -> Callable[[int, Any], Callable[[], Any] | str]:
-    """Per thread count, a call of the shipped encoder with ``use_runtime(enc, "onnx")``: the
+def _hybrid(runtime: str) -> Callable[[int, Any], Callable[[], Any] | str]:
+    """Per thread count, a call of the shipped encoder with ``use_runtime(enc, runtime)``: the
     path ``geoloc ingest`` takes (the session's threads are fixed when it is made)."""
-    from geoloc.models.runtime import onnx_available
+    from geoloc.models.runtime import onnx_available, openvino_available
 
-    if not onnx_available():
-        return lambda n, xc: "onnxruntime is not installed"
+    if not (openvino_available() if runtime == "openvino" else onnx_available()):
+        return lambda n, xc: f"{runtime} is not installed"
     import tempfile
 
     from geoloc.models import build_encoder
@@ -280,7 +287,7 @@ def _hybrid(size: int) -> Callable[[int, Any], Callable[[], Any] | str]:
     def make(n: int, xc: Any) -> Callable[[], Any] | str:
         with threads(n):
             enc = build_encoder(ENCODER).eval().optimize_for_inference()
-            if use_runtime(enc, "onnx", cache_dir=cache) != "onnx":
+            if use_runtime(enc, runtime, cache_dir=cache) != runtime:
                 return "the exported backbone did not match torch"
         return lambda: enc(xc)
 
@@ -329,6 +336,37 @@ def _ort_runner(model: bytes | str, xc: Any, n_threads: int) -> Callable[[], Any
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: np.ascontiguousarray(xc.numpy())}
     return lambda: sess.run(None, feed)[0]
+
+
+def _ov_runner(model: bytes | str, xc: Any, n_threads: int) -> Callable[[], Any] | str:
+    """A call of an OpenVINO CPU compiled model (as geoloc configures it) on ``xc``."""
+    if isinstance(model, str):
+        return model
+    try:
+        import openvino as ov
+    except ImportError:
+        return "openvino is not installed"
+    import tempfile
+
+    import numpy as np
+
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "encoder.onnx"
+        path.write_bytes(model)
+        graph = core.read_model(str(path))
+    compiled = core.compile_model(
+        graph,
+        "CPU",
+        {
+            "INFERENCE_NUM_THREADS": n_threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        },
+    )
+    request = compiled.create_infer_request()
+    arr = np.ascontiguousarray(xc.numpy())
+    return lambda: request.infer({0: arr})[0]
 
 
 def run(

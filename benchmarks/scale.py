@@ -243,10 +243,15 @@ def write_negative_raster(src: Path, native: float, index: int, out_dir: Path) -
 
 # --------------------------------------------------------------------------------- build
 def settings_for(label: str) -> Any:
-    """The Settings of the database ``label`` (a size, or "quick") under the cache."""
+    """The Settings of the database ``label`` (a size, or "quick") under the cache; the
+    feature and Ω knobs of the environment (``GEOLOC_FEATURES_MAX``, ``GEOLOC_FEATURES_BITS``,
+    ``GEOLOC_OMEGA``) apply to a new build."""
+    import dataclasses
+
     from geoloc.config import Settings
 
-    return Settings(home=cache_dir() / f"db-{label}", database_url=None)
+    env = Settings.from_env()
+    return dataclasses.replace(env, home=cache_dir() / f"db-{label}", database_url=None)
 
 
 def build(

@@ -42,6 +42,9 @@ class Settings:
     features: bool = True
     #: keypoints kept per tile; None: the feature store's default (``GEOLOC_FEATURES_MAX``)
     features_max: int | None = None
+    #: bits per stored descriptor value of a new feature store (4, 5, 6 or 8); None: the
+    #: feature store's default (``GEOLOC_FEATURES_BITS``)
+    features_bits: int | None = None
     #: ingest keeps the Ω FAISS index (``GEOLOC_OMEGA``); None: the store's setting (a new
     #: store: ``geoloc.store.tile_store.DEFAULT_OMEGA``)
     omega: bool | None = None
@@ -49,17 +52,20 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """Read ``GEOLOC_HOME``, ``GEOLOC_DATABASE_URL``, ``GEOLOC_FEATURES``,
-        ``GEOLOC_FEATURES_MAX`` and ``GEOLOC_OMEGA`` from the environment."""
+        ``GEOLOC_FEATURES_MAX``, ``GEOLOC_FEATURES_BITS`` and ``GEOLOC_OMEGA`` from the
+        environment."""
         home = os.environ.get("GEOLOC_HOME")
         url = os.environ.get("GEOLOC_DATABASE_URL") or None
         flag = os.environ.get("GEOLOC_FEATURES", "").strip().lower()
         fmax = os.environ.get("GEOLOC_FEATURES_MAX", "").strip()
+        fbits = os.environ.get("GEOLOC_FEATURES_BITS", "").strip()
         omega = os.environ.get("GEOLOC_OMEGA", "").strip().lower()
         return cls(
             home=Path(home).expanduser().resolve() if home else _default_home(),
             database_url=url,
             features=flag not in ("0", "off", "false", "no"),
             features_max=int(fmax) if fmax.isdigit() else None,
+            features_bits=int(fbits) if fbits.isdigit() else None,
             omega=True
             if omega in ("1", "on", "true", "yes")
             else False

@@ -366,11 +366,11 @@ def _distributed(
     checkpoint: str | Path | None,
 ) -> Iterator[Any]:
     from geoloc.ingest.distributed import DistributedEncoder, ray_cluster
-    from geoloc.models.runtime import default_cache_dir
+    from geoloc.models.runtime import default_cache_dir, runtime_of
 
     name = spec if isinstance(spec, str) else str(enc.name)
     # the actors run the backbone on the runtime the driver's encoder ended up on
-    runtime = "onnx" if "_onnx_backbone" in getattr(enc, "__dict__", {}) else "torch"
+    runtime = runtime_of(enc)
     with (
         ray_cluster(cluster, workers),
         DistributedEncoder(

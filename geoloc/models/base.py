@@ -333,8 +333,8 @@ class Encoder(nn.Module):
 
     def run_backbone(self, x: torch.Tensor) -> torch.Tensor:
         """``self.backbone(x)``, through the frozen trace once optimised for inference, or
-        through ONNX Runtime after :func:`geoloc.models.runtime.use_runtime`."""
-        session = self.__dict__.get("_onnx_backbone")
+        through OpenVINO / ONNX Runtime after :func:`geoloc.models.runtime.use_runtime`."""
+        session = self.__dict__.get("_runtime_backbone")
         if session is not None and not torch.is_grad_enabled():
             return session(x)
         traced = self.__dict__.get("_traced_backbone")

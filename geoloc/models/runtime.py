@@ -1,17 +1,20 @@
-"""Inference runtimes for an encoder's backbone: torch (always there) or ONNX Runtime (optional).
+"""Inference runtimes for an encoder's backbone: torch (always there), OpenVINO or ONNX Runtime
+(optional).
 
 :func:`use_runtime` swaps the backbone of an encoder already optimised for inference
-(:meth:`~geoloc.models.base.Encoder.optimize_for_inference`) for an ONNX Runtime session of the
-same folded backbone. The ONNX graph is exported by torch on first use, on this machine (nothing
-is downloaded), into a cache file named by the weights' SHA-256, the input size and the torch
-and onnxruntime versions, so later runs load it directly. The head stays in torch, and so do the
-weights hash and every output shape; outputs match the torch backbone within
-:data:`ONNX_TOLERANCE` (checked on a probe batch whenever a session is made; a mismatch
-keeps torch). The cache is :func:`default_cache_dir`.
+(:meth:`~geoloc.models.base.Encoder.optimize_for_inference`) for an OpenVINO compiled model or an
+ONNX Runtime session of the same folded backbone. Both read one ONNX graph, exported by torch on
+first use, on this machine (nothing is downloaded), into a cache file named by the weights'
+SHA-256, the input size and the torch and onnx versions, so later runs load it directly. The
+head stays in torch, and so do the weights hash and every output shape; outputs match the torch
+backbone within :data:`ONNX_TOLERANCE` (checked on a probe batch whenever a session is made; a
+mismatch keeps torch). The cache is :func:`default_cache_dir`.
 
-``runtime``: ``torch`` (the frozen trace), ``onnx`` (ONNX Runtime; an error when it is not
-installed), ``auto`` (ONNX Runtime when importable, else torch). ``GEOLOC_ENCODER_RUNTIME``
-sets the default of :func:`default_runtime`.
+``runtime``: ``torch`` (the frozen trace), ``openvino`` / ``onnx`` (an error when not installed),
+``auto`` (OpenVINO when importable, else ONNX Runtime, else torch: OpenVINO's CPU kernels run
+the depthwise convolutions of the default backbone faster, see ``benchmarks/encoder_profile.py``).
+``GEOLOC_ENCODER_RUNTIME`` sets the default of :func:`default_runtime`; :func:`runtime_of` says
+which one an encoder runs on.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,10 +34,13 @@ from geoloc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnx")
-#: Largest |Δ| allowed between the ONNX Runtime and the torch backbone on the export probe.
+RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnx", "openvino")
+#: Largest |Δ| allowed between an exported and the torch backbone on the export probe.
 ONNX_TOLERANCE = 1e-4
 _ENV = "GEOLOC_ENCODER_RUNTIME"
+#: Where an encoder keeps its exported backbone (a plain attribute: the state dict stays the same).
+_ATTR = "_runtime_backbone"
+_INSTALL = {"onnx": "geoloc[onnx]", "openvino": "geoloc[openvino]"}
 
 
 def onnx_available() -> bool:
@@ -44,6 +51,26 @@ def onnx_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def openvino_available() -> bool:
+    """True when ``openvino`` and ``onnx`` (which torch's exporter needs) can be imported."""
+    try:
+        import onnx  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _available(runtime: str) -> bool:
+    return openvino_available() if runtime == "openvino" else onnx_available()
+
+
+def runtime_of(encoder: Any) -> str:
+    """The runtime ``encoder``'s backbone runs on now: ``openvino``, ``onnx`` or ``torch``."""
+    session = getattr(encoder, "__dict__", {}).get(_ATTR)
+    return "torch" if session is None else str(session.runtime)
 
 
 def default_runtime() -> str:
@@ -77,6 +104,8 @@ class OnnxBackbone:
     budget); spinning is off so the session's idle threads leave the cores to the store's writer.
     """
 
+    runtime = "onnx"
+
     def __init__(self, model_path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
@@ -95,10 +124,46 @@ class OnnxBackbone:
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
-def _cache_path(encoder: Any, cache_dir: Path) -> Path:
-    import onnxruntime as ort
+class OpenVinoBackbone:
+    """The same callable on an OpenVINO CPU compiled model of the exported graph (fp32, the
+    latency hint, ``torch.get_num_threads()`` inference threads at construction).
 
-    tag = f"{torch.__version__.split('+')[0]}-ort{ort.__version__}"
+    One infer request, behind a lock: a request is not safe to share between threads.
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, model_path: Path, threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.path = model_path
+        config = {
+            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+            "PERFORMANCE_HINT": "LATENCY",
+            # never bf16/fp16 on CPUs that have them: outputs must match torch within 1e-4
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        self.compiled = ov.Core().compile_model(str(model_path), "CPU", config)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        with self._lock:
+            out = self._request.infer({0: arr})[0]
+            return torch.from_numpy(np.array(out, copy=True))
+
+
+_SESSIONS: dict[str, type[OnnxBackbone] | type[OpenVinoBackbone]] = {
+    "onnx": OnnxBackbone,
+    "openvino": OpenVinoBackbone,
+}
+
+
+def _cache_path(encoder: Any, cache_dir: Path) -> Path:
+    import onnx
+
+    tag = f"{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
     return cache_dir / f"{encoder.weights_sha256[:32]}-{int(encoder.input_size)}px-{tag}.onnx"
 
 
@@ -125,7 +190,7 @@ def _export(backbone: torch.nn.Module, size: int, path: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _max_diff(encoder: Any, session: OnnxBackbone) -> float:
+def _max_diff(encoder: Any, session: OnnxBackbone | OpenVinoBackbone) -> float:
     """Largest |features_onnx - features_torch| on a seeded probe batch."""
     size = int(encoder.input_size)
     gen = torch.Generator().manual_seed(0)
@@ -139,9 +204,9 @@ def use_runtime(encoder: Any, runtime: str = "auto", cache_dir: Path | None = No
     """Run ``encoder``'s backbone on ``runtime``; return the runtime now in use.
 
     Only an :class:`~geoloc.models.base.Encoder` already optimised for inference on the CPU
-    can switch to ONNX Runtime (another plugin, or a GPU encoder, keeps torch and ``torch``
-    is returned). ``onnx`` without onnxruntime installed raises ConfigError; ``auto`` then
-    keeps torch. Idempotent.
+    can switch (another plugin, or a GPU encoder, keeps torch and ``torch`` is returned).
+    ``openvino`` / ``onnx`` without that runtime installed raise ConfigError; ``auto`` takes the
+    first of OpenVINO, ONNX Runtime, torch that is installed and matches torch. Idempotent.
     """
     from geoloc.models.base import Encoder
 
@@ -149,44 +214,62 @@ def use_runtime(encoder: Any, runtime: str = "auto", cache_dir: Path | None = No
     if not isinstance(encoder, Encoder):
         return "torch"
     if runtime == "torch":
-        encoder.__dict__.pop("_onnx_backbone", None)
+        encoder.__dict__.pop(_ATTR, None)
         return "torch"
-    if not onnx_available():
-        if runtime == "onnx":
-            raise ConfigError(
-                "encoder runtime 'onnx' needs onnxruntime and onnx: pip install 'geoloc[onnx]'"
-            )
-        return "torch"
-    if "_onnx_backbone" in encoder.__dict__:
-        return "onnx"
+    current = runtime_of(encoder)
+    if current != "torch" and runtime in ("auto", current):
+        return current
+    if runtime != "auto" and not _available(runtime):
+        raise ConfigError(
+            f"encoder runtime {runtime!r} needs {runtime} and onnx: "
+            f"pip install '{_INSTALL[runtime]}'"
+        )
     if not encoder.optimized or encoder.device.type != "cpu":
         return "torch"
-    path = _cache_path(encoder, cache_dir or default_cache_dir())
+    wanted = [runtime] if runtime != "auto" else [r for r in ("openvino", "onnx") if _available(r)]
+    for name in wanted:
+        session = _session(
+            encoder, name, cache_dir or default_cache_dir(), strict=runtime != "auto"
+        )
+        if session is None:
+            continue
+        object.__setattr__(encoder, _ATTR, session)
+        return name
+    encoder.__dict__.pop(_ATTR, None)
+    return "torch"
+
+
+def _session(
+    encoder: Any, runtime: str, cache_dir: Path, *, strict: bool
+) -> OnnxBackbone | OpenVinoBackbone | None:
+    """A checked ``runtime`` session of the encoder's exported backbone, or None (with a
+    warning) when the export fails or the outputs differ from torch; ``strict`` raises
+    ConfigError on a failed export instead."""
+    path = _cache_path(encoder, cache_dir)
+    make = _SESSIONS[runtime]
     fresh = not path.is_file()
     if fresh:
         try:
             _export(encoder.backbone, int(encoder.input_size), path)
         except Exception as exc:  # noqa: BLE001 - an exporter gap: auto keeps torch
-            if runtime == "onnx":
+            if strict:
                 raise ConfigError(f"{path}: cannot export the backbone to ONNX: {exc}") from exc
             log.warning("%s: ONNX export failed (%s); keeping torch", path, exc)
-            return "torch"
+            return None
     try:
-        session = OnnxBackbone(path)
+        session = make(path)
     except Exception as exc:  # noqa: BLE001 - a corrupt cache file: export again once
         if fresh:
             raise
         log.warning("%s: unreadable ONNX cache (%s), exporting again", path, exc)
         _export(encoder.backbone, int(encoder.input_size), path)
-        session = OnnxBackbone(path)
+        session = make(path)
     diff = _max_diff(encoder, session)
     if not diff <= ONNX_TOLERANCE:
-        log.warning("%s: ONNX backbone differs from torch by %.2e; keeping torch", path, diff)
-        return "torch"
-    # a plain attribute, not a registered submodule: the state dict stays the same
-    object.__setattr__(encoder, "_onnx_backbone", session)
-    log.info("encoder backbone on ONNX Runtime (%s, max |Δ| %.1e)", path.name, diff)
-    return "onnx"
+        log.warning("%s: %s backbone differs from torch by %.2e", path, runtime, diff)
+        return None
+    log.info("encoder backbone on %s (%s, max |Δ| %.1e)", runtime, path.name, diff)
+    return session
 
 
 def load_for_inference(

@@ -7,7 +7,9 @@ Stored beside the Ω index of the encoder, in ``<index dir>/features/``::
     tiles.<gen>.<j>.npy      per tile of segment j: id, first point row, point count, the tile's
                              origin in its orthomosaic grid (x0, y0) and the CRC-32 of its points
     points.<gen>.<j>.npy     per keypoint: x, y (tile-local, fixed point 1/32 px, uint16), score
-                             (float16) and the descriptor (int8 x dim)
+                             (float16) and the descriptor: ``desc_bits`` per value, packed
+                             (format 2; 6 bits for a new store), or int8 x dim (8 bits, and
+                             every format-1 store)
 
 Segments are append-only like the refine codes of the Ω index (:mod:`geoloc.store.refine`): a
 save writes only the segments added or changed since the last one, then replaces ``meta.json``
@@ -63,6 +65,7 @@ from geoloc.store.omega_format import (
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_DESC_BITS",
     "DEFAULT_MAX_PER_TILE",
     "FEATURES_DIR",
     "XFEAT_SPEC",
@@ -77,7 +80,12 @@ __all__ = [
 
 #: Folder of the feature store inside the encoder's Ω index folder.
 FEATURES_DIR = "features"
-FORMAT_VERSION = 1
+#: 2: descriptors packed at ``desc_bits`` per value (format 1 is int8, read as 8 bits).
+FORMAT_VERSION = 2
+#: Bits per descriptor value of a new store. Each row is scaled by its largest value, so the
+#: quantisation error is relative to the row; decoded rows are re-normalised.
+DEFAULT_DESC_BITS = 6
+DESC_BITS_CHOICES = (4, 5, 6, 8)
 #: Keypoints kept per tile (in its core cell, best score first) unless the ingest says otherwise.
 #: 48 would keep a store without Ω within 8 KiB per tile, but then a view of an unseen place
 #: passed verification in the distractor test (tests/localize/test_scale_distractors.py).
@@ -100,9 +108,15 @@ TILE_DTYPE = np.dtype(
 )
 
 
-def point_dtype(dim: int) -> np.dtype[Any]:
-    """The stored record of one keypoint with a ``dim``-long descriptor."""
-    return np.dtype([("x", "<u2"), ("y", "<u2"), ("score", "<f2"), ("desc", "i1", (int(dim),))])
+def point_dtype(dim: int, bits: int = 8) -> np.dtype[Any]:
+    """The stored record of one keypoint with a ``dim``-long descriptor of ``bits`` per value
+    (8: int8 values; fewer: unsigned values packed little-endian into bytes)."""
+    if bits not in DESC_BITS_CHOICES:
+        raise ValueError(f"descriptor bits must be one of {DESC_BITS_CHOICES}, not {bits}")
+    desc: tuple[str, str, tuple[int]] = (
+        ("desc", "i1", (int(dim),)) if bits == 8 else ("desc", "u1", (-(-int(dim) * bits // 8),))
+    )
+    return np.dtype([("x", "<u2"), ("y", "<u2"), ("score", "<f2"), desc])
 
 
 @dataclass(frozen=True)
@@ -212,10 +226,33 @@ def grid_to_lonlat(candidate: Any, xy: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ codec
+def _pack_desc(q: np.ndarray, bits: int) -> np.ndarray:
+    """Rows of signed values in ``[-L, L]`` (``L = 2**(bits-1) - 1``) as packed bytes."""
+    n, dim = q.shape
+    u = (q.astype(np.int16) + (2 ** (bits - 1) - 1)).astype(np.uint8)
+    planes = (u[:, :, None] >> np.arange(bits, dtype=np.uint8)) & 1
+    return np.packbits(planes.reshape(n, dim * bits), axis=1, bitorder="little")
+
+
+def _unpack_desc(packed: np.ndarray, dim: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`_pack_desc`, as float32."""
+    n = packed.shape[0]
+    planes = np.unpackbits(packed, axis=1, count=dim * bits, bitorder="little")
+    weights = (1 << np.arange(bits)).astype(np.float32)
+    u = planes.reshape(n, dim, bits).astype(np.float32) @ weights
+    return u - float(2 ** (bits - 1) - 1)
+
+
 def encode_points(
-    xy_tile: np.ndarray, desc: np.ndarray, score: np.ndarray, dim: int, tile_size: int
+    xy_tile: np.ndarray,
+    desc: np.ndarray,
+    score: np.ndarray,
+    dim: int,
+    tile_size: int,
+    bits: int = 8,
 ) -> np.ndarray:
-    """Stored records of one tile's keypoints (tile-local ``xy_tile``, pixel-centre convention)."""
+    """Stored records of one tile's keypoints (tile-local ``xy_tile``, pixel-centre convention),
+    descriptors at ``bits`` per value."""
     xy = np.asarray(xy_tile, dtype=np.float64).reshape(-1, 2)
     n = xy.shape[0]
     d = np.asarray(desc, dtype=np.float32).reshape(n, -1) if n else np.zeros((0, dim), np.float32)
@@ -223,7 +260,7 @@ def encode_points(
         raise ValueError(f"descriptors of {d.shape[1]} values, the feature spec says {dim}")
     if (int(tile_size) + 1) * XY_SCALE > 65535:
         raise ValueError(f"tiles of {tile_size} px do not fit the uint16 keypoint coordinates")
-    out = np.zeros(n, dtype=point_dtype(dim))
+    out = np.zeros(n, dtype=point_dtype(dim, bits))
     # +0.5: a keypoint on the centre of the top-left pixel is 0.5 px from the tile's corner
     q = np.rint((xy + 0.5) * XY_SCALE)
     out["x"] = np.clip(q[:, 0], 0, 65535).astype(np.uint16)
@@ -231,16 +268,22 @@ def encode_points(
     out["score"] = np.asarray(score, dtype=np.float32).reshape(n).astype(np.float16)
     # only the direction matters (decoded rows are re-normalised): each row uses the full range
     peak = np.maximum(np.abs(d).max(axis=1, keepdims=True), 1e-12) if n else 1.0
-    out["desc"] = np.clip(np.rint(d / peak * 127.0), -127, 127).astype(np.int8)
+    top = 2 ** (bits - 1) - 1
+    q = np.clip(np.rint(d / peak * top), -top, top)
+    out["desc"] = q.astype(np.int8) if bits == 8 else _pack_desc(q, bits)
     return out
 
 
-def decode_points(recs: np.ndarray, x0: int, y0: int) -> TileKeypoints:
-    """The :class:`TileKeypoints` of one tile's stored records (grid origin ``x0``, ``y0``)."""
+def decode_points(recs: np.ndarray, x0: int, y0: int, dim: int = 0, bits: int = 8) -> TileKeypoints:
+    """The :class:`TileKeypoints` of one tile's stored records (grid origin ``x0``, ``y0``;
+    ``dim`` values of ``bits`` each per descriptor, ``dim`` needed below 8 bits)."""
     xy = np.empty((recs.shape[0], 2), dtype=np.float32)
     xy[:, 0] = recs["x"].astype(np.float32) / XY_SCALE - 0.5 + float(x0)
     xy[:, 1] = recs["y"].astype(np.float32) / XY_SCALE - 0.5 + float(y0)
-    desc = recs["desc"].astype(np.float32)
+    if bits == 8:
+        desc = recs["desc"].astype(np.float32)
+    else:
+        desc = _unpack_desc(np.ascontiguousarray(recs["desc"]), dim, bits)
     desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
     return TileKeypoints(xy, desc, recs["score"].astype(np.float32))
 
@@ -284,9 +327,14 @@ class FeatureStore:
     in-memory state; :meth:`save` persists it atomically. Reads go through :meth:`get`.
     """
 
-    def __init__(self, directory: Path, spec: FeatureSpec | None) -> None:
+    def __init__(
+        self, directory: Path, spec: FeatureSpec | None, desc_bits: int = DEFAULT_DESC_BITS
+    ) -> None:
         self.directory = Path(directory)
         self.spec = spec
+        #: bits per descriptor value of this store's records (kept by every later add)
+        self.desc_bits = int(desc_bits)
+        point_dtype(1, self.desc_bits)  # validates the choice
         self._segs: list[_Segment] = []
         self._gen = 0
         self._disk_stamp: tuple[int, int] | None = None
@@ -327,15 +375,17 @@ class FeatureStore:
             spec = FeatureSpec.from_dict(meta["spec"])
             entries = list(meta["segments"])
             gen = int(meta["generation"])
+            bits = int(meta.get("desc_bits", 8))  # format 1: int8
+            point_dtype(spec.dim, bits)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexError_(
                 f"unreadable feature store metadata ({exc}): {REBUILD_FEATURES_HINT}",
                 path=str(meta_path),
             ) from exc
-        self = cls(directory, spec)
+        self = cls(directory, spec, bits)
         self._gen = gen
         self._disk_stamp = stamp
-        pdt = point_dtype(spec.dim)
+        pdt = point_dtype(spec.dim, bits)
         for entry in entries:
             seg, problem = self._load_segment(entry, pdt, mmap=mmap)
             if problem is not None:
@@ -430,13 +480,18 @@ class FeatureStore:
                         REBUILD_FEATURES_HINT,
                     )
                 continue
-            out[int(tid)] = decode_points(recs, int(t["x0"]), int(t["y0"]))
+            out[int(tid)] = decode_points(
+                recs, int(t["x0"]), int(t["y0"]), self.spec.dim if self.spec else 0, self.desc_bits
+            )
         return out
 
     # -------------------------------------------------------------------------- writing
-    def reset(self, spec: FeatureSpec) -> None:
-        """Drop every tile (in memory; :meth:`save` makes it so on disk) and use ``spec``."""
+    def reset(self, spec: FeatureSpec, desc_bits: int = DEFAULT_DESC_BITS) -> None:
+        """Drop every tile (in memory; :meth:`save` makes it so on disk) and use ``spec``, with
+        descriptors of ``desc_bits`` per value from now on."""
+        point_dtype(spec.dim, int(desc_bits))
         self.spec = spec
+        self.desc_bits = int(desc_bits)
         self._segs = []
         self._where = None
         self.dirty = True
@@ -467,7 +522,9 @@ class FeatureStore:
                 path=str(self.directory),
             )
         spec = self.spec
-        recs = [encode_points(xy, d, s, spec.dim, tile_size) for xy, d, s in features]
+        recs = [
+            encode_points(xy, d, s, spec.dim, tile_size, self.desc_bits) for xy, d, s in features
+        ]
         recs = [
             r[np.argsort(-r["score"].astype(np.float32), kind="stable")][: spec.max_per_tile]
             for r in recs
@@ -482,7 +539,9 @@ class FeatureStore:
         org = np.asarray(origins)
         tiles["x0"], tiles["y0"] = org[:, 0], org[:, 1]
         tiles["crc"] = [_crc(r) for r in recs]
-        points = np.concatenate(recs) if recs else np.zeros(0, point_dtype(spec.dim))
+        points = (
+            np.concatenate(recs) if recs else np.zeros(0, point_dtype(spec.dim, self.desc_bits))
+        )
         if tail is None:
             self._segs.append(_Segment(tiles, points))
             j = len(self._segs) - 1
@@ -568,6 +627,7 @@ class FeatureStore:
             meta = {
                 "format": FORMAT_VERSION,
                 "spec": self.spec.as_dict(),
+                "desc_bits": self.desc_bits,
                 "generation": gen,
                 "count": len(self),
                 "points": self.point_count,
@@ -626,6 +686,7 @@ class FeatureStore:
         return {
             "directory": str(self.directory),
             "spec": None if self.spec is None else self.spec.as_dict(),
+            "desc_bits": self.desc_bits,
             "tiles": n,
             "points": self.point_count,
             "segments": len(self._segs),

@@ -54,7 +54,12 @@ from geoloc.errors import (
 )
 from geoloc.store import repository as repo
 from geoloc.store.records import Candidate, RasterRecord, TileRecord, TileRef
-from geoloc.store.tile_features import FeatureSpec, FeatureStore, TileKeypoints
+from geoloc.store.tile_features import (
+    DEFAULT_DESC_BITS,
+    FeatureSpec,
+    FeatureStore,
+    TileKeypoints,
+)
 
 if TYPE_CHECKING:
     from geoloc.store.database import Database
@@ -671,7 +676,7 @@ class TileStore:
         """
         feats = self._feature_store()
         if feats.spec is None or (len(feats) == 0 and not feats.problems):
-            feats.reset(spec)
+            feats.reset(spec, self._desc_bits())
             return spec
         if not feats.spec.compatible(spec):
             raise IndexError_(
@@ -806,9 +811,15 @@ class TileStore:
         if keep and feats.spec == spec:
             _reconcile_features(self._db, self.encoder_id, feats, save=False)
         else:
-            feats.reset(spec)
+            feats.reset(spec, self._desc_bits())
         self._features = feats
         return spec
+
+    def _desc_bits(self) -> int:
+        """Bits per descriptor value for features written from scratch (settings, or the
+        feature store's default)."""
+        bits = self._settings.features_bits
+        return DEFAULT_DESC_BITS if bits is None else int(bits)
 
     def feature_ids(self) -> np.ndarray:
         """Sorted ids of the tiles with intact stored features."""

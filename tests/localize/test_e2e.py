@@ -250,14 +250,19 @@ def test_open_by_name_encodes_on_the_ingest_runtime(
     """A Localizer opened by encoder name runs the backbone where ingest does: ONNX Runtime when
     installed, torch when GEOLOC_ENCODER_RUNTIME says so; the frame is located either way."""
     from geoloc.localize import Localizer
-    from geoloc.models.runtime import onnx_available
+    from geoloc.models.runtime import onnx_available, openvino_available, runtime_of
 
     monkeypatch.setenv("GEOLOC_ENCODER_RUNTIME", runtime)
     cx, cy = 1000.0, 600.0
     with Localizer.open(ingested, encoder="sgmnet") as lz:
-        on_onnx = "_onnx_backbone" in lz.encoder.__dict__
+        used = runtime_of(lz.encoder)
         fix = lz.locate(view(sample_rgb(), cx, cy, 400, heading_deg=20.0), gsd=0.28)
-    assert on_onnx == (runtime == "auto" and onnx_available())
+    if runtime == "torch":
+        assert used == "torch"
+    else:
+        assert used == (
+            "openvino" if openvino_available() else "onnx" if onnx_available() else "torch"
+        )
     assert fix.status == "ok"
     assert _dist(fix, *truth_lonlat(cx, cy)) < 5.0
 

@@ -1,4 +1,5 @@
-"""ONNX Runtime backbone: exported once to a cache keyed by the weights, outputs within 1e-4."""
+"""OpenVINO / ONNX Runtime backbones: exported once to a cache keyed by the weights, outputs within
+1e-4 of torch."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from geoloc.models.runtime import (
     default_cache_dir,
     default_runtime,
     load_for_inference,
+    openvino_available,
+    runtime_of,
     use_runtime,
 )
 
@@ -44,12 +47,39 @@ def test_onnx_backbone_matches_torch_and_is_cached(
     # a second encoder loads the cached file instead of exporting again
     stamp = cached.stat().st_mtime_ns
     other = build_encoder("sgmnet").optimize_for_inference()
-    assert use_runtime(other, "auto", cache_dir=tmp_path) == "onnx"
+    assert use_runtime(other, "onnx", cache_dir=tmp_path) == "onnx"
     assert cached.stat().st_mtime_ns == stamp
     _assert_matches(other, sgmnet, tiles[:2])
     # back to torch
     assert use_runtime(other, "torch") == "torch"
-    assert other.__dict__.get("_onnx_backbone") is None
+    assert runtime_of(other) == "torch"
+
+
+@pytest.mark.skipif(not openvino_available(), reason="openvino is not installed (geoloc[openvino])")
+def test_openvino_backbone_matches_torch_and_auto_prefers_it(
+    sgmnet: Encoder, tiles: np.ndarray, tmp_path: Path
+) -> None:
+    fast = build_encoder("sgmnet").optimize_for_inference()
+    assert use_runtime(fast, "auto", cache_dir=tmp_path) == "openvino" == runtime_of(fast)
+    (cached,) = list(tmp_path.glob("*.onnx"))  # the one exported graph both runtimes read
+    _assert_matches(fast, sgmnet, tiles[:1])
+    _assert_matches(fast, sgmnet, np.concatenate([tiles, tiles[:1]]))  # dynamic batch axis
+    # idempotent for auto, an explicit runtime switches, both from the same cache file
+    assert use_runtime(fast, "auto", cache_dir=tmp_path) == "openvino"
+    assert use_runtime(fast, "onnx", cache_dir=tmp_path) == "onnx" == runtime_of(fast)
+    assert use_runtime(fast, "openvino", cache_dir=tmp_path) == "openvino"
+    assert list(tmp_path.glob("*.onnx")) == [cached]
+    _assert_matches(fast, sgmnet, tiles[:3])
+
+
+def test_missing_runtime_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import geoloc.models.runtime as rt
+
+    monkeypatch.setattr(rt, "openvino_available", lambda: False)
+    fast = build_encoder("sgmnet").optimize_for_inference()
+    with pytest.raises(ConfigError, match=r"pip install 'geoloc\[openvino\]'"):
+        use_runtime(fast, "openvino", cache_dir=tmp_path)
+    assert use_runtime(fast, "auto", cache_dir=tmp_path) == "onnx"  # the next one installed
 
 
 def test_corrupt_cache_is_exported_again(tmp_path: Path, tiles: np.ndarray) -> None:
@@ -80,7 +110,8 @@ def test_gradients_bypass_onnx(tmp_path: Path, tiles: np.ndarray) -> None:
 
 def test_runtime_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert check_runtime(" ONNX ") == "onnx"
-    with pytest.raises(ConfigError, match="valid: auto, torch, onnx"):
+    assert check_runtime("OpenVINO") == "openvino"
+    with pytest.raises(ConfigError, match="valid: auto, torch, onnx, openvino"):
         check_runtime("tensorrt")
     monkeypatch.setenv("GEOLOC_ENCODER_RUNTIME", "torch")
     assert default_runtime() == "torch"
@@ -102,10 +133,10 @@ def test_load_for_inference_follows_the_ingest_runtime(
     monkeypatch.setenv("GEOLOC_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("GEOLOC_ENCODER_RUNTIME", "onnx")
     fast = load_for_inference("sgmnet")  # the environment's runtime, as ingest and rebuild use
-    assert fast.optimized and "_onnx_backbone" in fast.__dict__
+    assert fast.optimized and runtime_of(fast) == "onnx"
     _assert_matches(fast, load_encoder("sgmnet"), tiles[:2])  # the shipped weights
     plain = load_for_inference("sgmnet", runtime="torch")  # an explicit runtime wins
-    assert plain.optimized and "_onnx_backbone" not in plain.__dict__
+    assert plain.optimized and runtime_of(plain) == "torch"
     monkeypatch.setenv("GEOLOC_ENCODER_RUNTIME", "tensorrt")
     with pytest.raises(ConfigError, match="encoder runtime 'tensorrt'"):
         load_for_inference("sgmnet")

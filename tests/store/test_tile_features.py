@@ -14,6 +14,7 @@ from geoloc.store import TileStore
 from geoloc.store.database import Database
 from geoloc.store.records import RasterRecord
 from geoloc.store.tile_features import (
+    DEFAULT_DESC_BITS,
     MAX_SEGMENTS,
     XFEAT_SPEC,
     FeatureSpec,
@@ -108,6 +109,62 @@ def test_codec_round_trip_within_int8_tolerance() -> None:
     np.testing.assert_allclose(np.linalg.norm(kp.desc, axis=1), 1.0, atol=1e-5)
     assert float((kp.desc * desc).sum(axis=1).min()) > 0.995
     np.testing.assert_allclose(kp.score, score, rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(("bits", "min_cos"), [(4, 0.98), (5, 0.995), (6, 0.998)])
+def test_packed_descriptors_round_trip(bits: int, min_cos: float) -> None:
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 223, (300, 2)).astype(np.float32)
+    desc = unit(rng, 300, 64)
+    recs = encode_points(xy, desc, np.zeros(300, np.float32), 64, 224, bits)
+    assert recs.itemsize == 6 + 64 * bits // 8  # the descriptor packed at `bits` per value
+    kp = decode_points(recs, 0, 0, 64, bits)
+    cos = (kp.desc * desc).sum(axis=1)
+    assert float(cos.min()) > min_cos
+    # the packing itself is exact: decoding gives back the quantised integers
+    top = 2 ** (bits - 1) - 1
+    q = np.rint(desc / np.abs(desc).max(axis=1, keepdims=True) * top)
+    exact = q / np.linalg.norm(q, axis=1, keepdims=True)
+    np.testing.assert_allclose(kp.desc, exact, atol=1e-6)
+    with pytest.raises(ValueError, match="descriptor bits"):
+        encode_points(xy, desc, np.zeros(300, np.float32), 64, 224, 7)
+
+
+def test_new_store_packs_and_old_int8_store_still_reads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    feats = _feats(rng, 3, 20)
+    new = FeatureStore.open(tmp_path / "new")
+    new.reset(XFEAT_SPEC)
+    new.add([1, 2, 3], np.zeros((3, 2), np.int64), 224, feats)
+    new.save()
+    meta = json.loads((tmp_path / "new" / "meta.json").read_text())
+    assert meta["desc_bits"] == DEFAULT_DESC_BITS and meta["format"] == 2
+    # a format-1 store (int8 descriptors, no desc_bits in its metadata) reads as before, and
+    # later adds keep its layout
+    old = FeatureStore(tmp_path / "old", None, desc_bits=8)
+    old.reset(XFEAT_SPEC, desc_bits=8)
+    old.add([1, 2], np.zeros((2, 2), np.int64), 224, feats[:2])
+    old.save()
+    mp = tmp_path / "old" / "meta.json"
+    meta = json.loads(mp.read_text())
+    del meta["desc_bits"]
+    meta["format"] = 1
+    mp.write_text(json.dumps(meta))
+    again = FeatureStore.open(tmp_path / "old")
+    assert again.desc_bits == 8 and sorted(again.get([1, 2])) == [1, 2]
+    again.add([3], np.zeros((1, 2), np.int64), 224, feats[2:])
+    again.save()
+    third = FeatureStore.open(tmp_path / "old")
+    assert third.desc_bits == 8 and third.check() == []
+    a, b = third.get([1, 2, 3]), FeatureStore.open(tmp_path / "new").get([1, 2, 3])
+    for tid in (1, 2, 3):
+        np.testing.assert_array_equal(a[tid].xy, b[tid].xy)
+        assert float((a[tid].desc * b[tid].desc).sum(axis=1).min()) > 0.998
+    # a packed store is smaller for the same keypoints
+    assert (tmp_path / "new" / "meta.json").is_file()
+    new_pts = sum(p.stat().st_size for p in (tmp_path / "new").glob("points.*"))
+    old_pts = sum(p.stat().st_size for p in (tmp_path / "old").glob("points.*"))
+    assert new_pts < old_pts
 
 
 def test_core_cells_partition_the_grid() -> None:
