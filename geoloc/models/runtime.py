@@ -24,6 +24,7 @@ import os
 import tempfile
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +120,13 @@ class OnnxBackbone:
         )
         self._input = self.session.get_inputs()[0].name
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every output of the graph for input ``x``."""
         feed = {self._input: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        return [torch.from_numpy(o) for o in self.session.run(None, feed)]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outputs(x)[0]
 
 
 class OpenVinoBackbone:
@@ -147,47 +152,36 @@ class OpenVinoBackbone:
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every output of the graph for input ``x`` (copies: the request reuses its buffers)."""
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         with self._lock:
-            out = self._request.infer({0: arr})[0]
-            return torch.from_numpy(np.array(out, copy=True))
+            res = self._request.infer({0: arr})
+            return [torch.from_numpy(np.array(res[i], copy=True)) for i in range(len(res))]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outputs(x)[0]
 
 
-_SESSIONS: dict[str, type[OnnxBackbone] | type[OpenVinoBackbone]] = {
+Session = OnnxBackbone | OpenVinoBackbone
+
+
+_SESSIONS: dict[str, type[Session]] = {
     "onnx": OnnxBackbone,
     "openvino": OpenVinoBackbone,
 }
 
 
 def _cache_path(encoder: Any, cache_dir: Path) -> Path:
-    import onnx
-
-    tag = f"{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
+    tag = graph_tag()
     return cache_dir / f"{encoder.weights_sha256[:32]}-{int(encoder.input_size)}px-{tag}.onnx"
 
 
 def _export(backbone: torch.nn.Module, size: int, path: Path) -> None:
     """Export the (folded, eval) backbone with a dynamic batch axis to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings: the input size is fixed by design
-            torch.onnx.export(
-                backbone,
-                (example,),
-                tmp,
-                input_names=["images"],
-                output_names=["features"],
-                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                dynamo=False,
-            )
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    axes = {"images": {0: "batch"}, "features": {0: "batch"}}
+    _export_graph(backbone, example, path, ["images", "features"], axes)
 
 
 def _max_diff(encoder: Any, session: OnnxBackbone | OpenVinoBackbone) -> float:
@@ -270,6 +264,116 @@ def _session(
         return None
     log.info("encoder backbone on %s (%s, max |Δ| %.1e)", runtime, path.name, diff)
     return session
+
+
+def export_net(
+    net: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    *,
+    outputs: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    runtime: str | None = None,
+) -> Session | None:
+    """``net`` (eval, inference only) as a checked OpenVINO / ONNX Runtime session of its ONNX
+    export at ``path`` (exported there, atomically, when missing; exported again when the file
+    cannot be read), or None when ``runtime`` (None: :func:`default_runtime`) is ``torch``, no
+    runtime is installed, the export fails, or an output differs from ``net``'s on ``example``
+    by more than :data:`ONNX_TOLERANCE` (then the caller keeps torch). The input is named
+    ``input``; ``outputs`` names the outputs, ``dynamic_axes`` their variable axes."""
+    runtime = default_runtime() if runtime is None else check_runtime(runtime)
+    if runtime == "torch":
+        return None
+    names = [runtime] if runtime != "auto" else ["openvino", "onnx"]
+    names = [r for r in names if _available(r)]
+    if not names:
+        if runtime != "auto":
+            raise ConfigError(
+                f"runtime {runtime!r} needs {runtime} and onnx: pip install '{_INSTALL[runtime]}'"
+            )
+        return None
+
+    def export() -> None:
+        _export_graph(net, example, path, ["input", *outputs], dynamic_axes)
+
+    fresh = not path.is_file()
+    try:
+        if fresh:
+            export()
+    except Exception as exc:  # noqa: BLE001 - an exporter gap: keep torch
+        log.warning("%s: ONNX export failed (%s); keeping torch", path, exc)
+        return None
+    with torch.inference_mode():
+        ref = net(example)
+    ref_list = list(ref) if isinstance(ref, tuple | list) else [ref]
+    for name in names:
+        try:
+            session = _SESSIONS[name](path)
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache file: export again once
+            if fresh:
+                raise
+            log.warning("%s: unreadable ONNX cache (%s), exporting again", path, exc)
+            export()
+            fresh = True
+            session = _SESSIONS[name](path)
+        got = session.outputs(example)
+        diff = max(float((g - r).abs().max()) for g, r in zip(got, ref_list, strict=True))
+        if diff <= ONNX_TOLERANCE:
+            log.info("%s on %s (max |Δ| %.1e)", path.name, name, diff)
+            return session
+        log.warning("%s: %s differs from torch by %.2e", path, name, diff)
+    return None
+
+
+class ExportedNet(torch.nn.Module):
+    """A module whose forward runs an exported :data:`Session` (its outputs as a tuple), and the
+    torch module it was exported from where gradients are on (a session has none)."""
+
+    def __init__(self, session: Session, torch_net: torch.nn.Module) -> None:
+        super().__init__()
+        self.session = session
+        self.runtime = str(session.runtime)
+        self.torch_net = torch_net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The session's outputs for ``x`` (the torch module's when gradients are on)."""
+        if torch.is_grad_enabled():
+            return tuple(self.torch_net(x))
+        return tuple(self.session.outputs(x))
+
+
+def _export_graph(
+    net: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings: shapes come from the input
+            torch.onnx.export(
+                net,
+                (example,),
+                tmp,
+                input_names=names[:1],
+                output_names=names[1:],
+                dynamic_axes=dynamic_axes,
+                dynamo=False,
+            )
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def graph_tag() -> str:
+    """The torch / onnx versions an exported graph depends on (part of cache file names)."""
+    import onnx
+
+    return f"{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
 
 
 def load_for_inference(

@@ -140,3 +140,46 @@ def test_load_for_inference_follows_the_ingest_runtime(
     monkeypatch.setenv("GEOLOC_ENCODER_RUNTIME", "tensorrt")
     with pytest.raises(ConfigError, match="encoder runtime 'tensorrt'"):
         load_for_inference("sgmnet")
+
+
+@pytest.mark.skipif(not openvino_available(), reason="openvino is not installed (geoloc[openvino])")
+def test_xfeat_on_openvino_finds_the_torch_keypoints(
+    sample_raster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verifier's XFeat CNN on the runtime: same keypoints and descriptors as torch on a real
+    image (and a batch of tiles), its graph cached by the weights; GEOLOC_ENCODER_RUNTIME=torch
+    keeps torch."""
+    import rasterio
+
+    from geoloc.localize.verify import XFeatLighterGlueMatcher
+
+    monkeypatch.setenv("GEOLOC_CACHE_DIR", str(tmp_path))
+    with rasterio.open(sample_raster) as r:
+        img = np.ascontiguousarray(
+            np.transpose(r.read([1, 2, 3], window=((0, 360), (0, 500))), (1, 2, 0))
+        )
+    monkeypatch.setenv("GEOLOC_ENCODER_RUNTIME", "torch")
+    ref = XFeatLighterGlueMatcher(max_keypoints=512)
+    monkeypatch.setenv("GEOLOC_ENCODER_RUNTIME", "auto")
+    fast = XFeatLighterGlueMatcher(max_keypoints=512)
+    assert (ref.runtime, fast.runtime) == ("torch", "openvino")
+    assert [p.name for p in tmp_path.glob("xfeat-*.onnx")]
+    for a, b in (
+        (ref.extract(img, None), fast.extract(img, None)),
+        *zip(
+            ref.extract_batch(np.stack([img[:224, :224], img[100:324, 200:424]]), None),
+            fast.extract_batch(np.stack([img[:224, :224], img[100:324, 200:424]]), None),
+            strict=True,
+        ),
+    ):
+        assert len(a) == len(b) > 100
+        near = np.linalg.norm(a.keypoints[:, None] - b.keypoints[None], axis=2).min(axis=1)
+        assert float((near < 0.01).mean()) > 0.98
+        both = near < 0.01
+        da = np.asarray(a.descriptors, dtype=np.float32)[both]
+        j = np.linalg.norm(a.keypoints[both][:, None] - b.keypoints[None], axis=2).argmin(axis=1)
+        db = np.asarray(b.descriptors, dtype=np.float32)[j]
+        assert float((da * db).sum(axis=1).min()) > 0.999
+    # a second matcher reads the cached graph
+    again = XFeatLighterGlueMatcher(max_keypoints=512)
+    assert again.runtime == "openvino"
