@@ -13,6 +13,7 @@ leaves the map, is not refined (``keep`` is False).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,25 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     if rgb.ndim == 2:
         return rgb.astype(np.float32)
     return np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.float32)
+
+
+def _window_blurred(
+    rgb: np.ndarray, x0: int, y0: int, x1: int, y1: int, sigma: float, reach: int
+) -> np.ndarray:
+    """Gray pixels ``[y0:y1, x0:x1]`` of ``rgb`` blurred by ``sigma`` as a blur of the whole
+    image would give them: the window is read ``reach`` pixels wider (clipped at the image's
+    edges, where the blur's own border rule applies) and cut back after the blur."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if sigma <= 0:
+        return _gray(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+    ax0, ay0 = max(0, x0 - reach), max(0, y0 - reach)
+    ax1, ay1 = min(w, x1 + reach), min(h, y1 + reach)
+    # where the wider window is cut by the image's edge, the blur's border rule applies there,
+    # as it does for the whole image; elsewhere its border effects stay outside the cut
+    blurred = cv2.GaussianBlur(_gray(np.ascontiguousarray(rgb[ay0:ay1, ax0:ax1])), (0, 0), sigma)
+    return np.ascontiguousarray(blurred[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0])
 
 
 def _peak_offset(a: float, b: float, c: float) -> float:
@@ -76,12 +96,15 @@ def refine_on_map(
     step = pred + [1.0, 0.0]
     back = np.column_stack([step, np.ones(n)]) @ inv.T
     per_map = np.median(np.hypot(*(back[:, :2] / back[:, 2:3] - pts).T))
-    frame = _gray(frame_rgb)
-    if per_map > 1.0:
-        frame = cv2.GaussianBlur(frame, (0, 0), 0.45 * float(per_map))
+    # The blur is applied per point, to the frame window its patch samples (plus the kernel's
+    # reach), not to the whole frame: a full-resolution photo is mostly pixels no patch reads.
+    # OpenCV's float Gaussian reaches 4 sigma, so within the window this equals a blur of the
+    # whole frame (its border rule applies where the window meets the frame's edge, as before).
+    sigma = 0.45 * float(per_map) if per_map > 1.0 else 0.0
+    reach = int(math.ceil(4.0 * sigma)) + 2 if sigma > 0 else 1
+    fh, fw = frame_rgb.shape[:2]
     mp = _gray(map_rgb)
     valid = np.ones(mp.shape, bool) if map_mask is None else np.asarray(map_mask, bool)
-    fh, fw = frame.shape
     mh, mw = mp.shape
     r, hp = int(search_px), int(half_px)
     s = np.arange(-hp, hp + 1, dtype=np.float64)
@@ -96,7 +119,11 @@ def refine_on_map(
         )
         if gx.min() < 0 or gy.min() < 0 or gx.max() > fw - 1 or gy.max() > fh - 1:
             continue
-        tpl = cv2.remap(frame, gx, gy, cv2.INTER_LINEAR)
+        # the pixels bilinear sampling at (gx, gy) reads
+        x0f, y0f = int(gx.min()), int(gy.min())
+        x1f, y1f = min(fw, int(gx.max()) + 2), min(fh, int(gy.max()) + 2)
+        win = _window_blurred(frame_rgb, x0f, y0f, x1f, y1f, sigma, reach)
+        tpl = cv2.remap(win, gx - np.float32(x0f), gy - np.float32(y0f), cv2.INTER_LINEAR)
         if float(tpl.std()) < 2.0:  # a flat patch fixes no position
             continue
         cx, cy = int(round(u0[0])), int(round(u0[1]))

@@ -59,3 +59,21 @@ def test_flat_patches_and_points_off_the_map_are_not_refined() -> None:
     res = refine_on_map(frame, np.array([[100.0, 100.0], [5.0, 5.0]]), h, mp)
     assert not res.keep.any()
     assert np.allclose(res.map_px, [[50.0, 50.0], [2.5, 2.5]])
+
+
+def test_window_blur_equals_the_blur_of_the_whole_frame() -> None:
+    """Refinement blurs only the frame windows its patches read: the pixels must be those of
+    a blur of the whole frame, inside the frame and where a window meets its edges."""
+    import cv2
+
+    from geoloc.camera.refine import _gray, _window_blurred
+
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    for sigma in (0.0, 1.3, 3.6):
+        reach = int(np.ceil(4.0 * sigma)) + 2
+        whole = _gray(rgb) if sigma == 0 else cv2.GaussianBlur(_gray(rgb), (0, 0), sigma)
+        for x0, y0, x1, y1 in ((100, 80, 160, 150), (0, 0, 40, 30), (380, 250, 420, 300)):
+            win = _window_blurred(rgb, x0, y0, x1, y1, sigma, reach)
+            # float rounding of the vectorised filter only (gray levels are 0..255)
+            np.testing.assert_allclose(win, whole[y0:y1, x0:x1], rtol=0, atol=1e-3)
