@@ -117,17 +117,19 @@ def format_table(rows: list[DemoRow]) -> str:
     return "\n".join(lines)
 
 
-def locate_frames(settings: Any, truths: list[Truth]) -> list[DemoRow]:
+def locate_frames(settings: Any, truths: list[Truth], encoder: Any = None) -> list[DemoRow]:
     """Locate every frame of ``truths`` with the Localizer (warm: one model and index).
 
     Each frame's GSD comes from ``truth.csv`` (what altitude + field of view give a real
-    drone); heading is unknown to the localizer.
+    drone); heading is unknown to the localizer. ``encoder``: one already loaded for
+    inference (the ingest's), else the store's default is loaded.
     """
     from geoloc.localize import Localizer
     from tiling.crs import geodesic_distance_m
 
     rows: list[DemoRow] = []
-    with Localizer.open(settings=settings) as loc:
+    opened = Localizer.open(settings=settings, **({} if encoder is None else {"encoder": encoder}))
+    with opened as loc:
         for t in truths:
             t0 = time.perf_counter()
             fix = loc.locate(FRAMES_DIR / t.name, gsd=t.gsd_m, name=t.name)
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from geoloc.config import Settings, mask_url
     from geoloc.errors import GeolocError
     from geoloc.ingest import ingest
+    from geoloc.models.runtime import load_for_inference
     from tiling import TilingError
 
     settings = Settings.from_env()
@@ -173,8 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     log.info("geoloc demo: data in %s", where)
     t0 = time.perf_counter()
     try:
+        # one encoder for the ingest and the localizer: the backbone is compiled once
+        encoder = load_for_inference("sgmnet")
         (res,) = ingest(
-            [SAMPLE_RASTER], settings=settings, force=args.force, progress=not args.no_progress
+            [SAMPLE_RASTER],
+            encoder=encoder,
+            settings=settings,
+            force=args.force,
+            progress=not args.no_progress,
         )
         if res.status == "failed":
             print(f"geoloc demo: error: {res.message}", file=sys.stderr)
@@ -187,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if not TRUTH_CSV.is_file():
             print(f"no demo frames in {FRAMES_DIR}: nothing to locate")
             return 0
-        rows = locate_frames(settings, read_truth())
+        rows = locate_frames(settings, read_truth(), encoder)
     except (GeolocError, TilingError) as exc:
         print(f"geoloc demo: error: {exc}", file=sys.stderr)
         return 1
