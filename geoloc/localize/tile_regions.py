@@ -21,7 +21,6 @@ the tile GSD (:func:`~geoloc.store.tile_features.grid_origin`), pixel-centre con
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -31,6 +30,7 @@ from affine import Affine
 
 from geoloc.localize.regions import MapRegions
 from geoloc.localize.verify import Features
+from geoloc.lru import Lru
 from geoloc.store.tile_features import TileKeypoints, grid_origin
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class StoredTileFeatures:
         self._store = store
         self.kind = kind
         self.cache_size = int(cache_size)
-        self._cache: OrderedDict[int, Any] = OrderedDict()
+        self._cache: Lru[int, Any] = Lru(self.cache_size)
         self._spec: Any = None
 
     def features(self, tiles: Sequence[Any]) -> dict[int, Any]:
@@ -91,12 +91,9 @@ class StoredTileFeatures:
                 f = got.get(i)
                 if f is None:
                     continue
-                self._cache[i] = f
-            else:
-                self._cache.move_to_end(i)
+                self._cache.put(i, f)
             out[i] = f
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._cache.trim()
         return out
 
 
@@ -125,7 +122,7 @@ class ExtractedTileFeatures:
         self._regions = regions
         self.max_per_tile = int(max_per_tile)
         self.cache_size = int(cache_size)
-        self._cache: OrderedDict[int, TileKeypoints] = OrderedDict()
+        self._cache: Lru[int, TileKeypoints] = Lru(self.cache_size)
 
     def features(self, tiles: Sequence[Any]) -> dict[int, Any]:
         """Features of these tiles (extracted on first use)."""
@@ -137,11 +134,8 @@ class ExtractedTileFeatures:
                 hit = self._extract(t)
                 if hit is None:
                     continue
-                self._cache[tid] = hit
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-            else:
-                self._cache.move_to_end(tid)
+                self._cache.put(tid, hit)
+                self._cache.trim()
             out[tid] = hit
         return out
 
@@ -196,8 +190,8 @@ class FeatureRegions:
         self.map_gsd_m = float(map_gsd_m)
         self.max_keypoints = int(max_keypoints)
         self.cache_size = int(cache_size)
-        self._tiles: OrderedDict[int, Any] = OrderedDict()
-        self._near: OrderedDict[tuple[int, int, float], tuple[int, ...]] = OrderedDict()
+        self._tiles: Lru[int, Any] = Lru(self.cache_size)
+        self._near: Lru[tuple[int, int, float], tuple[int, ...]] = Lru(self.cache_size)
 
     def neighbourhood(self, tile: Any, size_px: int, gsd_m: float | None = None) -> list[Any]:
         """Tile records of the same orthomosaic whose pixels can fall in the region (of
@@ -219,7 +213,7 @@ class FeatureRegions:
         for t in tiles:
             key = (int(t.tile_id), int(size_px), gsd)
             if key in self._near:
-                self._near.move_to_end(key)
+                self._near.touch([key])
             elif key not in pending:
                 ts_m = float(t.tile_size) * float(t.gsd_m)
                 # region corner to centre, plus a tile's half diagonal
@@ -229,11 +223,10 @@ class FeatureRegions:
         if not pending:
             return
         for t, _near in pending.values():
-            self._tiles[int(t.tile_id)] = t
+            self._tiles.put(int(t.tile_id), t)
         wanted = {int(i) for _t, near in pending.values() for i in near}
-        for i in wanted & self._tiles.keys():
-            self._tiles.move_to_end(i)
-        self._fetch(sorted(wanted - self._tiles.keys()))
+        self._tiles.touch(wanted)
+        self._fetch(sorted(i for i in wanted if i not in self._tiles))
         for key, (t, near) in pending.items():
             oid = int(t.orthomosaic_id)
             ids = tuple(
@@ -243,17 +236,15 @@ class FeatureRegions:
             )
             if int(t.tile_id) not in ids:
                 ids = (int(t.tile_id), *ids)
-            self._near[key] = ids
-        while len(self._near) > self.cache_size:
-            self._near.popitem(last=False)
-        while len(self._tiles) > self.cache_size:
-            self._tiles.popitem(last=False)
+            self._near.put(key, ids)
+        self._near.trim()
+        self._tiles.trim()
 
     def _fetch(self, ids: Sequence[int]) -> None:
         """The records of these tile ids into the cache (most recent last)."""
         if ids:
             for r in self.store.candidates(list(ids)):
-                self._tiles[int(r.tile_id)] = r
+                self._tiles.put(int(r.tile_id), r)
 
     def around(self, tile: Any, size_px: int, gsd_m: float | None = None) -> RegionFeatures:
         """The region of ``size_px`` around ``tile`` at ``gsd_m`` (default: the map's GSD, else

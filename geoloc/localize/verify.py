@@ -22,7 +22,6 @@ import io
 import logging
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -30,6 +29,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from geoloc.errors import ConfigError
+from geoloc.lru import Lru
 
 log = logging.getLogger(__name__)
 
@@ -515,7 +515,7 @@ class HomographyVerifier:
         self.coarse_known_rotation_deg = float(c["coarse_known_rotation_deg"])
         #: the kind of stored tile features this verifier can match (None: pixels only)
         self.feature_kind: str | None = "xfeat" if matcher.name == "xfeat-lighterglue" else None
-        self._cache: OrderedDict[Hashable, Features] = OrderedDict()
+        self._cache: Lru[Hashable, Features] = Lru(self.cache_size)
         #: a second verifier the localizer tries when this one verifies no candidate
         self.fallback: HomographyVerifier | None = None
 
@@ -525,14 +525,13 @@ class HomographyVerifier:
 
     def region_features(self, rgb: np.ndarray, mask: np.ndarray, key: Hashable | None) -> Features:
         """Features of a map region, from the LRU cache when ``key`` was seen."""
-        if key is not None and key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        hit = None if key is None else self._cache.get(key)
+        if hit is not None:
+            return hit
         feats = self.matcher.extract(rgb, mask)
         if key is not None and self.cache_size > 0:
-            self._cache[key] = feats
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            self._cache.put(key, feats)
+            self._cache.trim()
         return feats
 
     def verify(
