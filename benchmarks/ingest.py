@@ -6,7 +6,9 @@ ingest GSD/stride, then encodes the same tiles again with the encoder alone (til
 memory first, same batch size). Reports per raster: tiles, wall seconds, tiles/s end to end,
 encoder-only tiles/s (mean of a run before and after), their ratio (target >= 0.90), the same
 ratio in CPU seconds per tile of this process (robust to other load on the machine; the
-Postgres server's CPU is not counted) and the share of wall time per stage (read =
+Postgres server's CPU is not counted), the CPU milliseconds per tile split into the reader
+thread, the writer thread, the rest of this process (encoder, glue) and the embedded Postgres
+server (which shares the cores), and the share of wall time per stage (read =
 tiler in the reader thread, encode, DB write = binary COPY, FAISS add, FAISS save, recovery and
 lock). Stages overlap (threads), so shares can sum to more than 1. JSON in
 ``benchmarks/results/ingest.json``. ``--omega`` keeps the Ω FAISS index (a new store keeps none
@@ -32,6 +34,30 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLE = REPO / "data" / "sample" / "turku_utm34n_0.28m.tif"
 MOSAIC = REPO.parent / "shared" / "data" / "turku" / "turku_mosaic_utm34n.tif"
+
+
+def _server_cpu_s(home: Path) -> float | None:
+    """CPU seconds so far of the embedded Postgres serving ``home`` (its postmaster, the
+    backends it reaped and the live ones); None without psutil or when it is not found."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = p.info["cmdline"] or []
+            if not any(str(home) in c for c in cmd) or "-D" not in cmd:
+                continue
+            t = p.cpu_times()
+            total = t.user + t.system + t.children_user + t.children_system
+            for c in p.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    ct = c.cpu_times()
+                    total += ct.user + ct.system
+            return float(total)
+        except psutil.Error:
+            continue
+    return None
 
 
 def _encoder_only(
@@ -177,6 +203,11 @@ def run(
                 cfg, _ = policy.resolve(r)
                 gsd_m, step = r.grid(cfg).gsd_m, policy.step
             before = _encoder_only(enc, path, gsd_m, step, batch_size)
+            if _server_cpu_s(home) is None:  # start the server before the measured ingest
+                from geoloc.store.database import open_database
+
+                open_database(settings).dispose()
+            s0 = _server_cpu_s(home)
             c0 = time.process_time()
             (res,) = ingest(
                 [path],
@@ -192,6 +223,7 @@ def run(
             if res.status != "ingested":
                 raise RuntimeError(f"{path}: ingest {res.status}: {res.message}")
             cpu_tile = (time.process_time() - c0) / res.tiles_kept  # this process only
+            s1 = _server_cpu_s(home)
             assert res.gsd_m is not None and res.stride_px is not None
             after = _encoder_only(enc, path, res.gsd_m, res.stride_px, batch_size)
             enc_tps = 0.5 * (before[0] + after[0])
@@ -211,6 +243,18 @@ def run(
                 "cpu_s_per_tile": round(cpu_tile, 4),
                 "encoder_only_cpu_s_per_tile": round(enc_cpu, 4),
                 "cpu_ratio": round(enc_cpu / cpu_tile, 3),
+                "cpu_ms_per_tile": {
+                    "reader": round(1000 * tm.read_cpu_s / res.tiles_kept, 3),
+                    "writer": round(1000 * tm.write_cpu_s / res.tiles_kept, 3),
+                    "rest": round(
+                        1000 * cpu_tile - 1000 * (tm.read_cpu_s + tm.write_cpu_s) / res.tiles_kept,
+                        3,
+                    ),
+                    "postgres_server": None
+                    if s0 is None or s1 is None
+                    else round(1000 * (s1 - s0) / res.tiles_kept, 3),
+                    "encoder_alone": round(1000 * enc_cpu, 3),
+                },
                 "share_of_wall": {
                     "read": round(tm.read_s / wall, 3),
                     "encode": round(tm.encode_s / wall, 3),
@@ -254,7 +298,7 @@ def run(
                 f"{path.name}: {res.tiles_kept} tiles in {wall:.1f} s = {e2e:.1f} tiles/s; "
                 f"encoder alone {enc_tps:.1f} tiles/s (ratio {e2e / enc_tps:.2f}, CPU ratio "
                 f"{enc_cpu / cpu_tile:.2f}); "
-                f"shares {row['share_of_wall']}",
+                f"CPU ms/tile {row['cpu_ms_per_tile']}; shares {row['share_of_wall']}",
                 file=sys.stderr,
             )
     finally:

@@ -92,11 +92,14 @@ def batches(
 
 @dataclass
 class StreamTimings:
-    """Seconds spent reading (background thread) and encoding (main thread)."""
+    """Seconds spent reading (background thread) and encoding (main thread); CPU seconds of
+    the reader and writer threads (what they take from the encoder on a busy machine)."""
 
     read_s: float = 0.0
     encode_s: float = 0.0
     features_s: float = 0.0
+    read_cpu_s: float = 0.0
+    write_cpu_s: float = 0.0
 
 
 def encode_stream(
@@ -114,7 +117,7 @@ def encode_stream(
     main thread after each batch is encoded (progress). ``features`` (e.g.
     :class:`geoloc.ingest.features.StripFeatures`) fills :attr:`Encoded.features`; a batch waits
     for the features of all its tiles before it is handed on. Returns the read/encode/feature
-    seconds.
+    seconds and the reader and writer threads' CPU seconds.
     """
     timings = StreamTimings()
     reader: Prefetcher[Batch] = Prefetcher(source, maxsize=3)
@@ -162,5 +165,6 @@ def encode_stream(
                     f"{sum(len(e.tiles) for e in waiting)} too few"
                 )
         writer.join()
-    timings.read_s = reader.busy_s
+        timings.write_cpu_s = writer.cpu_s
+    timings.read_s, timings.read_cpu_s = reader.busy_s, reader.cpu_s
     return timings
