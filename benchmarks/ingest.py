@@ -4,7 +4,9 @@
 ``../shared/data/turku`` too) into a throw-away GEOLOC_HOME (embedded Postgres), at the default
 ingest GSD/stride, then encodes the same tiles again with the encoder alone (tiles read into
 memory first, same batch size). Reports per raster: tiles, wall seconds, tiles/s end to end,
-encoder-only tiles/s (mean of a run before and after), their ratio (target >= 0.90), the same
+encoder-only tiles/s (mean of a run before and after, under the ingest's thread setting,
+:func:`geoloc.ingest.stream.encoder_threads`; ``encoder_only_torch_threads``: once with
+torch's own threads), their ratio (target >= 0.90), the same
 ratio in CPU seconds per tile of this process (robust to other load on the machine; the
 Postgres server's CPU is not counted), the CPU milliseconds per tile split into the reader
 thread, the writer thread, the rest of this process (encoder, glue) and the embedded Postgres
@@ -61,21 +63,24 @@ def _server_cpu_s(home: Path) -> float | None:
 
 
 def _encoder_only(
-    enc: Any, path: Path, gsd_m: float, stride: int, batch_size: int
+    enc: Any, path: Path, gsd_m: float, stride: int, batch_size: int, threads: bool = True
 ) -> tuple[float, float]:
-    """(tiles/s, CPU s/tile) of ``enc.encode`` alone on the raster's tiles (pre-read)."""
+    """(tiles/s, CPU s/tile) of ``enc.encode`` alone on the raster's tiles (pre-read), under
+    the thread setting of an ingest without features (``threads``) or torch's own."""
     import numpy as np
 
+    from geoloc.ingest.stream import encoder_threads
     from tiling import TileConfig, open_raster
 
     with open_raster(path) as r:
         cfg = TileConfig(tile_size=int(enc.input_size), stride=stride, gsd=gsd_m, min_valid=0.5)
         pixels = np.stack([t.pixels for t in r.tiles(cfg)])
-    enc.encode(pixels[:batch_size])  # warm-up (allocations, lazy init)
-    t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(0, len(pixels), batch_size):
-        enc.encode(pixels[i : i + batch_size])
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    with encoder_threads(enc) if threads else contextlib.nullcontext():
+        enc.encode(pixels[:batch_size])  # warm-up (allocations, lazy init)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(0, len(pixels), batch_size):
+            enc.encode(pixels[i : i + batch_size])
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return len(pixels) / wall, cpu / len(pixels)
 
 
@@ -202,7 +207,9 @@ def run(
                 policy = policy_for(int(enc.input_size), gsd, stride, 0.5)
                 cfg, _ = policy.resolve(r)
                 gsd_m, step = r.grid(cfg).gsd_m, policy.step
-            before = _encoder_only(enc, path, gsd_m, step, batch_size)
+            before = _encoder_only(enc, path, gsd_m, step, batch_size, threads=not features)
+            # the encoder alone with torch's own threads (the setting ingests had before)
+            torch_pool = _encoder_only(enc, path, gsd_m, step, batch_size, threads=False)
             if _server_cpu_s(home) is None:  # start the server before the measured ingest
                 from geoloc.store.database import open_database
 
@@ -225,7 +232,9 @@ def run(
             cpu_tile = (time.process_time() - c0) / res.tiles_kept  # this process only
             s1 = _server_cpu_s(home)
             assert res.gsd_m is not None and res.stride_px is not None
-            after = _encoder_only(enc, path, res.gsd_m, res.stride_px, batch_size)
+            after = _encoder_only(
+                enc, path, res.gsd_m, res.stride_px, batch_size, threads=not features
+            )
             enc_tps = 0.5 * (before[0] + after[0])
             enc_cpu = 0.5 * (before[1] + after[1])
             wall = res.seconds
@@ -239,6 +248,10 @@ def run(
                 "wall_s": round(wall, 3),
                 "tiles_per_s": round(e2e, 2),
                 "encoder_only_tiles_per_s": round(enc_tps, 2),
+                "encoder_only_torch_threads": {
+                    "tiles_per_s": round(torch_pool[0], 2),
+                    "cpu_s_per_tile": round(torch_pool[1], 4),
+                },
                 "ratio_to_encoder": round(e2e / enc_tps, 3),
                 "cpu_s_per_tile": round(cpu_tile, 4),
                 "encoder_only_cpu_s_per_tile": round(enc_cpu, 4),
