@@ -4,9 +4,13 @@
 ``../shared/data/turku`` too) into a throw-away GEOLOC_HOME (embedded Postgres), at the default
 ingest GSD/stride, then encodes the same tiles again with the encoder alone (tiles read into
 memory first, same batch size). Reports per raster: tiles, wall seconds, tiles/s end to end,
-encoder-only tiles/s (mean of a run before and after), their ratio (target >= 0.90), the same
+encoder-only tiles/s (mean of a run before and after, under the ingest's thread setting,
+:func:`geoloc.ingest.stream.encoder_threads`; ``encoder_only_torch_threads``: once with
+torch's own threads), their ratio (target >= 0.90), the same
 ratio in CPU seconds per tile of this process (robust to other load on the machine; the
-Postgres server's CPU is not counted) and the share of wall time per stage (read =
+Postgres server's CPU is not counted), the CPU milliseconds per tile split into the reader
+thread, the writer thread, the rest of this process (encoder, glue) and the embedded Postgres
+server (which shares the cores), and the share of wall time per stage (read =
 tiler in the reader thread, encode, DB write = binary COPY, FAISS add, FAISS save, recovery and
 lock). Stages overlap (threads), so shares can sum to more than 1. JSON in
 ``benchmarks/results/ingest.json``. ``--omega`` keeps the Ω FAISS index (a new store keeps none
@@ -34,22 +38,49 @@ SAMPLE = REPO / "data" / "sample" / "turku_utm34n_0.28m.tif"
 MOSAIC = REPO.parent / "shared" / "data" / "turku" / "turku_mosaic_utm34n.tif"
 
 
+def _server_cpu_s(home: Path) -> float | None:
+    """CPU seconds so far of the embedded Postgres serving ``home`` (its postmaster, the
+    backends it reaped and the live ones); None without psutil or when it is not found."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = p.info["cmdline"] or []
+            if not any(str(home) in c for c in cmd) or "-D" not in cmd:
+                continue
+            t = p.cpu_times()
+            total = t.user + t.system + t.children_user + t.children_system
+            for c in p.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    ct = c.cpu_times()
+                    total += ct.user + ct.system
+            return float(total)
+        except psutil.Error:
+            continue
+    return None
+
+
 def _encoder_only(
-    enc: Any, path: Path, gsd_m: float, stride: int, batch_size: int
+    enc: Any, path: Path, gsd_m: float, stride: int, batch_size: int, threads: bool = True
 ) -> tuple[float, float]:
-    """(tiles/s, CPU s/tile) of ``enc.encode`` alone on the raster's tiles (pre-read)."""
+    """(tiles/s, CPU s/tile) of ``enc.encode`` alone on the raster's tiles (pre-read), under
+    the thread setting of an ingest without features (``threads``) or torch's own."""
     import numpy as np
 
+    from geoloc.ingest.stream import encoder_threads
     from tiling import TileConfig, open_raster
 
     with open_raster(path) as r:
         cfg = TileConfig(tile_size=int(enc.input_size), stride=stride, gsd=gsd_m, min_valid=0.5)
         pixels = np.stack([t.pixels for t in r.tiles(cfg)])
-    enc.encode(pixels[:batch_size])  # warm-up (allocations, lazy init)
-    t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(0, len(pixels), batch_size):
-        enc.encode(pixels[i : i + batch_size])
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    with encoder_threads(enc) if threads else contextlib.nullcontext():
+        enc.encode(pixels[:batch_size])  # warm-up (allocations, lazy init)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(0, len(pixels), batch_size):
+            enc.encode(pixels[i : i + batch_size])
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return len(pixels) / wall, cpu / len(pixels)
 
 
@@ -176,7 +207,14 @@ def run(
                 policy = policy_for(int(enc.input_size), gsd, stride, 0.5)
                 cfg, _ = policy.resolve(r)
                 gsd_m, step = r.grid(cfg).gsd_m, policy.step
-            before = _encoder_only(enc, path, gsd_m, step, batch_size)
+            before = _encoder_only(enc, path, gsd_m, step, batch_size, threads=not features)
+            # the encoder alone with torch's own threads (the setting ingests had before)
+            torch_pool = _encoder_only(enc, path, gsd_m, step, batch_size, threads=False)
+            if _server_cpu_s(home) is None:  # start the server before the measured ingest
+                from geoloc.store.database import open_database
+
+                open_database(settings).dispose()
+            s0 = _server_cpu_s(home)
             c0 = time.process_time()
             (res,) = ingest(
                 [path],
@@ -192,8 +230,11 @@ def run(
             if res.status != "ingested":
                 raise RuntimeError(f"{path}: ingest {res.status}: {res.message}")
             cpu_tile = (time.process_time() - c0) / res.tiles_kept  # this process only
+            s1 = _server_cpu_s(home)
             assert res.gsd_m is not None and res.stride_px is not None
-            after = _encoder_only(enc, path, res.gsd_m, res.stride_px, batch_size)
+            after = _encoder_only(
+                enc, path, res.gsd_m, res.stride_px, batch_size, threads=not features
+            )
             enc_tps = 0.5 * (before[0] + after[0])
             enc_cpu = 0.5 * (before[1] + after[1])
             wall = res.seconds
@@ -207,10 +248,26 @@ def run(
                 "wall_s": round(wall, 3),
                 "tiles_per_s": round(e2e, 2),
                 "encoder_only_tiles_per_s": round(enc_tps, 2),
+                "encoder_only_torch_threads": {
+                    "tiles_per_s": round(torch_pool[0], 2),
+                    "cpu_s_per_tile": round(torch_pool[1], 4),
+                },
                 "ratio_to_encoder": round(e2e / enc_tps, 3),
                 "cpu_s_per_tile": round(cpu_tile, 4),
                 "encoder_only_cpu_s_per_tile": round(enc_cpu, 4),
                 "cpu_ratio": round(enc_cpu / cpu_tile, 3),
+                "cpu_ms_per_tile": {
+                    "reader": round(1000 * tm.read_cpu_s / res.tiles_kept, 3),
+                    "writer": round(1000 * tm.write_cpu_s / res.tiles_kept, 3),
+                    "rest": round(
+                        1000 * cpu_tile - 1000 * (tm.read_cpu_s + tm.write_cpu_s) / res.tiles_kept,
+                        3,
+                    ),
+                    "postgres_server": None
+                    if s0 is None or s1 is None
+                    else round(1000 * (s1 - s0) / res.tiles_kept, 3),
+                    "encoder_alone": round(1000 * enc_cpu, 3),
+                },
                 "share_of_wall": {
                     "read": round(tm.read_s / wall, 3),
                     "encode": round(tm.encode_s / wall, 3),
@@ -254,7 +311,7 @@ def run(
                 f"{path.name}: {res.tiles_kept} tiles in {wall:.1f} s = {e2e:.1f} tiles/s; "
                 f"encoder alone {enc_tps:.1f} tiles/s (ratio {e2e / enc_tps:.2f}, CPU ratio "
                 f"{enc_cpu / cpu_tile:.2f}); "
-                f"shares {row['share_of_wall']}",
+                f"CPU ms/tile {row['cpu_ms_per_tile']}; shares {row['share_of_wall']}",
                 file=sys.stderr,
             )
     finally:

@@ -4,7 +4,7 @@
 axis-aligned geotransform and at least one valid pixel) and raises :class:`TilingError`
 subclasses with one-line messages naming the file otherwise. Reads are windowed and resample
 while reading (``out_shape``), so GDAL uses overviews when they exist and memory stays bounded
-by one tile whatever the raster size.
+by one band of tiles (:data:`BAND_MAX_PX` wide) whatever the raster size.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ from tiling.image import STRETCH_PERCENTILES, apply_stretch, stretch_limits
 from tiling.tile import Tile
 
 __all__ = ["STRETCH_PERCENTILES", "Raster", "open_raster"]
+
+#: Widest band (output pixels) :meth:`Raster.tiles` reads at once: bounds memory on wide maps.
+BAND_MAX_PX = 4096
 
 # Rasters up to this many pixels are sampled whole (decimated) for the stretch / empty check.
 _SMALL_PIXELS = 25_000_000
@@ -444,32 +447,62 @@ class Raster:
         skipped and counted in :attr:`last_skipped` (kept ones in :attr:`last_kept`; both are
         updated during iteration). Raises :class:`EmptyRasterError` at the end if no candidate
         tile had a single valid pixel.
+
+        When the output pixels are the source pixels (no resampling), each row of tiles is read
+        as bands of at most :data:`BAND_MAX_PX` output pixels (:meth:`read_band`) and the tiles
+        are cut from them: with overlapping tiles a pixel is read once per band rather than
+        once per tile that holds it, and memory stays bounded by one band. A resampled grid
+        reads one window per tile: GDAL's resampled pixels depend on the window they are read
+        in, and a tile's pixels must not depend on its neighbours.
         """
         cfg = cfg or TileConfig()
         grid = self.grid(cfg)
-        ts = grid.tile_size
-        resampling = Resampling.average if grid.scale_x >= 1.0 else Resampling.bilinear
+        ts, st = grid.tile_size, grid.stride
+        per_band = max(1, (BAND_MAX_PX - ts) // st + 1) if _is_copy(grid) else 1
         self.last_kept = self.last_skipped = 0
         unknown = False
-        for row, col in grid:
-            cov = grid.coverage(row, col)
-            if cov <= 0.0 or cov < cfg.min_valid:
-                self.last_skipped += 1
-                unknown |= cov > 0.0
-                continue
-            w = grid.window(row, col)
-            pixels, mask = self.read_window(
-                w.col_off, w.row_off, grid.scale_x, grid.scale_y, ts, ts, resampling
-            )
-            vf = _fraction(mask)
-            if vf <= 0.0 or vf < cfg.min_valid:
-                self.last_skipped += 1
-                unknown |= vf > 0.0
-                continue
-            self.last_kept += 1
-            yield self._make_tile(grid, row, col, pixels, mask)
+        for row in range(grid.rows):
+            for first in range(0, grid.cols, per_band):
+                cols = range(first, min(grid.cols, first + per_band))
+                cov = [grid.coverage(row, col) for col in cols]
+                wanted = [c for c, v in zip(cols, cov, strict=True) if v > 0 and v >= cfg.min_valid]
+                band = self.read_band(grid, row, wanted[0], wanted[-1]) if wanted else None
+                for col, v in zip(cols, cov, strict=True):
+                    if v <= 0.0 or v < cfg.min_valid:
+                        self.last_skipped += 1
+                        unknown |= v > 0.0
+                        continue
+                    assert band is not None
+                    x = (col - wanted[0]) * st
+                    mask = band[1][:, x : x + ts]
+                    vf = _fraction(mask)
+                    if vf <= 0.0 or vf < cfg.min_valid:
+                        self.last_skipped += 1
+                        unknown |= vf > 0.0
+                        continue
+                    self.last_kept += 1
+                    # copies: a kept tile must not hold the whole band alive
+                    pixels = np.ascontiguousarray(band[0][:, :, x : x + ts])
+                    yield self._make_tile(grid, row, col, pixels, mask.copy())
         if self.last_kept == 0 and not unknown and len(grid) > 0:
             raise EmptyRasterError("has no valid pixel (all nodata, masked or NaN)", self.path)
+
+    def read_band(
+        self, grid: Grid, row: int, first_col: int, last_col: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The output pixels of the tiles ``first_col..last_col`` (inclusive) of grid ``row`` in
+        one read: ``(pixels uint8 (3, S, W), mask bool (S, W))`` with ``S`` the tile size and
+        ``W = (last_col - first_col) * stride + S``; tile ``c`` is columns
+        ``[(c - first_col) * stride, ... + S)``. With one column, or when the grid is not
+        resampled, those are the pixels of the tile's own :meth:`read_window`.
+        """
+        ts = grid.tile_size
+        w = grid.window(row, first_col)
+        resampling = Resampling.average if grid.scale_x >= 1.0 else Resampling.bilinear
+        width = (last_col - first_col) * grid.stride + ts
+        return self.read_window(
+            w.col_off, w.row_off, grid.scale_x, grid.scale_y, width, ts, resampling
+        )
 
     def count_tiles(
         self, cfg: TileConfig | None = None, *, stop_at: int | None = None
@@ -602,6 +635,11 @@ class Raster:
     def __repr__(self) -> str:
         crs = self.crs_str if len(self.crs_str) < 40 else "WKT"
         return f"Raster({self.path!r}, {self.width}x{self.height}, {crs}, gsd={self.gsd_m:.3f} m)"
+
+
+def _is_copy(grid: Grid) -> bool:
+    """True when the grid's output pixels are source pixels (1:1, integer windows)."""
+    return abs(grid.scale_x - 1.0) < 1e-9 and abs(grid.scale_y - 1.0) < 1e-9
 
 
 def _fraction(mask: np.ndarray) -> float:

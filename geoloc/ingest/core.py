@@ -67,6 +67,9 @@ class IngestTimings:
     features_save_s: float = 0.0
     recover_s: float = 0.0
     lock_wait_s: float = 0.0
+    #: CPU seconds of the reader (tiler) and writer (DB, index) threads of a local ingest
+    read_cpu_s: float = 0.0
+    write_cpu_s: float = 0.0
 
 
 @dataclass
@@ -353,6 +356,7 @@ class _Ingester:
         )
         res.timings.read_s, res.timings.encode_s = t.read_s, t.encode_s
         res.timings.features_s = t.features_s
+        res.timings.read_cpu_s, res.timings.write_cpu_s = t.read_cpu_s, t.write_cpu_s
         self.progress.finish()
         return kept
 

@@ -29,7 +29,7 @@ class Prefetcher(Generic[T]):
 
     Use as a context manager and iterate it; leaving the block early (error, Ctrl-C) stops the
     thread at its next hand-off. ``busy_s`` is the time the thread spent producing items
-    (excluding time blocked on a full queue).
+    (excluding time blocked on a full queue), ``cpu_s`` the CPU time of the thread.
     """
 
     def __init__(self, source: Iterable[T], maxsize: int = 4, name: str = "geoloc-reader") -> None:
@@ -38,6 +38,7 @@ class Prefetcher(Generic[T]):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.busy_s = 0.0
+        self.cpu_s = 0.0
 
     def _put(self, item: object) -> bool:
         while not self._stop.is_set():
@@ -59,6 +60,7 @@ class Prefetcher(Generic[T]):
                     break
                 finally:
                     self.busy_s += time.perf_counter() - t0
+                    self.cpu_s = time.thread_time()
                 if not self._put(item):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
@@ -98,7 +100,7 @@ class BackgroundWorker(Generic[T]):
 
     ``submit`` blocks when ``maxsize`` items are pending and re-raises the first error of the
     thread; ``join`` waits for every pending item and re-raises that error too. ``busy_s`` is
-    the time spent inside ``fn``.
+    the time spent inside ``fn``, ``cpu_s`` the CPU time of the thread.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class BackgroundWorker(Generic[T]):
         self._abort = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.busy_s = 0.0
+        self.cpu_s = 0.0
 
     def _run(self) -> None:
         while True:
@@ -126,6 +129,7 @@ class BackgroundWorker(Generic[T]):
                     self._error = exc
                 finally:
                     self.busy_s += time.perf_counter() - t0
+                    self.cpu_s = time.thread_time()
             finally:
                 self._queue.task_done()
 

@@ -6,6 +6,7 @@ handed to ``sink`` in a writer thread; see :mod:`geoloc.ingest.pipeline`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -90,13 +91,41 @@ def batches(
         yield Batch(buf, np.stack([t.pixels for t in buf]), buf[-1].row * cols + buf[-1].col + 1)
 
 
+@contextlib.contextmanager
+def encoder_threads(encoder: Any) -> Iterator[None]:
+    """While encoding with a backbone on its own runtime (OpenVINO, ONNX Runtime: a thread
+    pool sized when its session was made), run torch's intra-op pool on one thread.
+
+    Torch then only does the light pre- and post-processing, and an idle torch pool thread
+    spinning for work takes a core from the backbone's threads and the reader and writer.
+    Φ and the node arrays are bit-identical either way (Ω can differ in its last bits).
+    A torch backbone keeps torch's threads. Restores the thread count on exit.
+    """
+    from geoloc.models.runtime import runtime_of
+
+    if runtime_of(encoder) == "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class StreamTimings:
-    """Seconds spent reading (background thread) and encoding (main thread)."""
+    """Seconds spent reading (background thread) and encoding (main thread); CPU seconds of
+    the reader and writer threads (what they take from the encoder on a busy machine)."""
 
     read_s: float = 0.0
     encode_s: float = 0.0
     features_s: float = 0.0
+    read_cpu_s: float = 0.0
+    write_cpu_s: float = 0.0
 
 
 def encode_stream(
@@ -113,7 +142,9 @@ def encode_stream(
     ``omega_only`` keeps only Ω (a rebuild needs nothing else). ``on_batch`` is called in the
     main thread after each batch is encoded (progress). ``features`` (e.g.
     :class:`geoloc.ingest.features.StripFeatures`) fills :attr:`Encoded.features`; a batch waits
-    for the features of all its tiles before it is handed on. Returns the read/encode/feature
+    for the features of all its tiles before it is handed on. Without ``features`` the stream
+    encodes under :func:`encoder_threads` (the feature extractor runs on torch and keeps its
+    threads). Returns the read/encode/feature seconds and the reader and writer threads' CPU
     seconds.
     """
     timings = StreamTimings()
@@ -130,7 +161,8 @@ def encode_stream(
             enc.features, made = made[:k], made[k:]
             writer.submit(enc)
 
-    with reader, BackgroundWorker(sink, maxsize=2) as writer:
+    threads = encoder_threads(encoder) if features is None else contextlib.nullcontext()
+    with threads, reader, BackgroundWorker(sink, maxsize=2) as writer:
         for batch in reader:
             t0 = time.perf_counter()
             out = encoder.encode(batch.pixels)
@@ -162,5 +194,6 @@ def encode_stream(
                     f"{sum(len(e.tiles) for e in waiting)} too few"
                 )
         writer.join()
-    timings.read_s = reader.busy_s
+        timings.write_cpu_s = writer.cpu_s
+    timings.read_s, timings.read_cpu_s = reader.busy_s, reader.cpu_s
     return timings

@@ -151,3 +151,27 @@ def test_background_worker_abort_drops_pending() -> None:
             w.submit(i)
         raise KeyboardInterrupt
     assert len(done) < 5
+
+
+def _burn(n: int) -> int:
+    """CPU work (no sleep): a sum over ``n`` integers in Python."""
+    return sum(i * i for i in range(n))
+
+
+def test_threads_report_their_own_cpu_time() -> None:
+    # The reader and the writer burn CPU in their threads; the main thread burns more in its
+    # own. Each reports its thread's CPU: some, and less than the process spent.
+    def source():  # type: ignore[no-untyped-def]
+        for i in range(4):
+            _burn(200_000)
+            yield i
+
+    c0, m0 = time.process_time(), time.thread_time()
+    with Prefetcher(source(), maxsize=1) as pf, BackgroundWorker(_burn, maxsize=1) as w:
+        for _ in pf:
+            _burn(1_000_000)
+            w.submit(200_000)
+        w.join()
+    main_cpu, process_cpu = time.thread_time() - m0, time.process_time() - c0
+    assert 0 < pf.cpu_s < main_cpu and 0 < w.cpu_s < main_cpu
+    assert pf.cpu_s + w.cpu_s + main_cpu <= process_cpu + 0.05
