@@ -340,7 +340,9 @@ class _Ingester:
             # the actors extract the features from the pixels they read (None: they make none)
             spec = None if extract is None else extract.spec
             kept = write_bands(
-                self.distributed.bands(str(path), cfg, grid, self.batch_size, features=spec),
+                self.distributed.bands(
+                    str(path), cfg, grid, self.batch_size, features=spec, omega=self.store.has_omega
+                ),
                 self.store.add,
                 self.batch_size,
                 on_position=self.progress.update,

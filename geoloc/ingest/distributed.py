@@ -199,9 +199,12 @@ class EncodeWorker:
         rows: tuple[int, int],
         batch_size: int,
         features: BandFeatures | None = None,
+        omega: bool = True,
     ) -> BandResult:
         """Read and encode the kept tiles of rows ``[r0, r1)`` of the raster at ``path``; with
-        ``features``, also extract each tile's stored local features from the same pixels."""
+        ``features``, also extract each tile's stored local features from the same pixels.
+        ``omega`` False (a store without an Ω index): Ω is not sent back (an ``(n, 0)`` array),
+        which is most of a band's bytes through the object store."""
         from geoloc.ingest.stream import as_array
         from geoloc.store.records import TileRecord
         from tiling import open_raster
@@ -225,9 +228,8 @@ class EncodeWorker:
             chunk = tiles[i : i + batch_size]
             pixels = np.stack([t.pixels for t in chunk])
             o = self.encoder.encode(pixels)
-            outs.append(
-                tuple(as_array(x) for x in (o.omega, o.phi, o.node_areas, o.node_centroids))
-            )
+            om = as_array(o.omega) if omega else np.zeros((len(chunk), 0), np.float32)
+            outs.append((om, *(as_array(x) for x in (o.phi, o.node_areas, o.node_centroids))))
             if extract is not None:
                 feats.extend(extract.add(chunk, pixels))
         if extract is not None:
@@ -316,10 +318,12 @@ class DistributedEncoder:
         grid: Grid,
         batch_size: int,
         features: FeatureSpec | None = None,
+        omega: bool = True,
     ) -> Iterator[tuple[BandResult, int]]:
         """Yield ``(band result, grid position reached)`` in grid order; a band whose actor died
         is retried by Ray; a band that keeps failing raises :class:`IngestError`. With
-        ``features`` (the store's spec) the actors also return each tile's local features."""
+        ``features`` (the store's spec) the actors also return each tile's local features;
+        ``omega`` False: they do not return Ω (the store keeps no Ω index)."""
         import ray
         from ray.exceptions import RayError
 
@@ -337,7 +341,7 @@ class DistributedEncoder:
                 rows = todo.popleft()
                 a = self.actors[i % len(self.actors)]
                 i += 1
-                ref = a.encode_band.remote(path, cfg, rows, batch_size, band_feats)
+                ref = a.encode_band.remote(path, cfg, rows, batch_size, band_feats, omega)
                 pending.append((ref, rows))
             ref, rows = pending.popleft()
             try:

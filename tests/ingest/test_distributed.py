@@ -115,6 +115,65 @@ def test_ray_ingest_matches_single_process(
     assert_consistent(db_state(database, pg_settings, encoder), monkeypatch, pg_settings)
 
 
+@pytest.mark.default_omega
+def test_ray_ingest_without_omega_index_sends_no_omega_and_matches(
+    ray_local: None,
+    small_bands: None,
+    pg_settings: Settings,
+    database: Any,
+    encoder: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store without an Ω index (the product default): the actors return no Ω (it would be
+    most of what crosses the object store), and the rows match the single-process ingest."""
+    from geoloc.ingest import distributed
+
+    sent: list[tuple[int, ...]] = []
+    real = distributed.write_bands
+
+    def spy(source: Any, *a: Any, **k: Any) -> int:
+        def seen() -> Any:
+            for band, pos in source:
+                sent.append(tuple(band.omega.shape))
+                yield band, pos
+
+        return real(seen(), *a, **k)
+
+    monkeypatch.setattr(distributed, "write_bands", spy)
+
+    def rows(oid: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+        with database.session() as sess:
+            r = sess.execute(
+                text(
+                    "SELECT t.row, t.col, e.phi::text FROM tiles t "
+                    "JOIN tile_embeddings e ON e.tile_id = t.id "
+                    "WHERE t.orthomosaic_id = :oid ORDER BY t.id"
+                ),
+                {"oid": oid},
+            ).all()
+        cells = [(int(x[0]), int(x[1])) for x in r]
+        return cells, np.asarray([np.fromstring(x[2].strip("[]"), sep=",") for x in r])
+
+    (local,) = ingest([SAMPLE_RASTER], encoder=encoder, settings=pg_settings, progress=False)
+    assert local.status == "ingested", local.message
+    c0, p0 = rows(int(local.id or 0))  # before --force replaces it
+    (dist,) = ingest(
+        [SAMPLE_RASTER],
+        encoder=encoder,
+        settings=pg_settings,
+        progress=False,
+        force=True,
+        cluster="auto",
+        workers=2,
+    )
+    assert dist.status == "ingested", dist.message
+    assert sent and all(len(shape) == 2 and shape[1] == 0 for shape in sent)
+
+    c1, p1 = rows(int(dist.id or 0))
+    assert c0 == c1 and len(c0) == local.tiles_kept
+    np.testing.assert_allclose(p0, p1, atol=1e-4, rtol=0)
+
+
 class _KillWorkerOnFirstBand(logging.Handler):
     """Kill encoder actor 0 with SIGKILL when the driver logs its first encoded band."""
 
