@@ -58,8 +58,11 @@ def small_bands(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("geoloc.ingest.distributed.BAND_TILES", 16)
 
 
-def stored(database: Any, settings: Settings, enc: Any, orthomosaic_id: int) -> dict[str, Any]:
-    """Per grid cell of one orthomosaic: its window, Φ (database) and Ω (FAISS index)."""
+def stored(
+    database: Any, settings: Settings, enc: Any, orthomosaic_id: int, *, omega: bool = True
+) -> dict[str, Any]:
+    """Per grid cell of one orthomosaic: its window, Φ (database) and Ω (FAISS index; None
+    without ``omega``, a store that keeps no Ω index)."""
     from geoloc.store import OmegaIndex
 
     with database.session() as s:
@@ -72,11 +75,10 @@ def stored(database: Any, settings: Settings, enc: Any, orthomosaic_id: int) -> 
             {"oid": orthomosaic_id},
         ).all()
     ids = np.asarray([r[0] for r in rows], dtype=np.int64)
-    omega = OmegaIndex.open(settings, enc.weights_sha256)._reconstruct(ids)
     return {
         "cells": [(int(r[1]), int(r[2])) for r in rows],
         "phi": np.asarray([np.fromstring(r[3].strip("[]"), sep=",") for r in rows]),
-        "omega": omega,
+        "omega": OmegaIndex.open(settings, enc.weights_sha256)._reconstruct(ids) if omega else None,
     }
 
 
@@ -141,22 +143,9 @@ def test_ray_ingest_without_omega_index_sends_no_omega_and_matches(
 
     monkeypatch.setattr(distributed, "write_bands", spy)
 
-    def rows(oid: int) -> tuple[list[tuple[int, int]], np.ndarray]:
-        with database.session() as sess:
-            r = sess.execute(
-                text(
-                    "SELECT t.row, t.col, e.phi::text FROM tiles t "
-                    "JOIN tile_embeddings e ON e.tile_id = t.id "
-                    "WHERE t.orthomosaic_id = :oid ORDER BY t.id"
-                ),
-                {"oid": oid},
-            ).all()
-        cells = [(int(x[0]), int(x[1])) for x in r]
-        return cells, np.asarray([np.fromstring(x[2].strip("[]"), sep=",") for x in r])
-
     (local,) = ingest([SAMPLE_RASTER], encoder=encoder, settings=pg_settings, progress=False)
     assert local.status == "ingested", local.message
-    c0, p0 = rows(int(local.id or 0))  # before --force replaces it
+    want = stored(database, pg_settings, encoder, int(local.id or 0), omega=False)  # before --force
     (dist,) = ingest(
         [SAMPLE_RASTER],
         encoder=encoder,
@@ -169,9 +158,9 @@ def test_ray_ingest_without_omega_index_sends_no_omega_and_matches(
     assert dist.status == "ingested", dist.message
     assert sent and all(len(shape) == 2 and shape[1] == 0 for shape in sent)
 
-    c1, p1 = rows(int(dist.id or 0))
-    assert c0 == c1 and len(c0) == local.tiles_kept
-    np.testing.assert_allclose(p0, p1, atol=1e-4, rtol=0)
+    got = stored(database, pg_settings, encoder, int(dist.id or 0), omega=False)
+    assert got["cells"] == want["cells"] and len(want["cells"]) == local.tiles_kept
+    np.testing.assert_allclose(got["phi"], want["phi"], atol=1e-4, rtol=0)
 
 
 class _KillWorkerOnFirstBand(logging.Handler):
