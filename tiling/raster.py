@@ -440,8 +440,11 @@ class Raster:
             self._crs_str = self.crs_str
         return self._crs_str
 
-    def tiles(self, cfg: TileConfig | None = None) -> Generator[Tile, None, None]:
-        """Yield the kept tiles of the grid, row-major from the top-left.
+    def tiles(
+        self, cfg: TileConfig | None = None, rows: tuple[int, int] | None = None
+    ) -> Generator[Tile, None, None]:
+        """Yield the kept tiles of the grid, row-major from the top-left (with ``rows``, those of
+        grid rows ``[r0, r1)`` only: a distributed ingest's band).
 
         A tile is kept when its valid fraction is > 0 and >= ``cfg.min_valid``; others are
         skipped and counted in :attr:`last_skipped` (kept ones in :attr:`last_kept`; both are
@@ -461,7 +464,8 @@ class Raster:
         per_band = max(1, (BAND_MAX_PX - ts) // st + 1) if _is_copy(grid) else 1
         self.last_kept = self.last_skipped = 0
         unknown = False
-        for row in range(grid.rows):
+        r0, r1 = (0, grid.rows) if rows is None else (max(0, rows[0]), min(grid.rows, rows[1]))
+        for row in range(r0, r1):
             for first in range(0, grid.cols, per_band):
                 cols = range(first, min(grid.cols, first + per_band))
                 cov = [grid.coverage(row, col) for col in cols]
@@ -484,7 +488,7 @@ class Raster:
                     # copies: a kept tile must not hold the whole band alive
                     pixels = np.ascontiguousarray(band[0][:, :, x : x + ts])
                     yield self._make_tile(grid, row, col, pixels, mask.copy())
-        if self.last_kept == 0 and not unknown and len(grid) > 0:
+        if rows is None and self.last_kept == 0 and not unknown and len(grid) > 0:
             raise EmptyRasterError("has no valid pixel (all nodata, masked or NaN)", self.path)
 
     def read_band(

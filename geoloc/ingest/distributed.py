@@ -115,6 +115,9 @@ class BandResult:
     node_centroids: np.ndarray
     weights_sha256: str
     features: list[FeatureTuple] | None = None
+    #: the actor's seconds reading the band's pixels and encoding them (with features)
+    read_s: float = 0.0
+    encode_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -135,33 +138,6 @@ def band_rows(grid: Grid, band_tiles: int | None = None) -> list[tuple[int, int]
     band_tiles = BAND_TILES if band_tiles is None else band_tiles
     step = max(1, math.ceil(band_tiles / max(1, int(grid.cols))))
     return [(r, min(int(grid.rows), r + step)) for r in range(0, int(grid.rows), step)]
-
-
-def read_band(raster: Any, cfg: TileConfig, rows: tuple[int, int]) -> list[Any]:
-    """The kept tiles of grid rows ``[r0, r1)``, exactly as :meth:`tiling.Raster.tiles` keeps
-    and reads them (same coverage and valid-fraction filter, same resampling)."""
-    from rasterio.enums import Resampling
-
-    from tiling.raster import _fraction
-
-    grid = raster.grid(cfg)
-    ts = grid.tile_size
-    resampling = Resampling.average if grid.scale_x >= 1.0 else Resampling.bilinear
-    out = []
-    for row in range(rows[0], rows[1]):
-        for col in range(int(grid.cols)):
-            cov = grid.coverage(row, col)
-            if cov <= 0.0 or cov < cfg.min_valid:
-                continue
-            w = grid.window(row, col)
-            pixels, mask = raster.read_window(
-                w.col_off, w.row_off, grid.scale_x, grid.scale_y, ts, ts, resampling
-            )
-            vf = _fraction(mask)
-            if vf <= 0.0 or vf < cfg.min_valid:
-                continue
-            out.append(raster._make_tile(grid, row, col, pixels, mask))
-    return out
 
 
 class EncodeWorker:
@@ -220,8 +196,11 @@ class EncodeWorker:
                 tile_size=features.tile_size,
                 stride=features.stride,
             )
+        t0 = time.perf_counter()
         with open_raster(path) as raster:
-            tiles = read_band(raster, cfg, rows)
+            # the reads of a local ingest (bands of native pixels, a window per resampled tile)
+            tiles = list(raster.tiles(cfg, rows=rows))
+        t1 = time.perf_counter()
         outs: list[tuple[np.ndarray, ...]] = []
         feats: list[FeatureTuple] = []
         for i in range(0, len(tiles), batch_size):
@@ -236,12 +215,14 @@ class EncodeWorker:
             feats.extend(extract.finish())
         enc = self.encoder
         band_feats = None if extract is None else feats
+        sha = str(enc.weights_sha256)
+        t2 = time.perf_counter()
         if not outs:
             empty = np.zeros((0, int(enc.omega_dim)), np.float32)
-            return BandResult([], empty, empty, empty, empty, str(enc.weights_sha256), band_feats)
+            return BandResult([], empty, empty, empty, empty, sha, band_feats, t1 - t0, t2 - t1)
         om, phi, areas, cents = (np.concatenate([o[k] for o in outs]) for k in range(4))
         records = [TileRecord.from_tile(t) for t in tiles]
-        return BandResult(records, om, phi, areas, cents, str(enc.weights_sha256), band_feats)
+        return BandResult(records, om, phi, areas, cents, sha, band_feats, t1 - t0, t2 - t1)
 
 
 class DistributedEncoder:

@@ -1,7 +1,8 @@
 """The tile -> encode -> sink stream shared by ``geoloc ingest`` and ``geoloc index rebuild``.
 
-Tiles are read in a background thread, encoded in the main thread (so Ctrl-C lands there) and
-handed to ``sink`` in a writer thread; see :mod:`geoloc.ingest.pipeline`.
+Tiles are read in a background thread, encoded in the main thread (or, on an OpenVINO backbone,
+in a pool of one thread per stream that the main thread waits on in order, so Ctrl-C lands
+there) and handed to ``sink`` in a writer thread; see :mod:`geoloc.ingest.pipeline`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -91,29 +93,43 @@ def batches(
         yield Batch(buf, np.stack([t.pixels for t in buf]), buf[-1].row * cols + buf[-1].col + 1)
 
 
-@contextlib.contextmanager
-def encoder_threads(encoder: Any) -> Iterator[None]:
-    """While encoding with a backbone on its own runtime (OpenVINO, ONNX Runtime: a thread
-    pool sized when its session was made), run torch's intra-op pool on one thread.
+def encoded(
+    encoder: Any, source: Iterator[Batch], streams: int = 1, *, omega_only: bool = False
+) -> Iterator[tuple[Batch, Encoded, float]]:
+    """``(batch, its encoding, encode seconds)`` for every batch of ``source``, in order, with
+    up to ``streams`` batches encoding at once in a thread pool (what
+    :func:`geoloc.models.runtime.throughput` yields; 1: in this thread). The encode seconds of
+    concurrent batches overlap: their sum is the encoder's busy time, not wall time."""
 
-    Torch then only does the light pre- and post-processing, and an idle torch pool thread
-    spinning for work takes a core from the backbone's threads and the reader and writer.
-    Φ and the node arrays are bit-identical either way (Ω can differ in its last bits).
-    A torch backbone keeps torch's threads. Restores the thread count on exit.
-    """
-    from geoloc.models.runtime import runtime_of
+    def one(batch: Batch) -> tuple[Batch, Encoded, float]:
+        t0 = time.perf_counter()
+        out = encoder.encode(batch.pixels)
+        enc = Encoded(
+            batch.tiles,
+            as_array(out.omega),
+            None if omega_only else as_array(out.phi),
+            None if omega_only else as_array(out.node_areas),
+            None if omega_only else as_array(out.node_centroids),
+            batch.position,
+        )
+        return batch, enc, time.perf_counter() - t0
 
-    if runtime_of(encoder) == "torch":
-        yield
+    if streams <= 1:
+        for batch in source:
+            yield one(batch)
         return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    with ThreadPoolExecutor(streams, thread_name_prefix="geoloc-encode") as pool:
+        running: deque[Future[tuple[Batch, Encoded, float]]] = deque()
+        try:
+            for batch in source:
+                running.append(pool.submit(one, batch))
+                if len(running) >= streams:
+                    yield running.popleft().result()
+            while running:
+                yield running.popleft().result()
+        finally:
+            for f in running:  # an error or Ctrl-C: do not start the queued ones
+                f.cancel()
 
 
 @dataclass
@@ -143,10 +159,13 @@ def encode_stream(
     main thread after each batch is encoded (progress). ``features`` (e.g.
     :class:`geoloc.ingest.features.StripFeatures`) fills :attr:`Encoded.features`; a batch waits
     for the features of all its tiles before it is handed on. Without ``features`` the stream
-    encodes under :func:`encoder_threads` (the feature extractor runs on torch and keeps its
-    threads). Returns the read/encode/feature seconds and the reader and writer threads' CPU
-    seconds.
+    encodes under :func:`geoloc.models.runtime.throughput` (several batches at once on an
+    OpenVINO backbone; the feature extractor runs on torch and keeps its threads). Returns the
+    read/encode/feature seconds (encode: the encoder's busy seconds) and the reader and writer
+    threads' CPU seconds.
     """
+    from geoloc.models.runtime import throughput
+
     timings = StreamTimings()
     reader: Prefetcher[Batch] = Prefetcher(source, maxsize=3)
     waiting: deque[Encoded] = deque()  # encoded, some of their tiles' features not made yet
@@ -161,21 +180,11 @@ def encode_stream(
             enc.features, made = made[:k], made[k:]
             writer.submit(enc)
 
-    threads = encoder_threads(encoder) if features is None else contextlib.nullcontext()
-    with threads, reader, BackgroundWorker(sink, maxsize=2) as writer:
-        for batch in reader:
-            t0 = time.perf_counter()
-            out = encoder.encode(batch.pixels)
-            enc = Encoded(
-                batch.tiles,
-                as_array(out.omega),
-                None if omega_only else as_array(out.phi),
-                None if omega_only else as_array(out.node_areas),
-                None if omega_only else as_array(out.node_centroids),
-                batch.position,
-            )
+    mode = throughput(encoder) if features is None else contextlib.nullcontext(1)
+    with mode as streams, reader, BackgroundWorker(sink, maxsize=2) as writer:
+        for batch, enc, seconds in encoded(encoder, reader, streams, omega_only=omega_only):
             t1 = time.perf_counter()
-            timings.encode_s += t1 - t0
+            timings.encode_s += seconds
             if features is None:
                 writer.submit(enc)
             else:

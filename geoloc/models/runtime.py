@@ -19,12 +19,13 @@ which one an encoder runs on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
 import tempfile
-import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,37 @@ def runtime_of(encoder: Any) -> str:
     """The runtime ``encoder``'s backbone runs on now: ``openvino``, ``onnx`` or ``torch``."""
     session = getattr(encoder, "__dict__", {}).get(_ATTR)
     return "torch" if session is None else str(session.runtime)
+
+
+@contextlib.contextmanager
+def throughput(encoder: Any, threads: int | None = None) -> Iterator[int]:
+    """While encoding many batches (ingest, rebuild): yields how many ``encoder.encode`` calls
+    to run at once, from as many threads.
+
+    A backbone on its own runtime (OpenVINO, ONNX Runtime) runs with torch's intra-op pool on
+    one thread: torch then only does the light pre- and post-processing, and an idle torch pool
+    thread spinning for work takes a core from the backbone and the ingest's reader and writer.
+    An OpenVINO backbone also switches to ``threads`` (default ``torch.get_num_threads()``)
+    streams of one thread each: independent batches on separate cores keep them busier than
+    one batch split across them (no barrier per layer), and the head then runs on every core
+    too. Φ and the node arrays are bit-identical either way (Ω can differ in its last bits).
+    A torch backbone keeps torch's threads and yields 1. Restores both on exit.
+    """
+    if runtime_of(encoder) == "torch":
+        yield 1
+        return
+    before = torch.get_num_threads()
+    session = encoder.__dict__[_ATTR]
+    streams = max(1, int(threads or before)) if isinstance(session, OpenVinoBackbone) else 1
+    torch.set_num_threads(1)
+    try:
+        if streams > 1:
+            session.set_streams(streams)
+        yield streams
+    finally:
+        if streams > 1:
+            session.set_streams(1)
+        torch.set_num_threads(before)
 
 
 def default_runtime() -> str:
@@ -133,7 +165,9 @@ class OpenVinoBackbone:
     """The same callable on an OpenVINO CPU compiled model of the exported graph (fp32, the
     latency hint, ``torch.get_num_threads()`` inference threads at construction).
 
-    One infer request, behind a lock: a request is not safe to share between threads.
+    Calls are safe from several threads: each takes an infer request from a pool (one request
+    in latency mode, so calls wait for each other; ``streams`` requests after
+    :meth:`set_streams`, one per stream, so that many calls run at once).
     """
 
     runtime = "openvino"
@@ -142,22 +176,61 @@ class OpenVinoBackbone:
         import openvino as ov
 
         self.path = model_path
-        config = {
-            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-            "PERFORMANCE_HINT": "LATENCY",
+        self._core = ov.Core()
+        self.compiled = self._compile(int(threads or torch.get_num_threads()), 1)
+        self._latency = self.compiled
+        self._by_streams: dict[int, Any] = {}
+        self.streams = 1
+        self._pool = self._requests(self.compiled, 1)
+
+    def _compile(self, threads: int, streams: int) -> Any:
+        config: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": threads,
             # never bf16/fp16 on CPUs that have them: outputs must match torch within 1e-4
             "INFERENCE_PRECISION_HINT": "f32",
+            # OpenVINO pins its threads to the first cores by default: two processes on one
+            # machine (Ray actors, an ingest beside a localizer) then share one core, and a
+            # pinned thread cannot leave a core the reader or writer thread is using
+            "ENABLE_CPU_PINNING": False,
         }
-        self.compiled = ov.Core().compile_model(str(model_path), "CPU", config)
-        self._request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()
+        if streams > 1:
+            config["NUM_STREAMS"] = streams
+        else:
+            config["PERFORMANCE_HINT"] = "LATENCY"
+        return self._core.compile_model(str(self.path), "CPU", config)
+
+    @staticmethod
+    def _requests(compiled: Any, n: int) -> queue.SimpleQueue[Any]:
+        pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(n):
+            pool.put(compiled.create_infer_request())
+        return pool
+
+    def set_streams(self, streams: int) -> None:
+        """Run ``streams`` calls at once, each on one thread (a model compiled once per count,
+        kept); 1 goes back to the latency model. Call it while no call is running."""
+        streams = max(1, int(streams))
+        if streams == self.streams:
+            return
+        if streams == 1:
+            self.compiled = self._latency
+        else:
+            if streams not in self._by_streams:
+                self._by_streams[streams] = self._compile(streams, streams)
+            self.compiled = self._by_streams[streams]
+        self._pool = self._requests(self.compiled, streams)
+        self.streams = streams
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every output of the graph for input ``x`` (copies: the request reuses its buffers)."""
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        with self._lock:
-            res = self._request.infer({0: arr})
+        pool = self._pool
+        request = pool.get()
+        try:
+            res = request.infer({0: arr})
             return [torch.from_numpy(np.array(res[i], copy=True)) for i in range(len(res))]
+        finally:
+            pool.put(request)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.outputs(x)[0]

@@ -129,4 +129,25 @@ def test_is_copy_only_for_unit_scale() -> None:
 
     t = Affine(0.5, 0, 0, 0, -0.5, 0)
     assert _is_copy(Grid.build(TileConfig(), 500, 400, t, (0.5, 0.5)))
-    assert not _is_copy(Grid.build(TileConfig(gsd=0.5), 500, 400, t, (0.50004, 0.50004)))
+    # within NATIVE_SNAP of the native pixel (a projection's scale factor): native pixels
+    assert _is_copy(Grid.build(TileConfig(gsd=0.5), 500, 400, t, (0.50004, 0.50004)))
+    assert not _is_copy(Grid.build(TileConfig(gsd=0.5), 500, 400, t, (0.5006, 0.5006)))
+
+
+@pytest.mark.parametrize("name", ["utm", "nodata", "mosaic_vrt"])
+@pytest.mark.parametrize("gsd", [None, 0.37])
+def test_tiles_of_some_rows_are_those_rows_of_all_tiles(
+    fake: dict[str, Path], name: str, gsd: float | None
+) -> None:
+    # what a Ray actor reads for its band of rows: the same tiles, pixels and masks
+    cfg = TileConfig(tile_size=100, stride=30, gsd=gsd, min_valid=0.3)
+    with open_raster(fake[name]) as r:
+        every = list(r.tiles(cfg))
+        rows = r.grid(cfg).rows
+        parts = [list(r.tiles(cfg, rows=(a, a + 2))) for a in range(0, rows, 2)]
+        assert list(r.tiles(cfg, rows=(rows, rows + 3))) == []  # past the grid: none, no error
+    got = [t for p in parts for t in p]
+    assert [(t.row, t.col) for t in got] == [(t.row, t.col) for t in every]
+    for a, b in zip(got, every, strict=True):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        np.testing.assert_array_equal(a.mask, b.mask)

@@ -8,7 +8,7 @@ import pytest
 from affine import Affine
 
 from tiling.errors import TileConfigError
-from tiling.grid import Grid, TileConfig, axis_count, inside_range
+from tiling.grid import NATIVE_SNAP, Grid, TileConfig, axis_count, inside_range
 
 
 @pytest.mark.parametrize(
@@ -47,6 +47,19 @@ def test_grid_resampled_scale_and_transform() -> None:
     tt = g.transform(1, 2)
     assert tt.a == pytest.approx(1.0) and tt.e == pytest.approx(-1.0)
     assert (tt.c, tt.f) == pytest.approx((1000 + 20 * 1.0, 2000 - 10 * 1.0))
+
+
+def test_a_gsd_within_the_snap_of_the_native_pixel_keeps_the_native_pixels() -> None:
+    # a UTM orthophoto of nominal 0.5 m pixels measures 0.5 x 0.9996..1.001 m on the ground
+    t = Affine(0.5, 0, 1000, 0, -0.5, 2000)
+    g = Grid.build(TileConfig(tile_size=10, gsd=0.5), 400, 200, t, (0.5002, 0.4998))
+    assert (g.scale_x, g.scale_y) == (1.0, 1.0)
+    assert g.gsd_m == pytest.approx(math.sqrt(0.5002 * 0.4998))
+    assert g.window(1, 2).col_off == 20  # whole source pixels
+    # beyond NATIVE_SNAP the grid resamples to the GSD asked for
+    off = 0.5 * (1 + 2 * NATIVE_SNAP)
+    g = Grid.build(TileConfig(tile_size=10, gsd=0.5), 400, 200, t, (off, off))
+    assert g.scale_x == pytest.approx(0.5 / off) and g.gsd_m == 0.5
 
 
 def test_coverage_and_inside_range() -> None:
