@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -94,7 +94,7 @@ def batches(
 
 
 def encoded(
-    encoder: Any, source: Iterator[Batch], streams: int = 1, *, omega_only: bool = False
+    encoder: Any, source: Iterable[Batch], streams: int = 1, *, omega_only: bool = False
 ) -> Iterator[tuple[Batch, Encoded, float]]:
     """``(batch, its encoding, encode seconds)`` for every batch of ``source``, in order, with
     up to ``streams`` batches encoding at once in a thread pool (what

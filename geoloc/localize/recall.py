@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from geoloc.errors import ConfigError
 from geoloc.localize import priors as priors_mod
 from geoloc.localize.priors import Prior, PriorStage
 from geoloc.localize.state import FrameState
@@ -73,14 +74,22 @@ class PgvectorRecall:
     Φ, the scene-graph descriptor, tolerates the residual heading and offset of a frame better
     than the flattened Ω map, so it recalls the right tile more often (the scale benchmark's
     figures in the README decide the default); no FAISS index is loaded. ``ef_search`` is the
-    HNSW candidate list (raised to the recall depth when smaller).
+    HNSW candidate list (raised to the recall depth when smaller). ``prefilter`` ``hnsw``
+    walks the index over Φ's sign bits; ``scan`` scans those bits held in memory (128 B per
+    tile, exact Hamming, :meth:`geoloc.store.TileStore.search_phi`); both re-rank by cosine.
     """
 
     name = "pgvector"
-    default_conf: ClassVar[dict[str, Any]] = {"ef_search": 400}
+    default_conf: ClassVar[dict[str, Any]] = {"ef_search": 400, "prefilter": "hnsw"}
 
     def __init__(self, **conf: Any) -> None:
-        self.ef_search = int({**self.default_conf, **conf}["ef_search"])
+        conf = {**self.default_conf, **conf}
+        self.ef_search = int(conf["ef_search"])
+        self.prefilter = str(conf["prefilter"])
+        if self.prefilter not in ("hnsw", "scan"):
+            raise ConfigError(
+                f"pgvector recall: prefilter must be hnsw or scan, got {self.prefilter!r}"
+            )
 
     def recall(
         self,
@@ -92,7 +101,9 @@ class PgvectorRecall:
         prior: Prior | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of the Φ nearest tiles, per heading."""
-        scores, ids = store.search_phi(phi, k, allowed_ids, self.ef_search)
+        scores, ids = store.search_phi(
+            phi, k, allowed_ids, self.ef_search, scan=self.prefilter == "scan"
+        )
         return np.asarray(scores), np.asarray(ids)
 
 

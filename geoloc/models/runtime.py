@@ -250,23 +250,6 @@ def _cache_path(encoder: Any, cache_dir: Path) -> Path:
     return cache_dir / f"{encoder.weights_sha256[:32]}-{int(encoder.input_size)}px-{tag}.onnx"
 
 
-def _export(backbone: torch.nn.Module, size: int, path: Path) -> None:
-    """Export the (folded, eval) backbone with a dynamic batch axis to ``path`` atomically."""
-    example = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
-    axes = {"images": {0: "batch"}, "features": {0: "batch"}}
-    _export_graph(backbone, example, path, ["images", "features"], axes)
-
-
-def _max_diff(encoder: Any, session: OnnxBackbone | OpenVinoBackbone) -> float:
-    """Largest |features_onnx - features_torch| on a seeded probe batch."""
-    size = int(encoder.input_size)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 3, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        ref = encoder.backbone(x)
-    return float((session(x) - ref).abs().max())
-
-
 def use_runtime(encoder: Any, runtime: str = "auto", cache_dir: Path | None = None) -> str:
     """Run ``encoder``'s backbone on ``runtime``; return the runtime now in use.
 
@@ -293,50 +276,26 @@ def use_runtime(encoder: Any, runtime: str = "auto", cache_dir: Path | None = No
         )
     if not encoder.optimized or encoder.device.type != "cpu":
         return "torch"
-    wanted = [runtime] if runtime != "auto" else [r for r in ("openvino", "onnx") if _available(r)]
-    for name in wanted:
-        session = _session(
-            encoder, name, cache_dir or default_cache_dir(), strict=runtime != "auto"
-        )
-        if session is None:
-            continue
-        object.__setattr__(encoder, _ATTR, session)
-        return name
-    encoder.__dict__.pop(_ATTR, None)
-    return "torch"
-
-
-def _session(
-    encoder: Any, runtime: str, cache_dir: Path, *, strict: bool
-) -> OnnxBackbone | OpenVinoBackbone | None:
-    """A checked ``runtime`` session of the encoder's exported backbone, or None (with a
-    warning) when the export fails or the outputs differ from torch; ``strict`` raises
-    ConfigError on a failed export instead."""
-    path = _cache_path(encoder, cache_dir)
-    make = _SESSIONS[runtime]
-    fresh = not path.is_file()
-    if fresh:
-        try:
-            _export(encoder.backbone, int(encoder.input_size), path)
-        except Exception as exc:  # noqa: BLE001 - an exporter gap: auto keeps torch
-            if strict:
-                raise ConfigError(f"{path}: cannot export the backbone to ONNX: {exc}") from exc
-            log.warning("%s: ONNX export failed (%s); keeping torch", path, exc)
-            return None
-    try:
-        session = make(path)
-    except Exception as exc:  # noqa: BLE001 - a corrupt cache file: export again once
-        if fresh:
-            raise
-        log.warning("%s: unreadable ONNX cache (%s), exporting again", path, exc)
-        _export(encoder.backbone, int(encoder.input_size), path)
-        session = make(path)
-    diff = _max_diff(encoder, session)
-    if not diff <= ONNX_TOLERANCE:
-        log.warning("%s: %s backbone differs from torch by %.2e", path, runtime, diff)
-        return None
-    log.info("encoder backbone on %s (%s, max |Δ| %.1e)", runtime, path.name, diff)
-    return session
+    size = int(encoder.input_size)
+    gen = torch.Generator().manual_seed(0)  # a seeded probe: zeros would check little
+    probe = torch.randn(3, 3, size, size, generator=gen).contiguous(
+        memory_format=torch.channels_last
+    )
+    session = export_net(
+        encoder.backbone,
+        probe,
+        _cache_path(encoder, cache_dir or default_cache_dir()),
+        outputs=["features"],
+        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+        runtime=runtime,
+        input_name="images",
+        strict=runtime != "auto",
+    )
+    if session is None:
+        encoder.__dict__.pop(_ATTR, None)
+        return "torch"
+    object.__setattr__(encoder, _ATTR, session)
+    return str(session.runtime)
 
 
 def export_net(
@@ -347,13 +306,17 @@ def export_net(
     outputs: Sequence[str],
     dynamic_axes: dict[str, dict[int, str]],
     runtime: str | None = None,
+    input_name: str = "input",
+    strict: bool = False,
 ) -> Session | None:
     """``net`` (eval, inference only) as a checked OpenVINO / ONNX Runtime session of its ONNX
     export at ``path`` (exported there, atomically, when missing; exported again when the file
     cannot be read), or None when ``runtime`` (None: :func:`default_runtime`) is ``torch``, no
     runtime is installed, the export fails, or an output differs from ``net``'s on ``example``
-    by more than :data:`ONNX_TOLERANCE` (then the caller keeps torch). The input is named
-    ``input``; ``outputs`` names the outputs, ``dynamic_axes`` their variable axes."""
+    by more than :data:`ONNX_TOLERANCE` on every runtime tried (``auto``: OpenVINO, then ONNX
+    Runtime; the caller then keeps torch). ``strict``: a failed export raises ConfigError.
+    The input is named ``input_name``; ``outputs`` names the outputs, ``dynamic_axes`` their
+    variable axes."""
     runtime = default_runtime() if runtime is None else check_runtime(runtime)
     if runtime == "torch":
         return None
@@ -367,13 +330,15 @@ def export_net(
         return None
 
     def export() -> None:
-        _export_graph(net, example, path, ["input", *outputs], dynamic_axes)
+        _export_graph(net, example, path, [input_name, *outputs], dynamic_axes)
 
     fresh = not path.is_file()
     try:
         if fresh:
             export()
     except Exception as exc:  # noqa: BLE001 - an exporter gap: keep torch
+        if strict:
+            raise ConfigError(f"{path}: cannot export to ONNX: {exc}") from exc
         log.warning("%s: ONNX export failed (%s); keeping torch", path, exc)
         return None
     with torch.inference_mode():

@@ -712,6 +712,76 @@ def knn_phi_many(
     return out
 
 
+def phi_sign_codes(db: Database, encoder_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64 ``(n,)``, Φ's sign bits uint8 ``(n, PHI_DIM // 8)``) of this encoder's tiles
+    of complete orthomosaics, by id: the codes the HNSW index over :data:`PHI_BQ` holds (bit i
+    set when Φ_i > 0, first dimension in the first byte's high bit), for a scan in memory."""
+    # bit_send: the bit string's binary wire form, a 4-byte bit count then the bytes
+    sql = (
+        "SELECT e.tile_id, bit_send(binary_quantize(e.phi)::bit(1024)) AS b"
+        " FROM tile_embeddings e JOIN tiles t ON t.id = e.tile_id"
+        " JOIN orthomosaics o ON o.id = t.orthomosaic_id"
+        " WHERE e.encoder_id = :e AND o.status = 'complete' ORDER BY e.tile_id"
+    )
+    width = PHI_DIM // 8
+    with db.engine.connect() as conn:
+        rows = conn.execute(_text(sql), {"e": encoder_id}).all()
+    ids = np.fromiter((r.tile_id for r in rows), dtype=np.int64, count=len(rows))
+    raw = b"".join(bytes(r.b)[4:] for r in rows)
+    codes = np.frombuffer(raw, dtype=np.uint8).reshape(len(rows), width).copy()
+    return ids, codes
+
+
+def knn_phi_scan(
+    db: Database,
+    encoder_id: int,
+    queries: np.ndarray,
+    k: int,
+    ids: np.ndarray,
+    codes: np.ndarray,
+    allowed_ids: np.ndarray | None = None,
+) -> list[list[tuple[int, float]]]:
+    """:func:`knn_phi_many` with its Hamming prefilter as an exact scan of ``codes`` (from
+    :func:`phi_sign_codes`) in memory instead of the HNSW index: per query the
+    :data:`PHI_BQ_CANDIDATES` nearest codes (among ``allowed_ids`` if given), re-ranked by the
+    halfvec cosine in Postgres (only the ``k`` best come back).
+
+    An exact scan finds the Hamming-nearest the index's graph walk can miss, and its cost does
+    not depend on a restriction (a filter only masks rows)."""
+    from pgvector import HalfVector
+    from pgvector.sqlalchemy import HALFVEC
+    from sqlalchemy import bindparam
+    from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+
+    q = pad_phi(np.asarray(queries, dtype=np.float32).reshape(len(queries), -1))
+    if ids.size == 0:
+        return [[] for _ in range(q.shape[0])]
+    # the stored codes are of the halfvec: quantize the query the same way first
+    qbits = np.packbits(q.astype(np.float16) > 0, axis=1)
+    words, qwords = codes.view(np.uint64), qbits.view(np.uint64)
+    keep = None if allowed_ids is None else np.isin(ids, np.asarray(allowed_ids, np.int64))
+    n = min(max(int(k), PHI_BQ_CANDIDATES), ids.size)
+    stmt = _text(
+        "SELECT tile_id, phi <=> CAST(:q AS halfvec) AS d FROM tile_embeddings"
+        " WHERE encoder_id = :e AND tile_id = ANY(:ids) ORDER BY d, tile_id LIMIT :k"
+    ).bindparams(bindparam("q", type_=HALFVEC(PHI_DIM)), bindparam("ids", type_=ARRAY(BIGINT)))
+    out: list[list[tuple[int, float]]] = []
+    with db.engine.connect() as conn:
+        for row, qw in zip(q, qwords, strict=True):
+            d = np.bitwise_count(words ^ qw).sum(axis=1, dtype=np.int32)
+            if keep is not None:
+                d[~keep] = PHI_DIM + 1
+            top = np.argpartition(d, n - 1)[:n] if n < ids.size else np.arange(ids.size)
+            top = top[d[top] <= PHI_DIM]
+            if top.size == 0:
+                out.append([])
+                continue
+            params = {"q": HalfVector(row), "e": encoder_id, "k": int(k)}
+            rows = conn.execute(stmt, {**params, "ids": ids[top].tolist()}).all()
+            out.append([(int(r.tile_id), float(r.d)) for r in rows])
+    return out
+
+
 def _exact_phi(
     db: Database, encoder_id: int, q: np.ndarray, k: int, allowed: np.ndarray
 ) -> list[list[tuple[int, float]]]:

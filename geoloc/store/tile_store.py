@@ -174,6 +174,8 @@ class TileStore:
         self.map_gsd_m = float(map_gsd_m)
         self.tile_px = int(tile_px)
         self._layers: list[GsdLayer] | None = None  # read on first use, again after a re-open
+        # Φ sign codes for the in-memory recall scan, with the orthomosaics stamp they are of
+        self._codes: tuple[tuple[int, int, str], np.ndarray, np.ndarray] | None = None
         self._layer_ids: dict[tuple[int, ...], np.ndarray] = {}
         self._reopen_failed = False  # warned once that a re-saved index did not open
         self._omega_dim: int | None = None  # set by for_encoder: the write side's Ω width
@@ -428,18 +430,38 @@ class TileStore:
         k: int,
         allowed_ids: np.ndarray | None = None,
         ef_search: int = 100,
+        scan: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Φ top-``k`` of each row of ``phi`` (H, P), like :meth:`search` for Ω: (cosine
         scores (H, k), tile ids (H, k)), best first, missing = (-inf, -1). A restriction
-        (``allowed_ids``) of a few thousand tiles is scored exactly, a larger search by HNSW."""
+        (``allowed_ids``) of a few thousand tiles is scored exactly, a larger search by HNSW.
+
+        ``scan``: the Hamming prefilter scans Φ's sign bits held in this process
+        (:func:`repository.knn_phi_scan`; 128 B per tile, read from Postgres on first use and
+        again after an ingest or delete changes the complete orthomosaics) instead of walking
+        the HNSW index."""
         phi = np.asarray(phi, dtype=np.float32).reshape(len(phi), -1)
-        hits = repo.knn_phi_many(self._db, self.encoder_id, phi, k, ef_search, allowed_ids)
+        if scan:
+            ids, codes = self._sign_codes()
+            hits = repo.knn_phi_scan(self._db, self.encoder_id, phi, k, ids, codes, allowed_ids)
+        else:
+            hits = repo.knn_phi_many(self._db, self.encoder_id, phi, k, ef_search, allowed_ids)
         scores = np.full((phi.shape[0], k), -np.inf, dtype=np.float32)
         ids = np.full((phi.shape[0], k), -1, dtype=np.int64)
         for h, row in enumerate(hits):
             for j, (tid, dist) in enumerate(row[:k]):
                 scores[h, j], ids[h, j] = 1.0 - dist, tid
         return scores, ids
+
+    def _sign_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (ids, sign codes) of :func:`repository.phi_sign_codes`, cached until the
+        complete orthomosaics change (their stamp is one small query per search)."""
+        stamp = repo.orthomosaics_stamp(self._db, self.encoder_id)
+        cached = self._codes
+        if cached is None or cached[0] != stamp:
+            ids, codes = repo.phi_sign_codes(self._db, self.encoder_id)
+            self._codes = cached = (stamp, ids, codes)
+        return cached[1], cached[2]
 
     def candidates(self, tile_ids: Sequence[int] | np.ndarray) -> list[Candidate]:
         """The tiles with these ids, in input order; unknown or incomplete ones are left out."""

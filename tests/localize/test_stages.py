@@ -17,7 +17,13 @@ from geoloc.localize.consistency import Consistency, NodeCentroidConsistency
 from geoloc.localize.pipeline import preset
 from geoloc.localize.prepare import FramePreparation, heading_known
 from geoloc.localize.priors import GnssRadiusPrior, HeadingPrior, Prior
-from geoloc.localize.recall import FaissRecall, NearPositionRecall, Recall, merge_headings
+from geoloc.localize.recall import (
+    FaissRecall,
+    NearPositionRecall,
+    PgvectorRecall,
+    Recall,
+    merge_headings,
+)
 from geoloc.localize.regions import MapRegions
 from geoloc.localize.rerank import PhiCosineRerank, Rerank
 from geoloc.localize.schedule import SWEEP_DEG, VerificationScheduler
@@ -112,6 +118,26 @@ def test_recall_finds_the_view_and_stops_on_an_empty_prior(store: Any, encoder: 
     _prepare(store, encoder).run(far)
     Recall({}, FaissRecall(), [GnssRadiusPrior()], store).run(far)
     assert far.stopped and far.message == "no tile lies within the prior"
+
+
+def test_phi_recall_scanning_the_sign_bits_recalls_what_the_index_does(
+    store: Any, encoder: Any
+) -> None:
+    from geoloc.errors import ConfigError
+
+    got = {}
+    for prefilter in ("hnsw", "scan"):
+        state = _state()
+        _prepare(store, encoder).run(state)
+        Recall({}, PgvectorRecall(prefilter=prefilter), [], store).run(state)
+        got[prefilter] = [t for t, _, _ in state.recalled]
+    # the sample store holds fewer tiles than either prefilter's candidates: the same recall
+    assert got["scan"] == got["hnsw"] and len(got["scan"]) == 50
+    lon, lat = truth_lonlat(CX, CY)
+    near = store.candidates(got["scan"][:10])
+    assert min(_dist(c.center_lon, c.center_lat, lon, lat) for c in near) < 56.0
+    with pytest.raises(ConfigError, match="prefilter"):
+        PgvectorRecall(prefilter="ivf")
 
 
 def test_near_position_recall_stays_inside_the_predicted_circle(store: Any, encoder: Any) -> None:

@@ -80,6 +80,16 @@ def test_a_store_without_omega_writes_no_index_and_verifies(pg_settings: Setting
         assert sorted(reader.features(ids)) == sorted(ids)
         scores, found = reader.search_phi(unit(rng, 1, 1024), k=3)
         assert found.shape == (1, 3) and set(found[0].tolist()) <= set(ids)
+        q = unit(rng, 2, 1024)
+        hnsw = reader.search_phi(q, k=4)
+        scan = reader.search_phi(q, k=4, scan=True)
+        np.testing.assert_array_equal(scan[1], hnsw[1])  # every tile is a candidate here
+        np.testing.assert_allclose(scan[0], hnsw[0], atol=1e-6)
+        # another ingest completes: the held sign codes are read again, the new tiles found
+        with _writer(pg_settings, omega=False) as store, store.locked():
+            more = _ingest_one(store, rng, _raster("/data/other.tif", "e" * 64))
+        got = reader.search_phi(q, k=len(ids) + len(more), scan=True)[1]
+        assert set(got[0].tolist()) == set(ids) | set(more)
 
 
 def test_omega_recall_on_a_store_without_it_names_the_store_and_the_fix(

@@ -136,6 +136,59 @@ def test_knn_phi_many_batches_headings_and_restricts_exactly(database: Database)
     assert repo.knn_phi_many(database, enc, q, k=5, allowed_ids=np.zeros(0)) == [[], []]
 
 
+def test_phi_sign_codes_are_the_halfvec_signs_of_complete_tiles(database: Database) -> None:
+    enc = register_encoder(database)
+    rng = np.random.default_rng(7)
+    phi = unit(rng, 12, 1024)
+    phi[0, :5] = [1e-9, -1e-9, 0.0, 0.5, -0.5]  # below halfvec's smallest value: stored as 0
+    _, ids = ingest_fake(database, enc, make_tiles(3, 4), phi)
+    ingest_fake(database, enc, make_tiles(1, 2, lat0=60.5), unit(rng, 2, 1024), sha="e" * 64,
+                complete=False)  # fmt: skip
+    got_ids, codes = repo.phi_sign_codes(database, enc)
+    assert got_ids.tolist() == sorted(ids) and codes.shape == (12, 128)
+    order = np.argsort(ids)
+    expected = np.packbits(phi[order].astype(np.float16) > 0, axis=1)
+    np.testing.assert_array_equal(codes, expected)
+    assert np.unpackbits(codes[int(np.argmin(ids))][:1])[:5].tolist() == [0, 0, 0, 1, 0]
+
+
+def test_knn_phi_scan_is_the_hamming_nearest_reranked_by_cosine(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every tile a candidate the scan is the exact cosine order; with few candidates it
+    re-ranks exactly the Hamming-nearest ones; a restriction is honoured however far."""
+    enc = register_encoder(database)
+    rng = np.random.default_rng(8)
+    tiles = make_tiles(10, 20)
+    phi = unit(rng, len(tiles), 1024)
+    _, ids = ingest_fake(database, enc, tiles, phi)
+    ids_a = np.asarray(ids)
+    cids, codes = repo.phi_sign_codes(database, enc)
+    q = np.stack([phi[5] + 0.2 * unit(rng, 1, 1024)[0], phi[150] + 0.2 * unit(rng, 1, 1024)[0]])
+    got = repo.knn_phi_scan(database, enc, q, 8, cids, codes)
+    for h in range(2):
+        sims = phi @ (q[h] / np.linalg.norm(q[h]))
+        assert [t for t, _ in got[h]] == ids_a[np.argsort(-sims)[:8]].tolist()
+        assert got[h][0][1] == pytest.approx(1.0 - float(sims.max()), abs=2e-3)
+    assert got[0][0][0] == ids[5] and got[1][0][0] == ids[150]
+    # 30 candidates: the 30 nearest by Hamming distance of the signs, then by cosine
+    monkeypatch.setattr(repo, "PHI_BQ_CANDIDATES", 30)
+    few = repo.knn_phi_scan(database, enc, q[:1], 10, cids, codes)[0]
+    qb = np.packbits(q[0].astype(np.float16) > 0)
+    ham = np.unpackbits(codes ^ qb, axis=1).sum(axis=1)
+    within = set(cids[ham <= np.sort(ham)[29]].tolist())  # the 30 nearest (and their ties)
+    assert len(few) == 10 and {t for t, _ in few} <= within
+    assert [d for _, d in few] == sorted(d for _, d in few)
+    # the allowed tiles are the ones LEAST like query 0
+    sims = phi @ (q[0] / np.linalg.norm(q[0]))
+    far = ids_a[np.argsort(sims)[:12]]
+    got = repo.knn_phi_scan(database, enc, q, 5, cids, codes, allowed_ids=far)
+    assert [t for t, _ in got[0]] == far[np.argsort(-sims[np.argsort(sims)[:12]])[:5]].tolist()
+    assert all(t in set(far.tolist()) for h in got for t, _ in h)
+    none = repo.knn_phi_scan(database, enc, q, 5, cids, codes, allowed_ids=np.zeros(0))
+    assert none == [[], []]
+
+
 def test_ingest_lock_serialises_writers(database: Database) -> None:
     events: list[str] = []
     inside = threading.Event()
