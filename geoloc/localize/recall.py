@@ -74,13 +74,16 @@ class PgvectorRecall:
     Φ, the scene-graph descriptor, tolerates the residual heading and offset of a frame better
     than the flattened Ω map, so it recalls the right tile more often (the scale benchmark's
     figures in the README decide the default); no FAISS index is loaded. ``ef_search`` is the
-    HNSW candidate list (raised to the recall depth when smaller). ``prefilter`` ``hnsw``
-    walks the index over Φ's sign bits; ``scan`` scans those bits held in memory (128 B per
-    tile, exact Hamming, :meth:`geoloc.store.TileStore.search_phi`); both re-rank by cosine.
+    HNSW candidate list (raised to the recall depth when smaller). ``prefilter`` ``scan`` (the
+    default) scans Φ's sign bits held in this process (128 B per tile, exact Hamming,
+    :meth:`geoloc.store.TileStore.search_phi`); ``hnsw`` walks Postgres's HNSW index over the
+    same bits instead (no codes in memory). Both re-rank by the halfvec cosine. The scan won
+    at 100k tiles in the scale benchmark (README): the index's walk misses Hamming-nearest
+    tiles the scan finds, and costs more.
     """
 
     name = "pgvector"
-    default_conf: ClassVar[dict[str, Any]] = {"ef_search": 400, "prefilter": "hnsw"}
+    default_conf: ClassVar[dict[str, Any]] = {"ef_search": 400, "prefilter": "scan"}
 
     def __init__(self, **conf: Any) -> None:
         conf = {**self.default_conf, **conf}
