@@ -243,7 +243,8 @@ class FeatureRegions:
     def _fetch(self, ids: Sequence[int]) -> None:
         """The records of these tile ids into the cache (most recent last)."""
         if ids:
-            for r in self.store.candidates(list(ids)):
+            # geometry only: a neighbour's Φ is never read, and it is most of a row's bytes
+            for r in self.store.candidates(list(ids), embeddings=False):
                 self._tiles.put(int(r.tile_id), r)
 
     def around(self, tile: Any, size_px: int, gsd_m: float | None = None) -> RegionFeatures:

@@ -523,12 +523,38 @@ def tile_ids_of_orthomosaics(
         return np.fromiter((int(i) for i in ids.scalars()), dtype=np.int64)
 
 
+_NO_PHI = np.zeros(0, dtype=np.float32)
+_NO_PHI.flags.writeable = False
+
+
+def _phi_send(col: Any) -> Any:
+    """``halfvec_send(col) AS phi``: the column in pgvector's binary form (2-byte dimension,
+    2 unused bytes, big-endian half floats), decoded by :func:`halfvec_bytes`; pgvector's
+    text form costs a Python float() per value."""
+    from sqlalchemy import LargeBinary, func
+
+    return func.halfvec_send(col, type_=LargeBinary).label("phi")
+
+
+def halfvec_bytes(raw: Any) -> np.ndarray:
+    """A ``halfvec_send`` value as float32 ``(dim,)``."""
+    b = bytes(raw)
+    dim = int.from_bytes(b[:2], "big")
+    return np.frombuffer(b, dtype=">f2", count=dim, offset=4).astype(np.float32)
+
+
 def fetch_candidates(
-    db: Database, encoder_id: int, tile_ids: Sequence[int] | np.ndarray
+    db: Database,
+    encoder_id: int,
+    tile_ids: Sequence[int] | np.ndarray,
+    embeddings: bool = True,
 ) -> list[Candidate]:
     """Geometry, raster, Φ and nodes of these tiles (complete orthomosaics only), in input order.
 
     Ids that are unknown, of another encoder, or of an incomplete orthomosaic are left out.
+    ``embeddings`` False leaves Φ and the node arrays empty (``(0,)``, ``(0,)``, ``(0, 2)``):
+    the records of a candidate's neighbours need only their geometry, and Φ is most of a
+    row's bytes.
     """
     ids = [int(i) for i in np.asarray(tile_ids, dtype=np.int64).ravel()]
     if not ids:
@@ -540,16 +566,14 @@ def fetch_candidates(
     t, o = TileRow.__table__, Orthomosaic.__table__
     e, en = TileEmbedding.__table__, Encoder.__table__
     # every tiles column (the schema's list) + what a candidate needs from the other tables;
-    # phi is decoded by pgvector's HALFVEC type
+    # phi in its binary form (:func:`halfvec_bytes`)
     stmt = (
         select(
             *t.columns,
             o.c.path.label("raster_path"),
             o.c.crs,
             en.c.phi_dim,
-            e.c.phi,
-            e.c.node_areas,
-            e.c.node_centroids,
+            *((_phi_send(e.c.phi), e.c.node_areas, e.c.node_centroids) if embeddings else ()),
         )
         .join_from(t, o, o.c.id == t.c.orthomosaic_id)
         .join(e, (e.c.tile_id == t.c.id) & (e.c.encoder_id == bindparam("e")))
@@ -561,7 +585,12 @@ def fetch_candidates(
     by_id: dict[int, Candidate] = {}
     for r in rows:
         m = r._mapping
-        k = len(m["node_areas"])
+        if embeddings:
+            phi = halfvec_bytes(m["phi"])[: int(m["phi_dim"])]
+            areas = np.asarray(m["node_areas"], dtype=np.float32)
+            cents = np.asarray(m["node_centroids"], dtype=np.float32).reshape(len(areas), 2)
+        else:
+            phi, areas, cents = _NO_PHI, _NO_PHI, _NO_PHI.reshape(0, 2)
         by_id[int(m["id"])] = Candidate(
             tile_id=int(m["id"]),
             orthomosaic_id=int(m["orthomosaic_id"]),
@@ -577,9 +606,9 @@ def fetch_candidates(
             transform=Affine(*(float(v) for v in m["transform"][:6])),
             window=tuple(float(v) for v in m["window"]),  # type: ignore[arg-type]
             footprint_wkt=str(m["footprint_wkt"]),
-            phi=np.asarray(m["phi"], dtype=np.float32)[: int(m["phi_dim"])],
-            node_areas=np.asarray(m["node_areas"], dtype=np.float32),
-            node_centroids=np.asarray(m["node_centroids"], dtype=np.float32).reshape(k, 2),
+            phi=phi,
+            node_areas=areas,
+            node_centroids=cents,
         )
     return [by_id[i] for i in ids if i in by_id]
 
@@ -810,7 +839,7 @@ def phi_of(
 
     t, o, e = TileRow.__table__, Orthomosaic.__table__, TileEmbedding.__table__
     stmt = (
-        select(e.c.tile_id, e.c.phi)
+        select(e.c.tile_id, _phi_send(e.c.phi))
         .join_from(e, t, t.c.id == e.c.tile_id)
         .join(o, o.c.id == t.c.orthomosaic_id)
         .where(
@@ -827,7 +856,7 @@ def phi_of(
         return np.zeros(0, dtype=np.int64), np.zeros((0, PHI_DIM), dtype=np.float32)
     return (
         np.array([r.tile_id for r in rows], dtype=np.int64),
-        np.stack([np.asarray(r.phi, dtype=np.float32) for r in rows]),
+        np.stack([halfvec_bytes(r.phi) for r in rows]),
     )
 
 

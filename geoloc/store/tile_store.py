@@ -463,9 +463,12 @@ class TileStore:
             self._codes = cached = (stamp, ids, codes)
         return cached[1], cached[2]
 
-    def candidates(self, tile_ids: Sequence[int] | np.ndarray) -> list[Candidate]:
-        """The tiles with these ids, in input order; unknown or incomplete ones are left out."""
-        return repo.fetch_candidates(self._db, self.encoder_id, tile_ids)
+    def candidates(
+        self, tile_ids: Sequence[int] | np.ndarray, embeddings: bool = True
+    ) -> list[Candidate]:
+        """The tiles with these ids, in input order; unknown or incomplete ones are left out.
+        ``embeddings`` False: geometry only (Φ and the node arrays empty), for neighbours."""
+        return repo.fetch_candidates(self._db, self.encoder_id, tile_ids, embeddings)
 
     def within(self, lat: float, lon: float, radius_m: float) -> np.ndarray:
         """Sorted int64 ids of the tiles whose centre is within ``radius_m`` (geodesic)."""

@@ -54,6 +54,12 @@ def test_add_and_fetch_candidates_round_trip(database: Database) -> None:
     np.testing.assert_allclose(r.phi, phi[5], atol=1e-3)  # halfvec precision
     assert r.node_areas.shape == (K,) and r.node_centroids.shape == (K, 2)
     assert r.footprint_wkt.startswith("POLYGON")
+    # geometry only (a neighbour's record): the same fields, no Φ or nodes
+    (g,) = repo.fetch_candidates(database, enc, [ids[5]], embeddings=False)
+    assert (g.tile_id, g.row, g.col, g.transform, g.window) == (
+        r.tile_id, r.row, r.col, r.transform, r.window
+    )  # fmt: skip
+    assert g.phi.shape == (0,) and g.node_areas.shape == (0,) and g.node_centroids.shape == (0, 2)
     o = repo.get_orthomosaic(database, oid)
     assert o is not None and o.status == "complete" and o.tiles_kept == 12 and o.tiles_skipped == 3
     assert o.finished_at is not None
