@@ -226,22 +226,22 @@ def run(
                 open_database(settings).dispose()
             # ``repeat`` runs (the later ones re-ingest: --force replaces the rows), the run of
             # median wall time reported: one run's rate moves with the machine's other load
+            # every ingest of the raster (single process or Ray) with the same settings
+            same: dict[str, Any] = dict(
+                encoder=enc,
+                batch_size=batch_size,
+                settings=settings,
+                progress=False,
+                gsd=gsd,
+                stride=stride,
+                features=features,
+                omega=omega,
+            )
             runs = []
             for i in range(max(1, repeat)):
                 s0 = _server_cpu_s(home)
                 c0 = time.process_time()
-                (res,) = ingest(
-                    [path],
-                    encoder=enc,
-                    batch_size=batch_size,
-                    settings=settings,
-                    progress=False,
-                    gsd=gsd,
-                    stride=stride,
-                    features=features,
-                    omega=omega,
-                    force=i > 0,
-                )
+                (res,) = ingest([path], **same, force=i > 0)
                 if res.status != "ingested":
                     raise RuntimeError(f"{path}: ingest {res.status}: {res.message}")
                 cpu_tile = (time.process_time() - c0) / res.tiles_kept  # this process only
@@ -301,20 +301,7 @@ def run(
                 "seconds": {k: round(v, 3) for k, v in vars(tm).items()},
             }
             if cluster is not None:
-                (rr,) = ingest(
-                    [path],
-                    encoder=enc,
-                    batch_size=batch_size,
-                    settings=settings,
-                    progress=False,
-                    gsd=gsd,
-                    stride=stride,
-                    force=True,
-                    features=features,
-                    omega=omega,
-                    cluster=cluster,
-                    workers=workers,
-                )
+                (rr,) = ingest([path], **same, force=True, cluster=cluster, workers=workers)
                 if rr.status != "ingested" or rr.tiles_kept != res.tiles_kept:
                     raise RuntimeError(f"{path}: Ray ingest {rr.status}: {rr.message}")
                 ray_tps = rr.tiles_kept / rr.seconds

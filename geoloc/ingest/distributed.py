@@ -115,9 +115,6 @@ class BandResult:
     node_centroids: np.ndarray
     weights_sha256: str
     features: list[FeatureTuple] | None = None
-    #: the actor's seconds reading the band's pixels and encoding them (with features)
-    read_s: float = 0.0
-    encode_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -196,11 +193,9 @@ class EncodeWorker:
                 tile_size=features.tile_size,
                 stride=features.stride,
             )
-        t0 = time.perf_counter()
         with open_raster(path) as raster:
             # the reads of a local ingest (bands of native pixels, a window per resampled tile)
             tiles = list(raster.tiles(cfg, rows=rows))
-        t1 = time.perf_counter()
         outs: list[tuple[np.ndarray, ...]] = []
         feats: list[FeatureTuple] = []
         for i in range(0, len(tiles), batch_size):
@@ -216,13 +211,12 @@ class EncodeWorker:
         enc = self.encoder
         band_feats = None if extract is None else feats
         sha = str(enc.weights_sha256)
-        t2 = time.perf_counter()
         if not outs:
             empty = np.zeros((0, int(enc.omega_dim)), np.float32)
-            return BandResult([], empty, empty, empty, empty, sha, band_feats, t1 - t0, t2 - t1)
+            return BandResult([], empty, empty, empty, empty, sha, band_feats)
         om, phi, areas, cents = (np.concatenate([o[k] for o in outs]) for k in range(4))
         records = [TileRecord.from_tile(t) for t in tiles]
-        return BandResult(records, om, phi, areas, cents, sha, band_feats, t1 - t0, t2 - t1)
+        return BandResult(records, om, phi, areas, cents, sha, band_feats)
 
 
 class DistributedEncoder:
