@@ -37,6 +37,12 @@ def register(app: typer.Typer) -> None:
             help="Minimum valid fraction of a kept tile (default: 0.5).",
         ),
         batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Tiles per batch."),
+        write_tiles: int | None = typer.Option(
+            None,
+            "--write-tiles",
+            min=1,
+            help="Tiles per database transaction (consecutive batches merged; default 64).",
+        ),
         force: bool = typer.Option(False, "--force", help="Replace rasters already ingested."),
         cluster: str | None = typer.Option(
             None,
@@ -86,6 +92,7 @@ def register(app: typer.Typer) -> None:
             gsd=gsd,
             stride=stride,
             batch_size=batch_size,
+            write_tiles=write_tiles,
             force=force,
             progress=not no_progress,
             min_valid=DEFAULT_MIN_VALID if min_valid is None else min_valid,

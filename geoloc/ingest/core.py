@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("geoloc.ingest")
 
+#: Tiles per database write (consecutive encoder batches merged): each write is a transaction
+#: whose round trips and commit cost the same whatever its size, on the cores the encoder uses.
+#: Nothing is visible before the orthomosaic's commit, so its size changes no guarantee.
+WRITE_TILES = 64
+
 __all__ = [
     "DEFAULT_GSD_M",
     "DEFAULT_MIN_VALID",
@@ -179,6 +184,7 @@ class _Ingester:
         policy: TilingPolicy,
         *,
         batch_size: int,
+        write_tiles: int = WRITE_TILES,
         force: bool,
         progress: _ProgressSink,
         distributed: Any = None,
@@ -189,6 +195,7 @@ class _Ingester:
         self.store = store
         self.policy = policy
         self.batch_size = batch_size
+        self.write_tiles = write_tiles
         self.force = force
         self.progress = progress
         self.features = features  # the FeatureSpec to write local features with, or None
@@ -344,7 +351,7 @@ class _Ingester:
                     str(path), cfg, grid, self.batch_size, features=spec, omega=self.store.has_omega
                 ),
                 self.store.add,
-                self.batch_size,
+                self.write_tiles,
                 on_position=self.progress.update,
             )
             self.progress.finish()
@@ -353,8 +360,10 @@ class _Ingester:
             batches(raster, cfg, int(grid.cols), self.batch_size),
             self.encoder,
             write,
+            omega=self.store.has_omega,
             on_batch=advanced,
             features=extract,
+            write_tiles=self.write_tiles,
         )
         res.timings.read_s, res.timings.encode_s = t.read_s, t.encode_s
         res.timings.features_s = t.features_s
@@ -399,6 +408,7 @@ def ingest(
     gsd: float | None = None,
     stride: int | None = None,
     batch_size: int = 16,
+    write_tiles: int | None = None,
     force: bool = False,
     settings: Settings | None = None,
     progress: bool = True,
@@ -420,7 +430,9 @@ def ingest(
         gsd: target ground sample distance in m/px; default: :class:`tiling.TilingPolicy`'s
             choice (``max(0.5, native)``, or native on a map too small for that).
         stride: tile step in output pixels; default half a tile (112 px for 224 px tiles).
-        batch_size: tiles per encoder batch (and per database transaction).
+        batch_size: tiles per encoder batch.
+        write_tiles: tiles per database transaction (consecutive batches merged; at least
+            one batch); None: :data:`WRITE_TILES`.
         force: replace rasters already ingested with this encoder.
         settings: where the database and the index live (default: from the environment).
         progress: show a rich progress bar on stderr.
@@ -457,6 +469,9 @@ def ingest(
         raise IngestError(f"--workers must be >= 1, got {workers}")
     if batch_size < 1:
         raise IngestError(f"--batch-size must be >= 1, got {batch_size}")
+    write_tiles = WRITE_TILES if write_tiles is None else write_tiles
+    if write_tiles < 1:
+        raise IngestError(f"--write-tiles must be >= 1, got {write_tiles}")
     policy_for(224, gsd, stride, min_valid)  # validate the options before any heavy work
     from geoloc.models.runtime import check_runtime, default_runtime, load_for_inference
 
@@ -511,6 +526,7 @@ def ingest(
                 store,
                 policy,
                 batch_size=batch_size,
+                write_tiles=write_tiles,
                 force=force,
                 progress=_ProgressSink(prog),
                 distributed=dist,

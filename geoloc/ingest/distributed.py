@@ -343,9 +343,9 @@ def write_bands(
     on_position: Callable[[int], None] | None = None,
 ) -> int:
     """Hand the bands' tiles to ``add(tiles, omega, phi, areas, centroids, features=...)`` in
-    batches of ``batch_size`` (the batches of a local ingest, so both write the same rows in the
-    same transactions; ``features`` None when the bands carry none); returns the tiles
-    written."""
+    writes of ``batch_size`` tiles (a local ingest's :data:`~geoloc.ingest.core.WRITE_TILES`;
+    both write the same rows in the same order, so with the same ids; ``features`` None when
+    the bands carry none); returns the tiles written."""
     buf: list[BandResult] = []
     n_buf = 0
     written = 0

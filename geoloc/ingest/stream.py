@@ -52,6 +52,28 @@ class Encoded:
     #: per tile (xy tile px, desc, score) when the stream extracts local features, else None
     features: list[FeatureTuple] | None = None
 
+    @staticmethod
+    def concat(parts: Sequence[Encoded]) -> Encoded:
+        """Consecutive batches as one (their tiles in order; ``position`` of the last)."""
+        if len(parts) == 1:
+            return parts[0]
+
+        def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)  # type: ignore[arg-type]
+
+        feats = [p.features for p in parts]
+        omega = cat([p.omega for p in parts])
+        assert omega is not None
+        return Encoded(
+            [t for p in parts for t in p.tiles],
+            omega,
+            cat([p.phi for p in parts]),
+            cat([p.node_areas for p in parts]),
+            cat([p.node_centroids for p in parts]),
+            parts[-1].position,
+            None if any(f is None for f in feats) else [t for f in feats for t in f],  # type: ignore[union-attr]
+        )
+
 
 FeatureTuple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -94,19 +116,25 @@ def batches(
 
 
 def encoded(
-    encoder: Any, source: Iterable[Batch], streams: int = 1, *, omega_only: bool = False
+    encoder: Any,
+    source: Iterable[Batch],
+    streams: int = 1,
+    *,
+    omega_only: bool = False,
+    omega: bool = True,
 ) -> Iterator[tuple[Batch, Encoded, float]]:
     """``(batch, its encoding, encode seconds)`` for every batch of ``source``, in order, with
     up to ``streams`` batches encoding at once in a thread pool (what
     :func:`geoloc.models.runtime.throughput` yields; 1: in this thread). The encode seconds of
-    concurrent batches overlap: their sum is the encoder's busy time, not wall time."""
+    concurrent batches overlap: their sum is the encoder's busy time, not wall time.
+    ``omega=False`` hands on an empty ``(B, 0)`` Ω (a store without an Ω index keeps none)."""
 
     def one(batch: Batch) -> tuple[Batch, Encoded, float]:
         t0 = time.perf_counter()
         out = encoder.encode(batch.pixels)
         enc = Encoded(
             batch.tiles,
-            as_array(out.omega),
+            as_array(out.omega) if omega else np.empty((len(batch.tiles), 0), np.float32),
             None if omega_only else as_array(out.phi),
             None if omega_only else as_array(out.node_areas),
             None if omega_only else as_array(out.node_centroids),
@@ -150,8 +178,10 @@ def encode_stream(
     sink: Callable[[Encoded], None],
     *,
     omega_only: bool = False,
+    omega: bool = True,
     on_batch: Callable[[Batch], None] | None = None,
     features: FeatureExtractor | None = None,
+    write_tiles: int = 1,
 ) -> StreamTimings:
     """Encode every batch of ``source`` and hand it to ``sink`` (run in a writer thread).
 
@@ -160,7 +190,11 @@ def encode_stream(
     :class:`geoloc.ingest.features.StripFeatures`) fills :attr:`Encoded.features`; a batch waits
     for the features of all its tiles before it is handed on. Without ``features`` the stream
     encodes under :func:`geoloc.models.runtime.throughput` (several batches at once on an
-    OpenVINO backbone; the feature extractor runs on torch and keeps its threads). Returns the
+    OpenVINO backbone; the feature extractor runs on torch and keeps its threads).
+    ``write_tiles``: consecutive batches are handed to ``sink`` as one (:meth:`Encoded.concat`)
+    once they hold that many tiles (and the rest at the end): each ``sink`` call of an ingest is
+    a database transaction, whose fixed cost then falls on more tiles. ``omega=False``: Ω is
+    not handed on (an empty array per batch). Returns the
     read/encode/feature seconds (encode: the encoder's busy seconds) and the reader and writer
     threads' CPU seconds.
     """
@@ -170,6 +204,15 @@ def encode_stream(
     reader: Prefetcher[Batch] = Prefetcher(source, maxsize=3)
     waiting: deque[Encoded] = deque()  # encoded, some of their tiles' features not made yet
     made: list[FeatureTuple] = []  # features of the first tiles of ``waiting``
+    group: list[Encoded] = []  # complete batches not handed to the writer yet
+
+    def hand_on(writer: BackgroundWorker[Encoded], enc: Encoded | None) -> None:
+        """Queue ``enc`` for the writer once the group holds ``write_tiles``; None: the rest."""
+        if enc is not None:
+            group.append(enc)
+        if group and (enc is None or sum(len(e.tiles) for e in group) >= write_tiles):
+            writer.submit(Encoded.concat(group))
+            group.clear()
 
     def settle(writer: BackgroundWorker[Encoded], new: list[FeatureTuple]) -> None:
         nonlocal made
@@ -178,15 +221,17 @@ def encode_stream(
             enc = waiting.popleft()
             k = len(enc.tiles)
             enc.features, made = made[:k], made[k:]
-            writer.submit(enc)
+            hand_on(writer, enc)
 
     mode = throughput(encoder) if features is None else contextlib.nullcontext(1)
     with mode as streams, reader, BackgroundWorker(sink, maxsize=2) as writer:
-        for batch, enc, seconds in encoded(encoder, reader, streams, omega_only=omega_only):
+        for batch, enc, seconds in encoded(
+            encoder, reader, streams, omega_only=omega_only, omega=omega
+        ):
             t1 = time.perf_counter()
             timings.encode_s += seconds
             if features is None:
-                writer.submit(enc)
+                hand_on(writer, enc)
             else:
                 waiting.append(enc)
                 settle(writer, features.add(batch.tiles, batch.pixels))
@@ -202,6 +247,7 @@ def encode_stream(
                     f"the feature extractor answered {len(made)} tiles too many or "
                     f"{sum(len(e.tiles) for e in waiting)} too few"
                 )
+        hand_on(writer, None)
         writer.join()
         timings.write_cpu_s = writer.cpu_s
     timings.read_s, timings.read_cpu_s = reader.busy_s, reader.cpu_s

@@ -155,7 +155,14 @@ def test_sigkill_at_random_points_then_rerun(
         # When a run got through to the end anyway, the next one --forces a re-ingest.
         force = _complete(database, crops["a"], encoder)
         run = Run(
-            pg_settings, str(crops["a"]), "--batch-size", "2", *(["--force"] * force), debug=True
+            pg_settings,
+            str(crops["a"]),
+            "--batch-size",
+            "2",
+            "--write-tiles",
+            "2",
+            *(["--force"] * force),
+            debug=True,
         )
         assert run.wait_started(timeout=120), run.stderr[-2000:]
         assert run.wait_batches(k, timeout=120) or run.proc.poll() is not None
@@ -170,7 +177,7 @@ def test_sigkill_at_random_points_then_rerun(
         _assert_never_partial(database, pg_settings, encoder.weights_sha256, expected)
     assert sum(x != "finished first" for x in landed) >= 4, landed
 
-    final = Run(pg_settings, str(crops["a"]), "--batch-size", "2")
+    final = Run(pg_settings, str(crops["a"]), "--batch-size", "2", "--write-tiles", "2")
     code, out = final.wait()
     assert code == 0, final.stderr
     (res,) = json.loads(out)
@@ -238,7 +245,7 @@ def test_interrupt_exits_cleanly_and_leaves_nothing(
     exit_code: int,
 ) -> None:
     """Ctrl-C (130) and SIGTERM (143, e.g. ``timeout``, systemd, Docker) roll the raster back."""
-    run = Run(pg_settings, str(crops["a"]), "--batch-size", "2", debug=True)
+    run = Run(pg_settings, str(crops["a"]), "--batch-size", "2", "--write-tiles", "2", debug=True)
     assert run.wait_started(timeout=120), run.stderr[-2000:]
     assert run.wait_batches(2, timeout=120), run.stderr[-2000:]
     run.proc.send_signal(signum)

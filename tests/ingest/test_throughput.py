@@ -130,3 +130,47 @@ def test_an_encoder_error_stops_the_pool_and_propagates(tiles: list[Any]) -> Non
     with pytest.raises(RuntimeError, match="out of memory"):
         list(encoded(Failing(), batches, 2))
     assert len(calls) <= 4  # the queued batches were not started
+
+
+class _RowFeatures:
+    """A feature extractor whose 'features' name their tile (to check they stay aligned)."""
+
+    def add(self, tiles: Any, pixels: np.ndarray) -> list[Any]:
+        return [
+            (np.array([[t.row, t.col]], np.float32), np.zeros((1, 1)), np.ones(1)) for t in tiles
+        ]
+
+    def finish(self) -> list[Any]:
+        return []
+
+
+@pytest.mark.parametrize("with_features", [False, True])
+def test_stream_hands_on_writes_of_write_tiles_tiles(
+    fast: Any, tiles: list[Any], with_features: bool
+) -> None:
+    batches = [
+        Batch(tiles[i : i + 3], np.stack([t.pixels for t in tiles[i : i + 3]]), i + 3)
+        for i in range(0, len(tiles), 3)
+    ]
+    ref = {id(t): e for _, e, _ in encoded(fast, iter(batches), 1) for t in e.tiles}
+    got: list[Encoded] = []
+    extractor = _RowFeatures() if with_features else None
+    encode_stream(iter(batches), fast, got.append, features=extractor, write_tiles=7, omega=False)
+    # 20 tiles in batches of 3: writes of 9, 9 (the first batches reaching 7) and the last 2
+    assert [len(e.tiles) for e in got] == [9, 9, 2]
+    assert [e.position for e in got] == [9, 18, batches[-1].position]
+    assert [t.row * 1000 + t.col for e in got for t in e.tiles] == [
+        t.row * 1000 + t.col for t in tiles
+    ]
+    for e in got:
+        assert e.omega.shape == (len(e.tiles), 0)
+        assert e.phi is not None and e.phi.shape[0] == len(e.tiles)
+        first = ref[id(e.tiles[0])]
+        np.testing.assert_allclose(e.phi[: len(first.tiles)], first.phi, atol=1e-5)
+        if with_features:
+            assert e.features is not None
+            assert [(int(f[0][0, 0]), int(f[0][0, 1])) for f in e.features] == [
+                (t.row, t.col) for t in e.tiles
+            ]
+        else:
+            assert e.features is None
