@@ -156,6 +156,40 @@ def fold_batchnorm(module: nn.Module) -> int:
     return count
 
 
+class InferenceTrunk(nn.Module):
+    """uint8 RGB images ``(B, 3, S, S)`` at the encoder's input size -> the tensors
+    :meth:`Encoder.finish_trunk` takes: input normalisation, the backbone and ``maps`` (the
+    head's leading part, or none) in one module, so an exported runtime runs all of them
+    (:func:`geoloc.models.runtime.use_runtime`). ``output_names`` name its outputs."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        maps: Any = None,
+        output_names: tuple[str, ...] = ("features",),
+    ) -> None:
+        super().__init__()
+        self.backbone = encoder.backbone
+        self.maps = maps
+        self.output_names = output_names
+        # (x / 255 - mean) / std == (x - 255 mean) / (255 std), one pass in the exported graph
+        mean = torch.tensor(encoder.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(encoder.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The trunk's outputs for uint8 ``images``."""
+        x = (images.float() - self.mean) / self.std
+        features = self.backbone(x)
+        if self.maps is None:
+            return (features,)
+        return tuple(self.maps(features))
+
+
 class Encoder(nn.Module):
     """Base class of every encoder plugin.
 
@@ -204,6 +238,19 @@ class Encoder(nn.Module):
         """``forward_head(backbone_features(x))`` for normalised images ``x``."""
         return self.forward_head(self.backbone_features(x))
 
+    def inference_trunk(self) -> InferenceTrunk | None:
+        """What an exported runtime runs (:func:`geoloc.models.runtime.use_runtime`): uint8
+        images to the outputs :meth:`finish_trunk` turns into the encoding. Default: the input
+        normalisation and the backbone; None for an encoder that computes its backbone features
+        its own way (a plugin overriding :meth:`backbone_features`)."""
+        if type(self).backbone_features is not Encoder.backbone_features:
+            return None
+        return InferenceTrunk(self)
+
+    def finish_trunk(self, outputs: Sequence[torch.Tensor]) -> EncoderOutput:
+        """The encoding from :meth:`inference_trunk`'s outputs (default: the head)."""
+        return self.forward_head(outputs[0])
+
     # -- helpers ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -230,6 +277,23 @@ class Encoder(nn.Module):
         if t.ndim != 4 or t.shape[1] != 3:
             raise EncoderInputError(f"encoder expects (B, 3, H, W) RGB, got {tuple(t.shape)}")
         return self.normalize(t.to(self.device, torch.float32) / 255.0)
+
+    def _encode_on_runtime(self, images: np.ndarray | torch.Tensor) -> EncoderOutput | None:
+        """The encoding of uint8 ``images`` at the input size through the exported trunk
+        (after :func:`~geoloc.models.runtime.use_runtime`); None when there is none or the
+        images need :meth:`preprocess` (another size, bad input: it raises the error)."""
+        session = self.__dict__.get("_runtime_trunk")
+        if session is None or not isinstance(images, np.ndarray | torch.Tensor):
+            return None
+        size = int(self.input_size)
+        if images.dtype not in (np.uint8, torch.uint8) or tuple(images.shape[-3:]) != (
+            3,
+            size,
+            size,
+        ):
+            return None
+        t = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
+        return self.finish_trunk(session.outputs(t if t.ndim == 4 else t.unsqueeze(0)))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Float RGB in [0, 1] (B, 3, H, W) -> resized to ``input_size`` and normalised.
@@ -259,7 +323,10 @@ class Encoder(nn.Module):
             with torch.inference_mode():
                 for i in range(0, max(n, 1), step):
                     chunk = images[i : i + step] if images.ndim == 4 else images
-                    parts.append(self.forward(self.preprocess(chunk)).to("cpu"))
+                    out = self._encode_on_runtime(chunk)
+                    if out is None:
+                        out = self.forward(self.preprocess(chunk))
+                    parts.append(out.to("cpu"))
             return parts[0] if len(parts) == 1 else EncoderOutput.cat(parts)
         finally:
             self.train(was_training)
@@ -332,11 +399,8 @@ class Encoder(nn.Module):
         return self
 
     def run_backbone(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.backbone(x)``, through the frozen trace once optimised for inference, or
-        through OpenVINO / ONNX Runtime after :func:`geoloc.models.runtime.use_runtime`."""
-        session = self.__dict__.get("_runtime_backbone")
-        if session is not None and not torch.is_grad_enabled():
-            return session(x)
+        """``self.backbone(x)``, through the frozen trace once optimised for inference (an
+        exported runtime runs the whole :meth:`inference_trunk` from :meth:`encode`)."""
         traced = self.__dict__.get("_traced_backbone")
         if traced is not None:
             return traced(x)

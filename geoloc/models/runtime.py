@@ -1,13 +1,16 @@
 """Inference runtimes for an encoder's backbone: torch (always there), OpenVINO or ONNX Runtime
 (optional).
 
-:func:`use_runtime` swaps the backbone of an encoder already optimised for inference
-(:meth:`~geoloc.models.base.Encoder.optimize_for_inference`) for an OpenVINO compiled model or an
-ONNX Runtime session of the same folded backbone. Both read one ONNX graph, exported by torch on
-first use, on this machine (nothing is downloaded), into a cache file named by the weights'
-SHA-256, the input size and the torch and onnx versions, so later runs load it directly. The
-head stays in torch, and so do the weights hash and every output shape; outputs match the torch
-backbone within :data:`ONNX_TOLERANCE` (checked on a probe batch whenever a session is made; a
+:func:`use_runtime` runs the :meth:`~geoloc.models.base.Encoder.inference_trunk` of an encoder
+already optimised for inference (:meth:`~geoloc.models.base.Encoder.optimize_for_inference`) on
+an OpenVINO compiled model or an ONNX Runtime session: uint8 images in, the input normalisation
+and the folded backbone (for SGM-Net also the reduction and the non-local block) in one graph,
+so no float copy of the images is made in torch. Both runtimes read one ONNX graph, exported by
+torch on first use, on this machine (nothing is downloaded), into a cache file named by the
+weights' SHA-256, the input size and the torch and onnx versions, so later runs load it
+directly. The rest (for SGM-Net Ω's normalisation and CSMG, :meth:`~geoloc.models.base.Encoder.
+finish_trunk`) stays in torch, and so do the weights hash and every output shape; outputs match
+torch within :data:`ONNX_TOLERANCE` (checked on a probe batch whenever a session is made; a
 mismatch keeps torch). The cache is :func:`default_cache_dir`.
 
 ``runtime``: ``torch`` (the frozen trace), ``openvino`` / ``onnx`` (an error when not installed),
@@ -41,7 +44,7 @@ RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnx", "openvino")
 ONNX_TOLERANCE = 1e-4
 _ENV = "GEOLOC_ENCODER_RUNTIME"
 #: Where an encoder keeps its exported backbone (a plain attribute: the state dict stays the same).
-_ATTR = "_runtime_backbone"
+_ATTR = "_runtime_trunk"
 _INSTALL = {"onnx": "geoloc[onnx]", "openvino": "geoloc[openvino]"}
 
 
@@ -81,7 +84,7 @@ def throughput(encoder: Any, threads: int | None = None) -> Iterator[int]:
     to run at once, from as many threads.
 
     A backbone on its own runtime (OpenVINO, ONNX Runtime) runs with torch's intra-op pool on
-    one thread: torch then only does the light pre- and post-processing, and an idle torch pool
+    one thread: torch then only does the light post-processing, and an idle torch pool
     thread spinning for work takes a core from the backbone and the ingest's reader and writer.
     An OpenVINO backbone also switches to ``threads`` (default ``torch.get_num_threads()``)
     streams of one thread each: independent batches on separate cores keep them busier than
@@ -130,6 +133,13 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "geoloc" / "onnx"
 
 
+def _array(x: torch.Tensor) -> np.ndarray:
+    """The input of an exported graph: uint8 images as they are (the trunk's input), anything
+    else as contiguous float32."""
+    arr = x.detach().cpu().numpy()
+    return np.ascontiguousarray(arr, dtype=np.uint8 if arr.dtype == np.uint8 else np.float32)
+
+
 class OnnxBackbone:
     """A callable ``(B, 3, S, S) float tensor -> feature tensor`` running an ONNX Runtime session.
 
@@ -154,7 +164,7 @@ class OnnxBackbone:
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every output of the graph for input ``x``."""
-        feed = {self._input: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+        feed = {self._input: _array(x)}
         return [torch.from_numpy(o) for o in self.session.run(None, feed)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +233,7 @@ class OpenVinoBackbone:
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every output of the graph for input ``x`` (copies: the request reuses its buffers)."""
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        arr = _array(x)
         pool = self._pool
         request = pool.get()
         try:
@@ -247,11 +257,12 @@ _SESSIONS: dict[str, type[Session]] = {
 
 def _cache_path(encoder: Any, cache_dir: Path) -> Path:
     tag = graph_tag()
-    return cache_dir / f"{encoder.weights_sha256[:32]}-{int(encoder.input_size)}px-{tag}.onnx"
+    size = int(encoder.input_size)
+    return cache_dir / f"{encoder.weights_sha256[:32]}-{size}px-trunk-{tag}.onnx"
 
 
 def use_runtime(encoder: Any, runtime: str = "auto", cache_dir: Path | None = None) -> str:
-    """Run ``encoder``'s backbone on ``runtime``; return the runtime now in use.
+    """Run ``encoder``'s inference trunk on ``runtime``; return the runtime now in use.
 
     Only an :class:`~geoloc.models.base.Encoder` already optimised for inference on the CPU
     can switch (another plugin, or a GPU encoder, keeps torch and ``torch`` is returned).
@@ -276,17 +287,19 @@ def use_runtime(encoder: Any, runtime: str = "auto", cache_dir: Path | None = No
         )
     if not encoder.optimized or encoder.device.type != "cpu":
         return "torch"
+    trunk = encoder.inference_trunk()
+    if trunk is None:
+        return "torch"
     size = int(encoder.input_size)
     gen = torch.Generator().manual_seed(0)  # a seeded probe: zeros would check little
-    probe = torch.randn(3, 3, size, size, generator=gen).contiguous(
-        memory_format=torch.channels_last
-    )
+    probe = torch.randint(0, 256, (3, 3, size, size), generator=gen, dtype=torch.uint8)
+    names = list(trunk.output_names)
     session = export_net(
-        encoder.backbone,
+        trunk.eval(),
         probe,
         _cache_path(encoder, cache_dir or default_cache_dir()),
-        outputs=["features"],
-        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+        outputs=names,
+        dynamic_axes={n: {0: "batch"} for n in ["images", *names]},
         runtime=runtime,
         input_name="images",
         strict=runtime != "auto",

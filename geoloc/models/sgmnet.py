@@ -7,6 +7,7 @@ pretrained, frozen), ``sgmnet-vgg16`` and ``sgmnet-resnet50`` (random init unles
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from geoloc.errors import ConfigError
 from geoloc.models.backbones import build_backbone
-from geoloc.models.base import Encoder, EncoderOutput
+from geoloc.models.base import Encoder, EncoderOutput, InferenceTrunk
 from geoloc.models.csmg import CSMG
 from geoloc.models.nonlocal_block import NonLocalBlock
 
@@ -51,11 +52,21 @@ class SGMHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> EncoderOutput:
         """Ω from the non-local output, Φ and nodes from CSMG."""
+        return self.finish(*self.maps(features))
+
+    def maps(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, z)``: the reduced backbone map and the non-local block's output (the part of
+        the head an exported runtime runs with the backbone,
+        :meth:`SGMNetEncoder.inference_trunk`)."""
         x = self.reduce(features)
         z = self.non_local(x)
         if self.pool:
             x = F.max_pool2d(x, 2)
             z = F.max_pool2d(z, 2)
+        return x, z
+
+    def finish(self, x: torch.Tensor, z: torch.Tensor) -> EncoderOutput:
+        """Ω (the flattened, L2-normalised ``z``) and CSMG's Φ and nodes from the maps."""
         omega = F.normalize(z.flatten(1), dim=1)
         nodes = self.csmg(x if self.csmg_input == "backbone" else z)
         return EncoderOutput(
@@ -140,6 +151,18 @@ class SGMNetEncoder(Encoder):
     def config(self) -> dict[str, Any]:
         """Name and constructor parameters (JSON-able)."""
         return {"name": self.name, **self._params}
+
+    def inference_trunk(self) -> InferenceTrunk | None:
+        """Normalisation, backbone, reduction and non-local block (and the stride-8 pool): all
+        but Ω's normalisation and CSMG, whose node sorting stays in torch."""
+        assert isinstance(self.head, SGMHead)
+        return InferenceTrunk(self, self.head.maps, ("x", "z"))
+
+    def finish_trunk(self, outputs: Sequence[torch.Tensor]) -> EncoderOutput:
+        """Ω and CSMG from the trunk's ``(x, z)``."""
+        assert isinstance(self.head, SGMHead)
+        x, z = outputs
+        return self.head.finish(x, z)
 
 
 class SGMNetVGG16Encoder(SGMNetEncoder):

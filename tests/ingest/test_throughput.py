@@ -55,7 +55,7 @@ def test_one_torch_thread_while_a_runtime_encodes_same_phi(fast: Any, tiles: lis
     before = torch.get_num_threads()
     assert before == 2
     ref = _outputs(fast, pixels)
-    session = fast.__dict__["_runtime_backbone"]
+    session = fast.__dict__["_runtime_trunk"]
     with throughput(fast) as streams:
         assert torch.get_num_threads() == 1
         if isinstance(session, OpenVinoBackbone):
