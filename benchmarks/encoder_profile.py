@@ -12,9 +12,9 @@ run and on one machine state:
    matmuls);
 3. whole-encoder images/s at batch 16 at each thread count for: eager, the shipped
    ``optimize_for_inference()`` (frozen trace), the folded model untraced, ``torch.compile`` of the
-   folded model, ONNX Runtime and OpenVINO when importable (the whole folded model, and the
-   shipped path: the backbone on that runtime, the head in torch); each with its largest
-   |Ω - Ω_eager|.
+   folded model, ONNX Runtime and OpenVINO when importable (the whole folded model's Ω, and the
+   shipped path: ``encode`` of uint8 images with the inference trunk on that runtime, Ω's
+   normalisation and CSMG in torch); each with its largest |Ω - Ω_eager|.
 
 Every timing is taken twice: wall clock, and process CPU time divided by the thread count. On a
 machine shared with other work the CPU-time figure is the one that approximates an idle run
@@ -208,9 +208,11 @@ def _omega(out: Any) -> Any:
 
 
 def variants(
-    x: Any, thread_counts: list[int], seconds: float, compile_: bool
+    x: Any, thread_counts: list[int], seconds: float, compile_: bool, images: Any = None
 ) -> list[dict[str, Any]]:
-    """images/s of each way of running the encoder at each thread count, with max |dΩ|."""
+    """images/s of each way of running the encoder at each thread count, with max |dΩ|: from
+    the normalised batch ``x``, except the shipped runtime paths, which encode the uint8
+    ``images`` ``x`` was made from (``encode``: their input normalisation is in the graph)."""
     import torch
 
     from geoloc.models import build_encoder
@@ -248,8 +250,12 @@ def variants(
         local["openvino (CPU, latency hint, f32) of the folded model"] = _ov_runner(
             ort_model, xc, n
         )
-        local["geoloc runtime onnx (backbone on ONNX Runtime, head torch)"] = hybrid(n, xc)
-        local["geoloc runtime openvino (backbone on OpenVINO, head torch)"] = hybrid_ov(n, xc)
+        local["geoloc runtime onnx (trunk on ONNX Runtime, Ω norm + CSMG torch)"] = hybrid(
+            n, images
+        )
+        local["geoloc runtime openvino (trunk on OpenVINO, Ω norm + CSMG torch)"] = hybrid_ov(
+            n, images
+        )
         for name, fn in local.items():
             row: dict[str, Any] = {"variant": name, "threads": n, **extra.get(name, {})}
             if isinstance(fn, str):
@@ -271,8 +277,9 @@ def variants(
 
 
 def _hybrid(runtime: str) -> Callable[[int, Any], Callable[[], Any] | str]:
-    """Per thread count, a call of the shipped encoder with ``use_runtime(enc, runtime)``: the
-    path ``geoloc ingest`` takes (the session's threads are fixed when it is made)."""
+    """Per thread count, ``encode`` of uint8 images by the shipped encoder after
+    ``use_runtime(enc, runtime)``: the path ``geoloc ingest`` takes (one batch at a time; the
+    session's threads are fixed when it is made)."""
     from geoloc.models.runtime import onnx_available, openvino_available
 
     if not (openvino_available() if runtime == "openvino" else onnx_available()):
@@ -284,12 +291,12 @@ def _hybrid(runtime: str) -> Callable[[int, Any], Callable[[], Any] | str]:
 
     cache = Path(tempfile.mkdtemp(prefix="geoloc-onnx-"))
 
-    def make(n: int, xc: Any) -> Callable[[], Any] | str:
+    def make(n: int, images: Any) -> Callable[[], Any] | str:
         with threads(n):
             enc = build_encoder(ENCODER).eval().optimize_for_inference()
             if use_runtime(enc, runtime, cache_dir=cache) != runtime:
-                return "the exported backbone did not match torch"
-        return lambda: enc(xc)
+                return "the exported trunk did not match torch"
+        return lambda: enc.encode(images)
 
     return make
 
@@ -387,13 +394,14 @@ def run(
     enc = build_encoder(ENCODER).eval()
     gflops = enc.gflops()
     rng = np.random.default_rng(0)
-    x = enc.preprocess(rng.integers(0, 256, (BATCH, 3, 224, 224), dtype=np.uint8))
+    images = rng.integers(0, 256, (BATCH, 3, 224, 224), dtype=np.uint8)
+    x = enc.preprocess(images)
     folded = build_encoder(ENCODER).eval().optimize_for_inference(jit=False)
     xc = x.contiguous(memory_format=torch.channels_last)
     print("   layer split (folded, channels_last, 1 thread)", file=sys.stderr, flush=True)
     split = layer_split(folded, xc, repeats=7 if full else 3)
     print("   variants", file=sys.stderr, flush=True)
-    rows = variants(x, list(thread_counts), seconds, compile_)
+    rows = variants(x, list(thread_counts), seconds, compile_, images)
     for r in rows:
         if "img_s_wall" in r:
             p = peaks[r["threads"]]

@@ -64,11 +64,18 @@ def _server_cpu_s(home: Path) -> float | None:
 
 
 def _encoder_only(
-    enc: Any, path: Path, gsd_m: float, stride: int, batch_size: int, threads: bool = True
+    enc: Any,
+    path: Path,
+    gsd_m: float,
+    stride: int,
+    batch_size: int,
+    threads: bool = True,
+    omega: bool = True,
 ) -> tuple[float, float]:
     """(tiles/s, CPU s/tile) of ``enc.encode`` alone on the raster's tiles (pre-read), under
     the setting of an ingest without features (``threads``: :func:`throughput`, as many batches
-    at once as the ingest encodes) or batch by batch on torch's own threads."""
+    at once as the ingest encodes) or batch by batch on torch's own threads; ``omega``: Ω
+    copied out as the ingest does for a store that keeps it."""
     import numpy as np
 
     from geoloc.ingest.stream import Batch, encoded
@@ -80,10 +87,10 @@ def _encoder_only(
         pixels = np.stack([t.pixels for t in r.tiles(cfg)])
     batches = [Batch([], pixels[i : i + batch_size], i) for i in range(0, len(pixels), batch_size)]
     with throughput(enc) if threads else contextlib.nullcontext(1) as streams:
-        for _ in encoded(enc, iter(batches[:streams]), streams):  # warm-up (lazy init)
+        for _ in encoded(enc, iter(batches[:streams]), streams, omega=omega):  # warm-up
             pass
         t0, c0 = time.perf_counter(), time.process_time()
-        for _ in encoded(enc, iter(batches), streams):
+        for _ in encoded(enc, iter(batches), streams, omega=omega):
             pass
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return len(pixels) / wall, cpu / len(pixels)
@@ -217,9 +224,13 @@ def run(
                 policy = policy_for(int(enc.input_size), gsd, stride, 0.5)
                 cfg, _ = policy.resolve(r)
                 gsd_m, step = r.grid(cfg).gsd_m, policy.step
-            before = _encoder_only(enc, path, gsd_m, step, batch_size, threads=not features)
+            before = _encoder_only(
+                enc, path, gsd_m, step, batch_size, threads=not features, omega=omega
+            )
             # the encoder alone with torch's own threads (the setting ingests had before)
-            torch_pool = _encoder_only(enc, path, gsd_m, step, batch_size, threads=False)
+            torch_pool = _encoder_only(
+                enc, path, gsd_m, step, batch_size, threads=False, omega=omega
+            )
             if _server_cpu_s(home) is None:  # start the server before the measured ingest
                 from geoloc.store.database import open_database
 
@@ -253,7 +264,7 @@ def run(
             res, cpu_tile, s0, s1 = sorted(runs, key=lambda r: r[0].seconds)[len(runs) // 2]
             assert res.gsd_m is not None and res.stride_px is not None
             after = _encoder_only(
-                enc, path, res.gsd_m, res.stride_px, batch_size, threads=not features
+                enc, path, res.gsd_m, res.stride_px, batch_size, threads=not features, omega=omega
             )
             enc_tps = 0.5 * (before[0] + after[0])
             enc_cpu = 0.5 * (before[1] + after[1])
