@@ -315,7 +315,8 @@ class Encoder(nn.Module):
     ) -> EncoderOutput:
         """Encode uint8 RGB images (B, 3, H, W): eval mode, no gradient, float32 CPU outputs."""
         was_training = self.training
-        self.eval()
+        if was_training:  # eval() walks every submodule: not on each call of a frozen encoder
+            self.eval()
         try:
             n = int(images.shape[0]) if images.ndim == 4 else 1
             step = batch_size or max(n, 1)
@@ -329,7 +330,8 @@ class Encoder(nn.Module):
                     parts.append(out.to("cpu"))
             return parts[0] if len(parts) == 1 else EncoderOutput.cat(parts)
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train(True)
 
     def train(self, mode: bool = True) -> Encoder:
         """Set training mode; a frozen backbone always stays in eval mode (BN statistics fixed)."""
