@@ -101,8 +101,24 @@ def refine_on_map(
     # OpenCV's float Gaussian reaches 4 sigma, so within the window this equals a blur of the
     # whole frame (its border rule applies where the window meets the frame's edge, as before).
     sigma = 0.45 * float(per_map) if per_map > 1.0 else 0.0
+    # A frame many times finer than the map (a photo at cm/px on a map at dm/px) is first
+    # averaged over d x d blocks, leaving >= 2 of its pixels per map pixel: the blur then runs
+    # on d^2 times fewer pixels with a kernel d times shorter (at full resolution it was most
+    # of a located photo's time). A box of d pixels has variance (d^2 - 1) / 12, so the blur
+    # after it adds what is left of sigma^2 (the same total smoothing); reduced pixel i is the
+    # mean of frame pixels i d .. i d + d - 1, centred on frame coordinate i d + (d - 1) / 2.
+    d = max(1, int(per_map // 2.0))
+    src = frame_rgb
+    if d > 1:
+        full = _gray(frame_rgb)
+        src = cv2.resize(
+            full[: full.shape[0] // d * d, : full.shape[1] // d * d],
+            (full.shape[1] // d, full.shape[0] // d),
+            interpolation=cv2.INTER_AREA,
+        )
+        sigma = math.sqrt(max(0.0, sigma**2 - (d * d - 1) / 12.0)) / d
     reach = int(math.ceil(4.0 * sigma)) + 2 if sigma > 0 else 1
-    fh, fw = frame_rgb.shape[:2]
+    fh, fw = src.shape[:2]
     mp = _gray(map_rgb)
     valid = np.ones(mp.shape, bool) if map_mask is None else np.asarray(map_mask, bool)
     mh, mw = mp.shape
@@ -113,16 +129,16 @@ def refine_on_map(
         u0 = pred[k]
         # the frame rendered on the map grid around the point's predicted map position
         g = np.stack([u0[0] + sx, u0[1] + sy, np.ones_like(sx)], axis=-1) @ inv.T
-        gx, gy = (
-            (g[..., 0] / g[..., 2]).astype(np.float32),
-            (g[..., 1] / g[..., 2]).astype(np.float32),
+        gx, gy = (  # in the pixels of ``src`` (the frame's, or its d x d block means)
+            ((g[..., 0] / g[..., 2] - (d - 1) / 2.0) / d).astype(np.float32),
+            ((g[..., 1] / g[..., 2] - (d - 1) / 2.0) / d).astype(np.float32),
         )
         if gx.min() < 0 or gy.min() < 0 or gx.max() > fw - 1 or gy.max() > fh - 1:
             continue
         # the pixels bilinear sampling at (gx, gy) reads
         x0f, y0f = int(gx.min()), int(gy.min())
         x1f, y1f = min(fw, int(gx.max()) + 2), min(fh, int(gy.max()) + 2)
-        win = _window_blurred(frame_rgb, x0f, y0f, x1f, y1f, sigma, reach)
+        win = _window_blurred(src, x0f, y0f, x1f, y1f, sigma, reach)
         tpl = cv2.remap(win, gx - np.float32(x0f), gy - np.float32(y0f), cv2.INTER_LINEAR)
         if float(tpl.std()) < 2.0:  # a flat patch fixes no position
             continue

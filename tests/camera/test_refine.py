@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from geoloc.camera.refine import refine_on_map
 from tests.localize.views import map_at, sample_rgb
@@ -14,7 +15,14 @@ def _apply(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return np.asarray(q[:, :2] / q[:, 2:3])
 
 
-def test_refinement_recovers_the_exact_map_points() -> None:
+@pytest.mark.parametrize(
+    ("finer", "size"),
+    [
+        (2.2, (800, 600)),  # 3.9 frame pixels per map pixel: blurred at full resolution
+        (9.0, (2400, 1800)),  # 16: averaged over 8 x 8 blocks first, then blurred
+    ],
+)
+def test_refinement_recovers_the_exact_map_points(finer: float, size: tuple[int, int]) -> None:
     src = sample_rgb()  # 0.28 m/px
     f = 0.28 / 0.5
     # the map at 0.5 m/px, resampled on exactly known pixel centres (cv2.resize's area mode
@@ -23,21 +31,23 @@ def test_refinement_recovers_the_exact_map_points() -> None:
     h, w = map_at(0.5).shape[:2]
     blurred = cv2.GaussianBlur(src, (0, 0), 0.45 / f)
     mp = cv2.warpAffine(blurred, to_map[:2], (w, h), flags=cv2.INTER_LINEAR)
-    # a frame 2.2x finer than the source, turned by 25 deg, with a little perspective
+    # a frame ``finer`` times finer than the source, turned by 25 deg, with a little perspective
     a = np.deg2rad(25.0)
+    k = 2.2 / finer  # the perspective terms scale with the frame's pixel size
     frame_to_src = np.array(
         [
-            [np.cos(a) / 2.2, -np.sin(a) / 2.2, 700.0],
-            [np.sin(a) / 2.2, np.cos(a) / 2.2, 350.0],
-            [2e-5, 1e-5, 1.0],
+            [np.cos(a) / finer, -np.sin(a) / finer, 700.0],
+            [np.sin(a) / finer, np.cos(a) / finer, 350.0],
+            [2e-5 * k, 1e-5 * k, 1.0],
         ]
     )
     frame = cv2.warpPerspective(
-        src, frame_to_src, (800, 600), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        src, frame_to_src, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     )
     truth = to_map @ frame_to_src
     rng = np.random.default_rng(0)
-    pts = rng.uniform([60, 60], [740, 540], size=(80, 2))
+    margin = 60 * finer / 2.2
+    pts = rng.uniform([margin, margin], [size[0] - margin, size[1] - margin], size=(80, 2))
     exact = _apply(truth, pts)
     # the verifier's model is off by about a map pixel and a half
     off = np.array([[1.0, 0.0, 1.2], [0.0, 1.0, -0.9], [0.0, 0.0, 1.0]])
