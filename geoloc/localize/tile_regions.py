@@ -209,19 +209,23 @@ class FeatureRegions:
         ``gsd_m``), fetching the records of all their new neighbours in one store query: a
         cascade chunk then costs one record fetch, not one per candidate."""
         gsd = self.map_gsd_m if gsd_m is None else float(gsd_m)
-        pending: dict[tuple[int, int, float], tuple[Any, np.ndarray]] = {}
+        new: dict[tuple[int, int, float], tuple[Any, tuple[float, float, float]]] = {}
         for t in tiles:
             key = (int(t.tile_id), int(size_px), gsd)
             if key in self._near:
                 self._near.touch([key])
-            elif key not in pending:
+            elif key not in new:
                 ts_m = float(t.tile_size) * float(t.gsd_m)
                 # region corner to centre, plus a tile's half diagonal
                 radius = (size_px * gsd + ts_m) / 2.0 * 1.4143
-                near = self.store.within(float(t.center_lat), float(t.center_lon), radius)
-                pending[key] = (t, np.asarray(near, dtype=np.int64))
-        if not pending:
+                new[key] = (t, (float(t.center_lat), float(t.center_lon), radius))
+        if not new:
             return
+        found = self.store.within_many([c for _t, c in new.values()])  # one query
+        pending = {
+            key: (t, np.asarray(near, dtype=np.int64))
+            for (key, (t, _c)), near in zip(new.items(), found, strict=True)
+        }
         for t, _near in pending.values():
             self._tiles.put(int(t.tile_id), t)
         wanted = {int(i) for _t, near in pending.values() for i in near}

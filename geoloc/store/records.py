@@ -27,11 +27,16 @@ def _to_lonlat(crs: str) -> Transformer:
     return Transformer.from_crs(CRS.from_user_input(crs), CRS.from_epsg(4326), always_xy=True)
 
 
-def geodesic_m(lon1: np.ndarray, lat1: np.ndarray, lon2: float, lat2: float) -> np.ndarray:
-    """Geodesic distances (m, WGS 84) from each ``(lon1, lat1)`` to one point ``(lon2, lat2)``."""
+def geodesic_m(
+    lon1: np.ndarray, lat1: np.ndarray, lon2: float | np.ndarray, lat2: float | np.ndarray
+) -> np.ndarray:
+    """Geodesic distances (m, WGS 84) from each ``(lon1, lat1)`` to ``(lon2, lat2)``: one point,
+    or one per ``(lon1, lat1)``."""
     lon1 = np.atleast_1d(np.asarray(lon1, dtype=np.float64))
     lat1 = np.atleast_1d(np.asarray(lat1, dtype=np.float64))
-    _, _, dist = WGS84_GEOD.inv(lon1, lat1, np.full_like(lon1, lon2), np.full_like(lat1, lat2))
+    lon2 = np.broadcast_to(np.asarray(lon2, dtype=np.float64), lon1.shape).copy()
+    lat2 = np.broadcast_to(np.asarray(lat2, dtype=np.float64), lat1.shape).copy()
+    _, _, dist = WGS84_GEOD.inv(lon1, lat1, lon2, lat2)
     return np.asarray(dist, dtype=np.float64)
 
 

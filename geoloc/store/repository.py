@@ -621,34 +621,56 @@ def tile_ids_within(
     A bounding box on the indexed ``(center_lat, center_lon)`` columns prefilters; the exact
     geodesic distance (WGS84) decides.
     """
-    if radius_m < 0 or not math.isfinite(radius_m):
-        raise DatabaseError(f"radius must be a finite non-negative number of metres: {radius_m}")
-    dlat = radius_m / 110_574.0 * 1.01 + 1e-9
-    coslat = math.cos(math.radians(min(89.9, abs(lat) + dlat)))
-    dlon = min(180.0, radius_m / (111_320.0 * max(coslat, 1e-6)) * 1.01 + 1e-9)
+    return tile_ids_within_many(db, encoder_id, [(lat, lon, radius_m)])[0]
+
+
+def tile_ids_within_many(
+    db: Database, encoder_id: int, circles: Sequence[tuple[float, float, float]]
+) -> list[np.ndarray]:
+    """:func:`tile_ids_within` of every ``(lat, lon, radius_m)`` in one query (one array per
+    circle, in order): a verification chunk's neighbourhoods cost one round trip."""
+    boxes = []
+    for lat, lon, radius_m in circles:
+        if radius_m < 0 or not math.isfinite(radius_m):
+            raise DatabaseError(
+                f"radius must be a finite non-negative number of metres: {radius_m}"
+            )
+        dlat = radius_m / 110_574.0 * 1.01 + 1e-9
+        coslat = math.cos(math.radians(min(89.9, abs(lat) + dlat)))
+        dlon = min(180.0, radius_m / (111_320.0 * max(coslat, 1e-6)) * 1.01 + 1e-9)
+        boxes.append((lat - dlat, lat + dlat, lon - dlon, lon + dlon))
+    if not boxes:
+        return []
+    lat0, lat1, lon0, lon1 = ([float(b[k]) for b in boxes] for k in range(4))
     with db.engine.connect() as conn:
         rows = conn.execute(
             _text(
-                "SELECT t.id, t.center_lon, t.center_lat FROM tiles t"
+                "SELECT q.i, t.id, t.center_lon, t.center_lat"
+                " FROM unnest(CAST(:lat0 AS double precision[]),"
+                " CAST(:lat1 AS double precision[]), CAST(:lon0 AS double precision[]),"
+                " CAST(:lon1 AS double precision[])) WITH ORDINALITY"
+                " AS q(lat0, lat1, lon0, lon1, i)"
+                " JOIN tiles t ON t.center_lat BETWEEN q.lat0 AND q.lat1"
+                " AND t.center_lon BETWEEN q.lon0 AND q.lon1"
                 " JOIN orthomosaics o ON o.id = t.orthomosaic_id"
                 " JOIN tile_embeddings e ON e.tile_id = t.id AND e.encoder_id = :e"
                 " WHERE o.status = 'complete'"
-                " AND t.center_lat BETWEEN :lat0 AND :lat1"
-                " AND t.center_lon BETWEEN :lon0 AND :lon1"
             ),
-            {
-                "e": encoder_id,
-                "lat0": lat - dlat,
-                "lat1": lat + dlat,
-                "lon0": lon - dlon,
-                "lon1": lon + dlon,
-            },
+            {"e": encoder_id, "lat0": lat0, "lat1": lat1, "lon0": lon0, "lon1": lon1},
         ).all()
+    out = [np.zeros(0, dtype=np.int64) for _ in circles]
     if not rows:
-        return np.zeros(0, dtype=np.int64)
-    arr = np.asarray([(r.id, r.center_lon, r.center_lat) for r in rows], dtype=np.float64)
-    d = geodesic_m(arr[:, 1], arr[:, 2], lon, lat)
-    return np.sort(arr[d <= radius_m, 0].astype(np.int64))
+        return out
+    arr = np.asarray([(r.i, r.id, r.center_lon, r.center_lat) for r in rows], dtype=np.float64)
+    which = arr[:, 0].astype(np.int64) - 1
+    clat = np.array([c[0] for c in circles], dtype=np.float64)[which]
+    clon = np.array([c[1] for c in circles], dtype=np.float64)[which]
+    rad = np.array([c[2] for c in circles], dtype=np.float64)[which]
+    inside = geodesic_m(arr[:, 2], arr[:, 3], clon, clat) <= rad
+    for i in range(len(circles)):
+        sel = inside & (which == i)
+        out[i] = np.sort(arr[sel, 1].astype(np.int64))
+    return out
 
 
 #: Restrictions up to this many tiles are scored exactly (their Φ fetched), not by the HNSW

@@ -474,6 +474,10 @@ class TileStore:
         """Sorted int64 ids of the tiles whose centre is within ``radius_m`` (geodesic)."""
         return repo.tile_ids_within(self._db, self.encoder_id, lat, lon, radius_m)
 
+    def within_many(self, circles: Sequence[tuple[float, float, float]]) -> list[np.ndarray]:
+        """:meth:`within` of every ``(lat, lon, radius_m)``, in one query."""
+        return repo.tile_ids_within_many(self._db, self.encoder_id, circles)
+
     @property
     def features_dir(self) -> Path:
         """Folder of the per-tile local features (inside the encoder's Ω index folder)."""

@@ -100,6 +100,18 @@ def test_tile_ids_within_radius_is_exact_geodesic(database: Database) -> None:
     assert 0 < len(repo.tile_ids_within(database, enc, lat, lon, 120.0)) < 64
     with pytest.raises(DatabaseError):
         repo.tile_ids_within(database, enc, lat, lon, -1.0)
+    # many circles in one query: each as asked alone, in order (an empty one included)
+    circles = [
+        (t.center_lat, t.center_lon, r) for t, r in zip(tiles[::9], (30.0, 80.0, 0.0, 250.0) * 2)
+    ]
+    circles.append((-40.0, 100.0, 500.0))  # nowhere near a tile
+    many = repo.tile_ids_within_many(database, enc, circles)
+    assert len(many) == len(circles) and many[-1].size == 0
+    for (la, lo, r), got_many in zip(circles, many, strict=True):
+        dd = geodesic_distance_m(lons, lats, np.full_like(lons, lo), np.full_like(lats, la))
+        assert got_many.tolist() == sorted(np.asarray(ids)[np.asarray(dd) <= r].tolist())
+    assert any(len(m) > 1 for m in many)
+    assert repo.tile_ids_within_many(database, enc, []) == []
 
 
 def test_knn_phi_matches_exact_cosine(database: Database) -> None:
