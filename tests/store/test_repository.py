@@ -102,7 +102,8 @@ def test_tile_ids_within_radius_is_exact_geodesic(database: Database) -> None:
         repo.tile_ids_within(database, enc, lat, lon, -1.0)
     # many circles in one query: each as asked alone, in order (an empty one included)
     circles = [
-        (t.center_lat, t.center_lon, r) for t, r in zip(tiles[::9], (30.0, 80.0, 0.0, 250.0) * 2, strict=True)
+        (t.center_lat, t.center_lon, r)
+        for t, r in zip(tiles[::9], (30.0, 80.0, 0.0, 250.0) * 2, strict=True)
     ]
     circles.append((-40.0, 100.0, 500.0))  # nowhere near a tile
     many = repo.tile_ids_within_many(database, enc, circles)
