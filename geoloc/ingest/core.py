@@ -184,7 +184,7 @@ class _Ingester:
         policy: TilingPolicy,
         *,
         batch_size: int,
-        write_tiles: int = WRITE_TILES,
+        write_tiles: int,
         force: bool,
         progress: _ProgressSink,
         distributed: Any = None,

@@ -339,11 +339,11 @@ class DistributedEncoder:
 def write_bands(
     source: Iterator[tuple[BandResult, int]],
     add: Callable[..., Any],
-    batch_size: int,
+    write_tiles: int,
     on_position: Callable[[int], None] | None = None,
 ) -> int:
     """Hand the bands' tiles to ``add(tiles, omega, phi, areas, centroids, features=...)`` in
-    writes of ``batch_size`` tiles (a local ingest's :data:`~geoloc.ingest.core.WRITE_TILES`;
+    writes of ``write_tiles`` tiles (a local ingest's :data:`~geoloc.ingest.core.WRITE_TILES`;
     both write the same rows in the same order, so with the same ids; ``features`` None when
     the bands carry none); returns the tiles written."""
     buf: list[BandResult] = []
@@ -362,9 +362,9 @@ def write_bands(
         feats = None
         if buf[0].features is not None:
             feats = [f for b in buf for f in (b.features or [])]
-        cut = len(tiles) if final else (len(tiles) // batch_size) * batch_size
-        for s in range(0, cut, batch_size):
-            e = min(cut, s + batch_size)
+        cut = len(tiles) if final else (len(tiles) // write_tiles) * write_tiles
+        for s in range(0, cut, write_tiles):
+            e = min(cut, s + write_tiles)
             add(
                 tiles[s:e],
                 *(a[s:e] for a in arrays),
@@ -382,7 +382,7 @@ def write_bands(
         if band.tiles:
             buf.append(band)
             n_buf += len(band.tiles)
-        if n_buf >= batch_size:
+        if n_buf >= write_tiles:
             flush(final=False)
         if on_position is not None:
             on_position(position)

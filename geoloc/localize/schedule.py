@@ -23,17 +23,17 @@ always reads pixels) the plan is a cascade over the top ``verify_top`` candidate
 1. each candidate's region is assembled from the features of the tiles around it
    (:class:`~geoloc.localize.tile_regions.FeatureRegions`) and given the cheap check of the
    verifier (mutual nearest neighbours + RANSAC similarity) at the candidate's best heading;
-2. the survivors, best coarse score first, go to the learned matcher with the region's keypoints
-   inside the frame's coarse footprint; the first one accepted (and, when the map's pixels can
+2. the survivors, best coarse score first, are matched with the region's keypoints inside the
+   frame's coarse footprint; the first one accepted (and, when the map's pixels can
    be read, passing the photometric check) answers: every survivor left scored lower in the
    coarse check of its chunk. Candidates are grouped by their best heading (groups in the order
    of each heading's best candidate) and split into rank-order chunks of
    :data:`CASCADE_CHUNK`; round r takes the r-th chunk of every group. A frame found at its
    best heading never pays for the frame's features at other headings, a right candidate near
    the top never waits for the regions of all the others, and when the first heading is wrong
-   the best candidates of the other headings come before the weaker ones of the first. When the
-   learned matcher's matches fail, matches are found again near where the coarse similarity
-   puts them (``+guided``);
+   the best candidates of the other headings come before the weaker ones of the first. Matches
+   are first sought near where the coarse similarity puts them (``+guided``: a descriptor
+   comparison, no network); the learned matcher runs only when those do not verify;
 3. with the heading unknown and ``first_round_stop`` on, when no candidate of the first round
    passed the coarse check (no heading hypothesis gave any of its best candidates a plausible
    model), the later rounds are skipped: fewer checks for a frame of another place, but a hard

@@ -221,7 +221,9 @@ class FeatureRegions:
                 new[key] = (t, (float(t.center_lat), float(t.center_lon), radius))
         if not new:
             return
-        found = self.store.within_many([c for _t, c in new.values()])  # one query
+        found = self.store.within_many(  # one query; a region is cut from its tile's raster
+            [c for _t, c in new.values()], [int(t.orthomosaic_id) for t, _c in new.values()]
+        )
         pending = {
             key: (t, np.asarray(near, dtype=np.int64))
             for (key, (t, _c)), near in zip(new.items(), found, strict=True)

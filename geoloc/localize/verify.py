@@ -429,6 +429,19 @@ def _unit(desc: Any) -> np.ndarray:
     return np.asarray(d / np.maximum(n, 1e-12))
 
 
+def _mutual_best(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(j, best, mutual) of a similarity matrix (frame keypoints x region keypoints): each row's
+    best column ``j`` and its value ``best``, and whether the row is also its column's best.
+
+    The column test compares with each column's maximum instead of taking a column-wise
+    argmax: numpy's argmax along axis 0 of a row-major matrix is several times slower than
+    the product that made the matrix.
+    """
+    j = sim.argmax(axis=1)
+    best = sim[np.arange(sim.shape[0]), j]
+    return j, best, best >= sim.max(axis=0)[j]
+
+
 def _spread(pts: np.ndarray) -> float:
     """The points' standard deviation along their narrowest direction (pixels)."""
     if pts.shape[0] < 3:
@@ -471,7 +484,8 @@ class HomographyVerifier:
     and ``coarse_min_spread`` (the inliers' narrowest spread as a share of the frame's side);
     ``guided_radius_px`` / ``guided_min_cos``: how far from the coarse model's prediction a guided
     match may lie and how alike its descriptors must be; ``coarse_min_inliers_oriented`` /
-    ``coarse_known_rotation_deg``: the coarse check of a frame whose heading is known.
+    ``coarse_known_rotation_deg``: the coarse check of a frame whose heading is known;
+    ``guided_first``: with a coarse model, try the guided matches before the learned matcher.
     """
 
     name = "homography"
@@ -490,6 +504,7 @@ class HomographyVerifier:
         "guided_min_cos": 0.5,
         "coarse_min_inliers_oriented": 6,
         "coarse_known_rotation_deg": 10.0,
+        "guided_first": True,
     }
 
     def __init__(self, matcher: LocalMatcher, **conf: Any) -> None:
@@ -513,6 +528,7 @@ class HomographyVerifier:
         self.guided_min_cos = float(c["guided_min_cos"])
         self.coarse_min_inliers_oriented = int(c["coarse_min_inliers_oriented"])
         self.coarse_known_rotation_deg = float(c["coarse_known_rotation_deg"])
+        self.guided_first = bool(c["guided_first"])
         #: the kind of stored tile features this verifier can match (None: pixels only)
         self.feature_kind: str | None = "xfeat" if matcher.name == "xfeat-lighterglue" else None
         self._cache: Lru[Hashable, Features] = Lru(self.cache_size)
@@ -586,11 +602,8 @@ class HomographyVerifier:
             return out
         d0 = np.asarray(f0.descriptors, dtype=np.float32)
         d1 = np.asarray(f1.descriptors, dtype=np.float32)
-        sim = d0 @ d1.T
-        j = sim.argmax(axis=1)
-        i = sim.argmax(axis=0)
-        rows = np.arange(d0.shape[0])
-        mutual = (i[j] == rows) & (sim[rows, j] >= self.coarse_min_cos)
+        j, best, mutual = _mutual_best(d0 @ d1.T)
+        mutual &= best >= self.coarse_min_cos
         out.matches = int(mutual.sum())
         if out.matches < max(4, min(self.coarse_min_inliers, self.coarse_min_inliers_oriented)):
             out.reason = f"{out.matches} mutual matches"
@@ -658,33 +671,41 @@ class HomographyVerifier:
         pixels: without them (a region assembled from stored features) it is left to the caller
         (:attr:`Verification.ncc` stays 0).
 
-        ``guide`` is the coarse check's similarity (2, 3; frame -> region pixels). When the
-        learned matcher's matches do not verify, they are found again guided by it
-        (:meth:`guided_matches`) and verified by the same rules: on a frame much smaller than a
-        tile the learned matcher's output changes from many matches to none with a few degrees
-        of rotation, while the descriptors near the predicted positions still agree.
+        ``guide`` is the coarse check's similarity (2, 3; frame -> region pixels). Matches are
+        then also found guided by it (:meth:`guided_matches`) and verified by the same rules: on
+        a frame much smaller than a tile the learned matcher's output changes from many matches
+        to none with a few degrees of rotation, while the descriptors near the predicted
+        positions still agree. With ``guided_first`` the guided matches are tried first and
+        the learned matcher runs only when they fail: a wrong candidate gets both attempts
+        either way (the same decisions), and a right one seldom needs the learned matcher,
+        the costliest step of a located frame.
         """
         res = Verification(accepted=False, keypoints=(len(f0), len(f1)), matcher=self.name)
         if len(f0) < 8 or len(f1) < 8:
             res.reason = "too few keypoints"
             return res
+        pixels = (frame_rgb, frame_mask, scale_known, region_rgb, region_mask)
+
+        def guided() -> Verification | None:
+            if guide is None:
+                return None
+            g0, g1 = self.guided_matches(f0, f1, guide)
+            out = Verification(
+                accepted=False, keypoints=(len(f0), len(f1)), matcher=f"{self.name}+guided"
+            )
+            return self._verify_matches(out, f0, f1, g0, g1, *pixels)
+
+        first = guided() if self.guided_first else None
+        if first is not None and first.accepted:
+            return first
         i0, i1 = self.matcher.match(f0, f1)
-        res = self._verify_matches(
-            res, f0, f1, i0, i1, frame_rgb, frame_mask, scale_known, region_rgb, region_mask
-        )
-        if res.accepted or guide is None:
+        res = self._verify_matches(res, f0, f1, i0, i1, *pixels)
+        if res.accepted:
             return res
-        g0, g1 = self.guided_matches(f0, f1, guide)
-        if g0.size <= i0.size:
+        again = first if first is not None else guided()
+        if again is None:
             return res
-        again = Verification(
-            accepted=False, keypoints=(len(f0), len(f1)), matcher=f"{self.name}+guided"
-        )
-        again = self._verify_matches(
-            again, f0, f1, g0, g1, frame_rgb, frame_mask, scale_known, region_rgb, region_mask
-        )
-        if not again.accepted:
-            again.reason = f"{res.reason}; guided: {again.reason}"
+        again.reason = f"{res.reason}; guided: {again.reason}"
         return again
 
     def guided_matches(
@@ -705,12 +726,13 @@ class HomographyVerifier:
         a = np.asarray(guide, dtype=np.float64)
         pred = f0.keypoints.astype(np.float64) @ a[:, :2].T + a[:, 2]
         k1 = f1.keypoints.astype(np.float64)
-        d2 = ((pred[:, None, :] - k1[None, :, :]) ** 2).sum(axis=2)
-        sim = np.where(d2 <= self.guided_radius_px**2, d0 @ d1.T, -np.inf)
-        j = sim.argmax(axis=1)
-        i = sim.argmax(axis=0)
+        # squared distances expanded: no (frame, region, 2) array
+        d2 = (pred**2).sum(axis=1)[:, None] + (k1**2).sum(axis=1)[None, :] - 2.0 * pred @ k1.T
+        sim = d0 @ d1.T
+        sim[d2 > self.guided_radius_px**2] = -np.inf
+        j, best, keep = _mutual_best(sim)
+        keep &= best >= self.guided_min_cos
         rows = np.arange(len(f0))
-        keep = (i[j] == rows) & (sim[rows, j] >= self.guided_min_cos)
         return rows[keep], j[keep]
 
     def _verify_matches(

@@ -625,10 +625,20 @@ def tile_ids_within(
 
 
 def tile_ids_within_many(
-    db: Database, encoder_id: int, circles: Sequence[tuple[float, float, float]]
+    db: Database,
+    encoder_id: int,
+    circles: Sequence[tuple[float, float, float]],
+    orthomosaics: Sequence[int | None] | None = None,
 ) -> list[np.ndarray]:
     """:func:`tile_ids_within` of every ``(lat, lon, radius_m)`` in one query (one array per
-    circle, in order): a verification chunk's neighbourhoods cost one round trip."""
+    circle, in order): a verification chunk's neighbourhoods cost one round trip.
+
+    ``orthomosaics`` (one id or None per circle) keeps a circle's tiles of that orthomosaic
+    only: a candidate's region is cut from its own raster, and other rasters (other GSD layers
+    of the same place) would at least double the rows.
+    """
+    if orthomosaics is not None and len(orthomosaics) != len(circles):
+        raise ValueError("tile_ids_within_many: one orthomosaic (or None) per circle")
     boxes = []
     for lat, lon, radius_m in circles:
         if radius_m < 0 or not math.isfinite(radius_m):
@@ -642,21 +652,34 @@ def tile_ids_within_many(
     if not boxes:
         return []
     lat0, lat1, lon0, lon1 = ([float(b[k]) for b in boxes] for k in range(4))
+    oids = [None if o is None else int(o) for o in (orthomosaics or [None] * len(boxes))]
     with db.engine.connect() as conn:
         rows = conn.execute(
             _text(
                 "SELECT q.i, t.id, t.center_lon, t.center_lat"
                 " FROM unnest(CAST(:lat0 AS double precision[]),"
                 " CAST(:lat1 AS double precision[]), CAST(:lon0 AS double precision[]),"
-                " CAST(:lon1 AS double precision[])) WITH ORDINALITY"
-                " AS q(lat0, lat1, lon0, lon1, i)"
-                " JOIN tiles t ON t.center_lat BETWEEN q.lat0 AND q.lat1"
+                " CAST(:lon1 AS double precision[]), CAST(:oid AS bigint[])) WITH ORDINALITY"
+                " AS q(lat0, lat1, lon0, lon1, oid, i)"
+                # one index range scan per box: joined plainly, the planner estimates the
+                # unnest at a few rows and filters a sequential scan of every tile instead
+                # (OFFSET 0 keeps the subquery from being flattened into that join)
+                " CROSS JOIN LATERAL (SELECT t.id, t.center_lon, t.center_lat, t.orthomosaic_id"
+                " FROM tiles t WHERE t.center_lat BETWEEN q.lat0 AND q.lat1"
                 " AND t.center_lon BETWEEN q.lon0 AND q.lon1"
+                " AND (q.oid IS NULL OR t.orthomosaic_id = q.oid) OFFSET 0) t"
                 " JOIN orthomosaics o ON o.id = t.orthomosaic_id"
                 " JOIN tile_embeddings e ON e.tile_id = t.id AND e.encoder_id = :e"
                 " WHERE o.status = 'complete'"
             ),
-            {"e": encoder_id, "lat0": lat0, "lat1": lat1, "lon0": lon0, "lon1": lon1},
+            {
+                "e": encoder_id,
+                "lat0": lat0,
+                "lat1": lat1,
+                "lon0": lon0,
+                "lon1": lon1,
+                "oid": oids,
+            },
         ).all()
     out = [np.zeros(0, dtype=np.int64) for _ in circles]
     if not rows:

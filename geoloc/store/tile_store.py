@@ -474,9 +474,14 @@ class TileStore:
         """Sorted int64 ids of the tiles whose centre is within ``radius_m`` (geodesic)."""
         return repo.tile_ids_within(self._db, self.encoder_id, lat, lon, radius_m)
 
-    def within_many(self, circles: Sequence[tuple[float, float, float]]) -> list[np.ndarray]:
-        """:meth:`within` of every ``(lat, lon, radius_m)``, in one query."""
-        return repo.tile_ids_within_many(self._db, self.encoder_id, circles)
+    def within_many(
+        self,
+        circles: Sequence[tuple[float, float, float]],
+        orthomosaics: Sequence[int | None] | None = None,
+    ) -> list[np.ndarray]:
+        """:meth:`within` of every ``(lat, lon, radius_m)``, in one query; ``orthomosaics``
+        (one id or None per circle) keeps a circle's tiles of that orthomosaic only."""
+        return repo.tile_ids_within_many(self._db, self.encoder_id, circles, orthomosaics)
 
     @property
     def features_dir(self) -> Path:

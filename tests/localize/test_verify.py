@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -169,6 +171,36 @@ def test_guide_rescues_a_learned_match_that_found_nothing(region: np.ndarray) ->
         f0, f1, fr, ones, scale_known=True, region_rgb=region, region_mask=rones, guide=wrong
     )
     assert not bad.accepted
+
+
+def test_guided_first_skips_the_learned_matcher(region: np.ndarray) -> None:
+    fr = _frame(0.0)
+    ones, rones = np.ones(fr.shape[:2], bool), np.ones(region.shape[:2], bool)
+    answers = {}
+    for first in (True, False):
+        v = xfeat_lighterglue(max_keypoints=1024, fallback="none", guided_first=first)
+        learned = v.matcher.match
+        calls: list[int] = []
+
+        def counted(
+            a: Features, b: Features, calls: list[int] = calls, learned: Any = learned
+        ) -> tuple[np.ndarray, np.ndarray]:
+            calls.append(1)
+            return learned(a, b)
+
+        v.matcher.match = counted  # type: ignore[method-assign]
+        f0 = v.extract_frame_features(fr, ones)
+        f1 = v.region_features(region, rones, key=None)
+        res = v.verify_features(
+            f0, f1, fr, ones, scale_known=True, region_rgb=region, region_mask=rones, guide=GUIDE
+        )
+        assert res.accepted, res.reason
+        assert res.centre_xy is not None
+        answers[first] = (res.matcher, len(calls), res.centre_xy)
+    assert answers[True][:2] == ("xfeat-lighterglue+guided", 0)
+    assert answers[False][:2] == ("xfeat-lighterglue", 1)
+    # both answers put the frame centre at the same place
+    assert np.hypot(*np.subtract(answers[True][2], answers[False][2])) < 1.0
 
 
 def _coarse_pair(turn_deg: float, consistent: int) -> tuple[Features, Features]:

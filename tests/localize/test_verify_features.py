@@ -163,14 +163,19 @@ def test_features_give_the_raster_answer(
 def test_early_stop_runs_the_matcher_once(verifier: Any, stored: Any, located: FrameState) -> None:
     state = _copy(located)
     coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
+    fine = Counted(verifier, "verify_features")
     try:
         stored.run(state)
     finally:
         coarse.undo()
         glue.undo()
+        fine.undo()
     assert state.match is not None
     # the true tile's neighbours pass the coarse check too; the first accepted ends the plan
-    assert glue.calls == 1
+    assert fine.calls == 1
+    # matches guided by the coarse model verified it: the learned matcher never ran
+    assert state.match.result.matcher == "xfeat-lighterglue+guided"
+    assert glue.calls == 0
     assert 1 <= coarse.calls < len(state.candidates)
     assert state.match.attempts == coarse.calls
 

@@ -88,7 +88,7 @@ def test_incomplete_orthomosaics_are_never_searched(database: Database) -> None:
 def test_tile_ids_within_radius_is_exact_geodesic(database: Database) -> None:
     enc = register_encoder(database)
     tiles = make_tiles(8, 8)  # ~55 m x ~27 m spacing
-    _, ids = ingest_fake(database, enc, tiles, unit(np.random.default_rng(2), 64, 1024))
+    oid, ids = ingest_fake(database, enc, tiles, unit(np.random.default_rng(2), 64, 1024))
     lat, lon = 60.448, 22.252
     lons = np.array([t.center_lon for t in tiles])
     lats = np.array([t.center_lat for t in tiles])
@@ -113,6 +113,13 @@ def test_tile_ids_within_radius_is_exact_geodesic(database: Database) -> None:
         assert got_many.tolist() == sorted(np.asarray(ids)[np.asarray(dd) <= r].tolist())
     assert any(len(m) > 1 for m in many)
     assert repo.tile_ids_within_many(database, enc, []) == []
+    # restricted to an orthomosaic: the same tiles for their own, none for another
+    own = repo.tile_ids_within_many(database, enc, circles, [oid] * len(circles))
+    assert [m.tolist() for m in own] == [m.tolist() for m in many]
+    other = repo.tile_ids_within_many(database, enc, circles, [oid + 1, *[None] * 8])
+    assert other[0].size == 0 and [m.tolist() for m in other[1:]] == [m.tolist() for m in many[1:]]
+    with pytest.raises(ValueError):
+        repo.tile_ids_within_many(database, enc, circles, [oid])
 
 
 def test_knn_phi_matches_exact_cosine(database: Database) -> None:
