@@ -47,6 +47,7 @@ from geoloc.localize.regions import MapRegions
 from geoloc.localize.rerank import Rerank
 from geoloc.localize.schedule import VerificationScheduler
 from geoloc.localize.state import ChainStage, Fix, FrameRequest, FrameState
+from geoloc.models.runtime import limit_blas_threads
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class Localizer:
 
     ``recall`` replaces the configured recall plugin (e.g. a tracker's
     :class:`~geoloc.localize.recall.NearPositionRecall`); the other stages stay as configured.
+    Opening one puts numpy's BLAS on one thread for the process
+    (:func:`~geoloc.models.runtime.limit_blas_threads`).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class Localizer:
         dem: Dem | None = None,
     ) -> None:
         config.validate()
+        limit_blas_threads()
         self.dem = dem
         self.encoder, self.store, self.config = encoder, store, config
         self.map_gsd_m, self.tile_px = float(store.map_gsd_m), int(store.tile_px)

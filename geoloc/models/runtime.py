@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -107,6 +108,36 @@ def throughput(encoder: Any, threads: int | None = None) -> Iterator[int]:
         if streams > 1:
             session.set_streams(1)
         torch.set_num_threads(before)
+
+
+_BLAS_LOCK = threading.Lock()
+_blas_limited = False
+
+
+def limit_blas_threads() -> None:
+    """Put numpy's BLAS (OpenBLAS, and any other ``threadpoolctl`` finds) on one thread for
+    the rest of the process; later calls do nothing.
+
+    Localization interleaves small matrix products (a few milliseconds each) with inference
+    on OpenVINO / torch pools: after each product OpenBLAS's pool threads spin waiting for
+    more work and take the cores the next inference needs, and one thread loses nothing on
+    products that small. OpenBLAS has one pool for the whole process, so this cannot be
+    scoped to a call: a localizer sets it when it opens. ``threadpoolctl`` is left without a
+    controlling thread, so a caller can still change the limit from any thread afterwards.
+    """
+    global _blas_limited
+    with _BLAS_LOCK:
+        if _blas_limited:
+            return
+        from threadpoolctl import ThreadpoolController
+
+        ctl = ThreadpoolController()
+        ctl.limit(limits=1, user_api="blas")
+        for lib in ctl.select(user_api="blas").lib_controllers:
+            clear = getattr(type(lib), "clear_controlling_thread", None)
+            if clear is not None:
+                clear()
+        _blas_limited = True
 
 
 def default_runtime() -> str:

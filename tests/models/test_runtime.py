@@ -183,3 +183,40 @@ def test_xfeat_on_openvino_finds_the_torch_keypoints(
     # a second matcher reads the cached graph
     again = XFeatLighterGlueMatcher(max_keypoints=512)
     assert again.runtime == "openvino"
+
+
+def test_limit_blas_threads_is_process_wide_and_leaves_control() -> None:
+    # in a child process: the limit lasts for the rest of the process
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import threading
+        import numpy
+        from threadpoolctl import threadpool_info, threadpool_limits
+        from geoloc.models.runtime import limit_blas_threads
+
+        def blas():
+            return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+        assert blas(), "numpy's BLAS not found"
+        limit_blas_threads()
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(blas()))
+        t.start(); t.join()
+        assert blas() == [1] * len(blas()) and seen == [blas()], (blas(), seen)
+
+        def other():
+            with threadpool_limits(limits=2, user_api="blas"):
+                seen.append(blas())
+
+        t = threading.Thread(target=other)  # another thread can still set it
+        t.start(); t.join()
+        assert seen[-1] == [2] * len(blas()), seen
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
