@@ -274,12 +274,17 @@ def encode_points(
     return out
 
 
-def decode_points(recs: np.ndarray, x0: int, y0: int, dim: int = 0, bits: int = 8) -> TileKeypoints:
+def decode_points(
+    recs: np.ndarray, x0: int | np.ndarray, y0: int | np.ndarray, dim: int = 0, bits: int = 8
+) -> TileKeypoints:
     """The :class:`TileKeypoints` of one tile's stored records (grid origin ``x0``, ``y0``;
-    ``dim`` values of ``bits`` each per descriptor, ``dim`` needed below 8 bits)."""
+    ``dim`` values of ``bits`` each per descriptor, ``dim`` needed below 8 bits).
+
+    ``x0`` / ``y0`` may also be one origin per record: the records of many tiles decode at
+    once."""
     xy = np.empty((recs.shape[0], 2), dtype=np.float32)
-    xy[:, 0] = recs["x"].astype(np.float32) / XY_SCALE - 0.5 + float(x0)
-    xy[:, 1] = recs["y"].astype(np.float32) / XY_SCALE - 0.5 + float(y0)
+    xy[:, 0] = recs["x"].astype(np.float32) / XY_SCALE - 0.5 + np.asarray(x0, np.float32)
+    xy[:, 1] = recs["y"].astype(np.float32) / XY_SCALE - 0.5 + np.asarray(y0, np.float32)
     if bits == 8:
         desc = recs["desc"].astype(np.float32)
     else:
@@ -458,9 +463,12 @@ class FeatureStore:
         return self._where
 
     def get(self, tile_ids: Iterable[int]) -> dict[int, TileKeypoints]:
-        """Decoded keypoints of these tiles; ids without (trustworthy) features are absent."""
+        """Decoded keypoints of these tiles; ids without (trustworthy) features are absent.
+
+        The tiles' records are checked one by one and decoded together (a region is made of
+        many tiles of a few keypoints each: per-tile decoding cost more than the work)."""
         where = self._index()
-        out: dict[int, TileKeypoints] = {}
+        picked: list[tuple[int, np.ndarray, int, int]] = []
         for tid in tile_ids:
             hit = where.get(int(tid))
             if hit is None:
@@ -480,9 +488,20 @@ class FeatureStore:
                         REBUILD_FEATURES_HINT,
                     )
                 continue
-            out[int(tid)] = decode_points(
-                recs, int(t["x0"]), int(t["y0"]), self.spec.dim if self.spec else 0, self.desc_bits
-            )
+            picked.append((int(tid), recs, int(t["x0"]), int(t["y0"])))
+        if not picked:
+            return {}
+        counts = np.array([p[1].shape[0] for p in picked], dtype=np.int64)
+        x0 = np.repeat(np.array([p[2] for p in picked], dtype=np.float32), counts)
+        y0 = np.repeat(np.array([p[3] for p in picked], dtype=np.float32), counts)
+        recs = np.concatenate([p[1] for p in picked])
+        kp = decode_points(recs, x0, y0, self.spec.dim if self.spec else 0, self.desc_bits)
+        ends = np.cumsum(counts)
+        out: dict[int, TileKeypoints] = {}
+        for (tid, *_), e, c in zip(picked, ends.tolist(), counts.tolist(), strict=True):
+            # copies: a cached tile must not keep the whole batch's arrays alive
+            a = e - c
+            out[tid] = TileKeypoints(kp.xy[a:e].copy(), kp.desc[a:e].copy(), kp.score[a:e].copy())
         return out
 
     # -------------------------------------------------------------------------- writing
