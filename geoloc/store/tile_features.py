@@ -236,11 +236,15 @@ def _pack_desc(q: np.ndarray, bits: int) -> np.ndarray:
 
 def _unpack_desc(packed: np.ndarray, dim: int, bits: int) -> np.ndarray:
     """Inverse of :func:`_pack_desc`, as float32."""
-    n = packed.shape[0]
-    planes = np.unpackbits(packed, axis=1, count=dim * bits, bitorder="little")
-    weights = (1 << np.arange(bits)).astype(np.float32)
-    u = planes.reshape(n, dim, bits).astype(np.float32) @ weights
-    return u - float(2 ** (bits - 1) - 1)
+    # value j holds stream bits j*bits .. j*bits+bits-1 (little-endian bit order): at most 8
+    # bits, so always within the 16-bit window of the two bytes from its first one
+    start = np.arange(dim) * bits
+    first, shift = start // 8, (start % 8).astype(np.uint16)
+    p = np.ascontiguousarray(packed, dtype=np.uint8)
+    p = np.concatenate([p, np.zeros((p.shape[0], 1), np.uint8)], axis=1)  # the last window
+    window = p[:, first].astype(np.uint16) | (p[:, first + 1].astype(np.uint16) << 8)
+    u = (window >> shift) & np.uint16((1 << bits) - 1)
+    return u.astype(np.float32) - float(2 ** (bits - 1) - 1)
 
 
 def encode_points(
