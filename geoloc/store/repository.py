@@ -806,6 +806,17 @@ def phi_sign_codes(db: Database, encoder_id: int) -> tuple[np.ndarray, np.ndarra
     return ids, codes
 
 
+def hamming_index(codes: np.ndarray) -> Any:
+    """A FAISS exact binary index over ``codes`` (from :func:`phi_sign_codes`; row j = label j):
+    :func:`knn_phi_scan`'s Hamming scan in FAISS's popcount kernels."""
+    import faiss
+
+    index = faiss.IndexBinaryFlat(int(codes.shape[1]) * 8)
+    if codes.shape[0]:
+        index.add(np.ascontiguousarray(codes, dtype=np.uint8))
+    return index
+
+
 def knn_phi_scan(
     db: Database,
     encoder_id: int,
@@ -814,45 +825,63 @@ def knn_phi_scan(
     ids: np.ndarray,
     codes: np.ndarray,
     allowed_ids: np.ndarray | None = None,
+    hamming: Any = None,
 ) -> list[list[tuple[int, float]]]:
     """:func:`knn_phi_many` with its Hamming prefilter as an exact scan of ``codes`` (from
     :func:`phi_sign_codes`) in memory instead of the HNSW index: per query the
     :data:`PHI_BQ_CANDIDATES` nearest codes (among ``allowed_ids`` if given), re-ranked by the
-    halfvec cosine in Postgres (only the ``k`` best come back).
+    halfvec cosine in Postgres (only the ``k`` best come back), all queries in one statement.
 
     An exact scan finds the Hamming-nearest the index's graph walk can miss, and its cost does
-    not depend on a restriction (a filter only masks rows)."""
-    from pgvector import HalfVector
-    from pgvector.sqlalchemy import HALFVEC
-    from sqlalchemy import bindparam
-    from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
-
+    not depend on a restriction (a filter only masks rows). ``hamming`` (from
+    :func:`hamming_index` over the same ``codes``) runs an unrestricted scan in FAISS."""
     q = pad_phi(np.asarray(queries, dtype=np.float32).reshape(len(queries), -1))
-    if ids.size == 0:
+    if ids.size == 0 or q.shape[0] == 0:
         return [[] for _ in range(q.shape[0])]
     # the stored codes are of the halfvec: quantize the query the same way first
     qbits = np.packbits(q.astype(np.float16) > 0, axis=1)
-    words, qwords = codes.view(np.uint64), qbits.view(np.uint64)
-    keep = None if allowed_ids is None else np.isin(ids, np.asarray(allowed_ids, np.int64))
     n = min(max(int(k), PHI_BQ_CANDIDATES), ids.size)
-    stmt = _text(
-        "SELECT tile_id, phi <=> CAST(:q AS halfvec) AS d FROM tile_embeddings"
-        " WHERE encoder_id = :e AND tile_id = ANY(:ids) ORDER BY d, tile_id LIMIT :k"
-    ).bindparams(bindparam("q", type_=HALFVEC(PHI_DIM)), bindparam("ids", type_=ARRAY(BIGINT)))
-    out: list[list[tuple[int, float]]] = []
-    with db.engine.connect() as conn:
-        for row, qw in zip(q, qwords, strict=True):
+    if allowed_ids is None and hamming is not None:
+        _d, top_all = hamming.search(qbits, n)
+        tops = [row[row >= 0] for row in top_all]
+    else:
+        words, qwords = codes.view(np.uint64), qbits.view(np.uint64)
+        keep = None if allowed_ids is None else np.isin(ids, np.asarray(allowed_ids, np.int64))
+        tops = []
+        for qw in qwords:
             d = np.bitwise_count(words ^ qw).sum(axis=1, dtype=np.int32)
             if keep is not None:
                 d[~keep] = PHI_DIM + 1
             top = np.argpartition(d, n - 1)[:n] if n < ids.size else np.arange(ids.size)
-            top = top[d[top] <= PHI_DIM]
-            if top.size == 0:
-                out.append([])
-                continue
-            params = {"q": HalfVector(row), "e": encoder_id, "k": int(k)}
-            rows = conn.execute(stmt, {**params, "ids": ids[top].tolist()}).all()
-            out.append([(int(r.tile_id), float(r.d)) for r in rows])
+            tops.append(top[d[top] <= PHI_DIM])
+    qi = [i + 1 for i, top in enumerate(tops) for _ in range(top.size)]
+    if not qi:
+        return [[] for _ in range(q.shape[0])]
+    # one statement for every query: each query vector cast once (a materialized CTE), its
+    # candidates scored and the k best per query kept by a window
+    stmt = _text(
+        "WITH c AS MATERIALIZED (SELECT i, CAST(v AS halfvec) AS v"
+        " FROM unnest(CAST(:qs AS text[])) WITH ORDINALITY AS u(v, i)),"
+        " s AS (SELECT p.i, p.tile_id, e.phi <=> c.v AS d"
+        " FROM unnest(CAST(:qi AS bigint[]), CAST(:ids AS bigint[])) AS p(i, tile_id)"
+        " JOIN c ON c.i = p.i"
+        " JOIN tile_embeddings e ON e.encoder_id = :e AND e.tile_id = p.tile_id)"
+        " SELECT i, tile_id, d FROM (SELECT s.*, row_number() OVER"
+        " (PARTITION BY i ORDER BY d, tile_id) AS r FROM s) ranked"
+        " WHERE r <= :k ORDER BY i, r"
+    )
+    params = {
+        "qs": ["[" + ",".join(map(repr, row)) + "]" for row in q.astype(np.float16).tolist()],
+        "qi": qi,
+        "ids": ids[np.concatenate(tops)].tolist(),
+        "e": encoder_id,
+        "k": int(k),
+    }
+    with db.engine.connect() as conn:
+        rows = conn.execute(stmt, params).all()
+    out: list[list[tuple[int, float]]] = [[] for _ in range(q.shape[0])]
+    for r in rows:
+        out[int(r.i) - 1].append((int(r.tile_id), float(r.d)))
     return out
 
 

@@ -175,7 +175,7 @@ class TileStore:
         self.tile_px = int(tile_px)
         self._layers: list[GsdLayer] | None = None  # read on first use, again after a re-open
         # Φ sign codes for the in-memory recall scan, with the orthomosaics stamp they are of
-        self._codes: tuple[tuple[int, int, str], np.ndarray, np.ndarray] | None = None
+        self._codes: tuple[tuple[int, int, str], np.ndarray, np.ndarray, Any] | None = None
         self._layer_ids: dict[tuple[int, ...], np.ndarray] = {}
         self._reopen_failed = False  # warned once that a re-saved index did not open
         self._omega_dim: int | None = None  # set by for_encoder: the write side's Ω width
@@ -442,8 +442,10 @@ class TileStore:
         the HNSW index."""
         phi = np.asarray(phi, dtype=np.float32).reshape(len(phi), -1)
         if scan:
-            ids, codes = self._sign_codes()
-            hits = repo.knn_phi_scan(self._db, self.encoder_id, phi, k, ids, codes, allowed_ids)
+            ids, codes, hamming = self._sign_codes()
+            hits = repo.knn_phi_scan(
+                self._db, self.encoder_id, phi, k, ids, codes, allowed_ids, hamming
+            )
         else:
             hits = repo.knn_phi_many(self._db, self.encoder_id, phi, k, ef_search, allowed_ids)
         scores = np.full((phi.shape[0], k), -np.inf, dtype=np.float32)
@@ -453,15 +455,16 @@ class TileStore:
                 scores[h, j], ids[h, j] = 1.0 - dist, tid
         return scores, ids
 
-    def _sign_codes(self) -> tuple[np.ndarray, np.ndarray]:
-        """The (ids, sign codes) of :func:`repository.phi_sign_codes`, cached until the
-        complete orthomosaics change (their stamp is one small query per search)."""
+    def _sign_codes(self) -> tuple[np.ndarray, np.ndarray, Any]:
+        """The (ids, sign codes) of :func:`repository.phi_sign_codes` and their
+        :func:`repository.hamming_index`, cached until the complete orthomosaics change (their
+        stamp is one small query per search)."""
         stamp = repo.orthomosaics_stamp(self._db, self.encoder_id)
         cached = self._codes
         if cached is None or cached[0] != stamp:
             ids, codes = repo.phi_sign_codes(self._db, self.encoder_id)
-            self._codes = cached = (stamp, ids, codes)
-        return cached[1], cached[2]
+            self._codes = cached = (stamp, ids, codes, repo.hamming_index(codes))
+        return cached[1], cached[2], cached[3]
 
     def candidates(
         self, tile_ids: Sequence[int] | np.ndarray, embeddings: bool = True

@@ -197,6 +197,10 @@ def test_knn_phi_scan_is_the_hamming_nearest_reranked_by_cosine(
         assert [t for t, _ in got[h]] == ids_a[np.argsort(-sims)[:8]].tolist()
         assert got[h][0][1] == pytest.approx(1.0 - float(sims.max()), abs=2e-3)
     assert got[0][0][0] == ids[5] and got[1][0][0] == ids[150]
+    # the same scan in FAISS's binary index
+    hamming = repo.hamming_index(codes)
+    assert hamming.ntotal == len(cids)
+    assert repo.knn_phi_scan(database, enc, q, 8, cids, codes, hamming=hamming) == got
     # 30 candidates: the 30 nearest by Hamming distance of the signs, then by cosine
     monkeypatch.setattr(repo, "PHI_BQ_CANDIDATES", 30)
     few = repo.knn_phi_scan(database, enc, q[:1], 10, cids, codes)[0]
@@ -205,6 +209,8 @@ def test_knn_phi_scan_is_the_hamming_nearest_reranked_by_cosine(
     within = set(cids[ham <= np.sort(ham)[29]].tolist())  # the 30 nearest (and their ties)
     assert len(few) == 10 and {t for t, _ in few} <= within
     assert [d for _, d in few] == sorted(d for _, d in few)
+    few_f = repo.knn_phi_scan(database, enc, q[:1], 10, cids, codes, hamming=hamming)[0]
+    assert len(few_f) == 10 and {t for t, _ in few_f} <= within
     # the allowed tiles are the ones LEAST like query 0
     sims = phi @ (q[0] / np.linalg.norm(q[0]))
     far = ids_a[np.argsort(sims)[:12]]
