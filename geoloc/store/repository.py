@@ -832,28 +832,26 @@ def knn_phi_scan(
     :data:`PHI_BQ_CANDIDATES` nearest codes (among ``allowed_ids`` if given), re-ranked by the
     halfvec cosine in Postgres (only the ``k`` best come back), all queries in one statement.
 
-    An exact scan finds the Hamming-nearest the index's graph walk can miss, and its cost does
-    not depend on a restriction (a filter only masks rows). ``hamming`` (from
-    :func:`hamming_index` over the same ``codes``) runs an unrestricted scan in FAISS."""
+    An exact scan finds the Hamming-nearest the index's graph walk can miss, and a restriction
+    makes it cheaper, never less exact. The scan runs in FAISS's binary index: ``hamming``
+    (from :func:`hamming_index` over the same ``codes``, kept by the caller) for an
+    unrestricted one, else one over the allowed rows."""
     q = pad_phi(np.asarray(queries, dtype=np.float32).reshape(len(queries), -1))
     if ids.size == 0 or q.shape[0] == 0:
         return [[] for _ in range(q.shape[0])]
     # the stored codes are of the halfvec: quantize the query the same way first
     qbits = np.packbits(q.astype(np.float16) > 0, axis=1)
-    n = min(max(int(k), PHI_BQ_CANDIDATES), ids.size)
-    if allowed_ids is None and hamming is not None:
-        _d, top_all = hamming.search(qbits, n)
-        tops = [row[row >= 0] for row in top_all]
-    else:
-        words, qwords = codes.view(np.uint64), qbits.view(np.uint64)
-        keep = None if allowed_ids is None else np.isin(ids, np.asarray(allowed_ids, np.int64))
-        tops = []
-        for qw in qwords:
-            d = np.bitwise_count(words ^ qw).sum(axis=1, dtype=np.int32)
-            if keep is not None:
-                d[~keep] = PHI_DIM + 1
-            top = np.argpartition(d, n - 1)[:n] if n < ids.size else np.arange(ids.size)
-            tops.append(top[d[top] <= PHI_DIM])
+    searched = None  # positions in ``ids`` of the rows searched (None: all of them)
+    if allowed_ids is not None:
+        searched = np.flatnonzero(np.isin(ids, np.asarray(allowed_ids, np.int64)))
+        hamming = hamming_index(codes[searched])  # a copy of the allowed rows' codes only
+    elif hamming is None:
+        hamming = hamming_index(codes)
+    n = min(max(int(k), PHI_BQ_CANDIDATES), int(hamming.ntotal))
+    if n == 0:
+        return [[] for _ in range(q.shape[0])]
+    _d, found = hamming.search(qbits, n)
+    tops = [r[r >= 0] if searched is None else searched[r[r >= 0]] for r in found]
     qi = [i + 1 for i, top in enumerate(tops) for _ in range(top.size)]
     if not qi:
         return [[] for _ in range(q.shape[0])]
