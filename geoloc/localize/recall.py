@@ -73,9 +73,10 @@ class PgvectorRecall:
 
     Φ, the scene-graph descriptor, tolerates the residual heading and offset of a frame better
     than the flattened Ω map, so it recalls the right tile more often (the scale benchmark's
-    figures in the README decide the default); no FAISS index is loaded. ``ef_search`` is the
+    figures in the README decide the default); the Ω FAISS index is not loaded. ``ef_search`` is the
     HNSW candidate list (raised to the recall depth when smaller). ``prefilter`` ``scan`` (the
-    default) scans Φ's sign bits held in this process (128 B per tile, exact Hamming,
+    default) scans Φ's sign bits held in this process (128 B per tile and as much for their
+    FAISS binary index; exact Hamming,
     :meth:`geoloc.store.TileStore.search_phi`); ``hnsw`` walks Postgres's HNSW index over the
     same bits instead (no codes in memory). Both re-rank by the halfvec cosine. The scan won
     at 100k tiles in the scale benchmark (README): the index's walk misses Hamming-nearest

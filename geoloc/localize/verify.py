@@ -677,8 +677,8 @@ class HomographyVerifier:
         to none with a few degrees of rotation, while the descriptors near the predicted
         positions still agree. With ``guided_first`` the guided matches are tried first and
         the learned matcher runs only when they fail: a wrong candidate gets both attempts
-        either way (the same decisions), and a right one seldom needs the learned matcher,
-        the costliest step of a located frame.
+        whatever the order, and a right one seldom needs the learned matcher, the costliest
+        step of a located frame.
         """
         res = Verification(accepted=False, keypoints=(len(f0), len(f1)), matcher=self.name)
         if len(f0) < 8 or len(f1) < 8:

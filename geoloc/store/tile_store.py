@@ -438,7 +438,8 @@ class TileStore:
 
         ``scan``: the Hamming prefilter scans Φ's sign bits held in this process
         (:func:`repository.knn_phi_scan`; 128 B per tile, read from Postgres on first use and
-        again after an ingest or delete changes the complete orthomosaics) instead of walking
+        again after an ingest or delete changes the complete orthomosaics, and as much again
+        for their FAISS binary index) instead of walking
         the HNSW index."""
         phi = np.asarray(phi, dtype=np.float32).reshape(len(phi), -1)
         if scan:
