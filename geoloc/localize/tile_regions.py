@@ -38,7 +38,12 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class TileFeatureSource(Protocol):
-    """Where a region's tile features come from (``kind`` names the extractor, e.g. xfeat)."""
+    """Where a region's tile features come from (``kind`` names the extractor, e.g. xfeat).
+
+    A source with ``needs_records`` False reads only ``tile_id`` of the records it is given,
+    so a region's neighbours can be :class:`~geoloc.store.records.TileGrid` places instead of
+    full candidate records (a source without the attribute gets full records).
+    """
 
     kind: str
 
@@ -67,6 +72,9 @@ class StoredTileFeatures:
     features change only when the feature store is re-opened (an ingest or a rebuild saved new
     ones), which gives a new ``store.feature_spec`` object: the cache is then emptied.
     """
+
+    #: features by tile id: neighbours' grid places suffice (see :class:`TileFeatureSource`)
+    needs_records = False
 
     def __init__(self, store: Any, kind: str = "xfeat", cache_size: int = 2048) -> None:
         self._store = store
@@ -107,6 +115,8 @@ class ExtractedTileFeatures:
 
     #: keypoints detected per tile before the central-square cut (as ingest does)
     DETECT_TOP_K = 4096
+    #: a tile's pixels are read from its raster: full records
+    needs_records = True
 
     def __init__(
         self,
@@ -206,8 +216,9 @@ class FeatureRegions:
 
     def prefetch(self, tiles: Sequence[Any], size_px: int, gsd_m: float | None = None) -> None:
         """Look up the neighbourhoods of these candidate tiles (regions of ``size_px`` at
-        ``gsd_m``), fetching the records of all their new neighbours in one store query: a
-        cascade chunk then costs one record fetch, not one per candidate."""
+        ``gsd_m``) in one store query, with the grid places of their new neighbours (a source
+        that needs full records gets them in one more): a cascade chunk then costs one or
+        two queries, not one per candidate."""
         gsd = self.map_gsd_m if gsd_m is None else float(gsd_m)
         new: dict[tuple[int, int, float], tuple[Any, tuple[float, float, float]]] = {}
         for t in tiles:
@@ -221,15 +232,23 @@ class FeatureRegions:
                 new[key] = (t, (float(t.center_lat), float(t.center_lon), radius))
         if not new:
             return
-        found = self.store.within_many(  # one query; a region is cut from its tile's raster
-            [c for _t, c in new.values()], [int(t.orthomosaic_id) for t, _c in new.values()]
-        )
+        # one query; a region is cut from its tile's raster
+        circles = [c for _t, c in new.values()]
+        oids: list[int | None] = [int(t.orthomosaic_id) for t, _c in new.values()]
+        for t, _c in new.values():
+            self._tiles.put(int(t.tile_id), t)
+        if getattr(self.source, "needs_records", True):
+            found = self.store.within_many(circles, oids)
+        else:  # the neighbours' grid places come with their ids: no record fetch
+            grids = self.store.grids_within_many(circles, oids)
+            for g in (g for gs in grids for g in gs):
+                if g.tile_id not in self._tiles:
+                    self._tiles.put(g.tile_id, g)
+            found = [np.asarray([g.tile_id for g in gs], dtype=np.int64) for gs in grids]
         pending = {
             key: (t, np.asarray(near, dtype=np.int64))
             for (key, (t, _c)), near in zip(new.items(), found, strict=True)
         }
-        for t, _near in pending.values():
-            self._tiles.put(int(t.tile_id), t)
         wanted = {int(i) for _t, near in pending.values() for i in near}
         self._tiles.touch(wanted)
         self._fetch(sorted(i for i in wanted if i not in self._tiles))

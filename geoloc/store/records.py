@@ -159,6 +159,20 @@ class TileRef:
 
 
 @dataclass(frozen=True)
+class TileGrid:
+    """A tile's place in its orthomosaic's grid and nothing else (no raster, no embeddings):
+    what a candidate's neighbours need to lend their stored features to its region. ``window``
+    as in :class:`Candidate`."""
+
+    tile_id: int
+    orthomosaic_id: int
+    row: int
+    col: int
+    tile_size: int
+    window: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
 class Candidate:
     """Everything the localizer needs about one tile of a complete orthomosaic.
 

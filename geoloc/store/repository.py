@@ -23,7 +23,14 @@ from sqlalchemy.exc import DBAPIError
 
 from geoloc.errors import DatabaseError
 from geoloc.store import codec
-from geoloc.store.records import Candidate, TileRecord, TileRef, crs_text, geodesic_m
+from geoloc.store.records import (
+    Candidate,
+    TileGrid,
+    TileRecord,
+    TileRef,
+    crs_text,
+    geodesic_m,
+)
 from geoloc.store.schema import (
     PHI_BQ,
     PHI_DIM,
@@ -637,6 +644,20 @@ def tile_ids_within_many(
     only: a candidate's region is cut from its own raster, and other rasters (other GSD layers
     of the same place) would at least double the rows.
     """
+    return [
+        np.asarray([g.tile_id for g in grids], dtype=np.int64)
+        for grids in tiles_within_many(db, encoder_id, circles, orthomosaics)
+    ]
+
+
+def tiles_within_many(
+    db: Database,
+    encoder_id: int,
+    circles: Sequence[tuple[float, float, float]],
+    orthomosaics: Sequence[int | None] | None = None,
+) -> list[list[TileGrid]]:
+    """:func:`tile_ids_within_many` with each tile's grid place (:class:`TileGrid`, by id):
+    the same query, so a region's neighbours need no second one for their records."""
     if orthomosaics is not None and len(orthomosaics) != len(circles):
         raise ValueError("tile_ids_within_many: one orthomosaic (or None) per circle")
     boxes = []
@@ -656,7 +677,8 @@ def tile_ids_within_many(
     with db.engine.connect() as conn:
         rows = conn.execute(
             _text(
-                "SELECT q.i, t.id, t.center_lon, t.center_lat"
+                "SELECT q.i, t.id, t.center_lon, t.center_lat, t.orthomosaic_id, t.row, t.col,"
+                " t.tile_size, t.window"
                 " FROM unnest(CAST(:lat0 AS double precision[]),"
                 " CAST(:lat1 AS double precision[]), CAST(:lon0 AS double precision[]),"
                 " CAST(:lon1 AS double precision[]), CAST(:oid AS bigint[])) WITH ORDINALITY"
@@ -664,7 +686,8 @@ def tile_ids_within_many(
                 # one index range scan per box: joined plainly, the planner estimates the
                 # unnest at a few rows and filters a sequential scan of every tile instead
                 # (OFFSET 0 keeps the subquery from being flattened into that join)
-                " CROSS JOIN LATERAL (SELECT t.id, t.center_lon, t.center_lat, t.orthomosaic_id"
+                " CROSS JOIN LATERAL (SELECT t.id, t.center_lon, t.center_lat, t.orthomosaic_id,"
+                " t.row, t.col, t.tile_size, t.window"
                 " FROM tiles t WHERE t.center_lat BETWEEN q.lat0 AND q.lat1"
                 " AND t.center_lon BETWEEN q.lon0 AND q.lon1"
                 " AND (q.oid IS NULL OR t.orthomosaic_id = q.oid) OFFSET 0) t"
@@ -681,7 +704,7 @@ def tile_ids_within_many(
                 "oid": oids,
             },
         ).all()
-    out = [np.zeros(0, dtype=np.int64) for _ in circles]
+    out: list[list[TileGrid]] = [[] for _ in circles]
     if not rows:
         return out
     arr = np.asarray([(r.i, r.id, r.center_lon, r.center_lat) for r in rows], dtype=np.float64)
@@ -690,9 +713,26 @@ def tile_ids_within_many(
     clon = np.array([c[1] for c in circles], dtype=np.float64)[which]
     rad = np.array([c[2] for c in circles], dtype=np.float64)[which]
     inside = geodesic_m(arr[:, 2], arr[:, 3], clon, clat) <= rad
-    for i in range(len(circles)):
-        sel = inside & (which == i)
-        out[i] = np.sort(arr[sel, 1].astype(np.int64))
+    grids: dict[int, TileGrid] = {}
+    for r, ok in zip(rows, inside.tolist(), strict=True):
+        if not ok:
+            continue
+        tid = int(r.id)
+        g = grids.get(tid)
+        if g is None:
+            x0, y0, ww, wh = (float(v) for v in r.window)
+            w = (x0, y0, ww, wh)
+            g = grids[tid] = TileGrid(
+                tid,
+                int(r.orthomosaic_id),
+                int(r.row),
+                int(r.col),
+                int(r.tile_size),
+                w,
+            )
+        out[int(r.i) - 1].append(g)
+    for lst in out:
+        lst.sort(key=lambda g: g.tile_id)
     return out
 
 

@@ -53,7 +53,7 @@ from geoloc.errors import (
     NoOmegaIndexError,
 )
 from geoloc.store import repository as repo
-from geoloc.store.records import Candidate, RasterRecord, TileRecord, TileRef
+from geoloc.store.records import Candidate, RasterRecord, TileGrid, TileRecord, TileRef
 from geoloc.store.tile_features import (
     DEFAULT_DESC_BITS,
     FeatureSpec,
@@ -486,6 +486,14 @@ class TileStore:
         """:meth:`within` of every ``(lat, lon, radius_m)``, in one query; ``orthomosaics``
         (one id or None per circle) keeps a circle's tiles of that orthomosaic only."""
         return repo.tile_ids_within_many(self._db, self.encoder_id, circles, orthomosaics)
+
+    def grids_within_many(
+        self,
+        circles: Sequence[tuple[float, float, float]],
+        orthomosaics: Sequence[int | None] | None = None,
+    ) -> list[list[TileGrid]]:
+        """:meth:`within_many` with each tile's grid place (:class:`TileGrid`), same query."""
+        return repo.tiles_within_many(self._db, self.encoder_id, circles, orthomosaics)
 
     @property
     def features_dir(self) -> Path:

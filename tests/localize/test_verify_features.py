@@ -304,21 +304,44 @@ def test_region_survives_evicted_tile_records(store: Any) -> None:
     assert _same_region(small.around(tiles[0], 448), want)
 
 
+class _RecordKinds:
+    """A tile feature source that notes the kind of records it is given (and has no
+    ``needs_records``: it gets full records)."""
+
+    kind = "xfeat"
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.seen = inner, set()
+
+    def features(self, tiles: Any) -> dict[int, Any]:
+        self.seen |= {type(t).__name__ for t in tiles}
+        return dict(self.inner.features(tiles))
+
+
 def test_prefetched_regions_equal_one_by_one(store: Any) -> None:
-    """A chunk's neighbourhoods looked up together give the regions looked up one by one, and
-    the chunk costs one record fetch."""
+    """A chunk's neighbourhoods looked up together give the regions looked up one by one, in
+    one query: the stored features need only the neighbours' grid places, which come with
+    it; a source that needs full records gets them in one more."""
     tiles = store.candidates(store.within(*_centre_latlon(store), 1e4))[:10]
     one = FeatureRegions(store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
     want = [one.around(t, 448) for t in tiles]
-    chunk = FeatureRegions(store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
-    fetches = Counted(store, "candidates")
-    try:
-        chunk.prefetch(tiles, 448)
-        got = [chunk.around(t, 448) for t in tiles]
-    finally:
-        fetches.undo()
-    assert fetches.calls == 1
-    assert all(_same_region(a, b) for a, b in zip(got, want, strict=True))
+    for source in (StoredTileFeatures(store), _RecordKinds(StoredTileFeatures(store))):
+        chunk = FeatureRegions(store, source, map_gsd_m=store.map_gsd_m)
+        fetches, queries = Counted(store, "candidates"), Counted(store, "grids_within_many")
+        full = Counted(store, "within_many")
+        try:
+            chunk.prefetch(tiles, 448)
+            got = [chunk.around(t, 448) for t in tiles]
+        finally:
+            fetches.undo()
+            queries.undo()
+            full.undo()
+        assert all(_same_region(a, b) for a, b in zip(got, want, strict=True))
+        if isinstance(source, _RecordKinds):
+            assert (full.calls, queries.calls, fetches.calls) == (1, 0, 1)
+            assert source.seen == {"Candidate"}
+        else:
+            assert (full.calls, queries.calls, fetches.calls) == (0, 1, 0)
 
 
 def _centre_latlon(store: Any) -> tuple[float, float]:
