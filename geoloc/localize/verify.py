@@ -485,7 +485,9 @@ class HomographyVerifier:
     ``guided_radius_px`` / ``guided_min_cos``: how far from the coarse model's prediction a guided
     match may lie and how alike its descriptors must be; ``coarse_min_inliers_oriented`` /
     ``coarse_known_rotation_deg``: the coarse check of a frame whose heading is known;
-    ``guided_first``: with a coarse model, try the guided matches before the learned matcher.
+    ``guided_first``: with a coarse model, try the guided matches before the learned matcher;
+    ``coarse_max_keypoints``: the coarse check uses the frame's strongest this many keypoints
+    (0: all).
     """
 
     name = "homography"
@@ -505,6 +507,7 @@ class HomographyVerifier:
         "coarse_min_inliers_oriented": 6,
         "coarse_known_rotation_deg": 10.0,
         "guided_first": True,
+        "coarse_max_keypoints": 512,
     }
 
     def __init__(self, matcher: LocalMatcher, **conf: Any) -> None:
@@ -529,6 +532,7 @@ class HomographyVerifier:
         self.coarse_min_inliers_oriented = int(c["coarse_min_inliers_oriented"])
         self.coarse_known_rotation_deg = float(c["coarse_known_rotation_deg"])
         self.guided_first = bool(c["guided_first"])
+        self.coarse_max_keypoints = int(c["coarse_max_keypoints"])
         #: the kind of stored tile features this verifier can match (None: pixels only)
         self.feature_kind: str | None = "xfeat" if matcher.name == "xfeat-lighterglue" else None
         self._cache: Lru[Hashable, Features] = Lru(self.cache_size)
@@ -600,7 +604,9 @@ class HomographyVerifier:
         if len(f0) < 4 or len(f1) < 4:
             out.reason = "too few keypoints"
             return out
-        d0 = np.asarray(f0.descriptors, dtype=np.float32)
+        # the frame's first keypoints: a matcher's features come strongest first
+        n0 = len(f0) if self.coarse_max_keypoints <= 0 else min(len(f0), self.coarse_max_keypoints)
+        d0 = np.asarray(f0.descriptors, dtype=np.float32)[:n0]
         d1 = np.asarray(f1.descriptors, dtype=np.float32)
         j, best, mutual = _mutual_best(d0 @ d1.T)
         mutual &= best >= self.coarse_min_cos
@@ -608,7 +614,7 @@ class HomographyVerifier:
         if out.matches < max(4, min(self.coarse_min_inliers, self.coarse_min_inliers_oriented)):
             out.reason = f"{out.matches} mutual matches"
             return out
-        p0 = f0.keypoints[mutual].astype(np.float64)
+        p0 = f0.keypoints[:n0][mutual].astype(np.float64)
         p1 = f1.keypoints[j[mutual]].astype(np.float64)
         m, inl = cv2.estimateAffinePartial2D(
             p0, p1, method=cv2.RANSAC, ransacReprojThreshold=self.coarse_ransac_px, maxIters=2000

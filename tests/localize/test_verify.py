@@ -239,6 +239,17 @@ def test_coarse_check_of_a_known_heading_asks_fewer_inliers_that_agree_with_it(
     assert not sift_v.coarse(f0, f1, scale_known=True, rotation_known=True).passed
 
 
+def test_coarse_check_uses_the_frames_first_keypoints_only() -> None:
+    # 20 consistent matches among the first 20 of 40 frame keypoints: the check passes with
+    # the first 20 or all; with the first 5 it has too few mutual matches
+    f0, f1 = _coarse_pair(2.0, 20)
+    for first, passes in ((0, True), (20, True), (5, False)):
+        v = sift(coarse_max_keypoints=first)
+        res = v.coarse(f0, f1, scale_known=True)
+        assert res.passed is passes, (first, res.reason)
+        assert res.matches <= (first or len(f0))
+
+
 def test_xfeat_nms_equals_xfeats_own() -> None:
     """The verifier's NMS (OpenCV dilation) picks exactly XFeat's max-pool NMS keypoints,
     plateaus, borders and batches included."""
