@@ -659,7 +659,7 @@ def tiles_within_many(
     """:func:`tile_ids_within_many` with each tile's grid place (:class:`TileGrid`, by id):
     the same query, so a region's neighbours need no second one for their records."""
     if orthomosaics is not None and len(orthomosaics) != len(circles):
-        raise ValueError("tile_ids_within_many: one orthomosaic (or None) per circle")
+        raise ValueError("tiles_within_many: one orthomosaic (or None) per circle")
     boxes = []
     for lat, lon, radius_m in circles:
         if radius_m < 0 or not math.isfinite(radius_m):
