@@ -75,6 +75,8 @@ class Verification:
     ncc: float = 0.0
     frame_px: np.ndarray | None = None
     region_px: np.ndarray | None = None
+    #: the MAGSAC homography fitted on the matches (3, 3), kept when a similarity replaced it
+    fitted: np.ndarray | None = None
 
     def confidence(self) -> float:
         """0..1 from the inlier count (0 when rejected)."""
@@ -429,6 +431,12 @@ def _unit(desc: Any) -> np.ndarray:
     return np.asarray(d / np.maximum(n, 1e-12))
 
 
+#: the second guided pass looks this many guided radii around the first pass's homography
+GUIDED_REFINE_RADIUS = 4.0
+#: ... this many times, each around the last pass's homography
+GUIDED_REFINE_PASSES = 2
+
+
 def _mutual_best(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(j, best, mutual) of a similarity matrix (frame keypoints x region keypoints): each row's
     best column ``j`` and its value ``best``, and whether the row is also its column's best.
@@ -695,11 +703,31 @@ class HomographyVerifier:
         def guided() -> Verification | None:
             if guide is None:
                 return None
+            tag = f"{self.name}+guided"
             g0, g1 = self.guided_matches(f0, f1, guide)
-            out = Verification(
-                accepted=False, keypoints=(len(f0), len(f1)), matcher=f"{self.name}+guided"
-            )
-            return self._verify_matches(out, f0, f1, g0, g1, *pixels)
+            first = Verification(accepted=False, keypoints=(len(f0), len(f1)), matcher=tag)
+            first = self._verify_matches(first, f0, f1, g0, g1, *pixels)
+            if not first.accepted or first.fitted is None:
+                return first
+            # then wider around the homography fitted on those matches, as alike as the coarse
+            # check asks: matches that near the coarse similarity are tied to its error (an
+            # oblique frame's edges, a scale slightly off), and the answer would inherit it
+            best = first
+            for _ in range(GUIDED_REFINE_PASSES):
+                assert best.fitted is not None
+                w0, w1 = self.guided_matches(
+                    f0,
+                    f1,
+                    best.fitted,
+                    GUIDED_REFINE_RADIUS * self.guided_radius_px,
+                    self.coarse_min_cos,
+                )
+                wide = Verification(accepted=False, keypoints=(len(f0), len(f1)), matcher=tag)
+                wide = self._verify_matches(wide, f0, f1, w0, w1, *pixels)
+                if not wide.accepted or wide.fitted is None:
+                    break
+                best = wide
+            return best
 
         first = guided() if self.guided_first else None
         if first is not None and first.accepted:
@@ -715,29 +743,41 @@ class HomographyVerifier:
         return again
 
     def guided_matches(
-        self, f0: Features, f1: Features, guide: np.ndarray
+        self,
+        f0: Features,
+        f1: Features,
+        guide: np.ndarray,
+        radius_px: float | None = None,
+        min_cos: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Mutual best descriptor matches among keypoint pairs that ``guide`` puts close together.
 
-        ``guide`` (2, 3) maps frame pixels to region pixels; a pair counts when the region
-        keypoint lies within ``guided_radius_px`` of the frame keypoint's predicted position and
+        ``guide`` (2, 3, or a 3 x 3 homography) maps frame pixels to region pixels; a pair
+        counts when the region keypoint lies within ``guided_radius_px`` of the frame
+        keypoint's predicted position and
         their descriptors' cosine is at least ``guided_min_cos`` (lower than the coarse check's:
-        the position does most of the selecting). Returns (i0, i1) indices.
+        the position does most of the selecting); ``radius_px`` / ``min_cos`` replace those two.
+        Returns (i0, i1) indices.
         """
+        radius = self.guided_radius_px if radius_px is None else float(radius_px)
+        cos_min = self.guided_min_cos if min_cos is None else float(min_cos)
         empty = np.zeros(0, int), np.zeros(0, int)
         if len(f0) == 0 or len(f1) == 0:
             return empty
         d0 = _unit(f0.descriptors)
         d1 = _unit(f1.descriptors)
         a = np.asarray(guide, dtype=np.float64)
-        pred = f0.keypoints.astype(np.float64) @ a[:, :2].T + a[:, 2]
+        pred = f0.keypoints.astype(np.float64) @ a[:2, :2].T + a[:2, 2]
+        if a.shape[0] == 3:  # a homography: divide by the projective coordinate
+            w = f0.keypoints.astype(np.float64) @ a[2, :2] + a[2, 2]
+            pred = pred / np.where(np.abs(w) < 1e-12, 1e-12, w)[:, None]
         k1 = f1.keypoints.astype(np.float64)
         # squared distances expanded: no (frame, region, 2) array
         d2 = (pred**2).sum(axis=1)[:, None] + (k1**2).sum(axis=1)[None, :] - 2.0 * pred @ k1.T
         sim = d0 @ d1.T
-        sim[d2 > self.guided_radius_px**2] = -np.inf
+        sim[d2 > radius**2] = -np.inf
         j, best, keep = _mutual_best(sim)
-        keep &= best >= self.guided_min_cos
+        keep &= best >= cos_min
         rows = np.arange(len(f0))
         return rows[keep], j[keep]
 
@@ -771,7 +811,7 @@ class HomographyVerifier:
             return res
         inl = inl.ravel().astype(bool)
         res.inliers = int(inl.sum())
-        res.homography = h
+        res.homography = res.fitted = h
         proj = cv2.perspectiveTransform(p0[inl][None], h)[0]
         res.rmse_px = float(np.sqrt(np.mean(np.sum((proj - p1[inl]) ** 2, axis=1))))
         res.frame_px, res.region_px = p0[inl], p1[inl]
