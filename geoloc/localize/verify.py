@@ -709,9 +709,9 @@ class HomographyVerifier:
             first = self._verify_matches(first, f0, f1, g0, g1, *pixels)
             if not first.accepted or first.fitted is None:
                 return first
-            # then wider around the homography fitted on those matches, as alike as the coarse
-            # check asks: matches that near the coarse similarity are tied to its error (an
-            # oblique frame's edges, a scale slightly off), and the answer would inherit it
+            # then wider around the homography fitted on those matches: matches that near the
+            # coarse similarity are tied to its error (an oblique frame's edges, a scale
+            # slightly off), and the answer would inherit it
             best = first
             for _ in range(GUIDED_REFINE_PASSES):
                 assert best.fitted is not None
@@ -720,7 +720,6 @@ class HomographyVerifier:
                     f1,
                     best.fitted,
                     GUIDED_REFINE_RADIUS * self.guided_radius_px,
-                    self.coarse_min_cos,
                 )
                 wide = Verification(accepted=False, keypoints=(len(f0), len(f1)), matcher=tag)
                 wide = self._verify_matches(wide, f0, f1, w0, w1, *pixels)
