@@ -253,12 +253,8 @@ class FeatureRegions:
         self._tiles.touch(wanted)
         self._fetch(sorted(i for i in wanted if i not in self._tiles))
         for key, (t, near) in pending.items():
-            oid = int(t.orthomosaic_id)
-            ids = tuple(
-                int(i)
-                for i in near
-                if int(i) in self._tiles and int(self._tiles[int(i)].orthomosaic_id) == oid
-            )
+            # the query kept the candidate's orthomosaic only
+            ids = tuple(int(i) for i in near if int(i) in self._tiles)
             if int(t.tile_id) not in ids:
                 ids = (int(t.tile_id), *ids)
             self._near.put(key, ids)

@@ -703,29 +703,23 @@ class HomographyVerifier:
         def guided() -> Verification | None:
             if guide is None:
                 return None
-            tag = f"{self.name}+guided"
-            g0, g1 = self.guided_matches(f0, f1, guide)
-            first = Verification(accepted=False, keypoints=(len(f0), len(f1)), matcher=tag)
-            first = self._verify_matches(first, f0, f1, g0, g1, *pixels)
-            if not first.accepted or first.fitted is None:
-                return first
-            # then wider around the homography fitted on those matches: matches that near the
-            # coarse similarity are tied to its error (an oblique frame's edges, a scale
-            # slightly off), and the answer would inherit it
-            best = first
-            for _ in range(GUIDED_REFINE_PASSES):
-                assert best.fitted is not None
-                w0, w1 = self.guided_matches(
-                    f0,
-                    f1,
-                    best.fitted,
-                    GUIDED_REFINE_RADIUS * self.guided_radius_px,
+            # first near the coarse similarity (that pass decides acceptance), then wider
+            # around the homography fitted on the last pass's matches: matches that near the
+            # similarity are tied to its error (an oblique frame's edges, a scale slightly
+            # off), and the answer would inherit it
+            best: Verification | None = None
+            model, radius = np.asarray(guide), self.guided_radius_px
+            for _ in range(1 + GUIDED_REFINE_PASSES):
+                i0, i1 = self.guided_matches(f0, f1, model, radius)
+                v = Verification(
+                    accepted=False, keypoints=(len(f0), len(f1)), matcher=f"{self.name}+guided"
                 )
-                wide = Verification(accepted=False, keypoints=(len(f0), len(f1)), matcher=tag)
-                wide = self._verify_matches(wide, f0, f1, w0, w1, *pixels)
-                if not wide.accepted or wide.fitted is None:
+                v = self._verify_matches(v, f0, f1, i0, i1, *pixels)
+                if best is None or v.accepted:
+                    best = v
+                if not v.accepted or v.fitted is None:
                     break
-                best = wide
+                model, radius = v.fitted, GUIDED_REFINE_RADIUS * self.guided_radius_px
             return best
 
         first = guided() if self.guided_first else None
@@ -747,7 +741,6 @@ class HomographyVerifier:
         f1: Features,
         guide: np.ndarray,
         radius_px: float | None = None,
-        min_cos: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Mutual best descriptor matches among keypoint pairs that ``guide`` puts close together.
 
@@ -755,11 +748,10 @@ class HomographyVerifier:
         counts when the region keypoint lies within ``guided_radius_px`` of the frame
         keypoint's predicted position and
         their descriptors' cosine is at least ``guided_min_cos`` (lower than the coarse check's:
-        the position does most of the selecting); ``radius_px`` / ``min_cos`` replace those two.
+        the position does most of the selecting); ``radius_px`` replaces the radius.
         Returns (i0, i1) indices.
         """
         radius = self.guided_radius_px if radius_px is None else float(radius_px)
-        cos_min = self.guided_min_cos if min_cos is None else float(min_cos)
         empty = np.zeros(0, int), np.zeros(0, int)
         if len(f0) == 0 or len(f1) == 0:
             return empty
@@ -776,7 +768,7 @@ class HomographyVerifier:
         sim = d0 @ d1.T
         sim[d2 > radius**2] = -np.inf
         j, best, keep = _mutual_best(sim)
-        keep &= best >= cos_min
+        keep &= best >= self.guided_min_cos
         rows = np.arange(len(f0))
         return rows[keep], j[keep]
 

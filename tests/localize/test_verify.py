@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
@@ -16,6 +14,7 @@ from geoloc.localize.verify import (
     sift,
     xfeat_lighterglue,
 )
+from tests.localize.counting import Counted
 from tests.localize.views import map_at, view
 
 # map at 0.56 m/px; region 400 px around (500, 300); the frame is centred at (530, 280)
@@ -179,24 +178,25 @@ def test_guided_first_skips_the_learned_matcher(region: np.ndarray) -> None:
     answers = {}
     for first in (True, False):
         v = xfeat_lighterglue(max_keypoints=1024, fallback="none", guided_first=first)
-        learned = v.matcher.match
-        calls: list[int] = []
-
-        def counted(
-            a: Features, b: Features, calls: list[int] = calls, learned: Any = learned
-        ) -> tuple[np.ndarray, np.ndarray]:
-            calls.append(1)
-            return learned(a, b)
-
-        v.matcher.match = counted  # type: ignore[method-assign]
+        learned = Counted(v.matcher, "match")
         f0 = v.extract_frame_features(fr, ones)
         f1 = v.region_features(region, rones, key=None)
-        res = v.verify_features(
-            f0, f1, fr, ones, scale_known=True, region_rgb=region, region_mask=rones, guide=GUIDE
-        )
+        try:
+            res = v.verify_features(
+                f0,
+                f1,
+                fr,
+                ones,
+                scale_known=True,
+                region_rgb=region,
+                region_mask=rones,
+                guide=GUIDE,
+            )
+        finally:
+            learned.undo()
         assert res.accepted, res.reason
         assert res.centre_xy is not None
-        answers[first] = (res.matcher, len(calls), res.centre_xy)
+        answers[first] = (res.matcher, learned.calls, res.centre_xy)
     assert answers[True][:2] == ("xfeat-lighterglue+guided", 0)
     assert answers[False][:2] == ("xfeat-lighterglue", 1)
     # both answers put the frame centre at the same place

@@ -24,6 +24,7 @@ from geoloc.localize.state import FrameRequest, FrameState
 from geoloc.localize.tile_regions import FeatureRegions, StoredTileFeatures
 from geoloc.localize.verify import HomographyVerifier, xfeat_lighterglue
 from tests.localize.conftest import truth_lonlat
+from tests.localize.counting import Counted
 from tests.localize.views import sample_rgb, view
 
 pytestmark = pytest.mark.slow
@@ -50,24 +51,6 @@ def store(ingested: Any, encoder: Any) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def verifier() -> HomographyVerifier:
     return xfeat_lighterglue()
-
-
-class Counted:
-    """Counts the calls of one method of an object (the method still runs)."""
-
-    def __init__(self, obj: Any, method: str) -> None:
-        self.calls = 0
-        inner = getattr(obj, method)
-
-        def wrapper(*a: Any, **kw: Any) -> Any:
-            self.calls += 1
-            return inner(*a, **kw)
-
-        self._obj, self._method = obj, method
-        setattr(obj, method, wrapper)
-
-    def undo(self) -> None:
-        delattr(self._obj, self._method)
 
 
 def _ranked(store: Any, encoder: Any, rgb: np.ndarray) -> FrameState:
