@@ -31,6 +31,7 @@ from affine import Affine
 from geoloc.localize.regions import MapRegions
 from geoloc.localize.verify import Features
 from geoloc.lru import Lru
+from geoloc.store.records import OrthoGrid
 from geoloc.store.tile_features import TileKeypoints, grid_origin
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,14 @@ class StoredTileFeatures:
 
     def features(self, tiles: Sequence[Any]) -> dict[int, Any]:
         """The stored features of these tiles."""
+        return self.by_ids([int(t.tile_id) for t in tiles])
+
+    def by_ids(self, ids: Sequence[int]) -> dict[int, Any]:
+        """The stored features of the tiles with these ids."""
         spec = self._store.feature_spec
         if spec is not self._spec:
             self._cache.clear()
             self._spec = spec
-        ids = [int(t.tile_id) for t in tiles]
         missing = [i for i in ids if i not in self._cache]
         got = self._store.features(missing) if missing else {}
         out: dict[int, Any] = {}
@@ -182,8 +186,12 @@ def region_transform(tile: Any, size_px: int, map_gsd_m: float) -> Affine:
 class FeatureRegions:
     """Regions around candidate tiles, assembled from tile features (see the module docstring).
 
-    ``max_keypoints`` caps a region's keypoints (best detection scores first); the tile records
-    of the neighbourhoods are cached (``cache_size`` tiles).
+    ``max_keypoints`` caps a region's keypoints (best detection scores first). With stored
+    features and a store that knows its orthomosaics' grids (:meth:`TileStore.grid`), a
+    region's neighbours are a slice of its orthomosaic's grid; otherwise they come from a
+    geographic query, whose tile records are cached (``cache_size`` tiles). The last
+    ``region_cache`` regions are kept: the heading sweep checks its candidates' regions again
+    at other headings, and a tracked flight meets the same candidates frame after frame.
     """
 
     def __init__(
@@ -194,6 +202,7 @@ class FeatureRegions:
         map_gsd_m: float,
         max_keypoints: int = 2048,
         cache_size: int = 4096,
+        region_cache: int = 32,
     ) -> None:
         self.store = store
         self.source = source
@@ -202,13 +211,33 @@ class FeatureRegions:
         self.cache_size = int(cache_size)
         self._tiles: Lru[int, Any] = Lru(self.cache_size)
         self._near: Lru[tuple[int, int, float], tuple[int, ...]] = Lru(self.cache_size)
+        self._regions: Lru[tuple[int, int, float], RegionFeatures] = Lru(int(region_cache))
+        self._spec: Any = None
+        # neighbours by grid slice: the source reads features by tile id, the store has grids
+        self._by_grid = (
+            not getattr(source, "needs_records", True)
+            and callable(getattr(source, "by_ids", None))
+            and callable(getattr(store, "grid", None))
+        )
+
+    def _grid(self, tile: Any) -> OrthoGrid | None:
+        """The grid of the tile's orthomosaic when regions are sliced from it, else None."""
+        if not self._by_grid:
+            return None
+        g = self.store.grid(int(tile.orthomosaic_id))
+        if g is None or int(g.tile_size) != int(tile.tile_size):
+            return None
+        r, c = int(tile.row), int(tile.col)
+        if not (0 <= r < g.ids.shape[0] and 0 <= c < g.ids.shape[1]):
+            return None
+        return g if int(g.ids[r, c]) == int(tile.tile_id) else None
 
     def neighbourhood(self, tile: Any, size_px: int, gsd_m: float | None = None) -> list[Any]:
         """Tile records of the same orthomosaic whose pixels can fall in the region (of
-        ``size_px`` at ``gsd_m``, default the map's GSD)."""
+        ``size_px`` at ``gsd_m``, default the map's GSD), by a geographic query."""
         gsd = self.map_gsd_m if gsd_m is None else float(gsd_m)
         key = (int(tile.tile_id), int(size_px), gsd)
-        self.prefetch([tile], size_px, gsd)
+        self._prefetch_query([tile], size_px, gsd)
         ids = self._near[key]
         if any(i not in self._tiles for i in ids):  # records evicted since: fetch them again
             self._fetch([i for i in ids if i not in self._tiles])
@@ -216,10 +245,15 @@ class FeatureRegions:
 
     def prefetch(self, tiles: Sequence[Any], size_px: int, gsd_m: float | None = None) -> None:
         """Look up the neighbourhoods of these candidate tiles (regions of ``size_px`` at
-        ``gsd_m``) in one store query, with the grid places of their new neighbours (a source
-        that needs full records gets them in one more): a cascade chunk then costs one or
-        two queries, not one per candidate."""
+        ``gsd_m``) at once: their orthomosaics' grids, or one store query with the grid places
+        of their new neighbours (a source that needs full records gets them in one more), so
+        a cascade chunk costs at most one or two queries, not one per candidate."""
         gsd = self.map_gsd_m if gsd_m is None else float(gsd_m)
+        rest = [t for t in tiles if self._grid(t) is None]
+        if rest:
+            self._prefetch_query(rest, size_px, gsd)
+
+    def _prefetch_query(self, tiles: Sequence[Any], size_px: int, gsd: float) -> None:
         new: dict[tuple[int, int, float], tuple[Any, tuple[float, float, float]]] = {}
         for t in tiles:
             key = (int(t.tile_id), int(size_px), gsd)
@@ -271,37 +305,69 @@ class FeatureRegions:
     def around(self, tile: Any, size_px: int, gsd_m: float | None = None) -> RegionFeatures:
         """The region of ``size_px`` around ``tile`` at ``gsd_m`` (default: the map's GSD, else
         the candidate's GSD layer) from its neighbourhood's features."""
+        gsd = self.map_gsd_m if gsd_m is None else float(gsd_m)
+        spec = getattr(self.store, "feature_spec", None)
+        if spec is not self._spec:  # new stored features: regions made of the old are stale
+            self._regions.clear()
+            self._spec = spec
+        key = (int(tile.tile_id), int(size_px), gsd)
+        hit = self._regions.get(key)
+        if hit is not None:
+            return hit
+        grid = self._grid(tile)
+        if grid is not None:
+            ids, colrow = _grid_neighbours(tile, size_px, gsd / float(tile.gsd_m), grid)
+            feats = self.source.by_ids(ids.tolist())  # type: ignore[attr-defined]
+            stride = float(grid.stride)
+        else:
+            tiles = self.neighbourhood(tile, size_px, gsd)
+            feats = self.source.features(tiles)
+            ids = np.array([int(t.tile_id) for t in tiles], dtype=np.int64)
+            colrow = np.array([(int(t.col), int(t.row)) for t in tiles], dtype=np.int64)
+            stride = _stride(tiles, tile)
+        region = self._assemble(tile, size_px, gsd, ids, colrow.reshape(-1, 2), stride, feats)
+        self._regions.put(key, region)
+        self._regions.trim()
+        return region
+
+    def _assemble(
+        self,
+        tile: Any,
+        size_px: int,
+        gsd: float,
+        ids: np.ndarray,
+        colrow: np.ndarray,
+        s: float,
+        feats: dict[int, Any],
+    ) -> RegionFeatures:
+        """The region from its neighbours' features (``ids`` with their grid ``colrow``)."""
         import torch
 
-        gsd = self.map_gsd_m if gsd_m is None else float(gsd_m)
-        tiles = self.neighbourhood(tile, size_px, gsd)
-        feats = self.source.features(tiles)
         ts = float(tile.tile_size)
-        present = {(int(t.row), int(t.col)) for t in tiles if int(t.tile_id) in feats}
+        with_f = np.array([int(i) in feats for i in ids.tolist()], dtype=bool)
         origin = np.asarray(grid_origin(tile), dtype=np.float64)
-        s = _stride(tiles, tile)
         k = gsd / float(tile.gsd_m)
         # every neighbour's keypoints in one array, with the (col, row) of the tile they are of
-        have = [t for t in tiles if int(t.tile_id) in feats and len(feats[int(t.tile_id)].xy)]
+        have = [j for j, i in enumerate(ids.tolist()) if with_f[j] and len(feats[int(i)].xy) > 0]
         if have:
-            fs = [feats[int(t.tile_id)] for t in have]
+            fs = [feats[int(ids[j])] for j in have]
             counts = np.array([len(f.xy) for f in fs])
             owner = np.repeat(np.arange(len(have)), counts)
             xy = np.concatenate([np.asarray(f.xy, dtype=np.float64) for f in fs])
-            colrow = np.array([(int(t.col), int(t.row)) for t in have], dtype=np.int64)[owner]
+            own_cr = colrow[np.asarray(have)][owner]
             # keep each keypoint from the tile whose centre is nearest (the grid cell it is in)
             cell = np.floor((xy + 0.5 - ts / 2.0) / s + 0.5).astype(np.int64)
-            own = (cell == colrow).all(axis=1)
-            if len(present) > 1:  # ... or from any tile when that cell's tile has no features
-                rc = np.array(sorted(present), dtype=np.int64).reshape(-1, 2)
-                own |= ~np.isin(_cell_key(cell[:, 1], cell[:, 0]), _cell_key(rc[:, 0], rc[:, 1]))
+            own = (cell == own_cr).all(axis=1)
+            if with_f.sum() > 1:  # ... or from any tile when that cell's tile has no features
+                rc = colrow[with_f]
+                own |= ~np.isin(_cell_key(cell[:, 1], cell[:, 0]), _cell_key(rc[:, 1], rc[:, 0]))
             # grid pixel -> candidate tile pixel corner -> region pixel (centre convention)
             p = ((xy + 0.5 - origin) - ts / 2.0) / k + size_px / 2.0 - 0.5
             keep = own & (p >= 0).all(axis=1) & (p < size_px).all(axis=1)
             xy_r = p[keep]
             desc = np.concatenate([np.asarray(f.desc, dtype=np.float32) for f in fs])[keep]
             score = np.concatenate([np.asarray(f.score, dtype=np.float32) for f in fs])[keep]
-            used = [int(have[i].tile_id) for i in np.unique(owner[keep])]
+            used = [int(ids[have[i]]) for i in np.unique(owner[keep])]
         else:
             xy_r, desc, score = np.zeros((0, 2)), np.zeros((0, 64), np.float32), np.zeros(0)
             used = []
@@ -316,6 +382,36 @@ class FeatureRegions:
         return RegionFeatures(
             f_out, region_transform(tile, size_px, gsd), tuple(used), int(size_px)
         )
+
+
+def _grid_neighbours(
+    tile: Any, size_px: int, k: float, grid: OrthoGrid
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and (col, row) of the grid's tiles whose core cell can hold keypoints of the
+    region of ``size_px`` region pixels (``k`` grid pixels each) centred on ``tile``.
+
+    A tile's stored keypoints lie in its core cell (:func:`~geoloc.store.tile_features.core_box`:
+    the central ``stride`` square, reaching the grid's edge on its first and last row and
+    column), so the cells that meet the region's square (a pixel of margin) are all it needs.
+    """
+    ts, st = int(grid.tile_size), min(int(grid.stride), int(grid.tile_size))
+    m = (ts - st) // 2
+    x0, y0 = grid_origin(tile)
+    half = size_px * k / 2.0 + 1.0
+
+    def span(centre: float, n: int) -> tuple[int, int]:
+        a = np.arange(n, dtype=np.float64) * grid.stride + m
+        b = a + st
+        if n:
+            a[0], b[-1] = 0.0, (n - 1) * grid.stride + ts
+        hit = np.nonzero((a < centre + half) & (b > centre - half))[0]
+        return (int(hit[0]), int(hit[-1]) + 1) if len(hit) else (0, 0)
+
+    r0, r1 = span(y0 + ts / 2.0, grid.ids.shape[0])
+    c0, c1 = span(x0 + ts / 2.0, grid.ids.shape[1])
+    block = grid.ids[r0:r1, c0:c1]
+    rr, cc = np.nonzero(block >= 0)
+    return block[rr, cc], np.stack([cc + c0, rr + r0], axis=1).astype(np.int64)
 
 
 def _cell_key(row: np.ndarray, col: np.ndarray) -> np.ndarray:

@@ -158,6 +158,19 @@ class TileRef:
     col: int
 
 
+@dataclass(frozen=True, eq=False)
+class OrthoGrid:
+    """The tiles of one complete orthomosaic by grid cell: ``ids[row, col]`` is the tile id
+    (-1 where no tile was kept: nodata), ``stride`` and ``tile_size`` the grid's (output px).
+
+    A region's neighbours are a slice of it: no geographic query per candidate."""
+
+    orthomosaic_id: int
+    ids: np.ndarray
+    stride: int
+    tile_size: int
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """A tile's place in its orthomosaic's grid and nothing else (no raster, no embeddings):

@@ -25,6 +25,7 @@ from geoloc.errors import DatabaseError
 from geoloc.store import codec
 from geoloc.store.records import (
     Candidate,
+    OrthoGrid,
     TileGrid,
     TileRecord,
     TileRef,
@@ -629,6 +630,30 @@ def tile_ids_within(
     geodesic distance (WGS84) decides.
     """
     return tile_ids_within_many(db, encoder_id, [(lat, lon, radius_m)])[0]
+
+
+def orthomosaic_grid(db: Database, encoder_id: int, orthomosaic_id: int) -> OrthoGrid | None:
+    """The tile ids of a complete orthomosaic of this encoder by grid cell, or None (unknown,
+    another encoder's, not complete)."""
+    with db.engine.connect() as conn:
+        o = conn.execute(
+            _text(
+                "SELECT stride, tile_size FROM orthomosaics"
+                " WHERE id = :o AND encoder_id = :e AND status = 'complete'"
+            ),
+            {"o": int(orthomosaic_id), "e": int(encoder_id)},
+        ).first()
+        if o is None:
+            return None
+        rows = conn.execute(
+            _text("SELECT row, col, id FROM tiles WHERE orthomosaic_id = :o"),
+            {"o": int(orthomosaic_id)},
+        ).all()
+    rc = np.asarray([(r.row, r.col, r.id) for r in rows], dtype=np.int64).reshape(-1, 3)
+    shape = (int(rc[:, 0].max()) + 1, int(rc[:, 1].max()) + 1) if len(rc) else (0, 0)
+    ids = np.full(shape, -1, dtype=np.int64)
+    ids[rc[:, 0], rc[:, 1]] = rc[:, 2]
+    return OrthoGrid(int(orthomosaic_id), ids, int(o.stride), int(o.tile_size))
 
 
 def tile_ids_within_many(

@@ -52,8 +52,16 @@ from geoloc.errors import (
     IndexError_,
     NoOmegaIndexError,
 )
+from geoloc.lru import Lru
 from geoloc.store import repository as repo
-from geoloc.store.records import Candidate, RasterRecord, TileGrid, TileRecord, TileRef
+from geoloc.store.records import (
+    Candidate,
+    OrthoGrid,
+    RasterRecord,
+    TileGrid,
+    TileRecord,
+    TileRef,
+)
 from geoloc.store.tile_features import (
     DEFAULT_DESC_BITS,
     FeatureSpec,
@@ -94,6 +102,9 @@ class WriteTimings:
 #: Whether a new store keeps the Ω FAISS index. Only Ω recall (the ``seed`` preset) reads it;
 #: the default chain recalls by Φ in Postgres, and the index is most of the bytes per tile.
 DEFAULT_OMEGA = False
+
+#: Orthomosaic grids (:meth:`TileStore.grid`) kept in memory: one int64 per grid cell each.
+GRID_CACHE = 256
 
 #: Orthomosaics whose tile GSDs differ by less than this (relative) form one GSD layer: a frame
 #: scaled to one of them is within the scale tolerance of every matcher for the others.
@@ -177,6 +188,7 @@ class TileStore:
         # Φ sign codes for the in-memory recall scan, with the orthomosaics stamp they are of
         self._codes: tuple[tuple[int, int, str], np.ndarray, np.ndarray, Any] | None = None
         self._layer_ids: dict[tuple[int, ...], np.ndarray] = {}
+        self._grids: Lru[int, OrthoGrid] = Lru(GRID_CACHE)
         self._reopen_failed = False  # warned once that a re-saved index did not open
         self._omega_dim: int | None = None  # set by for_encoder: the write side's Ω width
         self._lock: contextlib.ExitStack | None = None
@@ -494,6 +506,21 @@ class TileStore:
     ) -> list[list[TileGrid]]:
         """:meth:`within_many` with each tile's grid place (:class:`TileGrid`), same query."""
         return repo.tiles_within_many(self._db, self.encoder_id, circles, orthomosaics)
+
+    def grid(self, orthomosaic_id: int) -> OrthoGrid | None:
+        """The tile ids of a complete orthomosaic by grid cell (:class:`OrthoGrid`), or None.
+
+        Cached: the tiles of a complete orthomosaic never change (a re-ingest or a rebuild
+        that changes them makes a new orthomosaic; a deleted one gives no more candidates)."""
+        oid = int(orthomosaic_id)
+        g = self._grids.get(oid)
+        if g is None:
+            g = repo.orthomosaic_grid(self._db, self.encoder_id, oid)
+            if g is None:
+                return None
+            self._grids.put(oid, g)
+            self._grids.trim()
+        return g
 
     @property
     def features_dir(self) -> Path:

@@ -301,30 +301,90 @@ class _RecordKinds:
         return dict(self.inner.features(tiles))
 
 
+class _NoGrids:
+    """The store without its orthomosaic grids: regions come from the geographic query."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "grid":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def _same_points(a: Any, b: Any) -> bool:
+    """The same keypoints with the same descriptors from the same tiles, in any order."""
+
+    def rows(r: Any) -> np.ndarray:
+        m = np.concatenate([r.features.keypoints, r.features.descriptors.numpy()], axis=1)
+        return m[np.lexsort(m.T[::-1])]
+
+    return bool(
+        np.array_equal(rows(a), rows(b))
+        and set(a.tile_ids) == set(b.tile_ids)
+        and a.transform == b.transform
+    )
+
+
+def test_grid_regions_equal_queried_regions(store: Any) -> None:
+    """A region sliced from its orthomosaic's grid holds exactly the keypoints of the region
+    whose neighbours a geographic query found, at two sizes and two GSDs."""
+    tiles = store.candidates(store.within(*_centre_latlon(store), 1e4))[:12]
+    grid = FeatureRegions(store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
+    geo = FeatureRegions(_NoGrids(store), StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
+    assert grid._by_grid and not geo._by_grid
+    for size, gsd in ((448, None), (672, None), (448, 2 * store.map_gsd_m)):
+        for t in tiles:
+            a, b = grid.around(t, size, gsd), geo.around(t, size, gsd)
+            assert len(a.features) > 0
+            assert _same_points(a, b), (t.tile_id, size, gsd)
+
+
 def test_prefetched_regions_equal_one_by_one(store: Any) -> None:
-    """A chunk's neighbourhoods looked up together give the regions looked up one by one, in
-    one query: the stored features need only the neighbours' grid places, which come with
-    it; a source that needs full records gets them in one more."""
+    """A chunk's neighbourhoods looked up together give the regions looked up one by one.
+    With stored features they are slices of the orthomosaic's grid: one grid query per
+    orthomosaic, no geographic query and no record fetch; from the geographic query, one
+    query for the chunk (a source that needs full records gets them in one more)."""
+    from geoloc.store import repository
+
     tiles = store.candidates(store.within(*_centre_latlon(store), 1e4))[:10]
     one = FeatureRegions(store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
     want = [one.around(t, 448) for t in tiles]
-    for source in (StoredTileFeatures(store), _RecordKinds(StoredTileFeatures(store))):
-        chunk = FeatureRegions(store, source, map_gsd_m=store.map_gsd_m)
+    sources = [
+        (store, StoredTileFeatures(store), (0, 0, 0)),
+        (_NoGrids(store), StoredTileFeatures(store), (0, 1, 0)),
+        (store, _RecordKinds(StoredTileFeatures(store)), (1, 0, 1)),
+    ]
+    for st, source, calls in sources:
+        chunk = FeatureRegions(st, source, map_gsd_m=store.map_gsd_m)
+        store._grids.clear()
         fetches, queries = Counted(store, "candidates"), Counted(store, "grids_within_many")
-        full = Counted(store, "within_many")
+        full, grids = Counted(store, "within_many"), Counted(repository, "orthomosaic_grid")
         try:
             chunk.prefetch(tiles, 448)
             got = [chunk.around(t, 448) for t in tiles]
         finally:
-            fetches.undo()
-            queries.undo()
-            full.undo()
-        assert all(_same_region(a, b) for a, b in zip(got, want, strict=True))
+            for c in (fetches, queries, full, grids):
+                c.undo()
+        assert all(_same_points(a, b) for a, b in zip(got, want, strict=True))
+        assert (full.calls, queries.calls, fetches.calls) == calls
         if isinstance(source, _RecordKinds):
-            assert (full.calls, queries.calls, fetches.calls) == (1, 0, 1)
             assert source.seen == {"Candidate"}
-        else:
-            assert (full.calls, queries.calls, fetches.calls) == (0, 1, 0)
+        if st is store and not isinstance(source, _RecordKinds):
+            assert grids.calls == len({t.orthomosaic_id for t in tiles})
+
+
+def test_regions_are_kept_and_dropped_with_the_features(store: Any) -> None:
+    """A region asked for again is the one made before (the sweep re-checks its candidates at
+    other headings); new stored features (a new feature spec) make it again."""
+    t = store.candidates(store.within(*_centre_latlon(store), 1e4))[0]
+    fr = FeatureRegions(store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m)
+    a = fr.around(t, 448)
+    assert fr.around(t, 448) is a and fr.around(t, 672) is not a
+    fr._spec = object()  # as if the store had re-opened new features
+    b = fr.around(t, 448)
+    assert b is not a and _same_region(a, b)
 
 
 def _centre_latlon(store: Any) -> tuple[float, float]:

@@ -122,6 +122,32 @@ def test_tile_ids_within_radius_is_exact_geodesic(database: Database) -> None:
         repo.tile_ids_within_many(database, enc, circles, [oid])
 
 
+def test_orthomosaic_grid_holds_every_tile_by_cell(database: Database) -> None:
+    """An orthomosaic's grid: each tile's id at its (row, col), -1 where no tile was kept;
+    None for an orthomosaic that is not complete or is another encoder's."""
+    enc = register_encoder(database, sha="9" * 64)
+    tiles = [t for t in make_tiles(5, 7) if (t.row, t.col) != (2, 3)]  # one cell without a tile
+    phi = unit(np.random.default_rng(3), len(tiles), 1024)
+    oid, ids = ingest_fake(database, enc, tiles, phi, sha="1" * 64)
+    g = repo.orthomosaic_grid(database, enc, oid)
+    assert g is not None and g.ids.shape == (5, 7) and g.orthomosaic_id == oid
+    assert (g.stride, g.tile_size) == (112, 224)
+    assert g.ids[2, 3] == -1 and (g.ids >= 0).sum() == len(tiles)
+    for t, i in zip(tiles, ids, strict=True):
+        assert g.ids[t.row, t.col] == i
+    assert repo.orthomosaic_grid(database, enc + 1, oid) is None
+    assert repo.orthomosaic_grid(database, enc, oid + 1000) is None
+    part, _ = ingest_fake(
+        database,
+        enc,
+        make_tiles(2, 2),
+        unit(np.random.default_rng(4), 4, 1024),
+        sha="2" * 64,
+        complete=False,
+    )
+    assert repo.orthomosaic_grid(database, enc, part) is None
+
+
 def test_knn_phi_matches_exact_cosine(database: Database) -> None:
     enc = register_encoder(database)
     rng = np.random.default_rng(3)
