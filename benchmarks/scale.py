@@ -529,6 +529,13 @@ def evaluate(
                 "rmse_px": float((fix.verification or {}).get("rmse_px", 0.0)),
                 "ncc": float((fix.verification or {}).get("ncc", 0.0)),
                 "timings_ms": fix.timings_ms,
+                # the accepted candidate: its place in the cascade and in the ranked list
+                "attempts": st.match.attempts if st.match is not None else None,
+                "candidate_rank": next(
+                    (i + 1 for i, c in enumerate(st.candidates) if c is st.match.candidate), None
+                )
+                if st.match is not None
+                else None,
                 "error_m": None,
                 "ranks": {},
             }
