@@ -606,6 +606,10 @@ def summarize(recs: list[dict[str, Any]], twins: dict[str, str] | None = None) -
             "located_within_5m": round(len(within) / n, 3),
             "wrong_over_25m": round(len(wrong) / n, 3),
             "no_match": round(sum(r["status"] != "ok" for r in rs) / n, 3),
+            # precision of the answers within 5 m (a change that makes them coarser shows here)
+            "median_error_m": round(float(np.median([r["error_m"] for r in within])), 2)
+            if within
+            else None,
             "recall": recall,
         }
     if neg:
@@ -621,15 +625,22 @@ def summarize(recs: list[dict[str, Any]], twins: dict[str, str] | None = None) -
         }
     stages: dict[str, list[float]] = {}
     by_outcome: dict[str, list[float]] = {"located": [], "rejected": []}
+    outcome_stages: dict[str, dict[str, list[float]]] = {"located": {}, "rejected": {}}
     for r in recs:
+        outcome = "located" if r["status"] == "ok" else "rejected"
         for k, v in r["timings_ms"].items():
             stages.setdefault(k, []).append(float(v))
-        by_outcome["located" if r["status"] == "ok" else "rejected"].append(
-            float(r["timings_ms"].get("total", 0.0))
-        )
+            outcome_stages[outcome].setdefault(k, []).append(float(v))
+        by_outcome[outcome].append(float(r["timings_ms"].get("total", 0.0)))
     out["latency_ms"] = {
         "per_stage": {k: _pct(v) for k, v in sorted(stages.items())},
         "per_outcome": {k: _pct(v) for k, v in by_outcome.items()},
+        # a stage a frame did not reach counts as 0 ms for it (e.g. pose for a rejected frame)
+        "per_outcome_stage": {
+            o: {k: _pct(v + [0.0] * (len(by_outcome[o]) - len(v))) for k, v in sorted(st.items())}
+            for o, st in outcome_stages.items()
+            if by_outcome[o]
+        },
     }
     out["rss_mb"] = recs[0]["rss_mb"] if recs else None
     return out

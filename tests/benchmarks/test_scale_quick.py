@@ -37,6 +37,12 @@ def test_scale_quick_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert syn["wrong_over_25m"] <= 1 / 6
     assert s["negatives"]["queries"] >= 4
     assert s["latency_ms"]["per_stage"]["total"]["p95"] > 0
+    # each outcome's stages: a rejected frame was verified and got no pose
+    by = s["latency_ms"]["per_outcome_stage"]
+    assert by["rejected"]["verify"]["p50"] > 0
+    assert by["rejected"].get("pose", {"p95": 0.0})["p95"] == 0.0
+    assert by["located"]["total"]["p50"] == s["latency_ms"]["per_outcome"]["located"]["p50"]
+    assert 0 <= syn["median_error_m"] <= 5.0
     recs = entry["records"]
     assert {r["kind"] for r in recs} == {"synthetic", "brighton", "negative"}
     assert all(r["ranks"] == {} for r in recs if r["kind"] == "negative")
