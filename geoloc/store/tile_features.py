@@ -298,7 +298,9 @@ def decode_points(
 
 
 def _crc(recs: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(recs).tobytes()) & 0xFFFFFFFF
+    """CRC-32 of the records' bytes (a contiguous slice is read in place, not copied)."""
+    r = recs if recs.flags.c_contiguous else np.ascontiguousarray(recs)
+    return zlib.crc32(r.view(np.uint8).data if r.size else b"") & 0xFFFFFFFF
 
 
 # ------------------------------------------------------------------------------ segments
@@ -312,10 +314,24 @@ class _Segment:
         self.points = points
         self.files = files  # the meta.json entry once saved; None while unsaved
         self.trusted = True
+        self._cols: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
 
     @property
     def saved(self) -> bool:
         return self.files is not None
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The tile table's columns as plain int64 arrays (a structured row's fields cost a
+        Python call each), and ``checked``: the rows whose point CRC this process verified.
+        Rebuilt when the table is replaced (an unsaved segment grows by a new table)."""
+        if self._cols is None or self._cols[0] is not self.tiles:
+            t = self.tiles
+            cols = {
+                k: np.asarray(t[k], dtype=np.int64) for k in ("start", "count", "crc", "x0", "y0")
+            }
+            cols["checked"] = np.zeros(t.shape[0], dtype=bool)
+            self._cols = (t, cols)
+        return self._cols[1]
 
 
 @dataclass(frozen=True)
@@ -472,37 +488,65 @@ class FeatureStore:
         The tiles' records are checked one by one and decoded together (a region is made of
         many tiles of a few keypoints each: per-tile decoding cost more than the work)."""
         where = self._index()
-        picked: list[tuple[int, np.ndarray, int, int]] = []
+        by_seg: dict[int, tuple[list[int], list[int]]] = {}
         for tid in tile_ids:
             hit = where.get(int(tid))
-            if hit is None:
+            if hit is not None:
+                ids_rows = by_seg.setdefault(hit[0], ([], []))
+                ids_rows[0].append(int(tid))
+                ids_rows[1].append(hit[1])
+        tids: list[int] = []
+        parts: list[np.ndarray] = []
+        counts_l: list[np.ndarray] = []
+        x0_l: list[np.ndarray] = []
+        y0_l: list[np.ndarray] = []
+        for j, (seg_ids, seg_rows) in by_seg.items():
+            seg = self._segs[j]
+            cols = seg.columns()
+            rows = np.asarray(seg_rows, dtype=np.int64)
+            if seg.saved:  # each tile's points checked against its CRC on its first read
+                good = np.ones(rows.shape[0], dtype=bool)
+                for k in np.nonzero(~cols["checked"][rows])[0].tolist():
+                    r = int(rows[k])
+                    a, c = int(cols["start"][r]), int(cols["count"][r])
+                    if _crc(seg.points[a : a + c]) == int(cols["crc"][r]):
+                        cols["checked"][r] = True
+                        continue
+                    good[k] = False
+                    if j not in self._bad_tiles_warned:
+                        self._bad_tiles_warned.add(j)
+                        log.warning(
+                            "%s: feature points fail their checksum (tile %d and maybe others "
+                            "read as without features): %s",
+                            self.directory / str((seg.files or {}).get("points")),
+                            seg_ids[k],
+                            REBUILD_FEATURES_HINT,
+                        )
+                if not good.all():
+                    seg_ids = [t for t, g in zip(seg_ids, good.tolist(), strict=True) if g]
+                    rows = rows[good]
+            if not seg_ids:
                 continue
-            seg = self._segs[hit[0]]
-            t = seg.tiles[hit[1]]
-            start, count = int(t["start"]), int(t["count"])
-            recs = np.asarray(seg.points[start : start + count])
-            if seg.saved and _crc(recs) != int(t["crc"]):
-                if hit[0] not in self._bad_tiles_warned:
-                    self._bad_tiles_warned.add(hit[0])
-                    log.warning(
-                        "%s: feature points fail their checksum (tile %d and maybe others read "
-                        "as without features): %s",
-                        self.directory / str((seg.files or {}).get("points")),
-                        int(tid),
-                        REBUILD_FEATURES_HINT,
-                    )
-                continue
-            picked.append((int(tid), recs, int(t["x0"]), int(t["y0"])))
-        if not picked:
+            start, count = cols["start"][rows], cols["count"][rows]
+            # every picked tile's records in one gather (tile after tile)
+            ends = np.cumsum(count)
+            idx = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+            idx += np.repeat(start - (ends - count), count)
+            parts.append(np.asarray(seg.points[idx]))
+            tids += seg_ids
+            counts_l.append(count)
+            x0_l.append(cols["x0"][rows])
+            y0_l.append(cols["y0"][rows])
+        if not tids:
             return {}
-        counts = np.array([p[1].shape[0] for p in picked], dtype=np.int64)
-        x0 = np.repeat(np.array([p[2] for p in picked], dtype=np.float32), counts)
-        y0 = np.repeat(np.array([p[3] for p in picked], dtype=np.float32), counts)
-        recs = np.concatenate([p[1] for p in picked])
+        counts = np.concatenate(counts_l)
+        x0 = np.repeat(np.concatenate(x0_l).astype(np.float32), counts)
+        y0 = np.repeat(np.concatenate(y0_l).astype(np.float32), counts)
+        recs = parts[0] if len(parts) == 1 else np.concatenate(parts)
         kp = decode_points(recs, x0, y0, self.spec.dim if self.spec else 0, self.desc_bits)
         ends = np.cumsum(counts)
         out: dict[int, TileKeypoints] = {}
-        for (tid, *_), e, c in zip(picked, ends.tolist(), counts.tolist(), strict=True):
+        for tid, e, c in zip(tids, ends.tolist(), counts.tolist(), strict=True):
             # copies: a cached tile must not keep the whole batch's arrays alive
             a = e - c
             out[tid] = TileKeypoints(kp.xy[a:e].copy(), kp.desc[a:e].copy(), kp.score[a:e].copy())
