@@ -126,6 +126,15 @@ def register(app: typer.Typer) -> None:
             if frames is not None:
                 frames.stop()
             raise
+        try:
+            # the first frame would otherwise pay for compiling the nets and reading the
+            # store's in-memory parts
+            service.warm()
+        except BaseException:
+            service.close()
+            if frames is not None:
+                frames.stop()
+            raise
         service.hfov_deg = hfov
         try:
             if bridge is not None:

@@ -261,6 +261,27 @@ class Localizer:
             if state.stopped:
                 break
 
+    def warm(self) -> float:
+        """Locate one frame of generated texture and discard the answer, so that the first real
+        frame finds the encoder and matcher compiled and their buffers allocated, and the parts
+        of the store read on first use in memory (the Φ sign codes a scan recall holds, the GSD
+        layers, the feature index, the grids of the orthomosaics the frame met). Returns the
+        seconds it took (``geoloc serve`` calls it before it accepts frames)."""
+        import time
+
+        import cv2
+
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        # smooth blobs, not white noise: the matcher finds keypoints and the cascade runs
+        small = (rng.random((30, 40, 3)) * 255).astype(np.uint8)
+        frame = cv2.resize(small, (640, 480), interpolation=cv2.INTER_CUBIC)
+        layers = self.layers
+        gsd = float(layers[0].gsd_m) if layers else None
+        self.locate(frame, gsd=gsd, name="<warm-up>")
+        self.last_state = None
+        return time.perf_counter() - t0
+
     def locate(
         self,
         image: str | Path | np.ndarray,

@@ -106,6 +106,19 @@ class Service:
 
         return cls(Localizer.open(settings, encoder=encoder, checkpoint=checkpoint, preset=preset))
 
+    def warm(self) -> float | None:
+        """Warm the localizer up (:meth:`Localizer.warm`) before the first client's frame;
+        returns the seconds it took (None when it failed: logged, the service still starts, and
+        the first frame pays instead). Not counted in the answers or the latency figures."""
+        try:
+            with self._lock:
+                took = float(self.localizer.warm())
+        except Exception as exc:  # noqa: BLE001 - an optimisation: a real frame reports errors
+            log.warning("warm-up failed (%s): the first frame will be slower", exc)
+            return None
+        log.info("warmed up in %.1f s", took)
+        return took
+
     def close(self) -> None:
         """End the sessions and close the localizer (waits for a running call)."""
         with self._lock:

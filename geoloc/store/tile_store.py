@@ -468,6 +468,11 @@ class TileStore:
                 scores[h, j], ids[h, j] = 1.0 - dist, tid
         return scores, ids
 
+    @property
+    def sign_codes_loaded(self) -> bool:
+        """True once a scan search read Φ's sign codes into this process (:meth:`search_phi`)."""
+        return self._codes is not None
+
     def _sign_codes(self) -> tuple[np.ndarray, np.ndarray, Any]:
         """The (ids, sign codes) of :func:`repository.phi_sign_codes` and their
         :func:`repository.hamming_index`, cached until the complete orthomosaics change (their
