@@ -231,6 +231,8 @@ class Localizer:
 
     def close(self) -> None:
         """Close the rasters opened for verification, the DEM and the tile store."""
+        if self.verify is not None:
+            self.verify.close()
         self.regions.close()
         if self.dem is not None:
             self.dem.close()

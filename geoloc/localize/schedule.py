@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -128,6 +129,13 @@ class VerificationScheduler:
         self.store = store
         self._features: FeatureRegions | None = None
         self._resolved = False
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the thread that extracts the frame's features ahead (waits for its job)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     @property
     def feature_regions(self) -> FeatureRegions | None:
@@ -211,7 +219,7 @@ class VerificationScheduler:
             return
         attempts = self.plan(state.candidates[: state.request.top_m], state.headings, sweep)
         scale_known = state.frame.gsd_m is not None
-        frame_cache: dict[tuple[int, int, float], tuple[np.ndarray, np.ndarray, Any, Any]] = {}
+        frame_cache: dict[tuple[int, int, float], Any] = {}
         budget_s = state.budget_ms / 1e3
         t_start = time.perf_counter()
         with state.timer("verify"):
@@ -269,23 +277,53 @@ class VerificationScheduler:
         at: _LayerFrame,
         verifier: Verifier | HomographyVerifier,
         h: float,
-        cache: dict[tuple[int, int, float], tuple[np.ndarray, np.ndarray, Any, Any]],
+        cache: dict[tuple[int, int, float], Any],
     ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
         """The frame (as prepared for a layer) rotated north-up under heading ``h``, cropped,
-        with its features (cached per layer view, verifier and heading) and its pixel chain."""
+        with its features (cached per layer view, verifier and heading; a job :meth:`_ahead`
+        started is waited for) and its pixel chain."""
         key = (id(at.image), id(verifier), h)
-        if key not in cache:
-            img, mask, crop = at.image, at.mask, at.crop
+        hit = cache.get(key)
+        if hit is None or isinstance(hit, Future):
             with state.timer("verify.frame_features"):
-                r, m = frames.rotate_to_north(img, mask, h)
-                chain = None
-                if at.chain is not None:
-                    rot = frames.rotation_matrix(img.shape[1], img.shape[0], -h)
-                    x0, y0 = frames.centre_crop_origin(r.shape[1], r.shape[0], crop)
-                    chain = at.chain.copy().then(rot).then_crop(x0, y0)
-                r, m = frames.centre_crop(r, crop), frames.centre_crop(m, crop)
-                cache[key] = (r, m, verifier.extract_frame_features(r, m), chain)
-        return cache[key]
+                cache[key] = self._frame_job(at, verifier, h) if hit is None else hit.result()
+        out: tuple[np.ndarray, np.ndarray, Any, Any] = cache[key]
+        return out
+
+    @staticmethod
+    def _frame_job(
+        at: _LayerFrame, verifier: Verifier | HomographyVerifier, h: float
+    ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+        """:meth:`_frame_at`'s work: reads its arguments only (it may run in another thread)."""
+        img, mask, crop = at.image, at.mask, at.crop
+        r, m = frames.rotate_to_north(img, mask, h)
+        chain = None
+        if at.chain is not None:
+            rot = frames.rotation_matrix(img.shape[1], img.shape[0], -h)
+            x0, y0 = frames.centre_crop_origin(r.shape[1], r.shape[0], crop)
+            chain = at.chain.copy().then(rot).then_crop(x0, y0)
+        r, m = frames.centre_crop(r, crop), frames.centre_crop(m, crop)
+        return r, m, verifier.extract_frame_features(r, m), chain
+
+    def _ahead(
+        self,
+        needs: list[tuple[_LayerFrame, float]],
+        verifier: Verifier | HomographyVerifier,
+        cache: dict[tuple[int, int, float], Any],
+    ) -> None:
+        """Start extracting the first of ``needs`` (layer view, heading; in the order the
+        cascade reaches them) not yet extracted, in a second thread, unless a job is running:
+        the frame's features for the next heading are made while this thread assembles
+        regions and runs coarse checks (numpy on one core), instead of after them."""
+        if any(isinstance(v, Future) and not v.done() for v in cache.values()):
+            return
+        for at, h in needs:
+            key = (id(at.image), id(verifier), h)
+            if key not in cache:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="geoloc-frame")
+                cache[key] = self._pool.submit(self._frame_job, at, verifier, h)
+                return
 
     def _match(
         self,
@@ -321,7 +359,7 @@ class VerificationScheduler:
         scale_known = state.frame.gsd_m is not None
         oriented = heading_known(state)  # the frame is north-up by its heading, not a guess
         cands = state.candidates[: max(int(self.conf["verify_top"]), state.request.top_m)]
-        frame_cache: dict[tuple[int, int, float], tuple[np.ndarray, np.ndarray, Any, Any]] = {}
+        frame_cache: dict[tuple[int, int, float], Any] = {}
         budget_s = state.budget_ms / 1e3
         t_start = time.perf_counter()
         checked: set[tuple[int, float]] = set()
@@ -354,6 +392,7 @@ class VerificationScheduler:
                 n += 1
                 at = self._at(state, cand)
                 f0 = self._frame_at(state, at, v, h, frame_cache)[2]
+                self._ahead(needs, v, frame_cache)
                 with state.timer("verify.region_features"):
                     rf = fr.around(cand.tile, at.region_px, at.gsd_m)
                 with state.timer("verify.coarse"):
@@ -412,6 +451,21 @@ class VerificationScheduler:
         # (a wrong first heading no longer makes the right tile wait for all its group), and a
         # known heading (one group) still has its right tile near the top checked first
         rounds = max((len(g) + CASCADE_CHUNK - 1) // CASCADE_CHUNK for g in groups.values())
+        # the (layer view, heading) pairs whose frame features the plan needs, in the order it
+        # reaches them (the rounds below, then the sweep): each is extracted ahead of its turn
+        needs = [
+            (self._at(state, c), h)
+            for r in range(rounds)
+            for h, group in groups.items()
+            for c in group[r * CASCADE_CHUNK : (r + 1) * CASCADE_CHUNK]
+        ]
+        if sweep and cands:
+            h0 = state.headings[cands[0].heading_idx]
+            needs += [
+                (self._at(state, c), (h0 + dh) % 360.0)
+                for dh in SWEEP_DEG
+                for c in cands[: int(self.conf["sweep_top"])]
+            ]
         passed = False
         for r in range(rounds):
             for h, group in groups.items():

@@ -216,6 +216,56 @@ def test_elsewhere_is_rejected_by_the_coarse_check(
         assert calls[True] < calls[False]
 
 
+def _noting_thread(inner: Any, threads: list[str]) -> Any:
+    """``inner``, noting the name of the thread each call runs in."""
+    import threading
+
+    def call(*a: Any, **kw: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return inner(*a, **kw)
+
+    return call
+
+
+def test_frame_features_extracted_ahead_in_a_second_thread(
+    store: Any, encoder: Any, verifier: Any, stored: Any, located: FrameState
+) -> None:
+    """The next heading's frame features are extracted in a second thread while regions are
+    checked: each (view, heading) a rejected frame's plan needs is extracted once, as without
+    it, and a located frame gets the same answer."""
+    rejected = _ranked(store, encoder, _hopper())
+    runs: dict[tuple[str, bool], tuple[Any, list[str]]] = {}
+    for name, ranked in (("rejected", rejected), ("located", located)):
+        for ahead in (True, False):
+            sched = _scheduler(store, verifier, stored.regions)
+            if not ahead:
+                sched._ahead = lambda *a, **kw: None  # type: ignore[method-assign]
+            threads: list[str] = []
+            verifier.extract_frame_features = _noting_thread(
+                verifier.extract_frame_features, threads
+            )
+            state = _copy(ranked)
+            try:
+                sched.run(state)
+            finally:
+                del verifier.extract_frame_features
+                sched.close()
+            runs[(name, ahead)] = (state.match, threads)
+    ahead_threads = runs[("rejected", True)][1]
+    assert any(t.startswith("geoloc-frame") for t in ahead_threads)
+    assert not any(t.startswith("geoloc-frame") for t in runs[("rejected", False)][1])
+    assert runs[("rejected", True)][0] is None and runs[("rejected", False)][0] is None
+    assert len(ahead_threads) == len(runs[("rejected", False)][1]) > 1
+    a, b = runs[("located", True)][0], runs[("located", False)][0]
+    assert a is not None and b is not None
+    assert (a.candidate.tile_id, a.heading_deg, a.attempts) == (
+        b.candidate.tile_id,
+        b.heading_deg,
+        b.attempts,
+    )
+    assert abs(a.lat - b.lat) < 1e-9 and abs(a.lon - b.lon) < 1e-9
+
+
 def test_features_absent_reads_pixels(
     pg_settings: Any, encoder: Any, verifier: Any, tmp_path: Any
 ) -> None:
