@@ -804,11 +804,21 @@ def _stop(settings: Any) -> None:
 
 
 def merged() -> dict[str, Any]:
-    """Every ``scale_<size>.json`` in the results folder as one result (for the plots)."""
+    """The ``scale_<size>.json`` files of the results folder measured at the newest one's commit,
+    as one result (for the plots: a size last run with an older chain is left out, not drawn
+    beside figures it cannot be compared with)."""
+    found = [
+        json.loads(p.read_text())
+        for p in sorted(RESULTS.glob("scale_*.json"))
+        if p.stem.removeprefix("scale_").isdigit()
+    ]
     out: dict[str, Any] = {"sizes": {}}
-    for p in sorted(RESULTS.glob("scale_*.json")):
-        if p.stem.removeprefix("scale_").isdigit():
-            out["sizes"].update(json.loads(p.read_text())["sizes"])
+    if not found:
+        return out
+    newest = max(found, key=lambda r: str(r.get("date", "")))
+    for r in found:
+        if r.get("commit") == newest.get("commit"):
+            out["sizes"].update(r["sizes"])
     return out
 
 

@@ -46,3 +46,23 @@ def test_scale_quick_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     recs = entry["records"]
     assert {r["kind"] for r in recs} == {"synthetic", "brighton", "negative"}
     assert all(r["ranks"] == {} for r in recs if r["kind"] == "negative")
+
+
+def test_plots_leave_out_sizes_of_an_older_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plots merge the per-size results of the newest run's commit only."""
+    from benchmarks import scale
+
+    monkeypatch.setattr(scale, "RESULTS", tmp_path)
+    runs = {
+        "1000": ("aaa", "2026-12-01"),
+        "10000": ("bbb", "2026-12-03"),
+        "26430": ("old", "2026-11-30"),
+    }
+    runs["100000"] = ("bbb", "2026-12-03")
+    for size, (commit, date) in runs.items():
+        body = {"commit": commit, "date": date, "sizes": {size: {"storage": {"tiles": int(size)}}}}
+        (tmp_path / f"scale_{size}.json").write_text(json.dumps(body))
+    (tmp_path / "scale_calibration.json").write_text("{}")  # not a size: never read as one
+    assert sorted(scale.merged()["sizes"]) == ["10000", "100000"]
