@@ -42,6 +42,9 @@ always reads pixels) the plan is a cascade over the top ``verify_top`` candidate
 
 A frame of another place therefore costs coarse checks only. The SIFT fallback needs pixels:
 the cascade does not run it (the sweep over headings covers what it rescued: a wrong heading).
+The cascade knows in advance which (layer view, heading) pairs it will need and in which order:
+while this thread assembles regions and runs coarse checks, a second thread extracts the frame's
+features for the next pair (each pair once; the answers do not depend on it).
 """
 
 from __future__ import annotations

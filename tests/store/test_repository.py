@@ -267,3 +267,14 @@ def test_ingest_lock_serialises_writers(database: Database) -> None:
         events.append("first-out")
     th.join(timeout=10)
     assert events == ["first-in", "first-out", "second"]
+
+
+def test_halfvec_literals_bring_every_float16_back_exactly() -> None:
+    # every finite float16 value, in rows of 1,024
+    every = np.arange(65536, dtype=np.uint16).view(np.float16)
+    every = every[np.isfinite(every)]
+    rows = np.resize(every, (len(every) + 1023) // 1024 * 1024).reshape(-1, 1024)
+    lits = repo.halfvec_literals(rows.astype(np.float32))
+    assert len(lits) == rows.shape[0] and all(s[0] == "[" and s[-1] == "]" for s in lits)
+    back = np.array([[float(x) for x in s[1:-1].split(",")] for s in lits]).astype(np.float16)
+    assert np.array_equal(back.view(np.uint16), rows.view(np.uint16))  # bit for bit, -0 too
