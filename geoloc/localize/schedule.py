@@ -265,12 +265,8 @@ class VerificationScheduler:
             img, mask = state.image, state.mask
             chain = state.prep.chain if state.prep is not None else None
             tile_px, gsd = self.tile_px, self.regions.gsd_m
-        # the frame cropped to at most 2 tiles (the region holds it with margin), to sides the
-        # matcher takes as they are (XFeat would resize the crop to a multiple of 32: a scale
-        # change against the map's tiles)
+        # the frame cropped to at most 2 tiles (the region holds it with margin)
         crop = int(min(max(img.shape[:2]), 2 * tile_px))
-        step = int(getattr(getattr(self.verifier, "matcher", None), "input_multiple", 1) or 1)
-        crop = max(step, crop // step * step)
         region_px = int(min(1024, max(2 * tile_px, tile_px + crop)))
         return _LayerFrame(img, mask, chain, gsd, crop, region_px)
 

