@@ -281,7 +281,7 @@ class VerificationScheduler:
         """The frame (as prepared for a layer) rotated north-up under heading ``h``, cropped,
         with its features (cached per layer view, verifier and heading; a job :meth:`_ahead`
         started is waited for) and its pixel chain."""
-        key = (id(at.image), id(verifier), h)
+        key = _frame_key(at, verifier, h)
         hit = cache.get(key)
         if hit is None or isinstance(hit, Future):
             with state.timer("verify.frame_features"):
@@ -317,7 +317,7 @@ class VerificationScheduler:
         if any(isinstance(v, Future) and not v.done() for v in cache.values()):
             return
         for at, h in needs:
-            key = (id(at.image), id(verifier), h)
+            key = _frame_key(at, verifier, h)
             if key not in cache:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(1, thread_name_prefix="geoloc-frame")
@@ -486,6 +486,11 @@ class VerificationScheduler:
         top = cands[: int(self.conf["sweep_top"])]
         pairs = [(c, (h0 + dh) % 360.0) for dh in SWEEP_DEG for c in top]
         fine(coarse(pairs)[0])
+
+
+def _frame_key(at: _LayerFrame, verifier: Any, h: float) -> tuple[int, int, float]:
+    """The frame-feature cache's key: the layer view (its image), the verifier, the heading."""
+    return (id(at.image), id(verifier), h)
 
 
 class _LayerFrame(NamedTuple):

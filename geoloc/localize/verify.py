@@ -307,13 +307,14 @@ def xfeat_on_runtime(xfeat: Any, weights_sha256: str, runtime: str | None = None
     return str(session.runtime)
 
 
-def _xfeat_preprocess(inner: Any) -> Any:
-    """XFeat's preprocessing without its resize when the image already has sides that are
+def _xfeat_preprocess(xfeat: Any) -> Any:
+    """``xfeat``'s preprocessing without its resize when the image already has sides that are
     multiples of 32: its bilinear resize to the same size is the identity, at a full pass."""
+    inner = xfeat.preprocess_tensor
 
     def preprocess(x: Any) -> Any:
         if hasattr(x, "shape") and len(x.shape) == 4 and x.shape[-2] % 32 == x.shape[-1] % 32 == 0:
-            return x.float(), 1.0, 1.0
+            return x.to(xfeat.dev).float(), 1.0, 1.0  # as XFeat's own, but for the resize
         return inner(x)
 
     return preprocess
@@ -341,7 +342,7 @@ class XFeatLighterGlueMatcher:
         #: where XFeat's CNN runs: ``openvino`` / ``onnx`` (see :func:`xfeat_on_runtime`) or torch
         self.runtime = xfeat_on_runtime(self._xfeat, hashlib.sha256(raw).hexdigest())
         self._xfeat.NMS = xfeat_nms
-        self._xfeat.preprocess_tensor = _xfeat_preprocess(self._xfeat.preprocess_tensor)
+        self._xfeat.preprocess_tensor = _xfeat_preprocess(self._xfeat)
         self._glue = LighterGlue(weights=str(LIGHTERGLUE_PRETRAINED_WEIGHTS_PATH)).to("cpu").eval()
         self._glue.dev = torch.device("cpu")
         self.max_keypoints = max_keypoints

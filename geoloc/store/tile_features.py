@@ -527,12 +527,9 @@ class FeatureStore:
                     rows = rows[good]
             if not seg_ids:
                 continue
-            start, count = cols["start"][rows], cols["count"][rows]
+            count = cols["count"][rows]
             # every picked tile's records in one gather (tile after tile)
-            ends = np.cumsum(count)
-            idx = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
-            idx += np.repeat(start - (ends - count), count)
-            parts.append(np.asarray(seg.points[idx]))
+            parts.append(np.asarray(seg.points[_record_index(cols["start"][rows], count)]))
             tids += seg_ids
             counts_l.append(count)
             x0_l.append(cols["x0"][rows])
@@ -763,19 +760,23 @@ class FeatureStore:
         }
 
 
+def _record_index(start: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The point-record positions of tiles whose records are ``start[t] .. start[t] +
+    count[t]``, tile after tile (one gather for all of them)."""
+    start = np.asarray(start, dtype=np.int64)
+    count = np.asarray(count, dtype=np.int64)
+    ends = np.cumsum(count)
+    idx = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+    return idx + np.repeat(start - (ends - count), count)
+
+
 def _repack(tiles: np.ndarray, points: np.ndarray) -> _Segment:
     """A new unsaved segment holding ``tiles`` (rows of some segment) and only their points."""
     counts = tiles["count"].astype(np.int64)
     out = tiles.copy()
     out["start"] = np.concatenate([[0], np.cumsum(counts)[:-1]]) if tiles.size else 0
     if tiles.size:
-        idx = np.concatenate(
-            [
-                np.arange(int(s), int(s) + int(c))
-                for s, c in zip(tiles["start"], counts, strict=True)
-            ]
-        )
-        pts = np.ascontiguousarray(points[idx.astype(np.int64)])
+        pts = np.ascontiguousarray(points[_record_index(tiles["start"], counts)])
     else:
         pts = np.zeros(0, points.dtype)
     return _Segment(out, pts)

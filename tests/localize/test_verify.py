@@ -250,6 +250,28 @@ def test_coarse_check_uses_the_frames_first_keypoints_only() -> None:
         assert res.matches <= (first or len(f0))
 
 
+def test_xfeat_skips_only_a_resize_that_is_the_identity() -> None:
+    """An image whose sides are multiples of 32 gives XFeat's own keypoints and descriptors
+    without its same-size resize; any other size still goes through XFeat's resize."""
+    from geoloc.localize.verify import XFeatLighterGlueMatcher
+
+    m = XFeatLighterGlueMatcher()
+    own = type(m._xfeat).preprocess_tensor.__get__(m._xfeat)
+    rng = np.random.default_rng(0)
+    for h, w in ((224, 320), (230, 301)):
+        rgb = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        skipped = m.extract(rgb, None)
+        patched = m._xfeat.preprocess_tensor
+        m._xfeat.preprocess_tensor = own
+        try:
+            ref = m.extract(rgb, None)
+        finally:
+            m._xfeat.preprocess_tensor = patched
+        assert len(skipped) == len(ref) > 100
+        assert np.array_equal(skipped.keypoints, ref.keypoints)
+        assert float((skipped.descriptors - ref.descriptors).abs().max()) == 0.0
+
+
 def test_xfeat_nms_equals_xfeats_own() -> None:
     """The verifier's NMS (OpenCV dilation) picks exactly XFeat's max-pool NMS keypoints,
     plateaus, borders and batches included."""
