@@ -29,7 +29,7 @@ import queue
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,11 @@ _ENV = "GEOLOC_ENCODER_RUNTIME"
 #: Where an encoder keeps its exported backbone (a plain attribute: the state dict stays the same).
 _ATTR = "_runtime_trunk"
 _INSTALL = {"onnx": "geoloc[onnx]", "openvino": "geoloc[openvino]"}
+#: Images per call of an exported graph: a batch is run that many images at a time. One image's
+#: activations stay in a core's own cache between layers, where a batch of 16 streams every
+#: layer's activations through memory, and the depthwise convolutions of the default backbone
+#: are bound by memory traffic (``benchmarks/encoder_profile.py`` measures both).
+SUB_BATCH = 1
 
 
 def onnx_available() -> bool:
@@ -171,6 +176,21 @@ def _array(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.uint8 if arr.dtype == np.uint8 else np.float32)
 
 
+def _in_sub_batches(
+    run: Callable[[np.ndarray], Sequence[np.ndarray]], arr: np.ndarray, sub_batch: int
+) -> list[torch.Tensor]:
+    """Every output of ``run`` over ``arr``, called on ``sub_batch`` images at a time and joined
+    along the batch axis (each part copied: a runtime may reuse its output buffers)."""
+    step = max(1, int(sub_batch))
+    parts = [
+        [np.array(o, copy=True) for o in run(arr[start : start + step])]
+        for start in range(0, max(len(arr), 1), step)
+    ]
+    if len(parts) == 1:
+        return [torch.from_numpy(o) for o in parts[0]]
+    return [torch.from_numpy(np.concatenate(outs)) for outs in zip(*parts, strict=True)]
+
+
 class OnnxBackbone:
     """A callable ``(B, 3, S, S) float tensor -> feature tensor`` running an ONNX Runtime session.
 
@@ -192,11 +212,13 @@ class OnnxBackbone:
             str(model_path), opts, providers=["CPUExecutionProvider"]
         )
         self._input = self.session.get_inputs()[0].name
+        self.sub_batch = SUB_BATCH
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every output of the graph for input ``x``."""
-        feed = {self._input: _array(x)}
-        return [torch.from_numpy(o) for o in self.session.run(None, feed)]
+        """Every output of the graph for input ``x``, run :attr:`sub_batch` images at a time."""
+        return _in_sub_batches(
+            lambda a: self.session.run(None, {self._input: a}), _array(x), self.sub_batch
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.outputs(x)[0]
@@ -222,6 +244,7 @@ class OpenVinoBackbone:
         self._latency = self.compiled
         self._by_streams: dict[int, Any] = {}
         self.streams = 1
+        self.sub_batch = SUB_BATCH
         self._pool = self._requests(self.compiled, 1)
 
     def _compile(self, threads: int, streams: int) -> Any:
@@ -263,13 +286,18 @@ class OpenVinoBackbone:
         self.streams = streams
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every output of the graph for input ``x`` (copies: the request reuses its buffers)."""
+        """Every output of the graph for input ``x``, run :attr:`sub_batch` images at a time
+        (copies: the request reuses its buffers)."""
         arr = _array(x)
         pool = self._pool
         request = pool.get()
         try:
-            res = request.infer({0: arr})
-            return [torch.from_numpy(np.array(res[i], copy=True)) for i in range(len(res))]
+
+            def run(a: np.ndarray) -> list[np.ndarray]:
+                res = request.infer({0: a})
+                return [res[i] for i in range(len(res))]
+
+            return _in_sub_batches(run, arr, self.sub_batch)
         finally:
             pool.put(request)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import geoloc.models.runtime as rt
 from geoloc.errors import ConfigError
 from geoloc.models import Encoder, build_encoder, load_encoder
 from geoloc.models.runtime import (
@@ -72,8 +73,60 @@ def test_openvino_backbone_matches_torch_and_auto_prefers_it(
     _assert_matches(fast, sgmnet, tiles[:3])
 
 
+def test_sub_batches_split_the_batch_and_join_every_output() -> None:
+    arr = np.arange(7 * 2, dtype=np.float32).reshape(7, 2)
+    calls: list[int] = []
+    buffer = np.zeros((3, 2), np.float32)  # a runtime that reuses its output buffer
+
+    def run(a: np.ndarray) -> list[np.ndarray]:
+        calls.append(len(a))
+        buffer[: len(a)] = a * 2
+        return [buffer[: len(a)], a.sum(axis=1)]
+
+    doubled, sums = rt._in_sub_batches(run, arr, 3)
+    assert calls == [3, 3, 1]
+    np.testing.assert_array_equal(doubled.numpy(), arr * 2)
+    np.testing.assert_array_equal(sums.numpy(), arr.sum(axis=1))
+    calls.clear()
+    (whole, _) = rt._in_sub_batches(lambda a: [a, a.sum(axis=1)], arr, 16)
+    assert calls == [] and whole.shape == (7, 2)
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        "onnx",
+        pytest.param(
+            "openvino",
+            marks=pytest.mark.skipif(
+                not openvino_available(), reason="openvino is not installed (geoloc[openvino])"
+            ),
+        ),
+    ],
+)
+def test_sub_batched_runtimes_encode_as_one_call_does(
+    runtime: str, tiles: np.ndarray, tmp_path: Path
+) -> None:
+    fast = build_encoder("sgmnet").optimize_for_inference()
+    assert use_runtime(fast, runtime, cache_dir=tmp_path) == runtime
+    session = fast.__dict__["_runtime_trunk"]
+    assert session.sub_batch == rt.SUB_BATCH
+    images = np.concatenate([tiles, tiles[:1], tiles[::-1]])
+    outputs = {}
+    for sub_batch in (len(images), 3, 1):
+        session.sub_batch = sub_batch
+        outputs[sub_batch] = fast.encode(images)
+    for sub_batch in (3, 1):
+        for field in ("omega", "phi", "node_centroids", "assignments", "node_areas"):
+            torch.testing.assert_close(
+                getattr(outputs[sub_batch], field),
+                getattr(outputs[len(images)], field),
+                rtol=1e-5,
+                atol=1e-5,
+            )
+
+
 def test_missing_runtime_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import geoloc.models.runtime as rt
 
     monkeypatch.setattr(rt, "openvino_available", lambda: False)
     fast = build_encoder("sgmnet").optimize_for_inference()
