@@ -32,7 +32,7 @@ from geoloc.localize.regions import MapRegions
 from geoloc.localize.verify import Features
 from geoloc.lru import Lru
 from geoloc.store.records import OrthoGrid
-from geoloc.store.tile_features import TileKeypoints, grid_origin
+from geoloc.store.tile_features import TileKeypoints, TilePoints, grid_origin
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,11 @@ class StoredTileFeatures:
     def features(self, tiles: Sequence[Any]) -> dict[int, Any]:
         """The stored features of these tiles."""
         return self.by_ids([int(t.tile_id) for t in tiles])
+
+    def points(self, ids: Sequence[int] | np.ndarray) -> TilePoints:
+        """The stored records of the tiles with these ids, not decoded (not cached either: a
+        region decodes only the keypoints it keeps, and the records are memory-mapped)."""
+        return self._store.feature_points(ids)
 
     def by_ids(self, ids: Sequence[int]) -> dict[int, Any]:
         """The stored features of the tiles with these ids."""
@@ -315,6 +320,15 @@ class FeatureRegions:
         if hit is not None:
             return hit
         grid = self._grid(tile)
+        points = getattr(self.source, "points", None)
+        if grid is not None and callable(points):
+            ids, colrow = _grid_neighbours(tile, size_px, gsd / float(tile.gsd_m), grid)
+            region = self._assemble_points(
+                tile, size_px, gsd, colrow.reshape(-1, 2), float(grid.stride), points(ids)
+            )
+            self._regions.put(key, region)
+            self._regions.trim()
+            return region
         if grid is not None:
             ids, colrow = _grid_neighbours(tile, size_px, gsd / float(tile.gsd_m), grid)
             feats = self.source.by_ids(ids.tolist())  # type: ignore[attr-defined]
@@ -377,6 +391,53 @@ class FeatureRegions:
         f_out = Features(
             np.ascontiguousarray(xy_r, dtype=np.float32),
             torch.from_numpy(np.ascontiguousarray(desc)),
+            (int(size_px), int(size_px)),
+        )
+        return RegionFeatures(
+            f_out, region_transform(tile, size_px, gsd), tuple(used), int(size_px)
+        )
+
+    def _assemble_points(
+        self,
+        tile: Any,
+        size_px: int,
+        gsd: float,
+        colrow: np.ndarray,
+        s: float,
+        pts: TilePoints,
+    ) -> RegionFeatures:
+        """:meth:`_assemble` from the neighbours' undecoded records (``colrow`` of the tiles
+        asked for, in order): the keypoints are chosen by position and score, and only the
+        chosen ones decoded. The same keypoints, in the same order, as :meth:`_assemble`."""
+        import torch
+
+        ts = float(tile.tile_size)
+        origin = np.asarray(grid_origin(tile), dtype=np.float64)
+        k = gsd / float(tile.gsd_m)
+        owner = pts.owner
+        if len(owner):
+            xy = pts.xy().astype(np.float64)
+            cr = colrow[pts.index]
+            # keep each keypoint from the tile whose centre is nearest (the grid cell it is in)
+            cell = np.floor((xy + 0.5 - ts / 2.0) / s + 0.5).astype(np.int64)
+            own = (cell == cr[owner]).all(axis=1)
+            if len(pts.ids) > 1:  # ... or from any tile when that cell's tile has no features
+                own |= ~np.isin(_cell_key(cell[:, 1], cell[:, 0]), _cell_key(cr[:, 1], cr[:, 0]))
+            # grid pixel -> candidate tile pixel corner -> region pixel (centre convention)
+            p = ((xy + 0.5 - origin) - ts / 2.0) / k + size_px / 2.0 - 0.5
+            keep = own & (p >= 0).all(axis=1) & (p < size_px).all(axis=1)
+            sel = np.nonzero(keep)[0]
+            if len(sel) > self.max_keypoints:
+                score = pts.recs["score"][sel].astype(np.float32)
+                sel = sel[np.argsort(-score, kind="stable")[: self.max_keypoints]]
+            xy_r, desc = p[sel], pts.decode(sel).desc
+            used = [int(pts.ids[i]) for i in np.unique(owner[keep])]
+        else:
+            xy_r, desc = np.zeros((0, 2)), np.zeros((0, max(pts.dim, 1)), np.float32)
+            used = []
+        f_out = Features(
+            np.ascontiguousarray(xy_r, dtype=np.float32),
+            torch.from_numpy(np.ascontiguousarray(desc, dtype=np.float32)),
             (int(size_px), int(size_px)),
         )
         return RegionFeatures(

@@ -72,6 +72,7 @@ __all__ = [
     "FeatureSpec",
     "FeatureStore",
     "TileKeypoints",
+    "TilePoints",
     "core_box",
     "grid_origin",
     "grid_to_lonlat",
@@ -175,6 +176,50 @@ class TileKeypoints:
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
+
+
+@dataclass(frozen=True)
+class TilePoints:
+    """The stored records of some tiles, not yet decoded (:meth:`FeatureStore.points`).
+
+    Tile ``t`` was asked for at position ``index[t]``; its ``counts[t]`` records follow the
+    previous tile's in ``recs`` (fields ``x``, ``y``, ``score``, ``desc``), its grid origin is
+    ``x0[t]``, ``y0[t]``; descriptors are ``dim`` values of ``bits`` each.
+    """
+
+    index: np.ndarray
+    ids: np.ndarray
+    counts: np.ndarray
+    x0: np.ndarray
+    y0: np.ndarray
+    recs: np.ndarray
+    dim: int
+    bits: int
+
+    @classmethod
+    def empty(cls, dtype: np.dtype[Any], dim: int, bits: int) -> TilePoints:
+        """No tiles."""
+        z = np.zeros(0, np.int64)
+        return cls(z, z, z, z, z, np.zeros(0, dtype), dim, bits)
+
+    @property
+    def owner(self) -> np.ndarray:
+        """The tile (position in :attr:`ids`) of each record."""
+        return np.repeat(np.arange(len(self.ids)), self.counts)
+
+    def xy(self) -> np.ndarray:
+        """Every record's grid ``xy`` (float32, as :meth:`decode` gives it), without decoding
+        descriptors."""
+        owner = self.owner
+        return _decode_xy(self.recs, self.x0[owner], self.y0[owner])
+
+    def decode(self, sel: np.ndarray | None = None) -> TileKeypoints:
+        """The records ``sel`` (positions in :attr:`recs`; all when None) decoded."""
+        owner = self.owner
+        if sel is None:
+            return decode_points(self.recs, self.x0[owner], self.y0[owner], self.dim, self.bits)
+        o = owner[sel]
+        return decode_points(self.recs[sel], self.x0[o], self.y0[o], self.dim, self.bits)
 
 
 # ------------------------------------------------------------------------------ geometry
@@ -286,15 +331,21 @@ def decode_points(
 
     ``x0`` / ``y0`` may also be one origin per record: the records of many tiles decode at
     once."""
-    xy = np.empty((recs.shape[0], 2), dtype=np.float32)
-    xy[:, 0] = recs["x"].astype(np.float32) / XY_SCALE - 0.5 + np.asarray(x0, np.float32)
-    xy[:, 1] = recs["y"].astype(np.float32) / XY_SCALE - 0.5 + np.asarray(y0, np.float32)
+    xy = _decode_xy(recs, x0, y0)
     if bits == 8:
         desc = recs["desc"].astype(np.float32)
     else:
         desc = _unpack_desc(np.ascontiguousarray(recs["desc"]), dim, bits)
     desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
     return TileKeypoints(xy, desc, recs["score"].astype(np.float32))
+
+
+def _decode_xy(recs: np.ndarray, x0: int | np.ndarray, y0: int | np.ndarray) -> np.ndarray:
+    """The records' grid ``xy`` (float32; one origin, or one per record)."""
+    xy = np.empty((recs.shape[0], 2), dtype=np.float32)
+    xy[:, 0] = recs["x"].astype(np.float32) / XY_SCALE - 0.5 + np.asarray(x0, np.float32)
+    xy[:, 1] = recs["y"].astype(np.float32) / XY_SCALE - 0.5 + np.asarray(y0, np.float32)
+    return xy
 
 
 def _crc(recs: np.ndarray) -> int:
@@ -487,20 +538,39 @@ class FeatureStore:
 
         The tiles' records are checked one by one and decoded together (a region is made of
         many tiles of a few keypoints each: per-tile decoding cost more than the work)."""
+        pts = self.points(tile_ids)
+        if not len(pts.ids):
+            return {}
+        kp = pts.decode()
+        ends = np.cumsum(pts.counts)
+        out: dict[int, TileKeypoints] = {}
+        for tid, e, c in zip(pts.ids.tolist(), ends.tolist(), pts.counts.tolist(), strict=True):
+            # copies: a cached tile must not keep the whole batch's arrays alive
+            a = e - c
+            out[tid] = TileKeypoints(kp.xy[a:e].copy(), kp.desc[a:e].copy(), kp.score[a:e].copy())
+        return out
+
+    def points(self, tile_ids: Iterable[int]) -> TilePoints:
+        """The stored records of these tiles, not decoded, tile after tile in the order asked
+        (ids without trustworthy features left out): a caller that keeps only some keypoints
+        decodes only those (:meth:`TilePoints.decode`). Each tile's records are checked against
+        its CRC on their first read in this process."""
         where = self._index()
-        by_seg: dict[int, tuple[list[int], list[int]]] = {}
-        for tid in tile_ids:
+        by_seg: dict[int, tuple[list[int], list[int], list[int]]] = {}
+        for pos, tid in enumerate(tile_ids):
             hit = where.get(int(tid))
             if hit is not None:
-                ids_rows = by_seg.setdefault(hit[0], ([], []))
-                ids_rows[0].append(int(tid))
-                ids_rows[1].append(hit[1])
+                got = by_seg.setdefault(hit[0], ([], [], []))
+                got[0].append(int(tid))
+                got[1].append(hit[1])
+                got[2].append(pos)
         tids: list[int] = []
+        index_l: list[int] = []
         parts: list[np.ndarray] = []
         counts_l: list[np.ndarray] = []
         x0_l: list[np.ndarray] = []
         y0_l: list[np.ndarray] = []
-        for j, (seg_ids, seg_rows) in by_seg.items():
+        for j, (seg_ids, seg_rows, seg_pos) in by_seg.items():
             seg = self._segs[j]
             cols = seg.columns()
             rows = np.asarray(seg_rows, dtype=np.int64)
@@ -523,7 +593,9 @@ class FeatureStore:
                             REBUILD_FEATURES_HINT,
                         )
                 if not good.all():
-                    seg_ids = [t for t, g in zip(seg_ids, good.tolist(), strict=True) if g]
+                    keep = good.tolist()
+                    seg_ids = [t for t, g in zip(seg_ids, keep, strict=True) if g]
+                    seg_pos = [t for t, g in zip(seg_pos, keep, strict=True) if g]
                     rows = rows[good]
             if not seg_ids:
                 continue
@@ -531,23 +603,30 @@ class FeatureStore:
             # every picked tile's records in one gather (tile after tile)
             parts.append(np.asarray(seg.points[_record_index(cols["start"][rows], count)]))
             tids += seg_ids
+            index_l += seg_pos
             counts_l.append(count)
             x0_l.append(cols["x0"][rows])
             y0_l.append(cols["y0"][rows])
+        dim = self.spec.dim if self.spec else 0
         if not tids:
-            return {}
+            return TilePoints.empty(point_dtype(max(dim, 1), self.desc_bits), dim, self.desc_bits)
+        index = np.asarray(index_l, dtype=np.int64)
         counts = np.concatenate(counts_l)
-        x0 = np.repeat(np.concatenate(x0_l).astype(np.float32), counts)
-        y0 = np.repeat(np.concatenate(y0_l).astype(np.float32), counts)
         recs = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        kp = decode_points(recs, x0, y0, self.spec.dim if self.spec else 0, self.desc_bits)
-        ends = np.cumsum(counts)
-        out: dict[int, TileKeypoints] = {}
-        for tid, e, c in zip(tids, ends.tolist(), counts.tolist(), strict=True):
-            # copies: a cached tile must not keep the whole batch's arrays alive
-            a = e - c
-            out[tid] = TileKeypoints(kp.xy[a:e].copy(), kp.desc[a:e].copy(), kp.score[a:e].copy())
-        return out
+        ids = np.asarray(tids, dtype=np.int64)
+        x0, y0 = np.concatenate(x0_l), np.concatenate(y0_l)
+        if len(parts) > 1 and (np.diff(index) < 0).any():  # tiles of several segments: as asked
+            order = np.argsort(index, kind="stable")
+            ends = np.cumsum(counts)
+            recs = recs[_record_index((ends - counts)[order], counts[order])]
+            index, ids, counts, x0, y0 = (
+                index[order],
+                ids[order],
+                counts[order],
+                x0[order],
+                y0[order],
+            )
+        return TilePoints(index, ids, counts, x0, y0, recs, dim, self.desc_bits)
 
     # -------------------------------------------------------------------------- writing
     def reset(self, spec: FeatureSpec, desc_bits: int = DEFAULT_DESC_BITS) -> None:

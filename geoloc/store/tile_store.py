@@ -67,6 +67,7 @@ from geoloc.store.tile_features import (
     FeatureSpec,
     FeatureStore,
     TileKeypoints,
+    TilePoints,
 )
 
 if TYPE_CHECKING:
@@ -558,6 +559,13 @@ class TileStore:
         that grid, so a region is the union of neighbouring tiles' keypoints.
         """
         return self._feature_store().get(np.asarray(tile_ids, dtype=np.int64).ravel().tolist())
+
+    def feature_points(self, tile_ids: Sequence[int] | np.ndarray) -> TilePoints:
+        """The stored keypoint records of these tiles, not decoded, in the order asked (tiles
+        without trustworthy features left out): :meth:`features` for a caller that keeps only
+        some keypoints of many tiles and decodes those
+        (:meth:`~geoloc.store.tile_features.TilePoints.decode`)."""
+        return self._feature_store().points(np.asarray(tile_ids, dtype=np.int64).ravel().tolist())
 
     def reopen_if_changed(self) -> bool:
         """Re-open the Ω index (and the features) when another process saved them (an ingest

@@ -391,6 +391,46 @@ def test_grid_regions_equal_queried_regions(store: Any) -> None:
             assert _same_points(a, b), (t.tile_id, size, gsd)
 
 
+class _DecodedTiles:
+    """Stored features by tile id, decoded tile by tile (no undecoded ``points``)."""
+
+    kind = "xfeat"
+    needs_records = False
+
+    def __init__(self, inner: StoredTileFeatures) -> None:
+        self.inner = inner
+
+    def by_ids(self, ids: Any) -> dict[int, Any]:
+        return self.inner.by_ids(ids)
+
+    def features(self, tiles: Any) -> dict[int, Any]:
+        return self.inner.features(tiles)
+
+
+def test_regions_from_records_equal_regions_from_decoded_tiles(store: Any) -> None:
+    """A grid region chosen from its neighbours' undecoded records, decoding only the keypoints
+    it keeps, is the region assembled from the decoded tiles: the same keypoints, descriptors
+    and tiles in the same order (the RANSAC of the checks depends on it), also when the cap
+    on a region's keypoints keeps only the best."""
+    tiles = store.candidates(store.within(*_centre_latlon(store), 1e4))[:8]
+    for cap in (2048, 97):
+        rec = FeatureRegions(
+            store, StoredTileFeatures(store), map_gsd_m=store.map_gsd_m, max_keypoints=cap
+        )
+        dec = FeatureRegions(
+            store,
+            _DecodedTiles(StoredTileFeatures(store)),
+            map_gsd_m=store.map_gsd_m,
+            max_keypoints=cap,
+        )
+        for size, gsd in ((448, None), (672, None), (448, 2 * store.map_gsd_m)):
+            for t in tiles:
+                a, b = rec.around(t, size, gsd), dec.around(t, size, gsd)
+                assert len(a.features) > 0
+                assert cap > 100 or len(a.features) == cap
+                assert _same_region(a, b), (t.tile_id, size, gsd, cap)
+
+
 def test_prefetched_regions_equal_one_by_one(store: Any) -> None:
     """A chunk's neighbourhoods looked up together give the regions looked up one by one.
     With stored features they are slices of the orthomosaic's grid: one grid query per

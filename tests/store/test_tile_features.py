@@ -219,6 +219,35 @@ def test_segments_append_compact_and_remove(tmp_path: Path) -> None:
     assert names == {"meta.json", *(e["tiles"] for e in listed), *(e["points"] for e in listed)}
 
 
+def test_points_come_in_the_order_asked_across_segments(tmp_path: Path) -> None:
+    """The undecoded records of tiles of several segments come tile after tile in the order
+    the ids were asked (absent ids left out), and decode to what ``get`` gives."""
+    rng = np.random.default_rng(3)
+    fs = FeatureStore.open(tmp_path / "features")
+    fs.reset(XFEAT_SPEC)
+    for s in range(3):  # three saves: three segments
+        fs.add([10 * s, 10 * s + 1], np.array([[0, 0], [112, 0]]), 224, _feats(rng, 2, 5 + s))
+        fs.save()
+    fs = FeatureStore.open(tmp_path / "features")
+    assert fs.info()["segments"] == 3
+    ask = [21, 0, 999, 11, 1, 20]
+    pts = fs.points(ask)
+    assert pts.ids.tolist() == [21, 0, 11, 1, 20]
+    assert pts.index.tolist() == [0, 1, 3, 4, 5]
+    assert pts.counts.tolist() == [7, 5, 6, 5, 7]
+    got = fs.get(ask)
+    kp = pts.decode()
+    ends = np.cumsum(pts.counts)
+    for tid, e, c in zip(pts.ids.tolist(), ends.tolist(), pts.counts.tolist(), strict=True):
+        np.testing.assert_array_equal(kp.xy[e - c : e], got[tid].xy)
+        np.testing.assert_array_equal(kp.desc[e - c : e], got[tid].desc)
+    np.testing.assert_array_equal(pts.xy(), kp.xy)
+    some = np.array([3, 7, 20])
+    np.testing.assert_array_equal(pts.decode(some).desc, kp.desc[some])
+    np.testing.assert_array_equal(pts.decode(some).xy, kp.xy[some])
+    assert len(fs.points([999]).ids) == 0
+
+
 def test_delete_and_recover_keep_features_with_the_tiles(
     pg_settings: Settings, database: Database
 ) -> None:
