@@ -415,6 +415,8 @@ class FeatureStore:
         self._gen = 0
         self._disk_stamp: tuple[int, int] | None = None
         self._where: dict[int, tuple[int, int]] | None = None  # id -> (segment, row)
+        # the same as sorted arrays (ids, segment, row), for lookups of many ids at once
+        self._sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._bad_tiles_warned: set[int] = set()  # segments warned about for a bad CRC
         self.problems: list[FeatureProblem] = []  # what open() did not trust
         self.dirty = False
@@ -533,6 +535,21 @@ class FeatureStore:
             self._where = where
         return self._where
 
+    def _lookup(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored tile id, sorted, with its segment and row."""
+        if self._sorted is None:
+            n = [int(seg.tiles.size) for seg in self._segs]
+            ids = np.concatenate([seg.tiles["id"].astype(np.int64) for seg in self._segs] or [[]])
+            seg_of = np.repeat(np.arange(len(n), dtype=np.int64), n)
+            row_of = np.concatenate([np.arange(k, dtype=np.int64) for k in n] or [[]])
+            order = np.argsort(ids, kind="stable")
+            self._sorted = (
+                ids[order].astype(np.int64),
+                seg_of[order],
+                row_of[order].astype(np.int64),
+            )
+        return self._sorted
+
     def get(self, tile_ids: Iterable[int]) -> dict[int, TileKeypoints]:
         """Decoded keypoints of these tiles; ids without (trustworthy) features are absent.
 
@@ -555,15 +572,16 @@ class FeatureStore:
         (ids without trustworthy features left out): a caller that keeps only some keypoints
         decodes only those (:meth:`TilePoints.decode`). Each tile's records are checked against
         its CRC on their first read in this process."""
-        where = self._index()
+        ask = np.asarray(
+            tile_ids if isinstance(tile_ids, np.ndarray) else list(tile_ids), dtype=np.int64
+        ).ravel()
+        known, seg_of, row_of = self._lookup()
+        at = np.minimum(np.searchsorted(known, ask), max(len(known) - 1, 0))
+        found = np.nonzero(known[at] == ask)[0] if len(known) else np.zeros(0, np.int64)
         by_seg: dict[int, tuple[list[int], list[int], list[int]]] = {}
-        for pos, tid in enumerate(tile_ids):
-            hit = where.get(int(tid))
-            if hit is not None:
-                got = by_seg.setdefault(hit[0], ([], [], []))
-                got[0].append(int(tid))
-                got[1].append(hit[1])
-                got[2].append(pos)
+        for j in np.unique(seg_of[at[found]]).tolist():
+            pos = found[seg_of[at[found]] == j]
+            by_seg[j] = (ask[pos].tolist(), row_of[at[pos]].tolist(), pos.tolist())
         tids: list[int] = []
         index_l: list[int] = []
         parts: list[np.ndarray] = []
@@ -636,7 +654,7 @@ class FeatureStore:
         self.spec = spec
         self.desc_bits = int(desc_bits)
         self._segs = []
-        self._where = None
+        self._where = self._sorted = None
         self.dirty = True
 
     def add(
@@ -695,6 +713,7 @@ class FeatureStore:
         start_row = int(self._segs[j].tiles.size) - ids.size
         for r, tid in enumerate(ids.tolist()):
             where[int(tid)] = (j, start_row + r)
+        self._sorted = None
         self.dirty = True
 
     def remove(self, tile_ids: Sequence[int] | np.ndarray) -> int:
@@ -712,7 +731,7 @@ class FeatureStore:
             if k < seg.tiles.size:
                 segs.append(_repack(seg.tiles[~drop], seg.points))
         if removed:
-            self._segs, self._where, self.dirty = segs, None, True
+            self._segs, self._where, self._sorted, self.dirty = segs, None, None, True
         return removed
 
     def _compact(self) -> None:
@@ -726,7 +745,7 @@ class FeatureStore:
             tb["start"] += pa.points.size
             merged = np.concatenate([pa.tiles, tb]), np.concatenate([pa.points, pb.points])
             self._segs[i : i + 2] = [_Segment(*merged)]
-            self._where = None
+            self._where = self._sorted = None
 
     def save(self) -> None:
         """Persist atomically: write new/changed segments, then replace ``meta.json``."""
