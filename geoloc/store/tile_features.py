@@ -539,9 +539,10 @@ class FeatureStore:
         """Every stored tile id, sorted, with its segment and row."""
         if self._sorted is None:
             n = [int(seg.tiles.size) for seg in self._segs]
-            ids = np.concatenate([seg.tiles["id"].astype(np.int64) for seg in self._segs] or [[]])
+            none = [np.zeros(0, np.int64)]
+            ids = np.concatenate([seg.tiles["id"].astype(np.int64) for seg in self._segs] or none)
             seg_of = np.repeat(np.arange(len(n), dtype=np.int64), n)
-            row_of = np.concatenate([np.arange(k, dtype=np.int64) for k in n] or [[]])
+            row_of = np.concatenate([np.arange(k, dtype=np.int64) for k in n] or none)
             order = np.argsort(ids, kind="stable")
             self._sorted = (
                 ids[order].astype(np.int64),
