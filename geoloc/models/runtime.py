@@ -47,11 +47,13 @@ _ENV = "GEOLOC_ENCODER_RUNTIME"
 #: Where an encoder keeps its exported backbone (a plain attribute: the state dict stays the same).
 _ATTR = "_runtime_trunk"
 _INSTALL = {"onnx": "geoloc[onnx]", "openvino": "geoloc[openvino]"}
-#: Images per call of an exported graph: a batch is run that many images at a time. One image's
-#: activations stay in a core's own cache between layers, where a batch of 16 streams every
-#: layer's activations through memory, and the depthwise convolutions of the default backbone
-#: are bound by memory traffic (``benchmarks/encoder_profile.py`` measures both).
-SUB_BATCH = 1
+#: Images per call of an exported graph: a batch is run that many images at a time. A few
+#: images' activations stay in a core's own cache between layers, where a batch of 16 streams
+#: every layer's activations through memory, and the depthwise convolutions of the default
+#: backbone are bound by memory traffic. Not one image per call: each call gives up and
+#: re-takes the GIL, which an ingest's reader and writer threads hold in between
+#: (``benchmarks/encoder_profile.py`` and ``benchmarks/ingest.py`` measure both).
+SUB_BATCH = 4
 
 
 def onnx_available() -> bool:
