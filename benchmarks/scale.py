@@ -511,6 +511,7 @@ def evaluate(
     pipeline = from_dict({"preset": preset, **(knobs or {})}, where="benchmarks.scale")
     recs: list[dict[str, Any]] = []
     with Localizer.open(settings, encoder=enc, pipeline=pipeline) as loc:
+        loc.warm()  # what `geoloc serve` does before its first frame
         loc.locate(qs[0].image, gsd=qs[0].gsd)  # warm-up (first-call allocations)
         for q in qs:
             fix = loc.locate(q.image, gsd=q.gsd, name=q.name)

@@ -267,13 +267,17 @@ class Localizer:
         """Locate one frame of generated texture and discard the answer, so that the first real
         frame finds the encoder and matcher compiled and their buffers allocated, and the parts
         of the store read on first use in memory (the Φ sign codes a scan recall holds, the GSD
-        layers, the feature index, the grids of the orthomosaics the frame met). Returns the
+        layers, the feature index, the grids of the orthomosaics: a frame's candidates come
+        from anywhere on the map, and their regions are slices of those grids). Returns the
         seconds it took (``geoloc serve`` calls it before it accepts frames)."""
         import time
 
         import cv2
 
         t0 = time.perf_counter()
+        preload = getattr(self.store, "preload_grids", None)
+        if callable(preload):
+            preload()
         rng = np.random.default_rng(0)
         # smooth blobs, not white noise: the matcher finds keypoints and the cascade runs
         small = (rng.random((30, 40, 3)) * 255).astype(np.uint8)

@@ -179,13 +179,9 @@ def region_transform(tile: Any, size_px: int, map_gsd_m: float) -> Affine:
     """Region pixel corner -> raster CRS of a ``size_px`` region at the map's GSD on ``tile``."""
     ts = float(tile.tile_size)
     k = float(map_gsd_m) / float(tile.gsd_m)
-    half = size_px / 2.0
-    return (
-        tile.transform
-        @ Affine.translation(ts / 2.0, ts / 2.0)
-        @ Affine.scale(k)
-        @ Affine.translation(-half, -half)
-    )
+    # the tile transform after: to the tile's centre, scaled by k, from the region's corner
+    off = k * -(size_px / 2.0) + ts / 2.0
+    return tile.transform @ Affine(k, 0.0, off, 0.0, k, off)
 
 
 class FeatureRegions:

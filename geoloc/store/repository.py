@@ -657,6 +657,39 @@ def orthomosaic_grid(db: Database, encoder_id: int, orthomosaic_id: int) -> Orth
     return OrthoGrid(int(orthomosaic_id), ids, int(o.stride), int(o.tile_size))
 
 
+def orthomosaic_grids(db: Database, encoder_id: int, limit: int) -> list[OrthoGrid]:
+    """:func:`orthomosaic_grid` of up to ``limit`` complete orthomosaics of this encoder (the
+    largest first) in two queries: what a localizer loads before its first frame."""
+    from sqlalchemy import bindparam
+    from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+
+    with db.engine.connect() as conn:
+        orthos = conn.execute(
+            _text(
+                "SELECT o.id, o.stride, o.tile_size FROM orthomosaics o"
+                " WHERE o.encoder_id = :e AND o.status = 'complete'"
+                " ORDER BY (SELECT count(*) FROM tiles t WHERE t.orthomosaic_id = o.id) DESC,"
+                " o.id LIMIT :n"
+            ),
+            {"e": int(encoder_id), "n": max(0, int(limit))},
+        ).all()
+        if not orthos:
+            return []
+        stmt = _text(
+            "SELECT orthomosaic_id, row, col, id FROM tiles WHERE orthomosaic_id = ANY(:o)"
+        ).bindparams(bindparam("o", type_=ARRAY(BIGINT)))
+        rows = conn.execute(stmt, {"o": [int(o.id) for o in orthos]}).all()
+    a = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+    out = []
+    for o in orthos:
+        rc = a[a[:, 0] == int(o.id)]
+        shape = (int(rc[:, 1].max()) + 1, int(rc[:, 2].max()) + 1) if len(rc) else (0, 0)
+        ids = np.full(shape, -1, dtype=np.int64)
+        ids[rc[:, 1], rc[:, 2]] = rc[:, 3]
+        out.append(OrthoGrid(int(o.id), ids, int(o.stride), int(o.tile_size)))
+    return out
+
+
 def tile_ids_within_many(
     db: Database,
     encoder_id: int,

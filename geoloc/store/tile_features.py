@@ -551,6 +551,42 @@ class FeatureStore:
             )
         return self._sorted
 
+    def _check_crcs(
+        self,
+        j: int,
+        recs: np.ndarray,
+        count: np.ndarray,
+        rows: np.ndarray,
+        todo: np.ndarray,
+        tile_ids: list[int],
+    ) -> np.ndarray:
+        """Check the CRC of the tiles ``todo`` (positions in ``rows``) of segment ``j`` on
+        their gathered records ``recs`` (``count`` per tile, tile after tile): which tiles are
+        good; a good one is marked checked, a bad one warned about (once per segment)."""
+        cols = self._segs[j].columns()
+        size = recs.dtype.itemsize
+        raw = np.ascontiguousarray(recs).view(np.uint8).data
+        ends = np.cumsum(count) * size
+        sizes = count * size
+        good = np.ones(len(rows), dtype=bool)
+        crc, checked = cols["crc"], cols["checked"]
+        for k in todo.tolist():
+            e, n, r = int(ends[k]), int(sizes[k]), int(rows[k])
+            if zlib.crc32(raw[e - n : e]) & 0xFFFFFFFF == int(crc[r]):
+                checked[r] = True
+                continue
+            good[k] = False
+            if j not in self._bad_tiles_warned:
+                self._bad_tiles_warned.add(j)
+                log.warning(
+                    "%s: feature points fail their checksum (tile %d and maybe others "
+                    "read as without features): %s",
+                    self.directory / str((self._segs[j].files or {}).get("points")),
+                    tile_ids[k],
+                    REBUILD_FEATURES_HINT,
+                )
+        return good
+
     def get(self, tile_ids: Iterable[int]) -> dict[int, TileKeypoints]:
         """Decoded keypoints of these tiles; ids without (trustworthy) features are absent.
 
@@ -593,34 +629,22 @@ class FeatureStore:
             seg = self._segs[j]
             cols = seg.columns()
             rows = np.asarray(seg_rows, dtype=np.int64)
-            if seg.saved:  # each tile's points checked against its CRC on its first read
-                good = np.ones(rows.shape[0], dtype=bool)
-                for k in np.nonzero(~cols["checked"][rows])[0].tolist():
-                    r = int(rows[k])
-                    a, c = int(cols["start"][r]), int(cols["count"][r])
-                    if _crc(seg.points[a : a + c]) == int(cols["crc"][r]):
-                        cols["checked"][r] = True
-                        continue
-                    good[k] = False
-                    if j not in self._bad_tiles_warned:
-                        self._bad_tiles_warned.add(j)
-                        log.warning(
-                            "%s: feature points fail their checksum (tile %d and maybe others "
-                            "read as without features): %s",
-                            self.directory / str((seg.files or {}).get("points")),
-                            seg_ids[k],
-                            REBUILD_FEATURES_HINT,
-                        )
+            count = cols["count"][rows]
+            # every picked tile's records in one gather (tile after tile)
+            recs = np.asarray(seg.points[_record_index(cols["start"][rows], count)])
+            todo = np.nonzero(~cols["checked"][rows])[0] if seg.saved else rows[:0]
+            if len(todo):  # each tile's points checked against its CRC on its first read
+                good = self._check_crcs(j, recs, count, rows, todo, seg_ids)
                 if not good.all():
                     keep = good.tolist()
                     seg_ids = [t for t, g in zip(seg_ids, keep, strict=True) if g]
                     seg_pos = [t for t, g in zip(seg_pos, keep, strict=True) if g]
-                    rows = rows[good]
+                    ends = np.cumsum(count)
+                    recs = recs[_record_index((ends - count)[good], count[good])]
+                    rows, count = rows[good], count[good]
             if not seg_ids:
                 continue
-            count = cols["count"][rows]
-            # every picked tile's records in one gather (tile after tile)
-            parts.append(np.asarray(seg.points[_record_index(cols["start"][rows], count)]))
+            parts.append(recs)
             tids += seg_ids
             index_l += seg_pos
             counts_l.append(count)

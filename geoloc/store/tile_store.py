@@ -528,6 +528,15 @@ class TileStore:
             self._grids.trim()
         return g
 
+    def preload_grids(self) -> int:
+        """Load the grids of the store's orthomosaics (the largest first, as many as the grid
+        cache keeps) in two queries, instead of one query per orthomosaic as frames meet them;
+        returns how many are cached."""
+        for g in repo.orthomosaic_grids(self._db, self.encoder_id, GRID_CACHE):
+            self._grids.put(int(g.orthomosaic_id), g)
+        self._grids.trim()
+        return len(self._grids)
+
     @property
     def features_dir(self) -> Path:
         """Folder of the per-tile local features (inside the encoder's Ω index folder)."""
