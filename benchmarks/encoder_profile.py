@@ -484,9 +484,7 @@ def _table(result: dict[str, Any]) -> str:
         f"{result['encoder']} batch {result['batch']}, {result['gflops_per_image']} GFLOP/image; "
         f"load {result['load_average_1min']}",
         "matmul peak GFLOP/s (wall / CPU; the best of "
-        + ", ".join(
-            k for k in peaks[next(iter(peaks))] if isinstance(peaks[next(iter(peaks))][k], dict)
-        )
+        + ", ".join(k for k, w in next(iter(peaks.values())).items() if isinstance(w, dict))
         + "): "
         + ", ".join(
             f"{n} thr {v['wall_gflops']} / {v['cpu_gflops']}"

@@ -275,9 +275,7 @@ class Localizer:
         import cv2
 
         t0 = time.perf_counter()
-        preload = getattr(self.store, "preload_grids", None)
-        if callable(preload):
-            preload()
+        self.store.preload_grids()
         rng = np.random.default_rng(0)
         # smooth blobs, not white noise: the matcher finds keypoints and the cascade runs
         small = (rng.random((30, 40, 3)) * 255).astype(np.uint8)

@@ -317,25 +317,23 @@ class FeatureRegions:
             return hit
         grid = self._grid(tile)
         points = getattr(self.source, "points", None)
-        if grid is not None and callable(points):
-            ids, colrow = _grid_neighbours(tile, size_px, gsd / float(tile.gsd_m), grid)
-            region = self._assemble_points(
-                tile, size_px, gsd, colrow.reshape(-1, 2), float(grid.stride), points(ids)
-            )
-            self._regions.put(key, region)
-            self._regions.trim()
-            return region
         if grid is not None:
             ids, colrow = _grid_neighbours(tile, size_px, gsd / float(tile.gsd_m), grid)
-            feats = self.source.by_ids(ids.tolist())  # type: ignore[attr-defined]
-            stride = float(grid.stride)
+            if callable(points):
+                region = self._assemble_points(
+                    tile, size_px, gsd, colrow, float(grid.stride), points(ids)
+                )
+            else:
+                feats = self.source.by_ids(ids.tolist())  # type: ignore[attr-defined]
+                region = self._assemble(tile, size_px, gsd, ids, colrow, float(grid.stride), feats)
         else:
             tiles = self.neighbourhood(tile, size_px, gsd)
             feats = self.source.features(tiles)
             ids = np.array([int(t.tile_id) for t in tiles], dtype=np.int64)
             colrow = np.array([(int(t.col), int(t.row)) for t in tiles], dtype=np.int64)
-            stride = _stride(tiles, tile)
-        region = self._assemble(tile, size_px, gsd, ids, colrow.reshape(-1, 2), stride, feats)
+            region = self._assemble(
+                tile, size_px, gsd, ids, colrow.reshape(-1, 2), _stride(tiles, tile), feats
+            )
         self._regions.put(key, region)
         self._regions.trim()
         return region
@@ -351,12 +349,7 @@ class FeatureRegions:
         feats: dict[int, Any],
     ) -> RegionFeatures:
         """The region from its neighbours' features (``ids`` with their grid ``colrow``)."""
-        import torch
-
-        ts = float(tile.tile_size)
         with_f = np.array([int(i) in feats for i in ids.tolist()], dtype=bool)
-        origin = np.asarray(grid_origin(tile), dtype=np.float64)
-        k = gsd / float(tile.gsd_m)
         # every neighbour's keypoints in one array, with the (col, row) of the tile they are of
         have = [j for j, i in enumerate(ids.tolist()) if with_f[j] and len(feats[int(i)].xy) > 0]
         if have:
@@ -364,16 +357,9 @@ class FeatureRegions:
             counts = np.array([len(f.xy) for f in fs])
             owner = np.repeat(np.arange(len(have)), counts)
             xy = np.concatenate([np.asarray(f.xy, dtype=np.float64) for f in fs])
-            own_cr = colrow[np.asarray(have)][owner]
-            # keep each keypoint from the tile whose centre is nearest (the grid cell it is in)
-            cell = np.floor((xy + 0.5 - ts / 2.0) / s + 0.5).astype(np.int64)
-            own = (cell == own_cr).all(axis=1)
-            if with_f.sum() > 1:  # ... or from any tile when that cell's tile has no features
-                rc = colrow[with_f]
-                own |= ~np.isin(_cell_key(cell[:, 1], cell[:, 0]), _cell_key(rc[:, 1], rc[:, 0]))
-            # grid pixel -> candidate tile pixel corner -> region pixel (centre convention)
-            p = ((xy + 0.5 - origin) - ts / 2.0) / k + size_px / 2.0 - 0.5
-            keep = own & (p >= 0).all(axis=1) & (p < size_px).all(axis=1)
+            p, keep = _region_pixels(
+                tile, size_px, gsd, s, xy, colrow[np.asarray(have)][owner], colrow[with_f]
+            )
             xy_r = p[keep]
             desc = np.concatenate([np.asarray(f.desc, dtype=np.float32) for f in fs])[keep]
             score = np.concatenate([np.asarray(f.score, dtype=np.float32) for f in fs])[keep]
@@ -384,14 +370,7 @@ class FeatureRegions:
         if len(score) > self.max_keypoints:
             top = np.argsort(-score, kind="stable")[: self.max_keypoints]
             xy_r, desc = xy_r[top], desc[top]
-        f_out = Features(
-            np.ascontiguousarray(xy_r, dtype=np.float32),
-            torch.from_numpy(np.ascontiguousarray(desc)),
-            (int(size_px), int(size_px)),
-        )
-        return RegionFeatures(
-            f_out, region_transform(tile, size_px, gsd), tuple(used), int(size_px)
-        )
+        return _region(tile, size_px, gsd, xy_r, desc, used)
 
     def _assemble_points(
         self,
@@ -405,23 +384,12 @@ class FeatureRegions:
         """:meth:`_assemble` from the neighbours' undecoded records (``colrow`` of the tiles
         asked for, in order): the keypoints are chosen by position and score, and only the
         chosen ones decoded. The same keypoints, in the same order, as :meth:`_assemble`."""
-        import torch
-
-        ts = float(tile.tile_size)
-        origin = np.asarray(grid_origin(tile), dtype=np.float64)
-        k = gsd / float(tile.gsd_m)
         owner = pts.owner
         if len(owner):
-            xy = pts.xy().astype(np.float64)
             cr = colrow[pts.index]
-            # keep each keypoint from the tile whose centre is nearest (the grid cell it is in)
-            cell = np.floor((xy + 0.5 - ts / 2.0) / s + 0.5).astype(np.int64)
-            own = (cell == cr[owner]).all(axis=1)
-            if len(pts.ids) > 1:  # ... or from any tile when that cell's tile has no features
-                own |= ~np.isin(_cell_key(cell[:, 1], cell[:, 0]), _cell_key(cr[:, 1], cr[:, 0]))
-            # grid pixel -> candidate tile pixel corner -> region pixel (centre convention)
-            p = ((xy + 0.5 - origin) - ts / 2.0) / k + size_px / 2.0 - 0.5
-            keep = own & (p >= 0).all(axis=1) & (p < size_px).all(axis=1)
+            p, keep = _region_pixels(
+                tile, size_px, gsd, s, pts.xy().astype(np.float64), cr[owner], cr
+            )
             sel = np.nonzero(keep)[0]
             if len(sel) > self.max_keypoints:
                 score = pts.recs["score"][sel].astype(np.float32)
@@ -431,14 +399,46 @@ class FeatureRegions:
         else:
             xy_r, desc = np.zeros((0, 2)), np.zeros((0, max(pts.dim, 1)), np.float32)
             used = []
-        f_out = Features(
-            np.ascontiguousarray(xy_r, dtype=np.float32),
-            torch.from_numpy(np.ascontiguousarray(desc, dtype=np.float32)),
-            (int(size_px), int(size_px)),
-        )
-        return RegionFeatures(
-            f_out, region_transform(tile, size_px, gsd), tuple(used), int(size_px)
-        )
+        return _region(tile, size_px, gsd, xy_r, desc, used)
+
+
+def _region_pixels(
+    tile: Any,
+    size_px: int,
+    gsd: float,
+    s: float,
+    xy: np.ndarray,
+    own_cr: np.ndarray,
+    with_cr: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grid keypoints ``xy`` (float64) in the region's pixels, and which the region keeps: in
+    the region and in the grid cell of the tile they are of (``own_cr``, (col, row) per
+    keypoint), or in a cell no tile with features (``with_cr``) holds; ``s`` is the stride."""
+    ts = float(tile.tile_size)
+    # keep each keypoint from the tile whose centre is nearest (the grid cell it is in)
+    cell = np.floor((xy + 0.5 - ts / 2.0) / s + 0.5).astype(np.int64)
+    own = (cell == own_cr).all(axis=1)
+    if len(with_cr) > 1:  # ... or from any tile when that cell's tile has no features
+        own |= ~np.isin(_cell_key(cell[:, 1], cell[:, 0]), _cell_key(with_cr[:, 1], with_cr[:, 0]))
+    # grid pixel -> candidate tile pixel corner -> region pixel (centre convention)
+    origin = np.asarray(grid_origin(tile), dtype=np.float64)
+    k = gsd / float(tile.gsd_m)
+    p = ((xy + 0.5 - origin) - ts / 2.0) / k + size_px / 2.0 - 0.5
+    return p, own & (p >= 0).all(axis=1) & (p < size_px).all(axis=1)
+
+
+def _region(
+    tile: Any, size_px: int, gsd: float, xy: np.ndarray, desc: np.ndarray, used: list[int]
+) -> RegionFeatures:
+    """The matcher-ready region of these region-pixel keypoints and descriptors."""
+    import torch
+
+    f = Features(
+        np.ascontiguousarray(xy, dtype=np.float32),
+        torch.from_numpy(np.ascontiguousarray(desc, dtype=np.float32)),
+        (int(size_px), int(size_px)),
+    )
+    return RegionFeatures(f, region_transform(tile, size_px, gsd), tuple(used), int(size_px))
 
 
 def _grid_neighbours(

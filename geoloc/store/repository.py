@@ -651,10 +651,15 @@ def orthomosaic_grid(db: Database, encoder_id: int, orthomosaic_id: int) -> Orth
             {"o": int(orthomosaic_id)},
         ).all()
     rc = np.asarray([(r.row, r.col, r.id) for r in rows], dtype=np.int64).reshape(-1, 3)
+    return _ortho_grid(int(orthomosaic_id), rc, int(o.stride), int(o.tile_size))
+
+
+def _ortho_grid(orthomosaic_id: int, rc: np.ndarray, stride: int, tile_size: int) -> OrthoGrid:
+    """The grid of an orthomosaic from its tiles' ``(row, col, id)`` rows."""
     shape = (int(rc[:, 0].max()) + 1, int(rc[:, 1].max()) + 1) if len(rc) else (0, 0)
     ids = np.full(shape, -1, dtype=np.int64)
     ids[rc[:, 0], rc[:, 1]] = rc[:, 2]
-    return OrthoGrid(int(orthomosaic_id), ids, int(o.stride), int(o.tile_size))
+    return OrthoGrid(orthomosaic_id, ids, stride, tile_size)
 
 
 def orthomosaic_grids(db: Database, encoder_id: int, limit: int) -> list[OrthoGrid]:
@@ -680,14 +685,10 @@ def orthomosaic_grids(db: Database, encoder_id: int, limit: int) -> list[OrthoGr
         ).bindparams(bindparam("o", type_=ARRAY(BIGINT)))
         rows = conn.execute(stmt, {"o": [int(o.id) for o in orthos]}).all()
     a = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
-    out = []
-    for o in orthos:
-        rc = a[a[:, 0] == int(o.id)]
-        shape = (int(rc[:, 1].max()) + 1, int(rc[:, 2].max()) + 1) if len(rc) else (0, 0)
-        ids = np.full(shape, -1, dtype=np.int64)
-        ids[rc[:, 1], rc[:, 2]] = rc[:, 3]
-        out.append(OrthoGrid(int(o.id), ids, int(o.stride), int(o.tile_size)))
-    return out
+    return [
+        _ortho_grid(int(o.id), a[a[:, 0] == int(o.id), 1:], int(o.stride), int(o.tile_size))
+        for o in orthos
+    ]
 
 
 def tile_ids_within_many(

@@ -46,6 +46,7 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +203,7 @@ class TilePoints:
         z = np.zeros(0, np.int64)
         return cls(z, z, z, z, z, np.zeros(0, dtype), dim, bits)
 
-    @property
+    @cached_property
     def owner(self) -> np.ndarray:
         """The tile (position in :attr:`ids`) of each record."""
         return np.repeat(np.arange(len(self.ids)), self.counts)
