@@ -22,7 +22,10 @@ always reads pixels) the plan is a cascade over the top ``verify_top`` candidate
 
 1. each candidate's region is assembled from the features of the tiles around it
    (:class:`~geoloc.localize.tile_regions.FeatureRegions`) and given the cheap check of the
-   verifier (mutual nearest neighbours + RANSAC similarity) at the candidate's best heading;
+   verifier (mutual nearest neighbours + RANSAC similarity) at the candidate's best heading; a
+   candidate whose frame-sized neighbourhood lies inside a region already checked at that
+   heading (a neighbour of a better candidate, half a tile away on the grid) is not checked
+   again (``skip_covered``): its check would compare the frame with the same keypoints;
 2. the survivors, best coarse score first, are matched with the region's keypoints inside the
    frame's coarse footprint; the first one accepted (and, when the map's pixels can
    be read, passing the photometric check) answers: every survivor left scored lower in the
@@ -94,7 +97,9 @@ class VerificationScheduler:
     ``verify_features`` (one of :data:`FEATURE_MODES`), ``verify_top`` (candidates the cascade
     checks), ``region_keypoints`` (cap of a region's keypoints), ``tile_keypoints`` (keypoints
     per tile when extracted here), ``first_round_stop`` (heading unknown: end the cascade before
-    its second round when no candidate of the first passed the coarse check).
+    its second round when no candidate of the first passed the coarse check), ``skip_covered``
+    (a candidate whose frame-sized neighbourhood lies inside a region already checked at the same
+    heading is not checked again).
 
     ``store`` (the tile store) is what the cascade reads tile records and features from; without
     it verification reads pixels.
@@ -109,6 +114,7 @@ class VerificationScheduler:
         "region_keypoints": 2048,
         "tile_keypoints": 256,
         "first_round_stop": False,
+        "skip_covered": True,
     }
 
     def __init__(
@@ -362,6 +368,8 @@ class VerificationScheduler:
         budget_s = state.budget_ms / 1e3
         t_start = time.perf_counter()
         checked: set[tuple[int, float]] = set()
+        # the regions checked so far per (layer view, heading), with their orthomosaic
+        regions_seen: dict[tuple[int, float], list[tuple[Any, RegionFeatures]]] = {}
         n = fine_runs = 0
 
         def over_budget() -> bool:
@@ -388,12 +396,30 @@ class VerificationScheduler:
                     stopped = True
                     break
                 checked.add((cand.tile_id, h))
-                n += 1
                 at = self._at(state, cand)
+                seen = regions_seen.setdefault((id(at.image), h), [])
+                ortho = getattr(cand.tile, "orthomosaic_id", None)
+                if self.conf["skip_covered"] and ortho is not None:
+                    inside = next(
+                        (r for o, r in seen if o == ortho and _frame_inside(r, cand.tile, at.crop)),
+                        None,
+                    )
+                    if inside is not None:
+                        # the frame centred here would be compared with the same keypoints again
+                        log.debug(
+                            "tile %d heading %.0f: inside the region of tiles %s, checked",
+                            cand.tile_id,
+                            h,
+                            inside.tile_ids[:1],
+                        )
+                        continue
+                n += 1
                 f0 = self._frame_at(state, at, v, h, frame_cache)[2]
                 self._ahead(needs, v, frame_cache)
                 with state.timer("verify.region_features"):
                     rf = fr.around(cand.tile, at.region_px, at.gsd_m)
+                if ortho is not None:
+                    seen.append((ortho, rf))
                 with state.timer("verify.coarse"):
                     c = v.coarse(f0, rf.features, scale_known=scale_known, rotation_known=oriented)
                 if c.passed:
@@ -486,6 +512,17 @@ class VerificationScheduler:
         top = cands[: int(self.conf["sweep_top"])]
         pairs = [(c, (h0 + dh) % 360.0) for dh in SWEEP_DEG for c in top]
         fine(coarse(pairs)[0])
+
+
+def _frame_inside(region: RegionFeatures, tile: Any, crop_px: int) -> bool:
+    """Whether the frame's crop (``crop_px`` square, north-up at the region's GSD) centred on
+    ``tile``'s centre lies inside ``region``: its check would meet the region's keypoints again."""
+    half = float(tile.tile_size) / 2.0
+    x, y = tile.transform @ (half, half)
+    u, v = ~region.transform @ (x, y)
+    # a pixel of slack: a region one grid step larger than the crop holds it exactly
+    lo, hi = crop_px / 2.0 - 1.0, region.size_px - crop_px / 2.0 + 1.0
+    return bool(lo <= u <= hi and lo <= v <= hi)
 
 
 def _frame_key(at: _LayerFrame, verifier: Any, h: float) -> tuple[int, int, float]:

@@ -193,7 +193,9 @@ def test_elsewhere_is_rejected_by_the_coarse_check(
     calls = {}
     for stop in (False, True):
         state = _copy(ranked)
-        sched = _scheduler(store, verifier, stored.regions, first_round_stop=stop)
+        sched = _scheduler(
+            store, verifier, stored.regions, first_round_stop=stop, skip_covered=False
+        )
         coarse, glue = Counted(verifier, "coarse"), Counted(verifier.matcher, "match")
         try:
             sched.run(state)
@@ -214,6 +216,82 @@ def test_elsewhere_is_rejected_by_the_coarse_check(
     assert first_round <= calls[True] <= calls[False]
     if first_round < top:
         assert calls[True] < calls[False]
+
+
+def test_candidates_inside_checked_regions_are_skipped(
+    store: Any, encoder: Any, verifier: Any, stored: Any
+) -> None:
+    """A frame of another place: candidates whose frame-sized neighbourhood lies inside a
+    region already checked at the same heading are not checked again; a view of the map is
+    still located, with no more checks."""
+    from geoloc.localize import schedule
+
+    inside = schedule._frame_inside
+    skipped: list[int] = []
+
+    def noting(region: Any, tile: Any, crop_px: int) -> bool:
+        hit = inside(region, tile, crop_px)
+        if hit:
+            skipped.append(int(tile.tile_id))
+        return hit
+
+    located = view(sample_rgb(), CX, CY, 400, heading_deg=20.0)
+    for rgb, found in ((_hopper(), False), (located, True)):
+        ranked = _ranked(store, encoder, rgb)
+        calls: dict[bool, int] = {}
+        skipped.clear()
+        for skip in (False, True):
+            state = _copy(ranked)
+            sched = _scheduler(store, verifier, stored.regions, skip_covered=skip)
+            coarse = Counted(verifier, "coarse")
+            schedule._frame_inside = noting  # type: ignore[assignment]
+            try:
+                sched.run(state)
+            finally:
+                coarse.undo()
+                schedule._frame_inside = inside  # type: ignore[assignment]
+            assert (state.match is not None) is found
+            calls[skip] = coarse.calls
+        assert calls[True] <= calls[False]
+        if not found:
+            # the sample's candidates are neighbours of one another: some are skipped, each
+            # once per heading it came up at, and every other check still runs
+            assert skipped
+            assert calls[True] == calls[False] - len(skipped)
+
+
+def test_frame_inside_a_region() -> None:
+    """A crop centred on a tile lies inside the region of a tile one grid step (half a tile)
+    away, not inside that of a tile two steps away."""
+    from types import SimpleNamespace
+
+    from affine import Affine
+
+    from geoloc.localize.schedule import _frame_inside
+    from geoloc.localize.tile_regions import RegionFeatures
+    from geoloc.localize.verify import Features
+
+    def tile(col: int, row: int) -> Any:  # 224 px tiles at 0.5 m, 112 px steps
+        return SimpleNamespace(
+            tile_size=224, transform=Affine(0.5, 0, 1000 + 56 * col, 0, -0.5, 5000 - 56 * row)
+        )
+
+    crop, size = 320, 544  # the cascade's crop and region sizes for a 320 px frame
+    t = tile(5, 5)
+    cx, cy = t.transform @ (112, 112)
+    region = RegionFeatures(
+        features=Features(np.zeros((0, 2)), np.zeros((0, 64)), (size, size)),
+        transform=Affine(0.5, 0, cx - size / 4, 0, -0.5, cy + size / 4),
+        tile_ids=(1,),
+        size_px=size,
+    )
+    assert _frame_inside(region, tile(5, 5), crop)
+    assert _frame_inside(region, tile(6, 4), crop)
+    assert _frame_inside(region, tile(4, 6), crop)
+    assert not _frame_inside(region, tile(7, 5), crop)
+    assert not _frame_inside(region, tile(5, 3), crop)
+    # a smaller crop fits further away
+    assert _frame_inside(region, tile(7, 5), 96)
 
 
 def _noting_thread(inner: Any, threads: list[str]) -> Any:
