@@ -24,8 +24,9 @@ always reads pixels) the plan is a cascade over the top ``verify_top`` candidate
    (:class:`~geoloc.localize.tile_regions.FeatureRegions`) and given the cheap check of the
    verifier (mutual nearest neighbours + RANSAC similarity) at the candidate's best heading; a
    candidate whose frame-sized neighbourhood lies inside a region already checked at that
-   heading (a neighbour of a better candidate, half a tile away on the grid) is not checked
-   again (``skip_covered``): its check would compare the frame with the same keypoints;
+   heading (a neighbour of a better candidate, half a tile away on the grid) can be skipped
+   (``skip_covered``, off by default: the frame may sit off that centre, and at 100k tiles a
+   view found only at such a neighbour was lost for a tenth of the coarse checks' time);
 2. the survivors, best coarse score first, are matched with the region's keypoints inside the
    frame's coarse footprint; the first one accepted (and, when the map's pixels can
    be read, passing the photometric check) answers: every survivor left scored lower in the
@@ -99,7 +100,7 @@ class VerificationScheduler:
     per tile when extracted here), ``first_round_stop`` (heading unknown: end the cascade before
     its second round when no candidate of the first passed the coarse check), ``skip_covered``
     (a candidate whose frame-sized neighbourhood lies inside a region already checked at the same
-    heading is not checked again).
+    heading is not checked again; off by default, see the module docstring).
 
     ``store`` (the tile store) is what the cascade reads tile records and features from; without
     it verification reads pixels.
@@ -114,7 +115,7 @@ class VerificationScheduler:
         "region_keypoints": 2048,
         "tile_keypoints": 256,
         "first_round_stop": False,
-        "skip_covered": True,
+        "skip_covered": False,
     }
 
     def __init__(
