@@ -369,7 +369,9 @@ class VerificationScheduler:
         budget_s = state.budget_ms / 1e3
         t_start = time.perf_counter()
         checked: set[tuple[int, float]] = set()
-        # the regions checked so far per (layer view, heading), with their orthomosaic
+        # with skip_covered: the regions checked so far per (layer view, heading), with their
+        # orthomosaic
+        skip_covered = bool(self.conf["skip_covered"])
         regions_seen: dict[tuple[int, float], list[tuple[Any, RegionFeatures]]] = {}
         n = fine_runs = 0
 
@@ -398,9 +400,9 @@ class VerificationScheduler:
                     break
                 checked.add((cand.tile_id, h))
                 at = self._at(state, cand)
-                seen = regions_seen.setdefault((id(at.image), h), [])
-                ortho = getattr(cand.tile, "orthomosaic_id", None)
-                if self.conf["skip_covered"] and ortho is not None:
+                ortho = getattr(cand.tile, "orthomosaic_id", None) if skip_covered else None
+                if ortho is not None:
+                    seen = regions_seen.setdefault((id(at.image), h), [])
                     inside = next(
                         (r for o, r in seen if o == ortho and _frame_inside(r, cand.tile, at.crop)),
                         None,
@@ -420,7 +422,7 @@ class VerificationScheduler:
                 with state.timer("verify.region_features"):
                     rf = fr.around(cand.tile, at.region_px, at.gsd_m)
                 if ortho is not None:
-                    seen.append((ortho, rf))
+                    regions_seen[(id(at.image), h)].append((ortho, rf))
                 with state.timer("verify.coarse"):
                     c = v.coarse(f0, rf.features, scale_known=scale_known, rotation_known=oriented)
                 if c.passed:
