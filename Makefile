@@ -37,8 +37,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two workers by default (pytest-xdist): most of the suite's time is subprocesses, servers and
+# clusters starting, and one process keeps only one of CI's two cores busy. Whole files go to one
+# worker (their module fixtures: a Ray cluster, an external Postgres). PYTEST_WORKERS=0 runs it in
+# this process.
+PYTEST_WORKERS ?= 2
+
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint typecheck pytest
 

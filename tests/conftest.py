@@ -31,6 +31,17 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["GEOLOC_OMEGA"] = "1"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a pytest-xdist worker (``make test`` runs ``-n 2 --dist loadfile``), the files that hold
+    slow tests come first: whole files are handed out in collection order, so the long ones start
+    early and the workers finish together, instead of one running a long file alone at the end.
+    A plain ``pytest`` run keeps the collection order."""
+    if not hasattr(config, "workerinput"):
+        return
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: a file's order is kept
+
+
 @pytest.fixture(autouse=True)
 def _default_omega(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """The product default for tests marked ``default_omega``."""

@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 
+pytestmark = pytest.mark.slow
+
 
 def test_scale_quick_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fresh quick build, its queries located, the summary complete and plausible."""

@@ -27,6 +27,8 @@ from tests.conftest import SAMPLE_RASTER, SHARED_DATA, crop_sample
 from tests.localize.conftest import truth_lonlat
 from tests.localize.views import sample_rgb, view
 
+pytestmark = pytest.mark.slow
+
 FAKE_CRS = "EPSG:32719"  # UTM 19S: thousands of km from Turku
 
 
