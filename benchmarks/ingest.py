@@ -4,10 +4,12 @@
 ``../shared/data/turku`` too) into a throw-away GEOLOC_HOME (embedded Postgres), at the default
 ingest GSD/stride, then encodes the same tiles again with the encoder alone (tiles read into
 memory first, same batch size). Reports per raster: tiles, wall seconds, tiles/s end to end,
-encoder-only tiles/s (mean of a run before and after, under the ingest's setting,
-:func:`geoloc.models.runtime.throughput`, batches encoded as concurrently as the ingest does;
-``encoder_only_torch_threads``: once batch by batch with torch's own threads), their ratio
-(target >= 0.90), the same
+encoder-only tiles/s (an encoder-alone run before the first ingest run and after each one; the
+reported ingest run is compared with the mean of the two either side of it, and every run's
+ratio to its two neighbours is listed, ``pair_ratios``, with their median; under the ingest's
+setting, :func:`geoloc.models.runtime.throughput`, batches encoded as concurrently as the
+ingest does; ``encoder_only_torch_threads``: once batch by batch with torch's own threads),
+their ratio (target >= 0.90), the same
 ratio in CPU seconds per tile of this process (robust to other load on the machine; the
 Postgres server's CPU is not counted), the CPU milliseconds per tile split into the reader
 thread, the writer thread, the rest of this process (encoder, glue) and the embedded Postgres
@@ -192,7 +194,8 @@ def run(
     run (the actors are started, and their encoder loaded, before the timed raster).
 
     ``repeat`` ingests each raster that many times (the first into the fresh store, the others
-    re-ingesting it) and reports the run of median wall time, its rate in every run listed;
+    re-ingesting it), each followed by an encoder-alone run, and reports the run of median wall
+    time and the median of the runs' ratios to their neighbouring encoder runs, every rate listed;
     the Ray ingest runs as many times, reported the same way.
 
     ``gsd`` / ``stride`` override the ingest defaults for every raster (e.g. the mosaic at its
@@ -249,7 +252,10 @@ def run(
                 features=features,
                 omega=omega,
             )
+            # each ingest run is followed by an encoder-alone run: every run is paired with the
+            # mean of the encoder runs either side of it, so the machine's drift falls on both
             runs = []
+            alone = [before]
             for i in range(max(1, repeat)):
                 s0 = _server_cpu_s(home)
                 c0 = time.process_time()
@@ -258,17 +264,32 @@ def run(
                     raise RuntimeError(f"{path}: ingest {res.status}: {res.message}")
                 cpu_tile = (time.process_time() - c0) / res.tiles_kept  # this process only
                 runs.append((res, cpu_tile, s0, _server_cpu_s(home)))
+                assert res.gsd_m is not None and res.stride_px is not None
+                alone.append(
+                    _encoder_only(
+                        enc,
+                        path,
+                        res.gsd_m,
+                        res.stride_px,
+                        batch_size,
+                        threads=not features,
+                        omega=omega,
+                    )
+                )
                 print(
-                    f"{path.name}: run {i + 1}: {res.tiles_kept / res.seconds:.1f} tiles/s",
+                    f"{path.name}: run {i + 1}: {res.tiles_kept / res.seconds:.1f} tiles/s, "
+                    f"encoder alone {alone[-1][0]:.1f} tiles/s",
                     file=sys.stderr,
                 )
-            res, cpu_tile, s0, s1 = sorted(runs, key=lambda r: r[0].seconds)[len(runs) // 2]
+            pair_ratios = [
+                (r[0].tiles_kept / r[0].seconds) / (0.5 * (alone[i][0] + alone[i + 1][0]))
+                for i, r in enumerate(runs)
+            ]
+            mid = sorted(range(len(runs)), key=lambda i: runs[i][0].seconds)[len(runs) // 2]
+            res, cpu_tile, s0, s1 = runs[mid]
             assert res.gsd_m is not None and res.stride_px is not None
-            after = _encoder_only(
-                enc, path, res.gsd_m, res.stride_px, batch_size, threads=not features, omega=omega
-            )
-            enc_tps = 0.5 * (before[0] + after[0])
-            enc_cpu = 0.5 * (before[1] + after[1])
+            enc_tps = 0.5 * (alone[mid][0] + alone[mid + 1][0])
+            enc_cpu = 0.5 * (alone[mid][1] + alone[mid + 1][1])
             wall = res.seconds
             tm = res.timings
             e2e = res.tiles_kept / wall
@@ -286,6 +307,9 @@ def run(
                     "cpu_s_per_tile": round(torch_pool[1], 4),
                 },
                 "ratio_to_encoder": round(e2e / enc_tps, 3),
+                "encoder_only_runs_tiles_per_s": [round(a[0], 2) for a in alone],
+                "pair_ratios": [round(x, 3) for x in pair_ratios],
+                "median_pair_ratio": round(sorted(pair_ratios)[len(pair_ratios) // 2], 3),
                 "cpu_s_per_tile": round(cpu_tile, 4),
                 "encoder_only_cpu_s_per_tile": round(enc_cpu, 4),
                 "cpu_ratio": round(enc_cpu / cpu_tile, 3),
