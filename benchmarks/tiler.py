@@ -9,6 +9,8 @@
 - ``rasterio gsd 0.5 / stride 112``: plain ``ds.read(window, out_shape, average)`` of about the
   same windows (tiles at least half inside the raster);
 - ``tiler gsd 0.5 / stride 112``: resampled while reading, half-tile overlap (the ingest default);
+- ``tiler gsd 0.5 / 0.3, stride 56``: quarter-tile overlap, downsampled (a raster without
+  overviews is read by bands of tiles, each source row once: :mod:`tiling.resample`);
 - ``tiler huge VRT``: the first N tiles of a ~50,000 x 50,000 px VRT made of the mosaic repeated
   (N = 300, ``full=True``: 3000), with the peak Python heap (tracemalloc) and the process's max RSS.
 
@@ -185,6 +187,8 @@ def run(full: bool = False) -> dict[str, Any]:
             ("tiler native 224/224", partial(_tiler, path)),
             ("rasterio gsd 0.5, stride 112", partial(_plain_resampled, path, 0.5, 112)),
             ("tiler gsd 0.5, stride 112", partial(_tiler, path, gsd=0.5, stride=112)),
+            ("tiler gsd 0.5, stride 56", partial(_tiler, path, gsd=0.5, stride=56)),
+            ("tiler gsd 0.3, stride 56", partial(_tiler, path, gsd=0.3, stride=56)),
         ]
         for name, fn in cases:
             dt, n = _timed(fn, reps)

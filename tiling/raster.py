@@ -3,8 +3,10 @@
 :func:`open_raster` validates the file (exists, GDAL opens it, has a CRS, a north-up
 axis-aligned geotransform and at least one valid pixel) and raises :class:`TilingError`
 subclasses with one-line messages naming the file otherwise. Reads are windowed and resample
-while reading (``out_shape``), so GDAL uses overviews when they exist and memory stays bounded
-by one band of tiles (:data:`BAND_MAX_PX` wide) whatever the raster size.
+while reading (``out_shape``), so GDAL uses overviews when they exist, and memory stays bounded
+by one band of tiles (:data:`BAND_MAX_PX` wide) whatever the raster size. A reduction no
+overview serves (none, or only coarser ones) is downsampled (average, nearest) by
+:mod:`tiling.resample` from the source pixels.
 """
 
 from __future__ import annotations
@@ -45,12 +47,17 @@ from tiling.errors import (
 )
 from tiling.grid import Grid, TileConfig, inside_range, scaled_window_transform
 from tiling.image import STRETCH_PERCENTILES, apply_stretch, stretch_limits
+from tiling.resample import axis_weights, downsample
 from tiling.tile import Tile
 
 __all__ = ["STRETCH_PERCENTILES", "Raster", "open_raster"]
 
 #: Widest band (output pixels) :meth:`Raster.tiles` reads at once: bounds memory on wide maps.
 BAND_MAX_PX = 4096
+#: Most source pixels of one band of a downsampled grid (its float32 sums are 12 B a pixel).
+BAND_MAX_SOURCE_PX = 16_000_000
+# GDAL reads an overview that reduces by up to this much more than asked (its 1.2 threshold)
+_OVERVIEW_SLACK = 1.2
 
 # Rasters up to this many pixels are sampled whole (decimated) for the stretch / empty check.
 _SMALL_PIXELS = 25_000_000
@@ -101,6 +108,8 @@ class Raster:
             self.mask_kind = self._mask_kind()
             self._is_float = np.issubdtype(np.dtype(self.dtype), np.floating)
             self._lut = self._palette()
+            factors = self._ds.overviews(self.bands[0])
+            self._first_overview = float(min(factors)) if factors else math.inf
             self.stretch: list[tuple[float, float]] | None = None
             self._check_content_and_stretch()
         except BaseException:
@@ -322,32 +331,71 @@ class Raster:
         return orient(Polygon(zip(lon.tolist(), lat.tolist(), strict=True)), 1.0)
 
     # ------------------------------------------------------------------ reading
-    def _read_raw(
+    def _gdal_read(
         self, window: Window, out_shape: tuple[int, int], resampling: Resampling
-    ) -> tuple[list[np.ndarray], np.ndarray]:
-        """Read the selected bands (source dtype) and a validity mask; window inside the raster."""
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """GDAL's read of the bands to read, ``(n, h, w)`` source dtype, and their validity
+        mask (None: the raster has no mask); window inside the raster."""
         ds, idx = self._ds, self._read_indexes
         h, w = out_shape
-        if self._lut is not None:
-            resampling = Resampling.nearest  # colour indices cannot be averaged
         try:
             data = ds.read(idx, window=window, out_shape=(len(idx), h, w), resampling=resampling)
             if self.mask_kind == "none":
-                mask = np.ones((h, w), dtype=bool)
-            else:
-                m_idx = [idx[0]] if self.mask_kind in ("alpha", "mask") else idx
-                m = ds.read_masks(
-                    m_idx,
-                    window=window,
-                    out_shape=(len(m_idx), h, w),
-                    resampling=Resampling.nearest,
-                )
-                mask = np.any(m > 0, axis=0)
+                return data, None
+            m_idx = [idx[0]] if self.mask_kind in ("alpha", "mask") else idx
+            m = ds.read_masks(
+                m_idx, window=window, out_shape=(len(m_idx), h, w), resampling=Resampling.nearest
+            )
         except RasterioError as exc:
             raise RasterReadError(
                 f"cannot read pixels ({_one_line(exc, self.path)})", self.path
             ) from exc
-        bands = [data[idx.index(b)] for b in self.bands]
+        return data, np.any(m > 0, axis=0)
+
+    def _downsampled(
+        self,
+        col_off: float,
+        row_off: float,
+        scale_x: float,
+        scale_y: float,
+        cols: tuple[int, int],
+        rows: tuple[int, int],
+        average: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Output pixels ``rows x cols`` of a window by :func:`tiling.resample.downsample`
+        from the source pixels under them (``(n, h, w)`` source dtype, validity)."""
+        ax = axis_weights(col_off, scale_x, cols[0], cols[1], self.width)
+        ay = axis_weights(row_off, scale_y, rows[0], rows[1], self.height)
+        h, w = ay.stop - ay.start, ax.stop - ax.start
+        data, valid = self._gdal_read(Window(ax.start, ay.start, w, h), (h, w), Resampling.nearest)
+        if self._is_float:
+            finite = np.isfinite(data).all(axis=0)
+            valid = finite if valid is None else valid & finite
+        out, ok = downsample(data, valid, ax, ay, average and self._lut is None)
+        if np.issubdtype(data.dtype, np.integer):
+            info = np.iinfo(data.dtype)
+            out = np.clip(np.rint(out), info.min, info.max).astype(data.dtype)
+        return out, ok
+
+    def _read_raw(
+        self,
+        window: Window | None,
+        out_shape: tuple[int, int],
+        resampling: Resampling,
+        data: tuple[np.ndarray, np.ndarray | None] | None = None,
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Read the selected bands (source dtype) and a validity mask; window inside the raster
+        (``data``: the bands to read and their mask, already read)."""
+        idx = self._read_indexes
+        h, w = out_shape
+        if self._lut is not None:
+            resampling = Resampling.nearest  # colour indices cannot be averaged
+        if data is None:
+            assert window is not None
+            data = self._gdal_read(window, out_shape, resampling)
+        raw, m = data
+        mask = np.ones((h, w), dtype=bool) if m is None else m
+        bands = [raw[idx.index(b)] for b in self.bands]
         if self._lut is not None:
             rgba = self._lut[bands[0]]
             bands = [rgba[..., 0], rgba[..., 1], rgba[..., 2]]
@@ -396,12 +444,94 @@ class Raster:
         y1 = min(float(self.height), row_off + r1 * scale_y)
         if x1 <= x0 or y1 <= y0:
             return pixels, mask
-        if abs(scale_x - 1.0) < 1e-9 and abs(scale_y - 1.0) < 1e-9:
+        copy = abs(scale_x - 1.0) < 1e-9 and abs(scale_y - 1.0) < 1e-9
+        if copy:
             resampling = Resampling.nearest  # 1:1 read, keep pixels exact
-        bands, m = self._read_raw(Window(x0, y0, x1 - x0, y1 - y0), (r1 - r0, c1 - c0), resampling)
-        pixels[:, r0:r1, c0:c1] = self._to_uint8(bands, m)
+        if not copy and self._downsamples(scale_x, scale_y, resampling):
+            average = resampling == Resampling.average
+            px, m = self._downsampled_uint8(
+                col_off, row_off, scale_x, scale_y, (c0, c1), (r0, r1), average
+            )
+        else:
+            bands, m = self._read_raw(
+                Window(x0, y0, x1 - x0, y1 - y0), (r1 - r0, c1 - c0), resampling
+            )
+            px = self._to_uint8(bands, m)
+        pixels[:, r0:r1, c0:c1] = px
         mask[r0:r1, c0:c1] = m
         return pixels, mask
+
+    def _downsampled_uint8(
+        self,
+        col_off: float,
+        row_off: float,
+        scale_x: float,
+        scale_y: float,
+        cols: tuple[int, int],
+        rows: tuple[int, int],
+        average: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_downsampled` output pixels as uint8 RGB and their mask."""
+        own = self._downsampled(col_off, row_off, scale_x, scale_y, cols, rows, average)
+        shape = (rows[1] - rows[0], cols[1] - cols[0])
+        bands, m = self._read_raw(None, shape, Resampling.nearest, own)
+        return self._to_uint8(bands, m), m
+
+    def _strip_band(
+        self,
+        grid: Grid,
+        row: int,
+        first: int,
+        last: int,
+        strips: dict[int, tuple[int, np.ndarray, np.ndarray]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`read_band` of a downsampled grid (:meth:`_downsamples`), computing only the
+        output rows the band of the grid row above did not: ``strips`` keeps, per band's first
+        column, its first output row (grid coordinates) and those rows' pixels and mask. An
+        output pixel does not depend on the window read, so they are the band's own pixels."""
+        ts, st = grid.tile_size, grid.stride
+        w = grid.window(row, first)
+        width = (last - first) * st + ts
+        pixels = np.zeros((3, ts, width), dtype=np.uint8)
+        mask = np.zeros((ts, width), dtype=bool)
+        c0, c1 = inside_range(w.col_off, grid.scale_x, width, self.width)
+        r0, r1 = inside_range(w.row_off, grid.scale_y, ts, self.height)
+        if c1 <= c0 or r1 <= r0:
+            return pixels, mask
+        top, bottom = row * st + r0, row * st + r1  # output rows in grid coordinates
+        k, px, m = strips.get(first, (top, pixels[:, :0, c0:c1], mask[:0, c0:c1]))
+        if not (k <= top <= k + m.shape[0]) or m.shape[1] != c1 - c0:
+            k, px, m = top, pixels[:, :0, c0:c1], mask[:0, c0:c1]
+        px, m = px[:, top - k :], m[top - k :]
+        done = top + m.shape[0]
+        if done < bottom:
+            new_px, new_m = self._downsampled_uint8(
+                w.col_off,
+                w.row_off,
+                grid.scale_x,
+                grid.scale_y,
+                (c0, c1),
+                (done - row * st, r1),
+                True,
+            )
+            px, m = np.concatenate([px, new_px], axis=1), np.concatenate([m, new_m])
+        px, m = px[:, : bottom - top], m[: bottom - top]
+        strips[first] = (top, px, m)
+        pixels[:, r0:r1, c0:c1] = px
+        mask[r0:r1, c0:c1] = m
+        return pixels, mask
+
+    def _downsamples(self, scale_x: float, scale_y: float, resampling: Resampling) -> bool:
+        """True when :meth:`read_window` resamples by :mod:`tiling.resample` rather than GDAL:
+        an average or nearest read to fewer pixels than the source's, at a scale where GDAL
+        would use no overview either (one reduces by more than the scale, or by at most
+        :data:`_OVERVIEW_SLACK` times it: from an overview GDAL decodes fewer source pixels)."""
+        return (
+            resampling in (Resampling.average, Resampling.nearest)
+            and scale_x >= 1.0
+            and scale_y >= 1.0
+            and max(scale_x, scale_y) * _OVERVIEW_SLACK < self._first_overview
+        )
 
     # ------------------------------------------------------------------ tiling
     def grid(self, cfg: TileConfig | None = None) -> Grid:
@@ -451,17 +581,29 @@ class Raster:
         updated during iteration). Raises :class:`EmptyRasterError` at the end if no candidate
         tile had a single valid pixel.
 
-        When the output pixels are the source pixels (no resampling), each row of tiles is read
-        as bands of at most :data:`BAND_MAX_PX` output pixels (:meth:`read_band`) and the tiles
-        are cut from them: with overlapping tiles a pixel is read once per band rather than
-        once per tile that holds it, and memory stays bounded by one band. A resampled grid
-        reads one window per tile: GDAL's resampled pixels depend on the window they are read
-        in, and a tile's pixels must not depend on its neighbours.
+        When the output pixels are the source pixels (no resampling), or fewer than the source
+        pixels where no overview serves (:mod:`tiling.resample`, whose output pixels do not
+        depend on the window read), each row of tiles is read as bands of at most
+        :data:`BAND_MAX_PX` output pixels (and :data:`BAND_MAX_SOURCE_PX` source pixels,
+        :meth:`read_band`) and the tiles are cut from them: with overlapping tiles a pixel is
+        read once per band rather than once per tile that holds it, and memory stays bounded by
+        one band. Other resampled grids read one window per tile: GDAL's resampled pixels
+        depend on the window they are read in, and a tile's pixels must not depend on its
+        neighbours.
         """
         cfg = cfg or TileConfig()
         grid = self.grid(cfg)
         ts, st = grid.tile_size, grid.stride
-        per_band = max(1, (BAND_MAX_PX - ts) // st + 1) if _is_copy(grid) else 1
+        widest = BAND_MAX_PX
+        strip = not _is_copy(grid) and self._downsamples(
+            grid.scale_x, grid.scale_y, Resampling.average
+        )
+        strips: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+        if strip:
+            widest = min(widest, int(BAND_MAX_SOURCE_PX / (ts * grid.scale_x * grid.scale_y)))
+        elif not _is_copy(grid):
+            widest = 0
+        per_band = max(1, (widest - ts) // st + 1)
         self.last_kept = self.last_skipped = 0
         unknown = False
         r0, r1 = (0, grid.rows) if rows is None else (max(0, rows[0]), min(grid.rows, rows[1]))
@@ -470,14 +612,20 @@ class Raster:
                 cols = range(first, min(grid.cols, first + per_band))
                 cov = [grid.coverage(row, col) for col in cols]
                 wanted = [c for c, v in zip(cols, cov, strict=True) if v > 0 and v >= cfg.min_valid]
-                band = self.read_band(grid, row, wanted[0], wanted[-1]) if wanted else None
+                # a downsampled band spans all its columns: the next row reuses its rows
+                left = cols[0] if strip else (wanted[0] if wanted else 0)
+                band = None
+                if strip and wanted:
+                    band = self._strip_band(grid, row, cols[0], cols[-1], strips)
+                elif wanted:
+                    band = self.read_band(grid, row, wanted[0], wanted[-1])
                 for col, v in zip(cols, cov, strict=True):
                     if v <= 0.0 or v < cfg.min_valid:
                         self.last_skipped += 1
                         unknown |= v > 0.0
                         continue
                     assert band is not None
-                    x = (col - wanted[0]) * st
+                    x = (col - left) * st
                     mask = band[1][:, x : x + ts]
                     vf = _fraction(mask)
                     if vf <= 0.0 or vf < cfg.min_valid:
@@ -497,8 +645,9 @@ class Raster:
         """The output pixels of the tiles ``first_col..last_col`` (inclusive) of grid ``row`` in
         one read: ``(pixels uint8 (3, S, W), mask bool (S, W))`` with ``S`` the tile size and
         ``W = (last_col - first_col) * stride + S``; tile ``c`` is columns
-        ``[(c - first_col) * stride, ... + S)``. With one column, or when the grid is not
-        resampled, those are the pixels of the tile's own :meth:`read_window`.
+        ``[(c - first_col) * stride, ... + S)``. With one column, when the grid is not
+        resampled, or when it is downsampled where no overview serves, those are the
+        pixels of the tile's own :meth:`read_window`.
         """
         ts = grid.tile_size
         w = grid.window(row, first_col)

@@ -1,4 +1,5 @@
-"""Raster.tiles reads 1:1 grids by row bands: the same tiles and pixels as one window per tile."""
+"""Raster.tiles reads 1:1 and downsampled grids by row bands: the same tiles and pixels as one
+window per tile."""
 
 from __future__ import annotations
 
@@ -26,8 +27,18 @@ RASTERS = (
     "gray",
     "mosaic_vrt",
 )
-# (gsd, tile size, stride): native grids are read by bands, resampled ones tile by tile
-CONFIGS = ((None, 224, 56), (None, 100, 30), (None, 64, 64), (0.37, 224, 56), (0.21, 128, 100))
+# (gsd, tile size, stride): native and downsampled grids are read by bands, upsampled ones
+# tile by tile (the fake rasters are about 0.5 m/px)
+CONFIGS = (
+    (None, 224, 56),
+    (None, 100, 30),
+    (None, 64, 64),
+    (0.37, 224, 56),
+    (0.21, 128, 100),
+    (0.7, 100, 30),
+    (1.3, 64, 20),
+    (2.0, 32, 16),
+)
 
 
 Window = tuple[np.ndarray, np.ndarray]
@@ -99,29 +110,106 @@ def test_real_rasters_native_and_resampled() -> None:
     assert _assert_same(mosaic, TileConfig(224, stride=112)) > 0
 
 
-def test_one_read_per_band_on_native_grids(
-    fake: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+def test_one_read_per_band_on_native_and_downsampled_grids(
+    fake: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    calls: list[int] = []
-    read = Raster.read_window
+    windows: list[int] = []
+    sources: list[int] = []  # rows of source pixels per read
+    read, gdal = Raster.read_window, Raster._gdal_read
 
     def counted(self: Raster, *args: object, **kw: object) -> tuple[np.ndarray, np.ndarray]:
-        calls.append(int(args[4]))  # type: ignore[call-overload]
+        windows.append(int(args[4]))  # type: ignore[call-overload]
         return read(self, *args, **kw)  # type: ignore[arg-type]
 
+    def counted_gdal(self: Raster, window: object, shape: tuple[int, int], res: object) -> object:
+        sources.append(shape[0])
+        return gdal(self, window, shape, res)  # type: ignore[arg-type]
+
     monkeypatch.setattr(Raster, "read_window", counted)
+    monkeypatch.setattr(Raster, "_gdal_read", counted_gdal)
     with open_raster(fake["utm"]) as r:  # 501 x 377 px
         native = TileConfig(tile_size=100, stride=25)
         g = r.grid(native)
         assert _is_copy(g)
         kept = list(r.tiles(native))
-        assert len(calls) == g.rows < len(kept)  # one band per row of tiles
+        assert len(windows) == g.rows < len(kept)  # one band per row of tiles
         assert not np.shares_memory(kept[0].pixels, kept[1].pixels)
-        calls.clear()
-        resampled = TileConfig(tile_size=100, stride=25, gsd=0.7)
-        assert not _is_copy(r.grid(resampled))
-        kept = list(r.tiles(resampled))
-        assert len(calls) == len(kept) and set(calls) == {100}  # one window per tile
+        # downsampled: one read per row of tiles, of the source rows the row above did not hold
+        windows.clear(), sources.clear()
+        down = TileConfig(tile_size=100, stride=25, gsd=0.7)
+        g = r.grid(down)
+        assert not _is_copy(g) and g.scale_y > 1.0
+        kept = list(r.tiles(down))
+        assert not windows and len(sources) == g.rows < len(kept)
+        assert sum(sources) <= r.height + g.rows * 2  # each source row read about once
+        windows.clear(), sources.clear()
+        up = TileConfig(tile_size=100, stride=25, gsd=0.37)
+        assert not _is_copy(r.grid(up))
+        kept = list(r.tiles(up))
+        assert len(windows) == len(kept) and set(windows) == {100}  # one window per tile
+    # with overviews GDAL reads them (fewer source pixels): one window per tile again
+    import shutil
+
+    import rasterio
+
+    ovr = tmp_path / "utm_ovr.tif"
+    shutil.copy(fake["utm"], ovr)
+    with rasterio.open(ovr, "r+") as ds:
+        ds.build_overviews([2], Resampling.average)
+    windows.clear()
+    with open_raster(ovr) as r:
+        kept = list(r.tiles(TileConfig(tile_size=100, stride=25, gsd=1.1)))
+        assert len(windows) == len(kept) > 0
+        # a reduction below the first overview's: GDAL would read the source pixels too
+        windows.clear()
+        assert list(r.tiles(TileConfig(tile_size=100, stride=25, gsd=0.7))) and not windows
+
+
+def test_downsampled_pixels_are_area_means(tmp_path: Path) -> None:
+    # a 2x2 block mean at scale 2 (grid-aligned), and fractional overlaps at scale 1.5
+    import rasterio
+    from affine import Affine
+
+    from tiling.resample import axis_weights, downsample
+
+    src = np.arange(36, dtype=np.uint8).reshape(1, 6, 6)
+    ax = axis_weights(0.0, 2.0, 0, 3, 6)
+    out, ok = downsample(src, None, ax, ax, True)
+    np.testing.assert_allclose(out[0], src[0].reshape(3, 2, 3, 2).mean(axis=(1, 3)))
+    assert ok.all()
+    ax = axis_weights(0.0, 1.5, 0, 4, 6)
+    out, _ = downsample(src.astype(np.float32), None, ax, ax, True)
+    row = np.array([0, 1, 2, 3, 4, 5], dtype=np.float64)
+    want0 = (row[0] + 0.5 * row[1]) / 1.5  # output 0 covers [0, 1.5)
+    assert out[0, 0, 0] == pytest.approx(want0 + 6 * want0)  # rows weigh alike: x + 6 * y
+    # invalid source pixels carry no weight; an output centred on one is invalid (the centre
+    # of output (0, 0) at scale 2 is source (1, 1), the top-left corner of that pixel)
+    valid = np.ones((6, 6), dtype=bool)
+    valid[1, 1] = False
+    ax = axis_weights(0.0, 2.0, 0, 3, 6)
+    out, ok = downsample(src, valid, ax, ax, True)
+    assert out[0, 0, 0] == 0.0 and not ok[0, 0] and ok[0, 1]
+    valid[1, 1], valid[0, 0] = True, False
+    out, ok = downsample(src, valid, ax, ax, True)
+    assert ok[0, 0] and out[0, 0, 0] == pytest.approx((1 + 6 + 7) / 3)
+    # through a file: the same through open_raster
+    path = tmp_path / "ramp.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=6,
+        height=6,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32634",
+        transform=Affine(1.0, 0, 500000, 0, -1.0, 6700000),
+    ) as ds:
+        ds.write(np.repeat(src, 3, axis=0))
+    with open_raster(path) as r:
+        px, m = r.read_window(0.0, 0.0, 2.0, 2.0, 3, 3, Resampling.average)
+    np.testing.assert_array_equal(px[0], np.rint(src[0].reshape(3, 2, 3, 2).mean(axis=(1, 3))))
+    assert m.all()
 
 
 def test_is_copy_only_for_unit_scale() -> None:
@@ -135,7 +223,7 @@ def test_is_copy_only_for_unit_scale() -> None:
 
 
 @pytest.mark.parametrize("name", ["utm", "nodata", "mosaic_vrt"])
-@pytest.mark.parametrize("gsd", [None, 0.37])
+@pytest.mark.parametrize("gsd", [None, 0.37, 0.7])
 def test_tiles_of_some_rows_are_those_rows_of_all_tiles(
     fake: dict[str, Path], name: str, gsd: float | None
 ) -> None:
