@@ -55,7 +55,7 @@ __all__ = ["STRETCH_PERCENTILES", "Raster", "open_raster"]
 #: Widest band (output pixels) :meth:`Raster.tiles` reads at once: bounds memory on wide maps.
 BAND_MAX_PX = 4096
 #: Most source pixels of one band of a downsampled grid (its float32 sums are 12 B a pixel).
-BAND_MAX_SOURCE_PX = 16_000_000
+BAND_MAX_SOURCE_PX = 8_000_000
 # GDAL reads an overview that reduces by up to this much more than asked (its 1.2 threshold)
 _OVERVIEW_SLACK = 1.2
 
@@ -520,6 +520,11 @@ class Raster:
         pixels[:, r0:r1, c0:c1] = px
         mask[r0:r1, c0:c1] = m
         return pixels, mask
+
+    @property
+    def overview_factors(self) -> list[int]:
+        """Reduction factors of the raster's overviews (of its first selected band; empty: none)."""
+        return [int(f) for f in self._ds.overviews(self.bands[0])]
 
     def _downsamples(self, scale_x: float, scale_y: float, resampling: Resampling) -> bool:
         """True when :meth:`read_window` resamples by :mod:`tiling.resample` rather than GDAL:

@@ -281,6 +281,16 @@ class _Ingester:
                     self.policy.step,
                     reason,
                 )
+                reduction = max(grid.scale_x, grid.scale_y)
+                if reduction >= 4.0 and not raster.overview_factors:
+                    # every source pixel is decoded: an overview level would be read instead
+                    log.info(
+                        "%s: tiles are %.1fx coarser than its pixels and it has no overviews; "
+                        "`gdaladdo -r average %s` (or a COG) lets ingest read fewer pixels",
+                        path,
+                        reduction,
+                        path,
+                    )
                 try:
                     kept = self._stream(raster, cfg, grid, res, path)
                     if kept == 0:

@@ -128,6 +128,7 @@ def test_one_read_per_band_on_native_and_downsampled_grids(
     monkeypatch.setattr(Raster, "read_window", counted)
     monkeypatch.setattr(Raster, "_gdal_read", counted_gdal)
     with open_raster(fake["utm"]) as r:  # 501 x 377 px
+        assert r.overview_factors == []
         native = TileConfig(tile_size=100, stride=25)
         g = r.grid(native)
         assert _is_copy(g)
@@ -158,6 +159,7 @@ def test_one_read_per_band_on_native_and_downsampled_grids(
         ds.build_overviews([2], Resampling.average)
     windows.clear()
     with open_raster(ovr) as r:
+        assert r.overview_factors == [2]
         kept = list(r.tiles(TileConfig(tile_size=100, stride=25, gsd=1.1)))
         assert len(windows) == len(kept) > 0
         # a reduction below the first overview's: GDAL would read the source pixels too
