@@ -5,7 +5,7 @@ stages. Every default comes from the stage that uses it (its ``default_conf``): 
 from :class:`~geoloc.localize.prepare.FramePreparation`, ``top_n`` from
 :class:`~geoloc.localize.recall.Recall`, ``top_m`` from
 :class:`~geoloc.localize.consistency.Consistency`, ``heading_sweep``, ``verify_budget_ms``,
-``verify_features`` and ``verify_top`` from
+``verify_features``, ``verify_top``, ``first_round_stop`` and ``skip_covered`` from
 :class:`~geoloc.localize.schedule.VerificationScheduler`, ``answer`` and ``min_confidence`` from
 :class:`~geoloc.localize.answer.Answer`. A preset is data: the overrides of those defaults.
 A pipeline file::
@@ -21,6 +21,8 @@ A pipeline file::
     verify_budget_ms = 0         # stop verifying after this long (0: try every candidate)
     verify_features = "auto"     # auto | stored | extract | raster: what regions are made of
     verify_top = 50              # candidates the feature cascade checks (coarse first)
+    first_round_stop = false     # heading unknown: stop when no candidate of round 1 passes
+    skip_covered = false         # skip candidates inside a region already checked at a heading
 
     [recall]
     name = "pgvector"            # Φ k-NN (HNSW); "faiss": Ω in the FAISS index
@@ -110,6 +112,8 @@ class PipelineConfig:
     verify_budget_ms: float = _default("verify_budget_ms")
     verify_features: str = _default("verify_features")
     verify_top: int = _default("verify_top")
+    first_round_stop: bool = _default("first_round_stop")
+    skip_covered: bool = _default("skip_covered")
     recall: StageConfig = field(default_factory=lambda: StageConfig("pgvector"))
     rerank: StageConfig | None = field(default_factory=lambda: StageConfig("phi-cosine"))
     consistency: StageConfig | None = field(default_factory=lambda: StageConfig("node-centroid"))
@@ -259,7 +263,14 @@ def _stage(section: Any, where: str, optional: bool) -> StageConfig | None:
     return StageConfig(name, {k: v for k, v in section.items() if k != "name"})
 
 
-_CAST = {"int": int, "float": float, "bool": bool, "str": str}
+def _as_bool(v: Any) -> bool:
+    """A TOML boolean as it is (``bool("false")`` would be True)."""
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {v!r}")
+    return v
+
+
+_CAST = {"int": int, "float": float, "bool": _as_bool, "str": str}
 
 
 def from_dict(d: dict[str, Any], where: str = "pipeline") -> PipelineConfig:

@@ -91,6 +91,17 @@ def test_pipeline_file_overrides_a_preset(tmp_path: Path) -> None:
     assert cfg.stage_chain()[-2] == "verify:sift"
 
 
+def test_cascade_switches_are_pipeline_keys(tmp_path: Path) -> None:
+    from geoloc.localize.schedule import VerificationScheduler
+
+    assert preset("accurate").stage_conf(VerificationScheduler)["skip_covered"] is False
+    p = tmp_path / "p.toml"
+    p.write_text("skip_covered = true\nfirst_round_stop = true\n")
+    conf = load_pipeline(p).stage_conf(VerificationScheduler)
+    assert conf["skip_covered"] is True and conf["first_round_stop"] is True
+    assert set(conf) == set(VerificationScheduler.default_conf) & set(conf)
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -100,6 +111,7 @@ def test_pipeline_file_overrides_a_preset(tmp_path: Path) -> None:
         ('answer = "best"', "answer must be one of verified, refined, tile-centre"),
         ("rotations = 0", "rotations must be in 1..72"),
         ("verify_budget_ms = -5", "verify_budget_ms must be >= 0"),
+        ('skip_covered = "false"', "bad value of skip_covered: expected true or false"),
         ("this is not toml", "not valid TOML"),
         ("[verify]\nmin_inliers = 3", "needs a table with a 'name' key"),
     ],
