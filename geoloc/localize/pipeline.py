@@ -46,6 +46,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -270,7 +271,7 @@ def _as_bool(v: Any) -> bool:
     return v
 
 
-_CAST = {"int": int, "float": float, "bool": _as_bool, "str": str}
+_CAST: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "bool": _as_bool, "str": str}
 
 
 def from_dict(d: dict[str, Any], where: str = "pipeline") -> PipelineConfig:
