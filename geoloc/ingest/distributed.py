@@ -194,7 +194,8 @@ class EncodeWorker:
                 stride=features.stride,
             )
         with open_raster(path) as raster:
-            # the reads of a local ingest (bands of native pixels, a window per resampled tile)
+            # the reads of a local ingest (row bands of native or downsampled pixels, a window
+            # per upsampled tile); only the first row of a band reads all the source rows under it
             tiles = list(raster.tiles(cfg, rows=rows))
         outs: list[tuple[np.ndarray, ...]] = []
         feats: list[FeatureTuple] = []
