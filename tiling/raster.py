@@ -363,7 +363,8 @@ class Raster:
         average: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Output pixels ``rows x cols`` of a window by :func:`tiling.resample.downsample`
-        from the source pixels under them (``(n, h, w)`` source dtype, validity)."""
+        from the source pixels under them, as :meth:`read_window` makes them: uint8 RGB
+        ``(3, h, w)`` and the validity mask."""
         ax = axis_weights(col_off, scale_x, cols[0], cols[1], self.width)
         ay = axis_weights(row_off, scale_y, rows[0], rows[1], self.height)
         h, w = ay.stop - ay.start, ax.stop - ax.start
@@ -375,7 +376,8 @@ class Raster:
         if np.issubdtype(data.dtype, np.integer):
             info = np.iinfo(data.dtype)
             out = np.clip(np.rint(out), info.min, info.max).astype(data.dtype)
-        return out, ok
+        bands, m = self._read_raw(None, ok.shape, Resampling.nearest, (out, ok))
+        return self._to_uint8(bands, m), m
 
     def _read_raw(
         self,
@@ -449,7 +451,7 @@ class Raster:
             resampling = Resampling.nearest  # 1:1 read, keep pixels exact
         if not copy and self._downsamples(scale_x, scale_y, resampling):
             average = resampling == Resampling.average
-            px, m = self._downsampled_uint8(
+            px, m = self._downsampled(
                 col_off, row_off, scale_x, scale_y, (c0, c1), (r0, r1), average
             )
         else:
@@ -460,22 +462,6 @@ class Raster:
         pixels[:, r0:r1, c0:c1] = px
         mask[r0:r1, c0:c1] = m
         return pixels, mask
-
-    def _downsampled_uint8(
-        self,
-        col_off: float,
-        row_off: float,
-        scale_x: float,
-        scale_y: float,
-        cols: tuple[int, int],
-        rows: tuple[int, int],
-        average: bool,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`_downsampled` output pixels as uint8 RGB and their mask."""
-        own = self._downsampled(col_off, row_off, scale_x, scale_y, cols, rows, average)
-        shape = (rows[1] - rows[0], cols[1] - cols[0])
-        bands, m = self._read_raw(None, shape, Resampling.nearest, own)
-        return self._to_uint8(bands, m), m
 
     def _strip_band(
         self,
@@ -505,7 +491,7 @@ class Raster:
         px, m = px[:, top - k :], m[top - k :]
         done = top + m.shape[0]
         if done < bottom:
-            new_px, new_m = self._downsampled_uint8(
+            new_px, new_m = self._downsampled(
                 w.col_off,
                 w.row_off,
                 grid.scale_x,
