@@ -108,6 +108,8 @@ def test_real_rasters_native_and_resampled() -> None:
     if not mosaic.is_file():
         pytest.skip(f"real imagery not found at {mosaic}")
     assert _assert_same(mosaic, TileConfig(224, stride=112)) > 0
+    # no overviews: downsampled by tiling.resample, read by bands
+    assert _assert_same(mosaic, TileConfig(224, stride=112, gsd=0.3)) > 0
 
 
 def test_one_read_per_band_on_native_and_downsampled_grids(
