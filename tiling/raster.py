@@ -108,8 +108,7 @@ class Raster:
             self.mask_kind = self._mask_kind()
             self._is_float = np.issubdtype(np.dtype(self.dtype), np.floating)
             self._lut = self._palette()
-            factors = self._ds.overviews(self.bands[0])
-            self._first_overview = float(min(factors)) if factors else math.inf
+            self._overviews = [int(f) for f in self._ds.overviews(self.bands[0])]
             self.stretch: list[tuple[float, float]] | None = None
             self._check_content_and_stretch()
         except BaseException:
@@ -227,7 +226,7 @@ class Raster:
         """Valid pixel values per selected band from a decimated read; (values, exhaustive)."""
         ds = self._ds
         w, h = ds.width, ds.height
-        exhaustive = w * h <= _SMALL_PIXELS or bool(ds.overviews(self.bands[0]))
+        exhaustive = w * h <= _SMALL_PIXELS or bool(self._overviews)
         if exhaustive:
             f = max(1.0, max(w, h) / _SAMPLE_SIDE)
             shape = (max(1, round(h / f)), max(1, round(w / f)))
@@ -376,27 +375,24 @@ class Raster:
         if np.issubdtype(data.dtype, np.integer):
             info = np.iinfo(data.dtype)
             out = np.clip(np.rint(out), info.min, info.max).astype(data.dtype)
-        bands, m = self._read_raw(None, ok.shape, Resampling.nearest, (out, ok))
+        bands, m = self._selected(out, ok)
         return self._to_uint8(bands, m), m
 
     def _read_raw(
-        self,
-        window: Window | None,
-        out_shape: tuple[int, int],
-        resampling: Resampling,
-        data: tuple[np.ndarray, np.ndarray | None] | None = None,
+        self, window: Window, out_shape: tuple[int, int], resampling: Resampling
     ) -> tuple[list[np.ndarray], np.ndarray]:
-        """Read the selected bands (source dtype) and a validity mask; window inside the raster
-        (``data``: the bands to read and their mask, already read)."""
-        idx = self._read_indexes
-        h, w = out_shape
+        """Read the selected bands (source dtype) and a validity mask; window inside the raster."""
         if self._lut is not None:
             resampling = Resampling.nearest  # colour indices cannot be averaged
-        if data is None:
-            assert window is not None
-            data = self._gdal_read(window, out_shape, resampling)
-        raw, m = data
-        mask = np.ones((h, w), dtype=bool) if m is None else m
+        return self._selected(*self._gdal_read(window, out_shape, resampling))
+
+    def _selected(
+        self, raw: np.ndarray, m: np.ndarray | None
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """The selected bands (source dtype; colours of a palette) of the bands read, ``(n, h,
+        w)``, and the validity mask (``m`` None: all valid, then less palette alpha and NaN)."""
+        idx = self._read_indexes
+        mask = np.ones(raw.shape[1:], dtype=bool) if m is None else m
         bands = [raw[idx.index(b)] for b in self.bands]
         if self._lut is not None:
             rgba = self._lut[bands[0]]
@@ -485,8 +481,14 @@ class Raster:
         if c1 <= c0 or r1 <= r0:
             return pixels, mask
         top, bottom = row * st + r0, row * st + r1  # output rows in grid coordinates
-        k, px, m = strips.get(first, (top, pixels[:, :0, c0:c1], mask[:0, c0:c1]))
-        if not (k <= top <= k + m.shape[0]) or m.shape[1] != c1 - c0:
+        cached = strips.get(first)
+        if (
+            cached
+            and cached[0] <= top <= cached[0] + len(cached[2])
+            and cached[2].shape[1] == c1 - c0
+        ):
+            k, px, m = cached
+        else:
             k, px, m = top, pixels[:, :0, c0:c1], mask[:0, c0:c1]
         px, m = px[:, top - k :], m[top - k :]
         done = top + m.shape[0]
@@ -510,7 +512,7 @@ class Raster:
     @property
     def overview_factors(self) -> list[int]:
         """Reduction factors of the raster's overviews (of its first selected band; empty: none)."""
-        return [int(f) for f in self._ds.overviews(self.bands[0])]
+        return list(self._overviews)
 
     def _downsamples(self, scale_x: float, scale_y: float, resampling: Resampling) -> bool:
         """True when :meth:`read_window` resamples by :mod:`tiling.resample` rather than GDAL:
@@ -521,7 +523,7 @@ class Raster:
             resampling in (Resampling.average, Resampling.nearest)
             and scale_x >= 1.0
             and scale_y >= 1.0
-            and max(scale_x, scale_y) * _OVERVIEW_SLACK < self._first_overview
+            and max(scale_x, scale_y) * _OVERVIEW_SLACK < min(self._overviews, default=math.inf)
         )
 
     # ------------------------------------------------------------------ tiling
@@ -585,16 +587,15 @@ class Raster:
         cfg = cfg or TileConfig()
         grid = self.grid(cfg)
         ts, st = grid.tile_size, grid.stride
-        widest = BAND_MAX_PX
-        strip = not _is_copy(grid) and self._downsamples(
-            grid.scale_x, grid.scale_y, Resampling.average
-        )
+        copy = _is_copy(grid)
+        strip = not copy and self._downsamples(grid.scale_x, grid.scale_y, Resampling.average)
         strips: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
-        if strip:
-            widest = min(widest, int(BAND_MAX_SOURCE_PX / (ts * grid.scale_x * grid.scale_y)))
-        elif not _is_copy(grid):
-            widest = 0
-        per_band = max(1, (widest - ts) // st + 1)
+        per_band = 1  # GDAL's resampled reads: a window per tile
+        if copy or strip:
+            widest = BAND_MAX_PX
+            if strip:
+                widest = min(widest, int(BAND_MAX_SOURCE_PX / (ts * grid.scale_x * grid.scale_y)))
+            per_band = max(1, (widest - ts) // st + 1)
         self.last_kept = self.last_skipped = 0
         unknown = False
         r0, r1 = (0, grid.rows) if rows is None else (max(0, rows[0]), min(grid.rows, rows[1]))
@@ -745,7 +746,7 @@ class Raster:
             "center_lonlat": [float(clon[0]), float(clat[0])],
             "gsd_m": self.gsd_m,
             "gsd_xy_m": list(self.gsd_xy_m),
-            "overviews": ds.overviews(self.bands[0]),
+            "overviews": self.overview_factors,
             "block_shape": list(ds.block_shapes[0]),
             "stretch": None if self.stretch is None else [list(p) for p in self.stretch],
             "tiles": {
