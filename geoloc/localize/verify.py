@@ -451,6 +451,42 @@ GUIDED_REFINE_RADIUS = 4.0
 GUIDED_REFINE_PASSES = 2
 
 
+#: The coarse check's descriptor products (:attr:`HomographyVerifier.coarse_product`).
+COARSE_PRODUCTS = ("int8", "fp32")
+#: A unit descriptor's length in :func:`int8_cosines`' integer codes.
+INT8_UNIT = 127
+
+
+def int8_rows(d: np.ndarray) -> np.ndarray:
+    """Rows of ``d`` scaled to unit length and rounded to int8 codes of :data:`INT8_UNIT`."""
+    d = np.asarray(d, dtype=np.float32)
+    n = np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    return np.rint(d * (INT8_UNIT / n)).astype(np.int8)
+
+
+def int8_cosines(d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
+    """Cosines of the rows of ``d0`` with those of ``d1`` times ``INT8_UNIT**2``, as int32: one
+    int8 matrix product (the integer dot-product units do several times the float32 work per
+    cycle). Rounding each value to 1/127 of the unit moves a cosine by a few thousandths: the
+    coarse check's nearest neighbours and its cosine floor, not the learned matcher's input.
+
+    The product runs on one torch thread: split across threads a product this small costs
+    more in their barrier than it gains (numpy's BLAS is on one thread for the same reason,
+    :func:`~geoloc.models.runtime.limit_blas_threads`)."""
+    import torch
+
+    a, b = torch.from_numpy(int8_rows(d0)), torch.from_numpy(int8_rows(d1))
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        out: np.ndarray = torch._int_mm(a, b.T).numpy()
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
+    return out
+
+
 def _mutual_best(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(j, best, mutual) of a similarity matrix (frame keypoints x region keypoints): each row's
     best column ``j`` and its value ``best``, and whether the row is also its column's best.
@@ -509,7 +545,8 @@ class HomographyVerifier:
     ``coarse_known_rotation_deg``: the coarse check of a frame whose heading is known;
     ``guided_first``: with a coarse model, try the guided matches before the learned matcher;
     ``coarse_max_keypoints``: the coarse check uses the frame's strongest this many keypoints
-    (0: all).
+    (0: all); ``coarse_product``: ``int8`` (the descriptors' cosines as an integer matrix
+    product, :func:`int8_cosines`) or ``fp32``.
     """
 
     name = "homography"
@@ -530,6 +567,7 @@ class HomographyVerifier:
         "coarse_known_rotation_deg": 10.0,
         "guided_first": True,
         "coarse_max_keypoints": 512,
+        "coarse_product": "int8",
     }
 
     def __init__(self, matcher: LocalMatcher, **conf: Any) -> None:
@@ -555,6 +593,12 @@ class HomographyVerifier:
         self.coarse_known_rotation_deg = float(c["coarse_known_rotation_deg"])
         self.guided_first = bool(c["guided_first"])
         self.coarse_max_keypoints = int(c["coarse_max_keypoints"])
+        self.coarse_product = str(c["coarse_product"])
+        if self.coarse_product not in COARSE_PRODUCTS:
+            raise ConfigError(
+                f"verify: coarse_product must be one of {', '.join(COARSE_PRODUCTS)}, "
+                f"got {self.coarse_product!r}"
+            )
         #: the kind of stored tile features this verifier can match (None: pixels only)
         self.feature_kind: str | None = "xfeat" if matcher.name == "xfeat-lighterglue" else None
         self._cache: Lru[Hashable, Features] = Lru(self.cache_size)
@@ -630,8 +674,12 @@ class HomographyVerifier:
         n0 = len(f0) if self.coarse_max_keypoints <= 0 else min(len(f0), self.coarse_max_keypoints)
         d0 = np.asarray(f0.descriptors, dtype=np.float32)[:n0]
         d1 = np.asarray(f1.descriptors, dtype=np.float32)
-        j, best, mutual = _mutual_best(d0 @ d1.T)
-        mutual &= best >= self.coarse_min_cos
+        if self.coarse_product == "int8":
+            j, best, mutual = _mutual_best(int8_cosines(d0, d1))
+            mutual &= best >= self.coarse_min_cos * INT8_UNIT**2
+        else:
+            j, best, mutual = _mutual_best(d0 @ d1.T)
+            mutual &= best >= self.coarse_min_cos
         out.matches = int(mutual.sum())
         if out.matches < max(4, min(self.coarse_min_inliers, self.coarse_min_inliers_oriented)):
             out.reason = f"{out.matches} mutual matches"

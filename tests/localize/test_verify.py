@@ -250,6 +250,35 @@ def test_coarse_check_uses_the_frames_first_keypoints_only() -> None:
         assert res.matches <= (first or len(f0))
 
 
+def test_int8_cosines_are_the_float_cosines_within_rounding() -> None:
+    import torch
+
+    from geoloc.localize.verify import INT8_UNIT, int8_cosines
+
+    rng = np.random.default_rng(3)
+    before = torch.get_num_threads()
+    for dim in (64, 128):
+        # rows of any length: the codes are of the unit rows
+        d0 = rng.normal(size=(300, dim)).astype(np.float32) * rng.uniform(0.1, 9.0, (300, 1))
+        d1 = rng.normal(size=(700, dim)).astype(np.float32)
+        got = int8_cosines(d0, d1)
+        assert got.dtype == np.int32 and got.shape == (300, 700)
+        u0 = d0 / np.linalg.norm(d0, axis=1, keepdims=True)
+        u1 = d1 / np.linalg.norm(d1, axis=1, keepdims=True)
+        assert np.abs(got / INT8_UNIT**2 - u0 @ u1.T).max() < 0.02
+    assert torch.get_num_threads() == before  # one thread for the product only
+
+
+def test_coarse_check_answers_alike_with_either_product() -> None:
+    for consistent in (20, 6):
+        f0, f1 = _coarse_pair(2.0, consistent)
+        a = sift(coarse_product="int8").coarse(f0, f1, scale_known=True)
+        b = sift(coarse_product="fp32").coarse(f0, f1, scale_known=True)
+        assert (a.passed, a.matches, a.inliers) == (b.passed, b.matches, b.inliers)
+    with pytest.raises(ConfigError, match="coarse_product"):
+        sift(coarse_product="fp16")
+
+
 def test_xfeat_skips_only_a_resize_that_is_the_identity() -> None:
     """An image whose sides are multiples of 32 gives XFeat's own keypoints and descriptors
     without its same-size resize; any other size still goes through XFeat's resize."""
