@@ -552,6 +552,14 @@ def halfvec_bytes(raw: Any) -> np.ndarray:
     return np.frombuffer(b, dtype=">f2", count=dim, offset=4).astype(np.float32)
 
 
+def _halfvec_rows(raws: Sequence[Any]) -> np.ndarray:
+    """``halfvec_send`` values of the ``halfvec(PHI_DIM)`` column as float32 rows, one decode."""
+    buf = b"".join(bytes(r) for r in raws)
+    if len(buf) != len(raws) * (4 + 2 * PHI_DIM):
+        raise DatabaseError(f"phi values are not all halfvec({PHI_DIM})")
+    return np.frombuffer(buf, dtype=">f2").reshape(len(raws), 2 + PHI_DIM)[:, 2:].astype(np.float32)
+
+
 def fetch_candidates(
     db: Database,
     encoder_id: int,
@@ -886,24 +894,56 @@ def knn_phi_many(
     return out
 
 
-def phi_sign_codes(db: Database, encoder_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int64 ``(n,)``, Φ's sign bits uint8 ``(n, PHI_DIM // 8)``) of this encoder's tiles
-    of complete orthomosaics, by id: the codes the HNSW index over :data:`PHI_BQ` holds (bit i
-    set when Φ_i > 0, first dimension in the first byte's high bit), for a scan in memory."""
+def phi_sign_codes(
+    db: Database, encoder_id: int, with_phi: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(ids int64 ``(n,)``, Φ's sign bits uint8 ``(n, PHI_DIM // 8)``, Φ codes or None) of this
+    encoder's tiles of complete orthomosaics, by id: the codes the HNSW index over
+    :data:`PHI_BQ` holds (bit i set when Φ_i > 0, first dimension in the first byte's high
+    bit), for a scan in memory. ``with_phi``: also each tile's Φ as int8 codes of its unit
+    vector (:func:`phi_codes`, ``(n, PHI_DIM)``), read in batches, for a re-rank in memory."""
     # bit_send: the bit string's binary wire form, a 4-byte bit count then the bytes
-    sql = (
-        "SELECT e.tile_id, bit_send(binary_quantize(e.phi)::bit(1024)) AS b"
+    sql = "SELECT e.tile_id, bit_send(binary_quantize(e.phi)::bit(1024)) AS b"
+    if with_phi:
+        sql += ", halfvec_send(e.phi) AS phi"
+    sql += (
         " FROM tile_embeddings e JOIN tiles t ON t.id = e.tile_id"
         " JOIN orthomosaics o ON o.id = t.orthomosaic_id"
         " WHERE e.encoder_id = :e AND o.status = 'complete' ORDER BY e.tile_id"
     )
     width = PHI_DIM // 8
+    ids_l: list[np.ndarray] = []
+    codes_l: list[np.ndarray] = []
+    phi_l: list[np.ndarray] = []
     with db.engine.connect() as conn:
-        rows = conn.execute(_text(sql), {"e": encoder_id}).all()
-    ids = np.fromiter((r.tile_id for r in rows), dtype=np.int64, count=len(rows))
-    raw = b"".join(bytes(r.b)[4:] for r in rows)
-    codes = np.frombuffer(raw, dtype=np.uint8).reshape(len(rows), width).copy()
-    return ids, codes
+        # batches: Φ of 100k tiles is 200 MB on the wire, its codes half that in memory
+        result = conn.execution_options(stream_results=True, yield_per=4096).execute(
+            _text(sql), {"e": encoder_id}
+        )
+        for rows in result.partitions():
+            ids_l.append(np.fromiter((r.tile_id for r in rows), dtype=np.int64, count=len(rows)))
+            raw = b"".join(bytes(r.b)[4:] for r in rows)
+            codes_l.append(np.frombuffer(raw, dtype=np.uint8).reshape(len(rows), width).copy())
+            if with_phi:
+                phi_l.append(phi_codes(_halfvec_rows([r.phi for r in rows])))
+    if not ids_l:
+        empty = np.zeros((0, PHI_DIM), np.int8) if with_phi else None
+        return np.zeros(0, np.int64), np.zeros((0, width), np.uint8), empty
+    ids, codes = np.concatenate(ids_l), np.concatenate(codes_l)
+    return ids, codes, np.concatenate(phi_l) if with_phi else None
+
+
+#: A unit Φ's length in :func:`phi_codes`' int8 codes.
+PHI_CODE_UNIT = 127
+
+
+def phi_codes(phi: np.ndarray) -> np.ndarray:
+    """Rows of Φ as int8 codes of their unit vectors (:data:`PHI_CODE_UNIT` long): 1 KiB per
+    tile; a cosine from them is the halfvec's within a few thousandths, enough to pick the
+    re-ranked candidates (the rerank stage scores them exactly)."""
+    p = np.asarray(phi, dtype=np.float32)
+    n = np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+    return np.rint(p * (PHI_CODE_UNIT / n)).astype(np.int8)
 
 
 def hamming_index(codes: np.ndarray) -> Any:
@@ -935,11 +975,13 @@ def knn_phi_scan(
     codes: np.ndarray,
     allowed_ids: np.ndarray | None = None,
     hamming: Any = None,
+    phi: np.ndarray | None = None,
 ) -> list[list[tuple[int, float]]]:
     """:func:`knn_phi_many` with its Hamming prefilter as an exact scan of ``codes`` (from
     :func:`phi_sign_codes`) in memory instead of the HNSW index: per query the
     :data:`PHI_BQ_CANDIDATES` nearest codes (among ``allowed_ids`` if given), re-ranked by the
-    halfvec cosine in Postgres (only the ``k`` best come back), all queries in one statement.
+    halfvec cosine in Postgres (only the ``k`` best come back), all queries in one statement;
+    with ``phi`` (the rows' :func:`phi_codes`) re-ranked by their cosine in memory instead.
 
     An exact scan finds the Hamming-nearest the index's graph walk can miss, and a restriction
     makes it cheaper, never less exact. The scan runs in FAISS's binary index: ``hamming``
@@ -961,6 +1003,8 @@ def knn_phi_scan(
         return [[] for _ in range(q.shape[0])]
     _d, found = hamming.search(qbits, n)
     tops = [r[r >= 0] if searched is None else searched[r[r >= 0]] for r in found]
+    if phi is not None:
+        return _rescore_in_memory(q, ids, phi, tops, int(k))
     qi = [i + 1 for i, top in enumerate(tops) for _ in range(top.size)]
     if not qi:
         return [[] for _ in range(q.shape[0])]
@@ -993,6 +1037,26 @@ def knn_phi_scan(
     out: list[list[tuple[int, float]]] = [[] for _ in range(q.shape[0])]
     for r in rows:
         out[int(r.i) - 1].append((int(r.tile_id), float(r.d)))
+    return out
+
+
+def _rescore_in_memory(
+    q: np.ndarray, ids: np.ndarray, phi: np.ndarray, tops: list[np.ndarray], k: int
+) -> list[list[tuple[int, float]]]:
+    """Per query the ``k`` of its candidate rows ``tops`` nearest by the cosine of their Φ
+    codes ``phi``: ``(tile_id, cosine distance)``, nearest first, ties by id (as in SQL)."""
+    # the query as the stored Φ is: rounded to float16 first
+    qn = q.astype(np.float16).astype(np.float32)
+    qn /= np.maximum(np.linalg.norm(qn, axis=1, keepdims=True), 1e-12)
+    out: list[list[tuple[int, float]]] = []
+    for row, top in zip(qn, tops, strict=True):
+        if top.size == 0:
+            out.append([])
+            continue
+        d = 1.0 - (phi[top].astype(np.float32) @ row) / PHI_CODE_UNIT
+        tid = ids[top]
+        order = np.lexsort((tid, d))[:k]
+        out.append([(int(t), float(x)) for t, x in zip(tid[order], d[order], strict=True)])
     return out
 
 

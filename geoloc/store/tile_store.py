@@ -45,6 +45,7 @@ import numpy as np
 
 from geoloc.config import Settings
 from geoloc.errors import (
+    ConfigError,
     DatabaseError,
     EmptyDatabaseError,
     EncoderMismatchError,
@@ -106,6 +107,9 @@ DEFAULT_OMEGA = False
 
 #: Orthomosaic grids (:meth:`TileStore.grid`) kept in memory: one int64 per grid cell each.
 GRID_CACHE = 256
+
+#: Where :meth:`TileStore.search_phi` re-ranks its scan's candidates.
+RESCORES = ("postgres", "memory")
 
 #: Orthomosaics whose tile GSDs differ by less than this (relative) form one GSD layer: a frame
 #: scaled to one of them is within the scale tolerance of every matcher for the others.
@@ -187,7 +191,9 @@ class TileStore:
         self.tile_px = int(tile_px)
         self._layers: list[GsdLayer] | None = None  # read on first use, again after a re-open
         # Φ sign codes for the in-memory recall scan, with the orthomosaics stamp they are of
-        self._codes: tuple[tuple[int, int, str], np.ndarray, np.ndarray, Any] | None = None
+        self._codes: (
+            tuple[tuple[int, int, str], np.ndarray, np.ndarray, Any, np.ndarray | None] | None
+        ) = None
         self._layer_ids: dict[tuple[int, ...], np.ndarray] = {}
         self._grids: Lru[int, OrthoGrid] = Lru(GRID_CACHE)
         self._reopen_failed = False  # warned once that a re-saved index did not open
@@ -444,6 +450,7 @@ class TileStore:
         allowed_ids: np.ndarray | None = None,
         ef_search: int = 100,
         scan: bool = False,
+        rescore: str = "postgres",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Φ top-``k`` of each row of ``phi`` (H, P), like :meth:`search` for Ω: (cosine
         scores (H, k), tile ids (H, k)), best first, missing = (-inf, -1). A restriction
@@ -452,13 +459,26 @@ class TileStore:
         ``scan``: the Hamming prefilter scans Φ's sign bits held in this process
         (:func:`repository.knn_phi_scan`; 128 B per tile, read from Postgres on first use and
         again after an ingest or delete changes the complete orthomosaics, and as much again
-        for their FAISS binary index) instead of walking
-        the HNSW index."""
+        for their FAISS binary index) instead of walking the HNSW index. ``rescore``
+        ``memory`` (with ``scan``): its candidates are re-ranked by Φ codes held here too
+        (:func:`repository.phi_codes`, 1 KiB per tile, read with the sign bits) instead of
+        by the halfvec cosine in Postgres; the scores are then the codes' cosines."""
+        if rescore not in RESCORES:
+            raise ConfigError(f"rescore must be one of {', '.join(RESCORES)}, got {rescore!r}")
         phi = np.asarray(phi, dtype=np.float32).reshape(len(phi), -1)
         if scan:
-            ids, codes, hamming = self._sign_codes()
+            in_memory = rescore == "memory"
+            ids, codes, hamming, phi_codes = self._sign_codes(with_phi=in_memory)
             hits = repo.knn_phi_scan(
-                self._db, self.encoder_id, phi, k, ids, codes, allowed_ids, hamming
+                self._db,
+                self.encoder_id,
+                phi,
+                k,
+                ids,
+                codes,
+                allowed_ids,
+                hamming,
+                phi_codes if in_memory else None,
             )
         else:
             hits = repo.knn_phi_many(self._db, self.encoder_id, phi, k, ef_search, allowed_ids)
@@ -474,16 +494,19 @@ class TileStore:
         """True once a scan search read Φ's sign codes into this process (:meth:`search_phi`)."""
         return self._codes is not None
 
-    def _sign_codes(self) -> tuple[np.ndarray, np.ndarray, Any]:
-        """The (ids, sign codes) of :func:`repository.phi_sign_codes` and their
-        :func:`repository.hamming_index`, cached until the complete orthomosaics change (their
-        stamp is one small query per search)."""
+    def _sign_codes(
+        self, with_phi: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray | None]:
+        """The (ids, sign codes, -, Φ codes) of :func:`repository.phi_sign_codes` with the sign
+        codes' :func:`repository.hamming_index` third, cached until the complete orthomosaics
+        change (their stamp is one small query per search); read again when ``with_phi`` asks
+        for Φ codes the cache lacks."""
         stamp = repo.orthomosaics_stamp(self._db, self.encoder_id)
         cached = self._codes
-        if cached is None or cached[0] != stamp:
-            ids, codes = repo.phi_sign_codes(self._db, self.encoder_id)
-            self._codes = cached = (stamp, ids, codes, repo.hamming_index(codes))
-        return cached[1], cached[2], cached[3]
+        if cached is None or cached[0] != stamp or (with_phi and cached[4] is None):
+            ids, codes, phi = repo.phi_sign_codes(self._db, self.encoder_id, with_phi)
+            self._codes = cached = (stamp, ids, codes, repo.hamming_index(codes), phi)
+        return cached[1], cached[2], cached[3], cached[4]
 
     def candidates(
         self, tile_ids: Sequence[int] | np.ndarray, embeddings: bool = True

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from geoloc.config import Settings
-from geoloc.errors import IndexError_, NoOmegaIndexError
+from geoloc.errors import ConfigError, IndexError_, NoOmegaIndexError
 from geoloc.store import TileStore
 from geoloc.store import repository as repo
 from geoloc.store.faiss_store import OmegaIndex
@@ -85,10 +85,22 @@ def test_a_store_without_omega_writes_no_index_and_verifies(pg_settings: Setting
         scan = reader.search_phi(q, k=4, scan=True)
         np.testing.assert_array_equal(scan[1], hnsw[1])  # every tile is a candidate here
         np.testing.assert_allclose(scan[0], hnsw[0], atol=1e-6)
+        # the candidates re-ranked by Φ codes in memory: the cosines within their rounding,
+        # and a tile's own Φ finds that tile first
+        mem = reader.search_phi(q, k=4, scan=True, rescore="memory")
+        np.testing.assert_allclose(mem[0], hnsw[0], atol=0.01)
+        own = np.stack([c.phi for c in reader.candidates(ids[:3])])
+        s_own, f_own = reader.search_phi(own, k=2, scan=True, rescore="memory")
+        assert f_own[:, 0].tolist() == list(ids[:3])
+        assert (s_own[:, 0] > 0.99).all() and (s_own[:, 1] < 0.9).all()
+        with pytest.raises(ConfigError, match="rescore"):
+            reader.search_phi(q, k=4, scan=True, rescore="disk")
         # another ingest completes: the held sign codes are read again, the new tiles found
         with _writer(pg_settings, omega=False) as store, store.locked():
             more = _ingest_one(store, rng, _raster("/data/other.tif", "e" * 64))
         got = reader.search_phi(q, k=len(ids) + len(more), scan=True)[1]
+        assert set(got[0].tolist()) == set(ids) | set(more)
+        got = reader.search_phi(q, k=len(ids) + len(more), scan=True, rescore="memory")[1]
         assert set(got[0].tolist()) == set(ids) | set(more)
 
 
