@@ -125,16 +125,22 @@ def test_phi_recall_scanning_the_sign_bits_recalls_what_the_index_does(
 ) -> None:
     from geoloc.errors import ConfigError
 
-    got = {}
-    for prefilter in ("hnsw", "scan"):
+    got, scores = {}, {}
+    for prefilter, rescore in (("hnsw", "postgres"), ("scan", "postgres"), ("scan", "memory")):
         state = _state()
         _prepare(store, encoder).run(state)
-        Recall({}, PgvectorRecall(prefilter=prefilter), [], store).run(state)
-        got[prefilter] = [t for t, _, _ in state.recalled]
+        Recall({}, PgvectorRecall(prefilter=prefilter, rescore=rescore), [], store).run(state)
+        got[prefilter, rescore] = [t for t, _, _ in state.recalled]
+        scores[prefilter, rescore] = {t: s for t, s, _ in state.recalled}
     # the sample store holds fewer tiles than either prefilter's candidates: the same recall
-    assert got["scan"] == got["hnsw"] and len(got["scan"]) == 50
+    assert got["scan", "postgres"] == got["hnsw", "postgres"] and len(got["hnsw", "postgres"]) == 50
+    # re-ranked by Φ's int8 codes in memory: the same tiles and best tile, each score within
+    # the codes' rounding of the halfvec cosine (neighbours a few thousandths apart may swap)
+    mem, exact = scores["scan", "memory"], scores["hnsw", "postgres"]
+    assert set(mem) == set(exact) and got["scan", "memory"][0] == got["hnsw", "postgres"][0]
+    assert max(abs(mem[t] - exact[t]) for t in mem) < 0.01
     lon, lat = truth_lonlat(CX, CY)
-    near = store.candidates(got["scan"][:10])
+    near = store.candidates(got["scan", "memory"][:10])
     assert min(_dist(c.center_lon, c.center_lat, lon, lat) for c in near) < 56.0
     with pytest.raises(ConfigError, match="prefilter"):
         PgvectorRecall(prefilter="ivf")

@@ -196,12 +196,20 @@ def test_phi_sign_codes_are_the_halfvec_signs_of_complete_tiles(database: Databa
     _, ids = ingest_fake(database, enc, make_tiles(3, 4), phi)
     ingest_fake(database, enc, make_tiles(1, 2, lat0=60.5), unit(rng, 2, 1024), sha="e" * 64,
                 complete=False)  # fmt: skip
-    got_ids, codes = repo.phi_sign_codes(database, enc)
-    assert got_ids.tolist() == sorted(ids) and codes.shape == (12, 128)
+    got_ids, codes, none = repo.phi_sign_codes(database, enc)
+    assert got_ids.tolist() == sorted(ids) and codes.shape == (12, 128) and none is None
     order = np.argsort(ids)
     expected = np.packbits(phi[order].astype(np.float16) > 0, axis=1)
     np.testing.assert_array_equal(codes, expected)
     assert np.unpackbits(codes[int(np.argmin(ids))][:1])[:5].tolist() == [0, 0, 0, 1, 0]
+    # with Φ's int8 codes: the same rows, each code the unit Φ times 127, rounded
+    ids2, codes2, phi_codes = repo.phi_sign_codes(database, enc, with_phi=True)
+    assert ids2.tolist() == got_ids.tolist()
+    np.testing.assert_array_equal(codes2, codes)
+    assert phi_codes is not None and phi_codes.dtype == np.int8 and phi_codes.shape == (12, 1024)
+    h = phi[order].astype(np.float16).astype(np.float32)
+    want = h / np.linalg.norm(h, axis=1, keepdims=True) * repo.PHI_CODE_UNIT
+    assert np.abs(phi_codes - want).max() <= 0.5 + 1e-3
 
 
 def test_knn_phi_scan_is_the_hamming_nearest_reranked_by_cosine(
@@ -215,13 +223,21 @@ def test_knn_phi_scan_is_the_hamming_nearest_reranked_by_cosine(
     phi = unit(rng, len(tiles), 1024)
     _, ids = ingest_fake(database, enc, tiles, phi)
     ids_a = np.asarray(ids)
-    cids, codes = repo.phi_sign_codes(database, enc)
+    cids, codes, phi_codes = repo.phi_sign_codes(database, enc, with_phi=True)
+    assert phi_codes is not None
     q = np.stack([phi[5] + 0.2 * unit(rng, 1, 1024)[0], phi[150] + 0.2 * unit(rng, 1, 1024)[0]])
     got = repo.knn_phi_scan(database, enc, q, 8, cids, codes)
+    mem = repo.knn_phi_scan(database, enc, q, 8, cids, codes, phi=phi_codes)
     for h in range(2):
         sims = phi @ (q[h] / np.linalg.norm(q[h]))
         assert [t for t, _ in got[h]] == ids_a[np.argsort(-sims)[:8]].tolist()
         assert got[h][0][1] == pytest.approx(1.0 - float(sims.max()), abs=2e-3)
+        # re-ranked by the int8 codes in memory: the same nearest, every distance within the
+        # codes' rounding of the exact one, in order
+        assert mem[h][0][0] == got[h][0][0]
+        exact = {int(t): 1.0 - float(s) for t, s in zip(ids_a, sims, strict=True)}
+        assert all(abs(d - exact[t]) < 0.01 for t, d in mem[h])
+        assert [d for _, d in mem[h]] == sorted(d for _, d in mem[h])
     assert got[0][0][0] == ids[5] and got[1][0][0] == ids[150]
     # the same scan in FAISS's binary index
     hamming = repo.hamming_index(codes)
@@ -243,6 +259,8 @@ def test_knn_phi_scan_is_the_hamming_nearest_reranked_by_cosine(
     got = repo.knn_phi_scan(database, enc, q, 5, cids, codes, allowed_ids=far)
     assert [t for t, _ in got[0]] == far[np.argsort(-sims[np.argsort(sims)[:12]])[:5]].tolist()
     assert all(t in set(far.tolist()) for h in got for t, _ in h)
+    mem = repo.knn_phi_scan(database, enc, q, 5, cids, codes, allowed_ids=far, phi=phi_codes)
+    assert all(len(h) == 5 and t in set(far.tolist()) for h in mem for t, _ in h)
     none = repo.knn_phi_scan(database, enc, q, 5, cids, codes, allowed_ids=np.zeros(0))
     assert none == [[], []]
 
