@@ -675,8 +675,11 @@ class HomographyVerifier:
         d0 = np.asarray(f0.descriptors, dtype=np.float32)[:n0]
         d1 = np.asarray(f1.descriptors, dtype=np.float32)
         if self.coarse_product == "int8":
-            j, best, mutual = _mutual_best(int8_cosines(d0, d1))
-            mutual &= best >= self.coarse_min_cos * INT8_UNIT**2
+            j, _best, mutual = _mutual_best(int8_cosines(d0, d1))
+            # the cosine floor on the float descriptors of the pairs found (one dot product
+            # each): the codes' rounding then moves no pair across it
+            exact = np.einsum("ij,ij->i", d0, d1[j])
+            mutual &= exact >= self.coarse_min_cos
         else:
             j, best, mutual = _mutual_best(d0 @ d1.T)
             mutual &= best >= self.coarse_min_cos
