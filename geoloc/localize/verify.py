@@ -453,6 +453,9 @@ GUIDED_REFINE_PASSES = 2
 
 #: The coarse check's descriptor products (:attr:`HomographyVerifier.coarse_product`).
 COARSE_PRODUCTS = ("int8", "fp32")
+#: Inliers fewer than asked with which a pair passes the int8 screen of the coarse check (its
+#: float32 check then decides): the codes' rounding moves a mutual match or two either way.
+INT8_SLACK = 2
 #: A unit descriptor's length in :func:`int8_cosines`' integer codes.
 INT8_UNIT = 127
 
@@ -546,7 +549,7 @@ class HomographyVerifier:
     ``guided_first``: with a coarse model, try the guided matches before the learned matcher;
     ``coarse_max_keypoints``: the coarse check uses the frame's strongest this many keypoints
     (0: all); ``coarse_product``: ``int8`` (the descriptors' cosines as an integer matrix
-    product, :func:`int8_cosines`) or ``fp32``.
+    product first, :func:`int8_cosines`; float32 for the pairs that pass) or ``fp32``.
     """
 
     name = "homography"
@@ -663,7 +666,29 @@ class HomographyVerifier:
         passes with ``coarse_min_inliers_oriented``; chance seldom fits a model that agrees
         with the known scale and heading both, and a frame much smaller than a tile has few
         mutual matches to give.
+
+        With ``coarse_product`` ``int8`` the check runs on the int8 product first, and a pair
+        that passes it is checked again on the float32 one, whose result is the answer: the
+        similarity it gives guides the learned matcher and the answer, and the codes' rounding
+        would move it. Most pairs fail, so most checks cost the int8 product only.
         """
+        if self.coarse_product == "int8":
+            screen = self._coarse(f0, f1, scale_known, rotation_known, "int8", INT8_SLACK)
+            if not screen.passed:
+                return screen
+        return self._coarse(f0, f1, scale_known, rotation_known, "fp32")
+
+    def _coarse(
+        self,
+        f0: Features,
+        f1: Features,
+        scale_known: bool,
+        rotation_known: bool,
+        product: str,
+        slack: int = 0,
+    ) -> CoarseCheck:
+        """:meth:`coarse` with the descriptor product ``product`` (int8 or fp32), passing with
+        ``slack`` inliers fewer than asked (a screen before the exact check)."""
         import cv2
 
         out = CoarseCheck(passed=False)
@@ -674,7 +699,7 @@ class HomographyVerifier:
         n0 = len(f0) if self.coarse_max_keypoints <= 0 else min(len(f0), self.coarse_max_keypoints)
         d0 = np.asarray(f0.descriptors, dtype=np.float32)[:n0]
         d1 = np.asarray(f1.descriptors, dtype=np.float32)
-        if self.coarse_product == "int8":
+        if product == "int8":
             j, _best, mutual = _mutual_best(int8_cosines(d0, d1))
             # the cosine floor on the float descriptors of the pairs found (one dot product
             # each): the codes' rounding then moves no pair across it
@@ -684,7 +709,8 @@ class HomographyVerifier:
             j, best, mutual = _mutual_best(d0 @ d1.T)
             mutual &= best >= self.coarse_min_cos
         out.matches = int(mutual.sum())
-        if out.matches < max(4, min(self.coarse_min_inliers, self.coarse_min_inliers_oriented)):
+        least = min(self.coarse_min_inliers, self.coarse_min_inliers_oriented) - slack
+        if out.matches < max(4, least):
             out.reason = f"{out.matches} mutual matches"
             return out
         p0 = f0.keypoints[:n0][mutual].astype(np.float64)
@@ -700,10 +726,10 @@ class HomographyVerifier:
         out.scale = float(math.hypot(m[0, 0], m[1, 0]))
         lo, hi = self.scale_range if scale_known else (0.33, 3.0)
         spread = _spread(p0[inl.ravel().astype(bool)]) / max(1.0, float(min(f0.image_size)))
-        need = self.coarse_min_inliers
+        need = self.coarse_min_inliers - slack
         turn = abs(math.degrees(math.atan2(m[1, 0], m[0, 0])))
         if rotation_known and scale_known and turn <= self.coarse_known_rotation_deg:
-            need = min(need, self.coarse_min_inliers_oriented)
+            need = min(need, self.coarse_min_inliers_oriented - slack)
         if out.inliers < need:
             out.reason = f"{out.inliers} coarse inliers < {need}"
         elif spread < self.coarse_min_spread:

@@ -270,11 +270,26 @@ def test_int8_cosines_are_the_float_cosines_within_rounding() -> None:
 
 
 def test_coarse_check_answers_alike_with_either_product() -> None:
-    for consistent in (20, 6):
+    import geoloc.localize.verify as verify_mod
+
+    for consistent, passes in ((20, True), (6, False)):
         f0, f1 = _coarse_pair(2.0, consistent)
-        a = sift(coarse_product="int8").coarse(f0, f1, scale_known=True)
+        v = sift(coarse_product="int8")
+        int8 = Counted(verify_mod, "int8_cosines")
+        checks = Counted(v, "_coarse")
+        try:
+            a = v.coarse(f0, f1, scale_known=True)
+        finally:
+            int8.undo()
+            checks.undo()
         b = sift(coarse_product="fp32").coarse(f0, f1, scale_known=True)
         assert (a.passed, a.matches, a.inliers) == (b.passed, b.matches, b.inliers)
+        assert b.passed is passes
+        # the int8 screen always; the float32 check only for a pair that passed it, whose
+        # result (and model, the learned matcher's guide) is the answer
+        assert int8.calls == 1 and checks.calls == (2 if passes else 1)
+        if passes:
+            assert a.model is not None and np.array_equal(a.model, b.model)
     with pytest.raises(ConfigError, match="coarse_product"):
         sift(coarse_product="fp16")
 
