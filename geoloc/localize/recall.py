@@ -101,10 +101,13 @@ class PgvectorRecall:
             raise ConfigError(
                 f"pgvector recall: prefilter must be hnsw or scan, got {self.prefilter!r}"
             )
+        from geoloc.store.tile_store import RESCORES
+
         self.rescore = str(conf["rescore"])
-        if self.rescore not in ("memory", "postgres"):
+        if self.rescore not in RESCORES:
             raise ConfigError(
-                f"pgvector recall: rescore must be memory or postgres, got {self.rescore!r}"
+                f"pgvector recall: rescore must be one of {', '.join(RESCORES)}, "
+                f"got {self.rescore!r}"
             )
 
     def recall(

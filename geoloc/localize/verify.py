@@ -470,8 +470,9 @@ def int8_rows(d: np.ndarray) -> np.ndarray:
 def int8_cosines(d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
     """Cosines of the rows of ``d0`` with those of ``d1`` times ``INT8_UNIT**2``, as int32: one
     int8 matrix product (the integer dot-product units do several times the float32 work per
-    cycle). Rounding each value to 1/127 of the unit moves a cosine by a few thousandths: the
-    coarse check's nearest neighbours and its cosine floor, not the learned matcher's input.
+    cycle). Rounding each value to 1/127 of the unit moves a cosine by a few thousandths: good
+    for screening the coarse check's nearest neighbours, not for the answer (see
+    :meth:`HomographyVerifier.coarse`).
 
     The product runs on one torch thread: split across threads a product this small costs
     more in their barrier than it gains (numpy's BLAS is on one thread for the same reason,

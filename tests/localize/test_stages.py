@@ -144,6 +144,8 @@ def test_phi_recall_scanning_the_sign_bits_recalls_what_the_index_does(
     assert min(_dist(c.center_lon, c.center_lat, lon, lat) for c in near) < 56.0
     with pytest.raises(ConfigError, match="prefilter"):
         PgvectorRecall(prefilter="ivf")
+    with pytest.raises(ConfigError, match="rescore must be one of postgres, memory"):
+        PgvectorRecall(rescore="disk")
 
 
 def test_near_position_recall_stays_inside_the_predicted_circle(store: Any, encoder: Any) -> None:
