@@ -30,6 +30,7 @@ import numpy as np
 
 from geoloc.errors import ConfigError
 from geoloc.lru import Lru
+from geoloc.quantize import unit_int8
 
 log = logging.getLogger(__name__)
 
@@ -456,21 +457,12 @@ COARSE_PRODUCTS = ("int8", "fp32")
 #: Inliers fewer than asked with which a pair passes the int8 screen of the coarse check (its
 #: float32 check then decides): the codes' rounding moves a mutual match or two either way.
 INT8_SLACK = 2
-#: A unit descriptor's length in :func:`int8_cosines`' integer codes.
-INT8_UNIT = 127
-
-
-def int8_rows(d: np.ndarray) -> np.ndarray:
-    """Rows of ``d`` scaled to unit length and rounded to int8 codes of :data:`INT8_UNIT`."""
-    d = np.asarray(d, dtype=np.float32)
-    n = np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
-    return np.rint(d * (INT8_UNIT / n)).astype(np.int8)
 
 
 def int8_cosines(d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
-    """Cosines of the rows of ``d0`` with those of ``d1`` times ``INT8_UNIT**2``, as int32: one
-    int8 matrix product (the integer dot-product units do several times the float32 work per
-    cycle). Rounding each value to 1/127 of the unit moves a cosine by a few thousandths: good
+    """Cosines of the rows of ``d0`` with those of ``d1`` times ``geoloc.quantize.INT8_UNIT**2``,
+    as int32: one int8 matrix product of the rows' :func:`~geoloc.quantize.unit_int8` codes (the
+    integer dot-product units do several times the float32 work per cycle). Rounding each value to 1/127 of the unit moves a cosine by a few thousandths: good
     for screening the coarse check's nearest neighbours, not for the answer (see
     :meth:`HomographyVerifier.coarse`).
 
@@ -479,7 +471,7 @@ def int8_cosines(d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
     :func:`~geoloc.models.runtime.limit_blas_threads`)."""
     import torch
 
-    a, b = torch.from_numpy(int8_rows(d0)), torch.from_numpy(int8_rows(d1))
+    a, b = torch.from_numpy(unit_int8(d0)), torch.from_numpy(unit_int8(d1))
     before = torch.get_num_threads()
     if before != 1:
         torch.set_num_threads(1)

@@ -23,6 +23,7 @@ import numpy as np
 from sqlalchemy.exc import DBAPIError
 
 from geoloc.errors import DatabaseError
+from geoloc.quantize import INT8_UNIT, unit_int8
 from geoloc.store import codec
 from geoloc.store.records import (
     Candidate,
@@ -901,7 +902,9 @@ def phi_sign_codes(
     encoder's tiles of complete orthomosaics, by id: the codes the HNSW index over
     :data:`PHI_BQ` holds (bit i set when Φ_i > 0, first dimension in the first byte's high
     bit), for a scan in memory. ``with_phi``: also each tile's Φ as int8 codes of its unit
-    vector (:func:`phi_codes`, ``(n, PHI_DIM)``), read in batches, for a re-rank in memory."""
+    vector (:func:`geoloc.quantize.unit_int8`, ``(n, PHI_DIM)``, 1 KiB per tile), read in
+    batches, for a re-rank in memory: a cosine from them is the halfvec's within a few
+    thousandths, enough to pick the re-ranked candidates (the rerank stage scores them exactly)."""
     # bit_send: the bit string's binary wire form, a 4-byte bit count then the bytes
     sql = "SELECT e.tile_id, bit_send(binary_quantize(e.phi)::bit(1024)) AS b"
     if with_phi:
@@ -925,25 +928,12 @@ def phi_sign_codes(
             raw = b"".join(bytes(r.b)[4:] for r in rows)
             codes_l.append(np.frombuffer(raw, dtype=np.uint8).reshape(len(rows), width).copy())
             if with_phi:
-                phi_l.append(phi_codes(_halfvec_rows([r.phi for r in rows])))
+                phi_l.append(unit_int8(_halfvec_rows([r.phi for r in rows])))
     if not ids_l:
         empty = np.zeros((0, PHI_DIM), np.int8) if with_phi else None
         return np.zeros(0, np.int64), np.zeros((0, width), np.uint8), empty
     ids, codes = np.concatenate(ids_l), np.concatenate(codes_l)
     return ids, codes, np.concatenate(phi_l) if with_phi else None
-
-
-#: A unit Φ's length in :func:`phi_codes`' int8 codes.
-PHI_CODE_UNIT = 127
-
-
-def phi_codes(phi: np.ndarray) -> np.ndarray:
-    """Rows of Φ as int8 codes of their unit vectors (:data:`PHI_CODE_UNIT` long): 1 KiB per
-    tile; a cosine from them is the halfvec's within a few thousandths, enough to pick the
-    re-ranked candidates (the rerank stage scores them exactly)."""
-    p = np.asarray(phi, dtype=np.float32)
-    n = np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
-    return np.rint(p * (PHI_CODE_UNIT / n)).astype(np.int8)
 
 
 def hamming_index(codes: np.ndarray) -> Any:
@@ -981,7 +971,8 @@ def knn_phi_scan(
     :func:`phi_sign_codes`) in memory instead of the HNSW index: per query the
     :data:`PHI_BQ_CANDIDATES` nearest codes (among ``allowed_ids`` if given), re-ranked by the
     halfvec cosine in Postgres (only the ``k`` best come back), all queries in one statement;
-    with ``phi`` (the rows' :func:`phi_codes`) re-ranked by their cosine in memory instead.
+    with ``phi`` (the rows' int8 codes from :func:`phi_sign_codes`) re-ranked by their cosine
+    in memory instead.
 
     An exact scan finds the Hamming-nearest the index's graph walk can miss, and a restriction
     makes it cheaper, never less exact. The scan runs in FAISS's binary index: ``hamming``
@@ -1053,7 +1044,7 @@ def _rescore_in_memory(
         if top.size == 0:
             out.append([])
             continue
-        d = 1.0 - (phi[top].astype(np.float32) @ row) / PHI_CODE_UNIT
+        d = 1.0 - (phi[top].astype(np.float32) @ row) / INT8_UNIT
         tid = ids[top]
         order = np.lexsort((tid, d))[:k]
         out.append([(int(t), float(x)) for t, x in zip(tid[order], d[order], strict=True)])

@@ -461,7 +461,7 @@ class TileStore:
         again after an ingest or delete changes the complete orthomosaics, and as much again
         for their FAISS binary index) instead of walking the HNSW index. ``rescore``
         ``memory`` (with ``scan``): its candidates are re-ranked by Φ codes held here too
-        (:func:`repository.phi_codes`, 1 KiB per tile, read with the sign bits) instead of
+        (:func:`geoloc.quantize.unit_int8`, 1 KiB per tile, read with the sign bits) instead of
         by the halfvec cosine in Postgres; the scores are then the codes' cosines."""
         if rescore not in RESCORES:
             raise ConfigError(f"rescore must be one of {', '.join(RESCORES)}, got {rescore!r}")

@@ -253,7 +253,8 @@ def test_coarse_check_uses_the_frames_first_keypoints_only() -> None:
 def test_int8_cosines_are_the_float_cosines_within_rounding() -> None:
     import torch
 
-    from geoloc.localize.verify import INT8_UNIT, int8_cosines
+    from geoloc.localize.verify import int8_cosines
+    from geoloc.quantize import INT8_UNIT
 
     rng = np.random.default_rng(3)
     before = torch.get_num_threads()

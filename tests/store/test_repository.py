@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from geoloc.errors import DatabaseError
+from geoloc.quantize import INT8_UNIT
 from geoloc.store import repository as repo
 from geoloc.store.database import Database
 from tiling.crs import geodesic_distance_m
@@ -208,7 +209,7 @@ def test_phi_sign_codes_are_the_halfvec_signs_of_complete_tiles(database: Databa
     np.testing.assert_array_equal(codes2, codes)
     assert phi_codes is not None and phi_codes.dtype == np.int8 and phi_codes.shape == (12, 1024)
     h = phi[order].astype(np.float16).astype(np.float32)
-    want = h / np.linalg.norm(h, axis=1, keepdims=True) * repo.PHI_CODE_UNIT
+    want = h / np.linalg.norm(h, axis=1, keepdims=True) * INT8_UNIT
     assert np.abs(phi_codes - want).max() <= 0.5 + 1e-3
 
 
