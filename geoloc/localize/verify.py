@@ -462,9 +462,9 @@ INT8_SLACK = 2
 def int8_cosines(d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
     """Cosines of the rows of ``d0`` with those of ``d1`` times ``geoloc.quantize.INT8_UNIT**2``,
     as int32: one int8 matrix product of the rows' :func:`~geoloc.quantize.unit_int8` codes (the
-    integer dot-product units do several times the float32 work per cycle). Rounding each value to 1/127 of the unit moves a cosine by a few thousandths: good
-    for screening the coarse check's nearest neighbours, not for the answer (see
-    :meth:`HomographyVerifier.coarse`).
+    integer dot-product units do several times the float32 work per cycle). Rounding each value
+    to 1/127 of the unit moves a cosine by a few thousandths: good for screening the coarse
+    check's nearest neighbours, not for the answer (see :meth:`HomographyVerifier.coarse`).
 
     The product runs on one torch thread: split across threads a product this small costs
     more in their barrier than it gains (numpy's BLAS is on one thread for the same reason,

@@ -1096,7 +1096,7 @@ def phi_of(
         return np.zeros(0, dtype=np.int64), np.zeros((0, PHI_DIM), dtype=np.float32)
     return (
         np.array([r.tile_id for r in rows], dtype=np.int64),
-        np.stack([halfvec_bytes(r.phi) for r in rows]),
+        _halfvec_rows([r.phi for r in rows]),
     )
 
 
