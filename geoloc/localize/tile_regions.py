@@ -320,9 +320,7 @@ class FeatureRegions:
         if grid is not None:
             ids, colrow = _grid_neighbours(tile, size_px, gsd / float(tile.gsd_m), grid)
             if callable(points):
-                region = self._assemble_points(
-                    tile, size_px, gsd, colrow, float(grid.stride), points(ids)
-                )
+                region = self._assemble_points(tile, size_px, gsd, points(ids))
             else:
                 feats = self.source.by_ids(ids.tolist())  # type: ignore[attr-defined]
                 region = self._assemble(tile, size_px, gsd, ids, colrow, float(grid.stride), feats)
@@ -377,25 +375,26 @@ class FeatureRegions:
         tile: Any,
         size_px: int,
         gsd: float,
-        colrow: np.ndarray,
-        s: float,
         pts: TilePoints,
     ) -> RegionFeatures:
-        """:meth:`_assemble` from the neighbours' undecoded records (``colrow`` of the tiles
-        asked for, in order): the keypoints are chosen by position and score, and only the
-        chosen ones decoded. The same keypoints, in the same order, as :meth:`_assemble`."""
+        """:meth:`_assemble` from the neighbours' undecoded records: the keypoints are chosen
+        by position and score, and only the chosen ones' descriptors decoded.
+
+        Stored keypoints were cut to their tile's core cell at ingest
+        (:func:`~geoloc.store.tile_features.core_box`), and the cells do not overlap: the
+        region's bounds alone choose them, where :meth:`_assemble` (features extracted over
+        whole tiles) keeps each keypoint from the tile whose centre is nearest. Keypoints on
+        the pixel grid, as XFeat's are, give the same region either way."""
         owner = pts.owner
         if len(owner):
-            cr = colrow[pts.index]
-            p, keep = _region_pixels(
-                tile, size_px, gsd, s, pts.xy().astype(np.float64), cr[owner], cr
-            )
-            sel = np.nonzero(keep)[0]
+            p = _grid_to_region(tile, size_px, gsd, pts.xy().astype(np.float64))
+            keep = (p >= 0).all(axis=1) & (p < size_px).all(axis=1)
+            sel = np.flatnonzero(keep)
             if len(sel) > self.max_keypoints:
                 score = pts.recs["score"][sel].astype(np.float32)
                 sel = sel[np.argsort(-score, kind="stable")[: self.max_keypoints]]
-            xy_r, desc = p[sel], pts.decode(sel).desc
-            used = [int(pts.ids[i]) for i in np.unique(owner[keep])]
+            xy_r, desc = p[sel], pts.descriptors(sel)
+            used = pts.ids[np.unique(owner[keep])].tolist()
         else:
             xy_r, desc = np.zeros((0, 2)), np.zeros((0, max(pts.dim, 1)), np.float32)
             used = []
@@ -420,11 +419,17 @@ def _region_pixels(
     own = (cell == own_cr).all(axis=1)
     if len(with_cr) > 1:  # ... or from any tile when that cell's tile has no features
         own |= ~np.isin(_cell_key(cell[:, 1], cell[:, 0]), _cell_key(with_cr[:, 1], with_cr[:, 0]))
-    # grid pixel -> candidate tile pixel corner -> region pixel (centre convention)
+    p = _grid_to_region(tile, size_px, gsd, xy)
+    return p, own & (p >= 0).all(axis=1) & (p < size_px).all(axis=1)
+
+
+def _grid_to_region(tile: Any, size_px: int, gsd: float, xy: np.ndarray) -> np.ndarray:
+    """Grid keypoints ``xy`` (float64) in the pixels of the ``size_px`` region around ``tile``
+    at ``gsd``: grid pixel -> candidate tile pixel corner -> region pixel (centre convention)."""
     origin = np.asarray(grid_origin(tile), dtype=np.float64)
     k = gsd / float(tile.gsd_m)
-    p = ((xy + 0.5 - origin) - ts / 2.0) / k + size_px / 2.0 - 0.5
-    return p, own & (p >= 0).all(axis=1) & (p < size_px).all(axis=1)
+    out: np.ndarray = ((xy + 0.5 - origin) - float(tile.tile_size) / 2.0) / k + size_px / 2.0 - 0.5
+    return out
 
 
 def _region(

@@ -214,6 +214,11 @@ class TilePoints:
         owner = self.owner
         return _decode_xy(self.recs, self.x0[owner], self.y0[owner])
 
+    def descriptors(self, sel: np.ndarray) -> np.ndarray:
+        """The descriptors of records ``sel`` alone (as :meth:`decode` gives them: float32, unit
+        rows), for a caller that has the keypoints' positions already."""
+        return _decode_desc(self.recs["desc"][sel], self.dim, self.bits)
+
     def decode(self, sel: np.ndarray | None = None) -> TileKeypoints:
         """The records ``sel`` (positions in :attr:`recs`; all when None) decoded."""
         owner = self.owner
@@ -333,12 +338,19 @@ def decode_points(
     ``x0`` / ``y0`` may also be one origin per record: the records of many tiles decode at
     once."""
     xy = _decode_xy(recs, x0, y0)
+    return TileKeypoints(
+        xy, _decode_desc(recs["desc"], dim, bits), recs["score"].astype(np.float32)
+    )
+
+
+def _decode_desc(packed: np.ndarray, dim: int, bits: int) -> np.ndarray:
+    """Stored descriptors (the records' ``desc`` field) as unit float32 rows."""
     if bits == 8:
-        desc = recs["desc"].astype(np.float32)
+        desc = packed.astype(np.float32)
     else:
-        desc = _unpack_desc(np.ascontiguousarray(recs["desc"]), dim, bits)
+        desc = _unpack_desc(np.ascontiguousarray(packed), dim, bits)
     desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
-    return TileKeypoints(xy, desc, recs["score"].astype(np.float32))
+    return desc
 
 
 def _decode_xy(recs: np.ndarray, x0: int | np.ndarray, y0: int | np.ndarray) -> np.ndarray:
