@@ -48,13 +48,16 @@ A frame of another place therefore costs coarse checks only. The SIFT fallback n
 the cascade does not run it (the sweep over headings covers what it rescued: a wrong heading).
 The cascade knows in advance which (layer view, heading) pairs it will need and in which order:
 while this thread assembles regions and runs coarse checks, a second thread extracts the frame's
-features for the next pair (each pair once; the answers do not depend on it).
+features for the next pair (each pair once; the answers do not depend on it), and while this
+thread would wait for those features it assembles the regions of the candidates it checks next
+(:attr:`VerificationScheduler.ahead_regions` at most), which need no frame.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar, NamedTuple
 
@@ -105,6 +108,10 @@ class VerificationScheduler:
     ``store`` (the tile store) is what the cascade reads tile records and features from; without
     it verification reads pixels.
     """
+
+    #: regions the cascade assembles ahead of their check while it waits for the frame's
+    #: features (0: none)
+    ahead_regions = 2 * CASCADE_CHUNK
 
     default_conf: ClassVar[dict[str, Any]] = {
         "heading_sweep": True,
@@ -375,8 +382,38 @@ class VerificationScheduler:
         regions_seen: dict[tuple[int, float], list[tuple[Any, RegionFeatures]]] = {}
         n = fine_runs = 0
 
+        # regions assembled ahead (see fill) and the candidates whose regions the plan reaches
+        # next, in its order
+        ahead: dict[tuple[int, int, float], RegionFeatures] = {}
+        upcoming: deque[Candidate] = deque()
+
         def over_budget() -> bool:
             return bool(n and budget_s > 0 and time.perf_counter() - t_start >= budget_s)
+
+        def fill(key: tuple[int, int, float]) -> None:
+            """While the second thread still extracts the frame's features ``key`` is about to
+            wait for, assemble the regions of the candidates the plan checks next (a region does
+            not depend on the frame): the wait does work that was to come anyway."""
+            while upcoming and len(ahead) < self.ahead_regions:
+                job = frame_cache.get(key)
+                if not isinstance(job, Future) or job.done():
+                    return
+                cand = upcoming.popleft()
+                at = self._at(state, cand)
+                rkey = (cand.tile_id, at.region_px, at.gsd_m)
+                if rkey in ahead or (cand.tile_id, state.headings[cand.heading_idx]) in checked:
+                    continue  # assembled already, or checked while this thread did not wait
+                with state.timer("verify.region_features"):
+                    fr.prefetch([cand.tile], at.region_px, at.gsd_m)
+                    ahead[rkey] = fr.around(cand.tile, at.region_px, at.gsd_m)
+                self._ahead(needs, v, frame_cache)
+
+        def region(cand: Candidate, at: _LayerFrame) -> RegionFeatures:
+            got = ahead.pop((cand.tile_id, at.region_px, at.gsd_m), None)
+            if got is not None:
+                return got
+            with state.timer("verify.region_features"):
+                return fr.around(cand.tile, at.region_px, at.gsd_m)
 
         def coarse(pairs: list[tuple[Candidate, float]]) -> tuple[list[_Scored], bool]:
             """The pairs that pass the coarse check, best first; True when the budget ran out."""
@@ -417,10 +454,10 @@ class VerificationScheduler:
                         )
                         continue
                 n += 1
+                fill(_frame_key(at, v, h))
                 f0 = self._frame_at(state, at, v, h, frame_cache)[2]
                 self._ahead(needs, v, frame_cache)
-                with state.timer("verify.region_features"):
-                    rf = fr.around(cand.tile, at.region_px, at.gsd_m)
+                rf = region(cand, at)
                 if ortho is not None:
                     regions_seen[(id(at.image), h)].append((ortho, rf))
                 with state.timer("verify.coarse"):
@@ -494,6 +531,14 @@ class VerificationScheduler:
                 for dh in SWEEP_DEG
                 for c in cands[: int(self.conf["sweep_top"])]
             ]
+        upcoming.extend(
+            c
+            for r in range(rounds)
+            for group in groups.values()
+            for c in group[r * CASCADE_CHUNK : (r + 1) * CASCADE_CHUNK]
+        )
+        # the first heading's features start in the second thread: this one assembles regions
+        self._ahead(needs, v, frame_cache)
         passed = False
         for r in range(rounds):
             for h, group in groups.items():

@@ -344,6 +344,72 @@ def test_frame_features_extracted_ahead_in_a_second_thread(
     assert abs(a.lat - b.lat) < 1e-9 and abs(a.lon - b.lon) < 1e-9
 
 
+def test_regions_assembled_while_the_frame_features_are_extracted(
+    store: Any, encoder: Any, verifier: Any, stored: Any, located: FrameState
+) -> None:
+    """While the second thread extracts the frame's features the cascade is about to wait for,
+    this one assembles the regions of the candidates it checks next (up to
+    ``ahead_regions``): regions are assembled before the first heading's features exist, and
+    never without it; the answers are the same either way."""
+    import threading
+    import time
+
+    rejected = _ranked(store, encoder, _hopper())
+    runs: dict[tuple[str, int], tuple[Any, int]] = {}
+    for name, ranked in (("rejected", rejected), ("located", located)):
+        for ahead in (VerificationScheduler.ahead_regions, 0):
+            sched = _scheduler(store, verifier, stored.regions)
+            sched.ahead_regions = ahead
+            first_done = threading.Event()
+            inner = verifier.extract_frame_features
+
+            def slow(*a: Any, _inner: Any = inner, _done: Any = first_done, **kw: Any) -> Any:
+                time.sleep(0.05)  # a frame slower to extract than a region is to assemble
+                try:
+                    return _inner(*a, **kw)
+                finally:
+                    _done.set()
+
+            verifier.extract_frame_features = slow
+            fr = sched.feature_regions
+            assert fr is not None
+            early: list[int] = []
+            around = fr.around
+
+            def noted(
+                *a: Any,
+                _around: Any = around,
+                _done: Any = first_done,
+                _early: Any = early,
+                **kw: Any,
+            ) -> Any:
+                if not _done.is_set():
+                    _early.append(1)
+                return _around(*a, **kw)
+
+            fr.around = noted  # type: ignore[method-assign]
+            state = _copy(ranked)
+            try:
+                sched.run(state)
+            finally:
+                del verifier.extract_frame_features
+                sched.close()
+            runs[(name, ahead)] = (state.match, len(early))
+    default = VerificationScheduler.ahead_regions
+    assert default > 0
+    assert runs[("rejected", default)][0] is None and runs[("rejected", 0)][0] is None
+    assert 0 < runs[("rejected", default)][1] <= default
+    assert runs[("rejected", 0)][1] == 0
+    a, b = runs[("located", default)][0], runs[("located", 0)][0]
+    assert a is not None and b is not None
+    assert (a.candidate.tile_id, a.heading_deg, a.attempts) == (
+        b.candidate.tile_id,
+        b.heading_deg,
+        b.attempts,
+    )
+    assert abs(a.lat - b.lat) < 1e-9 and abs(a.lon - b.lon) < 1e-9
+
+
 def test_features_absent_reads_pixels(
     pg_settings: Any, encoder: Any, verifier: Any, tmp_path: Any
 ) -> None:
