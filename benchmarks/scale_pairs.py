@@ -10,7 +10,8 @@ query whose answers differ (status, or position by more than 0.5 m).
 
 Usage::
 
-    python -m benchmarks.scale_pairs --size 100000 --b '{"verify": {"coarse_product": "fp32"}}'
+    python -m benchmarks.scale_pairs --size 100000 \
+        --b '{"verify": {"name": "xfeat-lighterglue", "coarse_product": "fp32"}}'
     python -m benchmarks.scale_pairs --size 10000 --a '{...}' --b '{...}' --queries 40 --seed 1
 
 The database must exist (``python -m benchmarks.scale --sizes N --build-only``). Knobs are JSON
