@@ -305,6 +305,30 @@ def _noting_thread(inner: Any, threads: list[str]) -> Any:
     return call
 
 
+def _run_with(sched: Any, ranked: FrameState, verifier: Any, extract: Any) -> FrameState:
+    """``sched`` run on a copy of ``ranked`` with the verifier's frame features made by
+    ``extract`` (restored after, and the scheduler's thread stopped)."""
+    verifier.extract_frame_features = extract
+    state = _copy(ranked)
+    try:
+        sched.run(state)
+    finally:
+        del verifier.extract_frame_features
+        sched.close()
+    return state
+
+
+def _same_match(a: Any, b: Any) -> None:
+    """Two runs gave the same answer: tile, heading, attempts and position."""
+    assert a is not None and b is not None
+    assert (a.candidate.tile_id, a.heading_deg, a.attempts) == (
+        b.candidate.tile_id,
+        b.heading_deg,
+        b.attempts,
+    )
+    assert abs(a.lat - b.lat) < 1e-9 and abs(a.lon - b.lon) < 1e-9
+
+
 def test_frame_features_extracted_ahead_in_a_second_thread(
     store: Any, encoder: Any, verifier: Any, stored: Any, located: FrameState
 ) -> None:
@@ -319,15 +343,8 @@ def test_frame_features_extracted_ahead_in_a_second_thread(
             if not ahead:
                 sched._ahead = lambda *a, **kw: None  # type: ignore[method-assign]
             threads: list[str] = []
-            verifier.extract_frame_features = _noting_thread(
-                verifier.extract_frame_features, threads
-            )
-            state = _copy(ranked)
-            try:
-                sched.run(state)
-            finally:
-                del verifier.extract_frame_features
-                sched.close()
+            extract = _noting_thread(verifier.extract_frame_features, threads)
+            state = _run_with(sched, ranked, verifier, extract)
             runs[(name, ahead)] = (state.match, threads)
     ahead_threads = runs[("rejected", True)][1]
     assert any(t.startswith("geoloc-frame") for t in ahead_threads)
@@ -335,13 +352,7 @@ def test_frame_features_extracted_ahead_in_a_second_thread(
     assert runs[("rejected", True)][0] is None and runs[("rejected", False)][0] is None
     assert len(ahead_threads) == len(runs[("rejected", False)][1]) > 1
     a, b = runs[("located", True)][0], runs[("located", False)][0]
-    assert a is not None and b is not None
-    assert (a.candidate.tile_id, a.heading_deg, a.attempts) == (
-        b.candidate.tile_id,
-        b.heading_deg,
-        b.attempts,
-    )
-    assert abs(a.lat - b.lat) < 1e-9 and abs(a.lon - b.lon) < 1e-9
+    _same_match(a, b)
 
 
 def test_regions_assembled_while_the_frame_features_are_extracted(
@@ -370,7 +381,6 @@ def test_regions_assembled_while_the_frame_features_are_extracted(
                 finally:
                     _done.set()
 
-            verifier.extract_frame_features = slow
             fr = sched.feature_regions
             assert fr is not None
             early: list[int] = []
@@ -388,12 +398,7 @@ def test_regions_assembled_while_the_frame_features_are_extracted(
                 return _around(*a, **kw)
 
             fr.around = noted  # type: ignore[method-assign]
-            state = _copy(ranked)
-            try:
-                sched.run(state)
-            finally:
-                del verifier.extract_frame_features
-                sched.close()
+            state = _run_with(sched, ranked, verifier, slow)
             runs[(name, ahead)] = (state.match, len(early))
     default = VerificationScheduler.ahead_regions
     assert default > 0
@@ -401,13 +406,7 @@ def test_regions_assembled_while_the_frame_features_are_extracted(
     assert 0 < runs[("rejected", default)][1] <= default
     assert runs[("rejected", 0)][1] == 0
     a, b = runs[("located", default)][0], runs[("located", 0)][0]
-    assert a is not None and b is not None
-    assert (a.candidate.tile_id, a.heading_deg, a.attempts) == (
-        b.candidate.tile_id,
-        b.heading_deg,
-        b.attempts,
-    )
-    assert abs(a.lat - b.lat) < 1e-9 and abs(a.lon - b.lon) < 1e-9
+    _same_match(a, b)
 
 
 def test_features_absent_reads_pixels(
