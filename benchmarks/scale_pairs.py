@@ -60,8 +60,8 @@ def _one(loc: Any, q: scale.Query) -> dict[str, Any]:
 def _moved_m(a: dict[str, Any], b: dict[str, Any]) -> float:
     from tiling.crs import geodesic_distance_m
 
-    if a["lat"] is None or b["lat"] is None:
-        return 0.0
+    if a["status"] != "ok" or b["status"] != "ok" or a["lat"] is None or b["lat"] is None:
+        return 0.0  # a no_match's position is no answer
     return float(geodesic_distance_m(a["lon"], a["lat"], b["lon"], b["lat"]))
 
 
