@@ -725,17 +725,9 @@ def run(
     ``no_build`` evaluates each database as it is; ``from_records`` only summarises the records
     an evaluation stopped early left (``records-<preset>.jsonl`` in the database's home).
     """
-    import torch
-
-    torch.set_num_threads(2)
     from benchmarks.run_all import git_commit
-    from geoloc.models import load_encoder
-    from geoloc.models.runtime import use_runtime
 
-    enc = load_encoder("sgmnet")
-    enc.optimize_for_inference()
-    # ONNX Runtime when installed (the ingest default): the build's encoder costs less
-    use_runtime(enc, "auto")
+    enc = encoder()
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "preset": preset,
@@ -796,6 +788,21 @@ def run(
         if not quick and save_results:
             plot(merged())
     return result
+
+
+def encoder() -> Any:
+    """The encoder the benchmark builds and locates with, on two torch threads: optimised for
+    inference, on ONNX Runtime / OpenVINO when installed (the ingest default)."""
+    import torch
+
+    from geoloc.models import load_encoder
+    from geoloc.models.runtime import use_runtime
+
+    torch.set_num_threads(2)
+    enc = load_encoder("sgmnet")
+    enc.optimize_for_inference()
+    use_runtime(enc, "auto")
+    return enc
 
 
 def _stop(settings: Any) -> None:

@@ -67,17 +67,8 @@ def _moved_m(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 def compare(size: int, a: dict[str, Any], b: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
     """Both pipelines on every query of :func:`benchmarks.scale.queries` (``n``, ``seed``)."""
-    import torch
-
-    from geoloc.models import load_encoder
-    from geoloc.models.runtime import use_runtime
-
-    torch.set_num_threads(2)
     settings, _ = scale.build(size, None, ingest_missing=False)
-    # the encoder as benchmarks.scale runs it
-    enc = load_encoder("sgmnet")
-    enc.optimize_for_inference()
-    use_runtime(enc, "auto")
+    enc = scale.encoder()
     qs = scale.queries(n, seed)
     locs = {"A": _open(settings, enc, a), "B": _open(settings, enc, b)}
     try:

@@ -403,8 +403,7 @@ class VerificationScheduler:
                 rkey = (cand.tile_id, at.region_px, at.gsd_m)
                 if rkey in ahead or (cand.tile_id, state.headings[cand.heading_idx]) in checked:
                     continue  # assembled already, or checked while this thread did not wait
-                with state.timer("verify.region_features"):
-                    fr.prefetch([cand.tile], at.region_px, at.gsd_m)
+                with state.timer("verify.region_features"):  # around() finds its neighbours
                     ahead[rkey] = fr.around(cand.tile, at.region_px, at.gsd_m)
                 self._ahead(needs, v, frame_cache)
 
@@ -516,14 +515,16 @@ class VerificationScheduler:
         # (a wrong first heading no longer makes the right tile wait for all its group), and a
         # known heading (one group) still has its right tile near the top checked first
         rounds = max((len(g) + CASCADE_CHUNK - 1) // CASCADE_CHUNK for g in groups.values())
-        # the (layer view, heading) pairs whose frame features the plan needs, in the order it
-        # reaches them (the rounds below, then the sweep): each is extracted ahead of its turn
-        needs = [
-            (self._at(state, c), h)
+        # the candidates with their heading in the order the rounds below reach them
+        order = [
+            (c, h)
             for r in range(rounds)
             for h, group in groups.items()
             for c in group[r * CASCADE_CHUNK : (r + 1) * CASCADE_CHUNK]
         ]
+        # the (layer view, heading) pairs whose frame features the plan needs, in the order it
+        # reaches them (the rounds, then the sweep): each is extracted ahead of its turn
+        needs = [(self._at(state, c), h) for c, h in order]
         if sweep and cands:
             h0 = state.headings[cands[0].heading_idx]
             needs += [
@@ -531,12 +532,7 @@ class VerificationScheduler:
                 for dh in SWEEP_DEG
                 for c in cands[: int(self.conf["sweep_top"])]
             ]
-        upcoming.extend(
-            c
-            for r in range(rounds)
-            for group in groups.values()
-            for c in group[r * CASCADE_CHUNK : (r + 1) * CASCADE_CHUNK]
-        )
+        upcoming.extend(c for c, _h in order)
         # the first heading's features start in the second thread: this one assembles regions
         self._ahead(needs, v, frame_cache)
         passed = False
